@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Idempotent first step of `make demo` and `make test`: Debian packages, then .venv.
+# Quiet when everything is already in place.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(runc crun btrfs-progs nftables iproute2 debootstrap python3 python3-venv
+              util-linux mount procps psmisc curl)
+
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+    echo "setup: installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The lock file pins every Python dependency with hashes; reinstall when it changes.
+stamp=.venv/.lock-stamp
+if [[ ! -x .venv/bin/python ]]; then
+    /usr/bin/python3 -m venv .venv
+fi
+if [[ ! -f $stamp ]] || ! cmp -s requirements.lock "$stamp"; then
+    echo "setup: installing Python dependencies from requirements.lock"
+    .venv/bin/pip install -q --disable-pip-version-check --require-hashes --no-deps -r requirements.lock
+    .venv/bin/pip install -q --disable-pip-version-check --no-deps -e .
+    cp requirements.lock "$stamp"
+fi

@@ -1,0 +1,1 @@
+"""The node agent: storage, network and runtime of the tenants on one server."""

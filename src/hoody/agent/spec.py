@@ -1,0 +1,194 @@
+"""Plain values that describe a tenant: its id, limits and firewall policy.
+
+Everything here is validated on construction (InvalidInput with the fix in the
+message), immutable, and converts to and from JSON-able dicts, so the same objects
+travel from the CLI through the API into the drivers.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Literal
+
+from hoody.errors import InvalidInput
+
+__all__ = [
+    "EgressRule",
+    "FirewallPolicy",
+    "IngressRule",
+    "Limits",
+    "check_name",
+    "check_tenant_id",
+]
+
+_LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+def check_tenant_id(value: str) -> str:
+    """A tenant id becomes a hostname label in `<cid>.<domain>`: DNS-label safe."""
+    if not isinstance(value, str) or not _LABEL.match(value):
+        raise InvalidInput(
+            f"tenant id {value!r} is not DNS-label safe; use 1-63 lowercase letters, digits "
+            "and hyphens, starting and ending with a letter or digit"
+        )
+    return value
+
+
+def check_name(value: str, what: str = "template name") -> str:
+    if not isinstance(value, str) or not _LABEL.match(value):
+        raise InvalidInput(
+            f"{what} {value!r} is invalid; use 1-63 lowercase letters, digits and hyphens, "
+            "starting and ending with a letter or digit"
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-tenant quotas. cpu is in cores (0.5 = half a core)."""
+
+    cpu: float = 1.0
+    memory_mib: int = 256
+    pids: int = 256
+    disk_mib: int = 1024
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.cpu, int | float) or not 0.01 <= self.cpu <= 1024:
+            raise InvalidInput(f"cpu limit {self.cpu!r} is invalid; give cores between 0.01 and 1024")
+        for name, low, high in (
+            ("memory_mib", 16, 1 << 22),
+            ("pids", 8, 1 << 22),
+            ("disk_mib", 16, 1 << 24),
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise InvalidInput(
+                    f"{name} limit {value!r} is invalid; give a whole number between {low} and {high}"
+                )
+
+    def merged(self, overrides: dict[str, Any] | None) -> Limits:
+        """These limits with `overrides` applied; unknown keys are refused."""
+        if not overrides:
+            return self
+        unknown = set(overrides) - {"cpu", "memory_mib", "pids", "disk_mib"}
+        if unknown:
+            raise InvalidInput(
+                f"unknown limit {sorted(unknown)[0]!r}; known limits are cpu, memory_mib, pids, disk_mib"
+            )
+        return replace(self, **overrides)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any] | None) -> Limits:
+        return cls().merged(data)
+
+
+def _network(value: str, what: str) -> str:
+    try:
+        return str(ipaddress.IPv4Network(value, strict=False))
+    except (ValueError, TypeError) as exc:
+        raise InvalidInput(f"{what} {value!r} is not an IPv4 CIDR like 10.0.0.0/8") from exc
+
+
+def _port(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise InvalidInput(f"port {value!r} is invalid; give a number between 1 and 65535")
+    return value
+
+
+def _proto(value: Any) -> Literal["tcp", "udp"]:
+    if value not in ("tcp", "udp"):
+        raise InvalidInput(f"protocol {value!r} is invalid; use tcp or udp")
+    return value  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True)
+class IngressRule:
+    """Allow new connections to `port` from `source`: "node" (this server) or a CIDR."""
+
+    port: int
+    proto: Literal["tcp", "udp"] = "tcp"
+    source: str = "node"
+
+    def __post_init__(self) -> None:
+        _port(self.port)
+        _proto(self.proto)
+        if self.source != "node":
+            object.__setattr__(self, "source", _network(self.source, "ingress source"))
+
+
+@dataclass(frozen=True)
+class EgressRule:
+    """Allow or deny new connections from the tenant to `cidr` (optionally one port)."""
+
+    action: Literal["allow", "deny"]
+    cidr: str
+    port: int | None = None
+    proto: Literal["tcp", "udp"] = "tcp"
+
+    def __post_init__(self) -> None:
+        if self.action not in ("allow", "deny"):
+            raise InvalidInput(f"egress action {self.action!r} is invalid; use allow or deny")
+        object.__setattr__(self, "cidr", _network(self.cidr, "egress cidr"))
+        if self.port is not None:
+            _port(self.port)
+        _proto(self.proto)
+
+
+@dataclass(frozen=True)
+class FirewallPolicy:
+    """A tenant's firewall. Rules are evaluated in order; the default applies after them.
+
+    Other tenants and the host are never reached by the default egress policy: reaching
+    another tenant takes an explicit egress allow rule *and* an ingress rule on the
+    other side; the host's services are never reachable from a tenant.
+    """
+
+    ingress: tuple[IngressRule, ...] = (IngressRule(8080),)
+    egress: tuple[EgressRule, ...] = ()
+    egress_default: Literal["allow", "deny"] = "allow"
+
+    def __post_init__(self) -> None:
+        if self.egress_default not in ("allow", "deny"):
+            raise InvalidInput(
+                f"egress_default {self.egress_default!r} is invalid; use allow or deny"
+            )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ingress": [asdict(r) for r in self.ingress],
+            "egress": [asdict(r) for r in self.egress],
+            "egress_default": self.egress_default,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any] | None) -> FirewallPolicy:
+        if not data:
+            return cls()
+        if not isinstance(data, dict):
+            raise InvalidInput("firewall must be an object with ingress, egress, egress_default")
+        unknown = set(data) - {"ingress", "egress", "egress_default"}
+        if unknown:
+            raise InvalidInput(
+                f"unknown firewall key {sorted(unknown)[0]!r}; use ingress, egress, egress_default"
+            )
+        try:
+            ingress = tuple(IngressRule(**r) for r in data.get("ingress", [{"port": 8080}]))
+            egress = tuple(EgressRule(**r) for r in data.get("egress", []))
+        except TypeError as exc:
+            raise InvalidInput(f"firewall rule is malformed: {exc}") from exc
+        return cls(ingress, egress, data.get("egress_default", "allow"))
+
+
+@dataclass(frozen=True)
+class TenantNet:
+    """Where a tenant sits on its node's network."""
+
+    ip: str
+    gateway: str
+    prefixlen: int
+    netns: str = field(default="")
