@@ -1,10 +1,27 @@
-"""Integration tests drive real kernel features and must run as root."""
+"""Integration tests drive real kernel features and must run as root.
+
+One scratch node (own pool, bridge, subnet, nft table, cgroup parent) with the
+demo-app template serves the whole session; each test makes and deletes its own
+tenants. The debootstrap result is cached in /var/cache/hoody across runs.
+"""
+
+from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import pytest
+
+from hoody.bench.scratch import ScratchNode, scratch_node
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if os.geteuid() != 0:
         raise pytest.UsageError("tests/integration needs root (btrfs, netns, nftables, runc)")
+
+
+@pytest.fixture(scope="session")
+def scratch() -> Iterator[ScratchNode]:
+    with scratch_node("it") as node:
+        node.demo_template()
+        yield node

@@ -56,7 +56,9 @@ class Limits:
 
     def __post_init__(self) -> None:
         if not isinstance(self.cpu, int | float) or not 0.01 <= self.cpu <= 1024:
-            raise InvalidInput(f"cpu limit {self.cpu!r} is invalid; give cores between 0.01 and 1024")
+            raise InvalidInput(
+                f"cpu limit {self.cpu!r} is invalid; give cores between 0.01 and 1024"
+            )
         for name, low, high in (
             ("memory_mib", 16, 1 << 22),
             ("pids", 8, 1 << 22),
@@ -65,7 +67,8 @@ class Limits:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
                 raise InvalidInput(
-                    f"{name} limit {value!r} is invalid; give a whole number between {low} and {high}"
+                    f"{name} limit {value!r} is invalid; "
+                    f"give a whole number between {low} and {high}"
                 )
 
     def merged(self, overrides: dict[str, Any] | None) -> Limits:
@@ -75,7 +78,8 @@ class Limits:
         unknown = set(overrides) - {"cpu", "memory_mib", "pids", "disk_mib"}
         if unknown:
             raise InvalidInput(
-                f"unknown limit {sorted(unknown)[0]!r}; known limits are cpu, memory_mib, pids, disk_mib"
+                f"unknown limit {sorted(unknown)[0]!r}; "
+                "known limits are cpu, memory_mib, pids, disk_mib"
             )
         return replace(self, **overrides)
 

@@ -1,0 +1,104 @@
+"""Where a node keeps its things, and the knobs an operator sets at `hoody node init`."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from hoody.agent.network import NetworkConfig
+from hoody.errors import InvalidInput, NotFound
+
+__all__ = ["DEFAULT_STATE_DIR", "NodeConfig"]
+
+DEFAULT_STATE_DIR = Path("/var/lib/hoody")
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """One node agent's configuration; saved as `<state_dir>/node.json`.
+
+    `name` prefixes the bridge, netns, nft table, cgroup parent and runtime state, so
+    several nodes (tests, benchmarks, the fleet test's three agents) never collide.
+    """
+
+    name: str = "hoody"
+    state_dir: Path = DEFAULT_STATE_DIR
+    run_dir: Path = Path("/run/hoody")
+    pool: Path = DEFAULT_STATE_DIR / "pool"
+    pool_image: Path | None = DEFAULT_STATE_DIR / "pool.img"
+    pool_size: str = "20G"
+    subnet: str = "10.88.0.0/16"
+    uid_base: int = 100000
+    uid_size: int = 65536
+    storage_mode: str = "overlay"
+    listen: str = "127.0.0.1:7070"
+    log_max_bytes: int = 1 << 20
+    log_keep: int = 2
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[a-z][a-z0-9]{0,5}", self.name):
+            raise InvalidInput(
+                f"node name {self.name!r} is invalid; use 1-6 lowercase letters and digits, "
+                "starting with a letter (it prefixes links, tables and cgroups)"
+            )
+        if self.storage_mode not in ("overlay", "snapshot"):
+            raise InvalidInput(
+                f"storage mode {self.storage_mode!r} is invalid; use overlay or snapshot"
+            )
+        try:
+            NetworkConfig(self.name, self.subnet).network.hosts()
+        except ValueError as exc:
+            raise InvalidInput(
+                f"subnet {self.subnet!r} is invalid; give an IPv4 CIDR like 10.88.0.0/16"
+            ) from exc
+
+    @property
+    def network(self) -> NetworkConfig:
+        return NetworkConfig(name=self.name, subnet=self.subnet)
+
+    @property
+    def node_run_dir(self) -> Path:
+        return self.run_dir / self.name
+
+    @property
+    def db_path(self) -> Path:
+        return self.state_dir / "node.db"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.state_dir / "logs"
+
+    @property
+    def token_path(self) -> Path:
+        return self.state_dir / "agent.token"
+
+    @property
+    def cgroup_parent(self) -> str:
+        return f"hoody-{self.name}"
+
+    def save(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        data = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
+        (self.state_dir / "node.json").write_text(json.dumps(data, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, state_dir: Path = DEFAULT_STATE_DIR) -> NodeConfig:
+        path = state_dir / "node.json"
+        if not path.exists():
+            raise NotFound(f"no node configured in {state_dir}; run `hoody node init` first")
+        data: dict[str, Any] = json.loads(path.read_text())
+        known = {f.name: f for f in fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for key, value in data.items():
+            if key not in known:
+                continue
+            if key in ("state_dir", "run_dir", "pool", "pool_image") and value is not None:
+                value = Path(value)
+            kwargs[key] = value
+        return cls(**kwargs)
+
+    def with_(self, **changes: Any) -> NodeConfig:
+        return replace(self, **changes)

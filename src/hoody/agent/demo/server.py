@@ -1,0 +1,83 @@
+"""demo-app: shows the tenant's id and a visit counter kept in SQLite on its own disk.
+
+Deliberately stdlib-only and tiny (a raw socket loop, no http.server import) so an
+idle tenant costs a few MiB of anonymous memory.
+"""
+
+import os
+import socket
+import sqlite3
+
+TENANT = os.environ.get("HOODY_TENANT", "unknown")
+PORT = int(os.environ.get("PORT", "8080"))
+DB = "/var/lib/demo-app/visits.db"
+
+os.makedirs(os.path.dirname(DB), exist_ok=True)
+db = sqlite3.connect(DB, isolation_level=None)
+db.execute("CREATE TABLE IF NOT EXISTS visits (n INTEGER NOT NULL)")
+if db.execute("SELECT COUNT(*) FROM visits").fetchone()[0] == 0:
+    db.execute("INSERT INTO visits VALUES (0)")
+
+PAGE = (
+    "<!doctype html><html><head><meta charset=utf-8><title>{tid}</title>"
+    "<style>body{{font:18px system-ui;margin:3em;color:#222}}b{{font-size:2em}}</style>"
+    "</head><body><h1>Hello from tenant <code id=tenant>{tid}</code></h1>"
+    "<p>Visits: <b id=visits>{n}</b></p>"
+    "<p>This page runs in its own container; the counter lives in SQLite on the "
+    "tenant's own disk.</p></body></html>"
+)
+
+
+def visit() -> int:
+    db.execute("UPDATE visits SET n = n + 1")
+    return int(db.execute("SELECT n FROM visits").fetchone()[0])
+
+
+def respond(conn: socket.socket) -> None:
+    conn.settimeout(5)
+    data = b""
+    while b"\r\n\r\n" not in data and len(data) < 65536:
+        chunk = conn.recv(4096)
+        if not chunk:
+            return
+        data += chunk
+    line = data.split(b"\r\n", 1)[0].decode("latin-1")
+    parts = line.split()
+    path = parts[1] if len(parts) > 1 else "/"
+    if path == "/healthz":
+        body, ctype = b"ok\n", "text/plain"
+    elif path == "/api/visits":
+        body, ctype = (
+            f'{{"tenant": "{TENANT}", "visits": {visit()}}}\n'.encode(),
+            "application/json",
+        )
+    elif path in ("/", "/index.html"):
+        body, ctype = PAGE.format(tid=TENANT, n=visit()).encode(), "text/html; charset=utf-8"
+    else:
+        body, ctype = b"not found\n", "text/plain"
+    status = "404 Not Found" if body == b"not found\n" else "200 OK"
+    head = (
+        f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
+        f"X-Hoody-Tenant: {TENANT}\r\nConnection: close\r\n\r\n"
+    )
+    conn.sendall(head.encode() + body)
+
+
+def main() -> None:
+    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("0.0.0.0", PORT))
+    srv.listen(64)
+    print(f"demo-app for tenant {TENANT} listening on :{PORT}", flush=True)
+    while True:
+        conn, _ = srv.accept()
+        try:
+            respond(conn)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+
+if __name__ == "__main__":
+    main()

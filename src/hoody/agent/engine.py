@@ -1,0 +1,519 @@
+"""The node engine: templates and tenants on one server, from copy to delete.
+
+A copy is a pipeline of steps, each registering its undo (so a failure at any step
+leaves nothing behind):
+
+    record (id + IP lease) → subvolume → overlay mount → netns + veth → nft chain
+    → OCI container started
+
+Delete runs the same parts in reverse and tolerates each part being absent already,
+which makes deleting twice harmless and lets `reconcile` finish what a killed agent
+started. Drivers are injected; `Node.linux` wires the real ones.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import shutil
+import string
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from hoody.agent.config import NodeConfig
+from hoody.agent.network import Firewall, Network
+from hoody.agent.runtime import ContainerSpec, ExecResult, Runtime
+from hoody.agent.spec import FirewallPolicy, Limits, check_name, check_tenant_id
+from hoody.agent.state import NodeStore, TemplateRecord, TenantRecord
+from hoody.agent.storage import StorageDriver, StorageMode, TemplateVersionRef
+from hoody.errors import Conflict, HoodyError, InvalidInput, NotFound
+from hoody.undo import Undo
+
+__all__ = ["Node", "TemplateSource"]
+
+log = logging.getLogger(__name__)
+
+_ALPHABET = string.ascii_lowercase + string.digits
+
+
+@dataclass(frozen=True)
+class TemplateSource:
+    """Fills a new template version's root directory; `describe` is for messages."""
+
+    populate: Callable[[Path], None]
+    describe: str
+
+
+class Node:
+    """Everything a node agent does, callable directly by tests and by the API."""
+
+    def __init__(
+        self,
+        config: NodeConfig,
+        store: NodeStore,
+        storage: StorageDriver,
+        network: Network,
+        firewall: Firewall,
+        runtime: Runtime,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.storage = storage
+        self.network = network
+        self.firewall = firewall
+        self.runtime = runtime
+        # Per-tenant locks: start/stop/delete of one tenant never interleave, while
+        # different tenants proceed in parallel.
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+        self._restarts: dict[str, tuple[int, float]] = {}
+
+    def _lock(self, tid: str) -> threading.Lock:
+        with self._locks_guard:
+            return self._locks.setdefault(tid, threading.Lock())
+
+    # templates
+
+    def create_template(
+        self,
+        name: str,
+        source: TemplateSource,
+        *,
+        args: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        port: int = 8080,
+        limits: dict[str, Any] | None = None,
+        firewall: dict[str, Any] | None = None,
+        ksm: bool = False,
+    ) -> TemplateRecord:
+        """Make the next version of template `name` from `source`.
+
+        The version's defaults (entrypoint, env, limits, firewall, KSM) are copied to
+        each tenant made from it and can be overridden per tenant.
+        """
+        check_name(name)
+        if not 1 <= port <= 65535:
+            raise InvalidInput(f"port {port} is invalid; give a number between 1 and 65535")
+        version = self.store.next_template_version(name)
+        rec = TemplateRecord(
+            name=name,
+            version=version,
+            created_at=time.time(),
+            args=tuple(args or ("/bin/sh",)),
+            env=dict(env or {}),
+            port=port,
+            limits=Limits.from_json(limits),
+            firewall=FirewallPolicy.from_json(firewall),
+            ksm=ksm,
+        )
+        ref = TemplateVersionRef(name, version)
+        with Undo() as undo:
+            self.storage.create_template_version(ref, source.populate, self.config.uid_base)
+            undo.add(lambda: self.storage.delete_template_version(ref), "delete version")
+            self.store.add_template(rec)
+            undo.commit()
+        return rec
+
+    def template_from_tenant(self, tid: str, name: str | None = None) -> TemplateRecord:
+        """Snapshot a tenant's filesystem into a new version of `name` (default: its template)."""
+        tenant = self.store.tenant(tid)
+        name = check_name(name or tenant.template)
+        try:
+            base = self.store.template(tenant.template, tenant.version)
+        except NotFound:
+            base = TemplateRecord(name=name, version=0, created_at=0)
+        version = self.store.next_template_version(name)
+        rec = replace(
+            base,
+            name=name,
+            version=version,
+            created_at=time.time(),
+            args=tenant.args,
+            env=tenant.env,
+            port=tenant.port,
+            limits=tenant.limits,
+            firewall=tenant.firewall,
+            ksm=tenant.ksm,
+        )
+        ref = TemplateVersionRef(name, version)
+        with self._lock(tid), Undo() as undo:
+            self.storage.version_from_tenant(ref, tid)
+            undo.add(lambda: self.storage.delete_template_version(ref), "delete version")
+            self.store.add_template(rec)
+            undo.commit()
+        return rec
+
+    def delete_template(self, name: str, version: int | None = None) -> list[TemplateRecord]:
+        """Delete one version, or every version; refused while tenants use it."""
+        records = (
+            [self.store.template(name, version)]
+            if version is not None
+            else [t for t in self.store.templates() if t.name == name]
+        )
+        if not records:
+            raise NotFound(f"template {name} does not exist; `hoody template ls` lists templates")
+        for rec in records:
+            users = self.store.template_in_use(rec.name, rec.version)
+            if users:
+                raise Conflict(
+                    f"template {rec.name} version {rec.version} is used by {len(users)} "
+                    f"tenant(s) ({', '.join(users[:3])}); delete them first"
+                )
+        for rec in records:
+            self.storage.delete_template_version(TemplateVersionRef(rec.name, rec.version))
+            self.store.remove_template(rec.name, rec.version)
+        return records
+
+    # tenants
+
+    def copy(
+        self,
+        template: str,
+        *,
+        name: str | None = None,
+        version: int | None = None,
+        limits: dict[str, Any] | None = None,
+        env: dict[str, str] | None = None,
+        firewall: dict[str, Any] | None = None,
+        metadata: dict[str, Any] | None = None,
+        mode: StorageMode | None = None,
+        start: bool = True,
+    ) -> TenantRecord:
+        """Create a tenant from a template version (the newest by default) and start it.
+
+        Returns the running tenant. On any failure every step taken is undone and the
+        error is raised; the id is then free to use again.
+        """
+        tmpl = self.store.template(template, version)
+        tid = check_tenant_id(name) if name is not None else self._new_id(tmpl.name)
+        storage_mode: StorageMode = mode or self.config.storage_mode  # type: ignore[assignment]
+        if storage_mode not in self.storage.caps.modes:
+            raise InvalidInput(
+                f"storage mode {storage_mode!r} is not offered by this node; "
+                f"use one of {', '.join(self.storage.caps.modes)}"
+            )
+        if env is not None and not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in env.items()
+        ):
+            raise InvalidInput('env must map names to strings, like {"PLAN": "pro"}')
+        rec = TenantRecord(
+            id=tid,
+            template=tmpl.name,
+            version=tmpl.version,
+            mode=storage_mode,
+            ip="",
+            desired="running" if start else "stopped",
+            status="creating",
+            pid=0,
+            created_at=time.time(),
+            args=tmpl.args,
+            env={**tmpl.env, **(env or {})},
+            port=tmpl.port,
+            limits=tmpl.limits.merged(limits),
+            firewall=FirewallPolicy.from_json(firewall) if firewall else tmpl.firewall,
+            ksm=tmpl.ksm,
+            metadata=dict(metadata or {}),
+        )
+        with self._lock(tid), Undo() as undo:
+            rec = self.store.reserve_tenant(rec, self.config.network.network)
+            undo.add(lambda: self.store.forget_tenant(tid), "forget record")
+            ref = TemplateVersionRef(tmpl.name, tmpl.version)
+            self.storage.create_tenant(
+                tid, ref, storage_mode, rec.limits.disk_mib, self.config.uid_base
+            )
+            undo.add(lambda: self.storage.delete_tenant(tid), "delete storage")
+            rec = self._bring_up(rec, undo, start=start)
+            undo.commit()
+        return rec
+
+    def copy_tenant(self, src: str, *, name: str | None = None) -> TenantRecord:
+        """A new tenant whose files start as a copy of tenant `src`'s."""
+        source = self.store.tenant(src)
+        tid = check_tenant_id(name) if name is not None else self._new_id(source.template)
+        rec = replace(source, id=tid, ip="", status="creating", pid=0, created_at=time.time())
+        with self._lock(tid), Undo() as undo:
+            rec = self.store.reserve_tenant(rec, self.config.network.network)
+            undo.add(lambda: self.store.forget_tenant(tid), "forget record")
+            with self._lock(src):
+                self.storage.copy_tenant(src, tid, rec.limits.disk_mib)
+            undo.add(lambda: self.storage.delete_tenant(tid), "delete storage")
+            rec = self._bring_up(rec, undo, start=rec.desired == "running")
+            undo.commit()
+        return rec
+
+    def _bring_up(self, rec: TenantRecord, undo: Undo, *, start: bool) -> TenantRecord:
+        """Mount, attach, firewall and (if `start`) run: the steps shared by copy and start."""
+        tid = rec.id
+        rootfs = self.storage.mount_tenant(tid)
+        netns = self.network.attach(tid, rec.ip)
+        undo.add(lambda: self.network.detach(tid), "detach network")
+        self.firewall.apply_tenant(tid, rec.ip, rec.firewall)
+        undo.add(lambda: self.firewall.remove_tenant(tid), "remove firewall")
+        pid = 0
+        if start:
+            pid = self.runtime.start(self._container_spec(rec, rootfs, netns))
+            undo.add(lambda: self.runtime.stop(tid, timeout=0), "stop container")
+        status = "running" if start else "stopped"
+        self.store.update_tenant(tid, status=status, pid=pid)
+        return replace(rec, status=status, pid=pid)
+
+    def _container_spec(self, rec: TenantRecord, rootfs: Path, netns: Path) -> ContainerSpec:
+        self.config.log_dir.mkdir(parents=True, exist_ok=True)
+        return ContainerSpec(
+            tid=rec.id,
+            rootfs=rootfs,
+            args=rec.args,
+            limits=rec.limits,
+            netns=netns,
+            log_path=self.log_path(rec.id),
+            env={**rec.env, "HOODY_TENANT": rec.id, "PORT": str(rec.port)},
+            uid_base=self.config.uid_base,
+            uid_size=self.config.uid_size,
+            ksm=rec.ksm and self.runtime.caps.memory_merge,
+        )
+
+    def _new_id(self, template: str) -> str:
+        stem = template[:50].rstrip("-")
+        for _ in range(100):
+            tid = f"{stem}-{''.join(secrets.choice(_ALPHABET) for _ in range(6))}"
+            if not self.store.id_used(tid):
+                return tid
+        raise Conflict("could not find an unused tenant id; give one with --name")
+
+    def log_path(self, tid: str) -> Path:
+        return self.config.log_dir / f"{tid}.log"
+
+    def tenant(self, tid: str) -> TenantRecord:
+        return self.store.tenant(tid)
+
+    def tenants(self) -> list[TenantRecord]:
+        return self.store.tenants()
+
+    def start(self, tid: str) -> TenantRecord:
+        """Start a stopped tenant (no-op when running); it keeps its address."""
+        with self._lock(tid):
+            rec = self.store.tenant(tid)
+            self.store.update_tenant(tid, desired="running")
+            rec = replace(rec, desired="running")
+            if rec.status == "running" and self.runtime.state(tid).status == "running":
+                return rec
+            self._restarts.pop(tid, None)
+            with Undo() as undo:
+                rec = self._bring_up(rec, undo, start=True)
+                undo.commit()
+            return rec
+
+    def stop(self, tid: str, timeout: float = 5.0) -> TenantRecord:
+        """Stop the tenant's processes; its files, address and firewall stay."""
+        with self._lock(tid):
+            rec = self.store.tenant(tid)
+            self.store.update_tenant(tid, desired="stopped")
+            self.runtime.stop(tid, timeout=timeout)
+            self.store.update_tenant(tid, status="stopped", pid=0)
+            return replace(rec, desired="stopped", status="stopped", pid=0)
+
+    def restart(self, tid: str) -> TenantRecord:
+        self.stop(tid)
+        return self.start(tid)
+
+    def delete(self, tid: str) -> bool:
+        """Remove everything of the tenant. Returns False when it was already deleted.
+
+        Raises NotFound only for an id this node never had.
+        """
+        check_tenant_id(tid)
+        with self._lock(tid):
+            try:
+                self.store.tenant(tid)
+            except NotFound:
+                if self.store.id_used(tid):
+                    return False
+                raise
+            self.store.update_tenant(tid, status="deleting", desired="stopped")
+            self._teardown(tid)
+            self.store.remove_tenant(tid)
+        with self._locks_guard:
+            self._locks.pop(tid, None)
+        self._restarts.pop(tid, None)
+        return True
+
+    def _teardown(self, tid: str) -> None:
+        """Every part of a tenant, newest first; each step tolerates absence."""
+        self.runtime.stop(tid, timeout=0)
+        self.firewall.remove_tenant(tid)
+        self.network.detach(tid)
+        self.storage.delete_tenant(tid)
+        for path in self.config.log_dir.glob(f"{tid}.log*"):
+            path.unlink(missing_ok=True)
+
+    def exec(self, tid: str, argv: list[str], timeout: float = 60.0) -> ExecResult:
+        if not argv or not all(isinstance(a, str) for a in argv):
+            raise InvalidInput("give the command to run, like `hoody exec CID -- ls /`")
+        rec = self.store.tenant(tid)
+        if self.runtime.state(tid).status != "running":
+            raise Conflict(f"tenant {tid} is {rec.status}; start it with `hoody start {tid}`")
+        return self.runtime.exec(tid, argv, timeout=timeout)
+
+    def logs(self, tid: str, tail: int = 200) -> str:
+        self.store.tenant(tid)
+        path = self.log_path(tid)
+        if not path.exists():
+            return ""
+        with path.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - 256 * 1024))
+            lines = f.read().decode(errors="replace").splitlines()
+        return "\n".join(lines[-tail:]) + ("\n" if lines else "")
+
+    def usage(self, tid: str) -> dict[str, Any]:
+        self.store.tenant(tid)
+        return {
+            "disk_bytes": self.storage.tenant_usage(tid),
+            **self.runtime.memory_events(tid),
+        }
+
+    # supervision
+
+    def supervise_once(self, now: float | None = None) -> list[str]:
+        """Restart tenants whose main process exited, with exponential backoff.
+
+        Backoff doubles from 1 s up to 60 s and resets once a tenant ran for 60 s.
+        Also rotates logs. Returns the ids restarted this round.
+        """
+        now = time.monotonic() if now is None else now
+        restarted = []
+        for rec in self.store.tenants():
+            self._rotate_log(rec.id)
+            if rec.desired != "running" or rec.status in ("creating", "deleting"):
+                continue
+            if rec.pid and _alive(rec.pid):
+                failures, since = self._restarts.get(rec.id, (0, now))
+                if failures and now - since > 60:
+                    self._restarts.pop(rec.id, None)
+                continue
+            failures, last = self._restarts.get(rec.id, (0, 0.0))
+            delay = min(60.0, 2.0 ** max(0, failures - 1)) if failures else 0.0
+            if now - last < delay:
+                continue
+            lock = self._lock(rec.id)
+            if not lock.acquire(blocking=False):
+                continue
+            try:
+                current = self.store.tenant(rec.id)
+                if current.desired != "running" or (current.pid and _alive(current.pid)):
+                    continue
+                log.info("tenant %s exited; restart #%d", rec.id, failures + 1)
+                self._restarts[rec.id] = (failures + 1, now)
+                with Undo() as undo:
+                    self._bring_up(current, undo, start=True)
+                    undo.commit()
+                restarted.append(rec.id)
+            except HoodyError as exc:
+                log.warning("restarting tenant %s failed: %s", rec.id, exc.message)
+                self.store.update_tenant(rec.id, status="failed", pid=0)
+            except NotFound:
+                pass
+            finally:
+                lock.release()
+        return restarted
+
+    def _rotate_log(self, tid: str) -> None:
+        """copytruncate: the container holds the log open with O_APPEND, so truncating
+        in place keeps it writing to the live file."""
+        path = self.log_path(tid)
+        try:
+            if path.stat().st_size <= self.config.log_max_bytes:
+                return
+        except FileNotFoundError:
+            return
+        for i in range(self.config.log_keep - 1, 0, -1):
+            older = path.with_name(f"{path.name}.{i}")
+            if older.exists():
+                older.rename(path.with_name(f"{path.name}.{i + 1}"))
+        shutil.copyfile(path, path.with_name(f"{path.name}.1"))
+        os.truncate(path, 0)
+
+    # reconcile
+
+    def reconcile(self) -> dict[str, list[str]]:
+        """Make the host match the records after an agent (re)start.
+
+        Half-made tenants ("creating"/"deleting") are removed entirely; tenants that
+        should run keep running (or are started); anything on the host without a
+        record is removed. Returns what was done, by kind.
+        """
+        report: dict[str, list[str]] = {"removed": [], "started": [], "kept": [], "orphans": []}
+        self.storage.ensure_ready()
+        self.network.ensure_bridge()
+        self.firewall.ensure_base()
+        records = {r.id: r for r in self.store.tenants()}
+        for rec in records.values():
+            if rec.status in ("creating", "deleting"):
+                self._teardown(rec.id)
+                if rec.status == "creating":
+                    self.store.forget_tenant(rec.id)
+                else:
+                    self.store.remove_tenant(rec.id)
+                report["removed"].append(rec.id)
+                continue
+            state = self.runtime.state(rec.id)
+            if rec.desired == "running" and state.status == "running":
+                self.storage.mount_tenant(rec.id)
+                self.network.attach(rec.id, rec.ip)
+                self.firewall.apply_tenant(rec.id, rec.ip, rec.firewall)
+                self.store.update_tenant(rec.id, status="running", pid=state.pid)
+                report["kept"].append(rec.id)
+            elif rec.desired == "running":
+                try:
+                    with Undo() as undo:
+                        self._bring_up(rec, undo, start=True)
+                        undo.commit()
+                    report["started"].append(rec.id)
+                except HoodyError as exc:
+                    log.warning("could not start tenant %s: %s", rec.id, exc.message)
+                    self.store.update_tenant(rec.id, status="failed", pid=0)
+            else:
+                self.runtime.stop(rec.id, timeout=0)
+                self.store.update_tenant(rec.id, status="stopped", pid=0)
+        known = set(records) - set(report["removed"])
+        orphans = (
+            set(self.runtime.list())
+            | set(self.storage.list_tenants())
+            | set(self.network.list_attached())
+            | set(self.firewall.list_tenants())
+        ) - known
+        for tid in sorted(orphans):
+            self._teardown(tid)
+            report["orphans"].append(tid)
+        versions = {(t.name, t.version) for t in self.store.templates()}
+        for ref in self.storage.list_template_versions():
+            if (ref.template, ref.version) not in versions:
+                self.storage.delete_template_version(ref)
+                report["orphans"].append(f"template {ref.template}/{ref.version}")
+        return report
+
+    def teardown_all(self) -> None:
+        """Delete every tenant and template and the node's network (tests, benchmarks)."""
+        for rec in self.store.tenants():
+            self.delete(rec.id)
+        for t in self.store.templates():
+            self.storage.delete_template_version(TemplateVersionRef(t.name, t.version))
+            self.store.remove_template(t.name, t.version)
+        self.firewall.teardown()
+        self.network.teardown()
+
+
+def _alive(pid: int) -> bool:
+    """True while `pid` runs; a zombie (exited, not yet reaped) counts as gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+    return state not in (b"Z", b"X")

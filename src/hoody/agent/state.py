@@ -1,0 +1,334 @@
+"""The node's own records, in SQLite: templates, tenants, IP leases, ids ever used.
+
+The database is the agent's memory of what *should* exist; the host is what does.
+`Node.reconcile` brings the two together on start. Writes are serialised by one lock
+(SQLite allows one writer anyway), so IP leases and ids are allocated atomically.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from hoody.agent.spec import FirewallPolicy, Limits
+from hoody.errors import Conflict, Exhausted, NotFound
+
+__all__ = ["NodeStore", "TemplateRecord", "TenantRecord"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS templates (
+    name TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    config TEXT NOT NULL,
+    PRIMARY KEY (name, version)
+);
+CREATE TABLE IF NOT EXISTS tenants (
+    id TEXT PRIMARY KEY,
+    template TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    mode TEXT NOT NULL,
+    ip TEXT UNIQUE,
+    desired TEXT NOT NULL,
+    status TEXT NOT NULL,
+    pid INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    config TEXT NOT NULL
+);
+-- Tenant ids are never reused, also after delete: a stale URL must not reach a
+-- newer tenant of the same name.
+CREATE TABLE IF NOT EXISTS used_ids (id TEXT PRIMARY KEY);
+"""
+
+
+@dataclass(frozen=True)
+class TemplateRecord:
+    """A template version and the defaults its tenants inherit."""
+
+    name: str
+    version: int
+    created_at: float
+    args: tuple[str, ...] = ("/bin/sh",)
+    env: dict[str, str] = field(default_factory=dict)
+    port: int = 8080
+    limits: Limits = field(default_factory=Limits)
+    firewall: FirewallPolicy = field(default_factory=FirewallPolicy)
+    ksm: bool = False
+
+    def config_json(self) -> str:
+        return json.dumps(
+            {
+                "args": list(self.args),
+                "env": self.env,
+                "port": self.port,
+                "limits": self.limits.to_json(),
+                "firewall": self.firewall.to_json(),
+                "ksm": self.ksm,
+            }
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "created_at": self.created_at,
+            **json.loads(self.config_json()),
+        }
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> TemplateRecord:
+        cfg = json.loads(row["config"])
+        return cls(
+            name=row["name"],
+            version=row["version"],
+            created_at=row["created_at"],
+            args=tuple(cfg["args"]),
+            env=cfg["env"],
+            port=cfg["port"],
+            limits=Limits.from_json(cfg["limits"]),
+            firewall=FirewallPolicy.from_json(cfg["firewall"]),
+            ksm=cfg["ksm"],
+        )
+
+
+@dataclass(frozen=True)
+class TenantRecord:
+    id: str
+    template: str
+    version: int
+    mode: str
+    ip: str
+    desired: str  # "running" or "stopped": what the agent keeps it at
+    status: str  # "creating", "running", "stopped", "failed", "deleting"
+    pid: int
+    created_at: float
+    args: tuple[str, ...]
+    env: dict[str, str]
+    port: int
+    limits: Limits
+    firewall: FirewallPolicy
+    ksm: bool
+    metadata: dict[str, Any]
+
+    def config_json(self) -> str:
+        return json.dumps(
+            {
+                "args": list(self.args),
+                "env": self.env,
+                "port": self.port,
+                "limits": self.limits.to_json(),
+                "firewall": self.firewall.to_json(),
+                "ksm": self.ksm,
+                "metadata": self.metadata,
+            }
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "template": self.template,
+            "version": self.version,
+            "mode": self.mode,
+            "ip": self.ip,
+            "state": self.status,
+            "desired": self.desired,
+            "pid": self.pid,
+            "created_at": self.created_at,
+            "address": f"{self.ip}:{self.port}",
+            "url": f"http://{self.ip}:{self.port}/",
+            **{k: v for k, v in json.loads(self.config_json()).items()},
+        }
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> TenantRecord:
+        cfg = json.loads(row["config"])
+        return cls(
+            id=row["id"],
+            template=row["template"],
+            version=row["version"],
+            mode=row["mode"],
+            ip=row["ip"],
+            desired=row["desired"],
+            status=row["status"],
+            pid=row["pid"],
+            created_at=row["created_at"],
+            args=tuple(cfg["args"]),
+            env=cfg["env"],
+            port=cfg["port"],
+            limits=Limits.from_json(cfg["limits"]),
+            firewall=FirewallPolicy.from_json(cfg["firewall"]),
+            ksm=cfg["ksm"],
+            metadata=cfg.get("metadata", {}),
+        )
+
+
+class NodeStore:
+    """Thread-safe access to the node database at `path` (":memory:" for unit tests)."""
+
+    def __init__(self, path: Path | str) -> None:
+        if isinstance(path, Path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+        self._lock = threading.RLock()
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    # templates
+
+    def add_template(self, rec: TemplateRecord) -> None:
+        with self._tx() as db:
+            try:
+                db.execute(
+                    "INSERT INTO templates VALUES (?, ?, ?, ?)",
+                    (rec.name, rec.version, rec.created_at, rec.config_json()),
+                )
+            except sqlite3.IntegrityError as exc:
+                raise Conflict(
+                    f"template {rec.name} version {rec.version} exists; "
+                    "a new version gets the next number"
+                ) from exc
+
+    def next_template_version(self, name: str) -> int:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT MAX(version) FROM templates WHERE name = ?", (name,)
+            ).fetchone()
+        return int(row[0] or 0) + 1
+
+    def template(self, name: str, version: int | None = None) -> TemplateRecord:
+        """The given version, or the newest. NotFound names `hoody template ls`."""
+        with self._lock:
+            if version is None:
+                row = self._db.execute(
+                    "SELECT * FROM templates WHERE name = ? ORDER BY version DESC LIMIT 1",
+                    (name,),
+                ).fetchone()
+            else:
+                row = self._db.execute(
+                    "SELECT * FROM templates WHERE name = ? AND version = ?", (name, version)
+                ).fetchone()
+        if row is None:
+            which = name if version is None else f"{name} version {version}"
+            raise NotFound(
+                f"template {which} does not exist; `hoody template ls` lists templates, "
+                "`hoody template create` makes one"
+            )
+        return TemplateRecord.from_row(row)
+
+    def templates(self) -> list[TemplateRecord]:
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM templates ORDER BY name, version").fetchall()
+        return [TemplateRecord.from_row(r) for r in rows]
+
+    def remove_template(self, name: str, version: int) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM templates WHERE name = ? AND version = ?", (name, version))
+
+    # tenants
+
+    def reserve_tenant(self, rec: TenantRecord, subnet: ipaddress.IPv4Network) -> TenantRecord:
+        """Insert the tenant as "creating" with the lowest free IP; ids are never reused.
+
+        Raises Conflict when the id was ever used, Exhausted when the subnet is full.
+        """
+        with self._tx() as db:
+            if db.execute("SELECT 1 FROM used_ids WHERE id = ?", (rec.id,)).fetchone():
+                raise Conflict(
+                    f"tenant id {rec.id!r} is taken (ids are never reused, also after delete); "
+                    "choose another name or omit it for a generated one"
+                )
+            db.execute("INSERT INTO used_ids VALUES (?)", (rec.id,))
+            taken = {r[0] for r in db.execute("SELECT ip FROM tenants WHERE ip IS NOT NULL")}
+            hosts = subnet.hosts()
+            next(hosts)  # the gateway
+            ip = next((str(h) for h in hosts if str(h) not in taken), None)
+            if ip is None:
+                raise Exhausted(
+                    f"no free address left in {subnet}; delete tenants or configure a larger "
+                    "subnet with `hoody node init --subnet`"
+                )
+            rec = replace(rec, ip=ip)
+            db.execute(
+                "INSERT INTO tenants VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    rec.id,
+                    rec.template,
+                    rec.version,
+                    rec.mode,
+                    rec.ip,
+                    rec.desired,
+                    rec.status,
+                    rec.pid,
+                    rec.created_at,
+                    rec.config_json(),
+                ),
+            )
+        return rec
+
+    def tenant(self, tid: str) -> TenantRecord:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM tenants WHERE id = ?", (tid,)).fetchone()
+        if row is None:
+            raise NotFound(f"tenant {tid!r} does not exist; `hoody ls` lists tenants")
+        return TenantRecord.from_row(row)
+
+    def tenants(self) -> list[TenantRecord]:
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM tenants ORDER BY created_at, id").fetchall()
+        return [TenantRecord.from_row(r) for r in rows]
+
+    def id_used(self, tid: str) -> bool:
+        with self._lock:
+            return bool(self._db.execute("SELECT 1 FROM used_ids WHERE id = ?", (tid,)).fetchone())
+
+    def update_tenant(self, tid: str, **fields: Any) -> None:
+        allowed = {"desired", "status", "pid"}
+        assert set(fields) <= allowed, fields
+        sets = ", ".join(f"{k} = ?" for k in fields)
+        with self._tx() as db:
+            db.execute(f"UPDATE tenants SET {sets} WHERE id = ?", (*fields.values(), tid))
+
+    def update_tenant_config(self, rec: TenantRecord) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE tenants SET config = ? WHERE id = ?", (rec.config_json(), rec.id))
+
+    def remove_tenant(self, tid: str) -> None:
+        """Forget the tenant and free its IP; its id stays used."""
+        with self._tx() as db:
+            db.execute("DELETE FROM tenants WHERE id = ?", (tid,))
+
+    def forget_tenant(self, tid: str) -> None:
+        """Undo of `reserve_tenant`: the record and its id go, as if never made."""
+        with self._tx() as db:
+            db.execute("DELETE FROM tenants WHERE id = ?", (tid,))
+            db.execute("DELETE FROM used_ids WHERE id = ?", (tid,))
+
+    def template_in_use(self, name: str, version: int) -> list[str]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id FROM tenants WHERE template = ? AND version = ?", (name, version)
+            ).fetchall()
+        return [r[0] for r in rows]

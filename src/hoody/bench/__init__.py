@@ -1,0 +1,1 @@
+"""Benchmarks that print JSON: `hoody bench provision|density`. Each runs on a scratch node."""

@@ -1,0 +1,92 @@
+"""Density: what one more idle demo-app tenant costs in memory and disk.
+
+Memory is the growth of anonymous memory + page cache + kernel memory (slab, page
+tables, kernel stacks, per-cpu) from before the first tenant to when all N run and
+answer, divided by N. Disk is the growth of the pool's used bytes, divided by N.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from hoody.agent import ksm
+from hoody.bench.provision import wait_http_ok
+from hoody.bench.scratch import scratch_node
+from hoody.proc import run
+
+__all__ = ["density", "memory_in_use"]
+
+_FIELDS = (
+    "AnonPages",
+    "Cached",
+    "Buffers",
+    "Shmem",
+    "Slab",
+    "KernelStack",
+    "PageTables",
+    "Percpu",
+    "SecPageTables",
+)
+
+
+def memory_in_use() -> int:
+    """Bytes of anonymous + page cache + kernel memory, from /proc/meminfo."""
+    values = {}
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        key, value = line.split(":", 1)
+        values[key] = int(value.split()[0]) * 1024
+    # Shmem is counted inside Cached; leave it out of the sum.
+    return sum(values.get(k, 0) for k in _FIELDS if k != "Shmem")
+
+
+def _pool_used(pool: Path) -> int:
+    run(["btrfs", "filesystem", "sync", str(pool)])
+    out = run(["btrfs", "filesystem", "usage", "-b", str(pool)]).stdout
+    for line in out.splitlines():
+        if line.strip().startswith("Used:"):
+            return int(line.split()[-1])
+    return 0
+
+
+def density(
+    count: int = 50, storage: str = "overlay", use_ksm: bool = False, settle: float = 5.0
+) -> dict[str, Any]:
+    with scratch_node("bd", storage_mode=storage, pool_size="20G") as scratch:
+        scratch.demo_template(ksm=use_ksm)
+        warm = scratch.client.copy("demo-app")
+        wait_http_ok(warm["url"])
+        scratch.client.delete(warm["id"])
+        time.sleep(1)
+        mem0, disk0 = memory_in_use(), _pool_used(scratch.node.config.pool)
+        ksm0 = ksm.stats()
+        urls: list[str] = []
+        with ThreadPoolExecutor(4) as pool:
+            for rec in pool.map(lambda _: scratch.client.copy("demo-app"), range(count)):
+                urls.append(rec["url"])
+        for url in urls:
+            wait_http_ok(url, timeout=30)
+        time.sleep(settle)
+        answering = 0
+        with httpx.Client(timeout=2.0) as http:
+            for url in urls:
+                with contextlib.suppress(httpx.HTTPError):
+                    answering += http.get(url).status_code == 200
+        mem1, disk1 = memory_in_use(), _pool_used(scratch.node.config.pool)
+        ksm1 = ksm.stats()
+        return {
+            "benchmark": "density",
+            "storage": storage,
+            "tenants": count,
+            "answering": answering,
+            "marginal_memory_mib": round((mem1 - mem0) / count / (1 << 20), 2),
+            "marginal_disk_mib": round((disk1 - disk0) / count / (1 << 20), 3),
+            "ksm": use_ksm,
+            "ksm_profit_mib": round(ksm1["profit_mib"] - (ksm0["profit_mib"] if use_ksm else 0), 2),
+            "ksmd_cpu_seconds": round(ksm1["ksmd_cpu_seconds"] - ksm0["ksmd_cpu_seconds"], 2),
+        }

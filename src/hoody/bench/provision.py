@@ -1,0 +1,73 @@
+"""Provision latency: from the copy request to the tenant's first HTTP 200 on its address."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+
+from hoody.bench.scratch import scratch_node
+from hoody.errors import HoodyError
+
+__all__ = ["provision", "wait_http_ok"]
+
+
+def wait_http_ok(url: str, timeout: float = 10.0) -> float:
+    """Poll `url` until it answers 200; return the monotonic time it did."""
+    deadline = time.monotonic() + timeout
+    with httpx.Client(timeout=1.0) as http:
+        while True:
+            try:
+                if http.get(url).status_code == 200:
+                    return time.monotonic()
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{url} did not answer 200 within {timeout} s")
+            time.sleep(0.002)
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def provision(count: int = 20, concurrency: int = 4, storage: str = "overlay") -> dict[str, Any]:
+    with scratch_node("bp", storage_mode=storage) as scratch:
+        scratch.demo_template()
+        # One warm-up copy so the template's files are in page cache, as on a live node.
+        warm = scratch.client.copy("demo-app")
+        wait_http_ok(warm["url"])
+        scratch.client.delete(warm["id"])
+
+        def one(_: int) -> float:
+            t0 = time.monotonic()
+            rec = scratch.client.copy("demo-app")
+            return (wait_http_ok(rec["url"]) - t0) * 1000
+
+        times: list[float] = []
+        errors: list[str] = []
+        with ThreadPoolExecutor(concurrency) as pool:
+            for fut in [pool.submit(one, i) for i in range(count)]:
+                try:
+                    times.append(fut.result())
+                except (HoodyError, TimeoutError, httpx.HTTPError) as exc:
+                    errors.append(str(exc))
+    return {
+        "benchmark": "provision",
+        "storage": storage,
+        "count": count,
+        "concurrency": concurrency,
+        "errors": len(errors),
+        "error_samples": errors[:3],
+        "p50_ms": round(statistics.median(times), 1) if times else None,
+        "p99_ms": round(percentile(times, 0.99), 1) if times else None,
+        "min_ms": round(min(times), 1) if times else None,
+        "max_ms": round(max(times), 1) if times else None,
+    }

@@ -1,0 +1,152 @@
+"""A throwaway node with its own pool, bridge, subnet, nft table and cgroup parent.
+
+Benchmarks and integration tests run against one so they never touch the operator's
+node or each other, and leave nothing behind: on exit every tenant, template, mount,
+loop device, link, netns, nft table and cgroup it made is removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import secrets
+import shutil
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from hoody.agent.api import create_app
+from hoody.agent.client import AgentClient
+from hoody.agent.config import NodeConfig
+from hoody.agent.engine import Node
+from hoody.agent.linux import build_node, init_node
+from hoody.agent.storage.pool import destroy_pool
+from hoody.agent.templates import DEMO_ARGS, DEMO_NAME, demo_source
+
+__all__ = ["ScratchNode", "free_port", "scratch_config", "scratch_node", "serve_in_thread"]
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+@dataclass
+class ScratchNode:
+    node: Node
+    client: AgentClient
+    url: str
+    token: str
+
+    def demo_template(self, **config: Any) -> dict[str, Any]:
+        """Create the demo-app template on this node (debootstrap is cached)."""
+        rec = self.node.create_template(DEMO_NAME, demo_source(), args=DEMO_ARGS, **config)
+        return rec.to_json()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _free_subnet() -> str:
+    """A /16 in 10.128-253.x.x that no route on this host uses."""
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        used = [
+            ipaddress.IPv4Network(f"{r.get_attr('RTA_DST')}/{r['dst_len']}")
+            for r in ipr.get_routes(family=socket.AF_INET)
+            if r.get_attr("RTA_DST")
+        ]
+    for _ in range(200):
+        net = ipaddress.IPv4Network(f"10.{128 + secrets.randbelow(126)}.0.0/16")
+        if not any(net.overlaps(u) for u in used):
+            return str(net)
+    raise RuntimeError("no free 10.x.0.0/16 subnet for a scratch node")
+
+
+@contextlib.contextmanager
+def serve_in_thread(app: Any, port: int) -> Iterator[str]:
+    """Run an ASGI app with uvicorn on 127.0.0.1:`port` in a thread; yield its URL."""
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("scratch agent did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def _remove_cgroup_parent(parent: str) -> None:
+    for controller in CGROUP_ROOT.iterdir():
+        path = controller / parent
+        if path.is_dir():
+            for child in sorted(path.glob("*/"), reverse=True):
+                with contextlib.suppress(OSError):
+                    child.rmdir()
+            with contextlib.suppress(OSError):
+                path.rmdir()
+
+
+@contextlib.contextmanager
+def scratch_config(
+    prefix: str = "hs", storage_mode: str = "overlay", pool_size: str = "6G"
+) -> Iterator[NodeConfig]:
+    """An initialised node config (pool, dirs) under /var/tmp; everything removed on exit."""
+    name = prefix[:2] + secrets.token_hex(2)
+    tmp = Path(tempfile.mkdtemp(prefix=f"hoody-{name}-", dir="/var/tmp"))
+    config = NodeConfig(
+        name=name,
+        state_dir=tmp / "state",
+        run_dir=tmp / "run",
+        pool=tmp / "pool",
+        pool_image=tmp / "pool.img",
+        pool_size=pool_size,
+        subnet=_free_subnet(),
+        storage_mode=storage_mode,
+        listen=f"127.0.0.1:{free_port()}",
+    )
+    try:
+        init_node(config)
+        yield config
+    finally:
+        try:
+            node = build_node(config)
+            node.teardown_all()
+            node.store.close()
+        finally:
+            destroy_pool(config.pool, config.pool_image)
+            _remove_cgroup_parent(config.cgroup_parent)
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def scratch_node(
+    prefix: str = "hs", storage_mode: str = "overlay", pool_size: str = "6G"
+) -> Iterator[ScratchNode]:
+    """A real node, served over HTTP on loopback, removed entirely on exit."""
+    with scratch_config(prefix, storage_mode, pool_size) as config:
+        token = secrets.token_urlsafe(16)
+        node = build_node(config)
+        try:
+            port = int(config.listen.rpartition(":")[2])
+            with serve_in_thread(create_app(node, token), port) as url:
+                client = AgentClient(url, token)
+                try:
+                    yield ScratchNode(node, client, url, token)
+                finally:
+                    client.close()
+        finally:
+            node.store.close()

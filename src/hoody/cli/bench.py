@@ -1,0 +1,40 @@
+"""`hoody bench …`: benchmarks that print JSON, each on a scratch node of its own."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+
+__all__ = ["app"]
+
+app = typer.Typer(help="Benchmarks (JSON output; scratch pool and network, nothing left behind).")
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON (the default output).")]
+
+
+@app.command()
+def provision(
+    count: Annotated[int, typer.Option(help="Tenants to create.")] = 20,
+    concurrency: Annotated[int, typer.Option(help="Copies in flight.")] = 4,
+    storage: Annotated[str, typer.Option(help="overlay or snapshot")] = "overlay",
+    as_json: JsonOpt = True,
+) -> None:
+    """Copy request → first HTTP 200 on the tenant's address: p50/p99 ms."""
+    from hoody.bench.provision import provision as run
+
+    typer.echo(json.dumps(run(count, concurrency, storage), indent=2))
+
+
+@app.command()
+def density(
+    count: Annotated[int, typer.Option(help="Idle tenants to run.")] = 50,
+    storage: Annotated[str, typer.Option(help="overlay or snapshot")] = "overlay",
+    ksm: Annotated[bool, typer.Option(help="Let the template opt in to KSM.")] = False,
+    as_json: JsonOpt = True,
+) -> None:
+    """Marginal memory and disk per idle demo-app tenant."""
+    from hoody.bench.density import density as run
+
+    typer.echo(json.dumps(run(count, storage, ksm), indent=2))
