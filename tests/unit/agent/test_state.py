@@ -1,0 +1,75 @@
+import ipaddress
+import time
+
+import pytest
+
+from hoody.agent.spec import FirewallPolicy, Limits
+from hoody.agent.state import NodeStore, TemplateRecord, TenantRecord
+from hoody.errors import Conflict, Exhausted, NotFound
+
+SUBNET = ipaddress.IPv4Network("10.9.0.0/29")  # gateway .1, tenants .2 - .6
+
+
+def tenant(tid: str) -> TenantRecord:
+    return TenantRecord(
+        id=tid,
+        template="t",
+        version=1,
+        mode="overlay",
+        ip="",
+        desired="running",
+        status="creating",
+        pid=0,
+        created_at=time.time(),
+        args=("/bin/sh",),
+        env={},
+        port=8080,
+        limits=Limits(),
+        firewall=FirewallPolicy(),
+        ksm=False,
+        metadata={"plan": "pro"},
+    )
+
+
+def test_ips_are_leased_lowest_first_and_freed_on_remove() -> None:
+    store = NodeStore(":memory:")
+    ips = [store.reserve_tenant(tenant(f"t{i}"), SUBNET).ip for i in range(5)]
+    assert ips == [f"10.9.0.{i}" for i in range(2, 7)]
+    with pytest.raises(Exhausted, match="no free address"):
+        store.reserve_tenant(tenant("t9"), SUBNET)
+    store.remove_tenant("t1")
+    assert store.reserve_tenant(tenant("t10"), SUBNET).ip == "10.9.0.3"
+
+
+def test_ids_are_never_reused_but_a_forgotten_reservation_is() -> None:
+    store = NodeStore(":memory:")
+    store.reserve_tenant(tenant("a"), SUBNET)
+    store.remove_tenant("a")
+    with pytest.raises(Conflict, match="never reused"):
+        store.reserve_tenant(tenant("a"), SUBNET)
+    store.reserve_tenant(tenant("b"), SUBNET)
+    store.forget_tenant("b")
+    store.reserve_tenant(tenant("b"), SUBNET)
+
+
+def test_records_round_trip() -> None:
+    store = NodeStore(":memory:")
+    rec = store.reserve_tenant(tenant("a"), SUBNET)
+    assert store.tenant("a") == rec
+    store.update_tenant("a", status="running", pid=42)
+    assert store.tenant("a").pid == 42
+    with pytest.raises(NotFound, match="hoody ls"):
+        store.tenant("zzz")
+
+
+def test_template_versions() -> None:
+    store = NodeStore(":memory:")
+    assert store.next_template_version("web") == 1
+    store.add_template(TemplateRecord("web", 1, time.time(), ksm=True))
+    store.add_template(TemplateRecord("web", 2, time.time()))
+    assert store.template("web").version == 2
+    assert store.template("web", 1).ksm is True
+    with pytest.raises(Conflict):
+        store.add_template(TemplateRecord("web", 2, time.time()))
+    with pytest.raises(NotFound, match="template ls"):
+        store.template("nope")
