@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(runc crun btrfs-progs nftables iproute2 debootstrap python3 python3-venv
-              util-linux mount procps psmisc curl)
+              util-linux mount procps psmisc curl postgresql)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

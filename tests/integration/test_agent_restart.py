@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
@@ -68,10 +69,8 @@ def test_sigkill_mid_copy_then_restart(agent_config: NodeConfig) -> None:
         pids = {t["id"]: t["pid"] for t in survivors}
 
         def copy_quietly() -> None:
-            try:
+            with contextlib.suppress(HoodyError, httpx.HTTPError):
                 client.copy("demo-app")
-            except (HoodyError, httpx.HTTPError):
-                pass
 
         threads = [threading.Thread(target=copy_quietly) for _ in range(8)]
         for th in threads:

@@ -13,14 +13,34 @@ from typing import Literal, Protocol
 
 from hoody.agent.spec import Limits
 
-__all__ = ["ContainerSpec", "ContainerState", "ExecResult", "Runtime", "RuntimeCaps"]
+__all__ = [
+    "EVENT_KEYS",
+    "ContainerSpec",
+    "ContainerState",
+    "ExecResult",
+    "Runtime",
+    "RuntimeCaps",
+]
+
+# The keys of Runtime.memory_events, always all present.
+EVENT_KEYS = (
+    "oom_kill",  # processes the OOM killer took
+    "memory_max_hit",  # charges refused at the memory limit, as the kernel counts them
+    "pids_max_hit",  # forks refused by the pids limit
+    "memory_bytes",  # memory in use now
+    "memory_peak_bytes",  # most memory in use since start
+    "pids",  # processes and threads now
+)
 
 
 @dataclass(frozen=True)
 class RuntimeCaps:
+    """What the runtime on this host can do; callers test these, not the name."""
+
     name: str  # "runc" or "crun"
-    cgroup: Literal["v1", "v2"]
+    cgroup: Literal["v1", "v2"]  # where the controllers are (a hybrid host counts as v1)
     memory_merge: bool  # PR_SET_MEMORY_MERGE works (KSM opt-in per template)
+    cgroupns: bool = True  # the kernel has cgroup namespaces (tenants see only their own)
 
 
 @dataclass(frozen=True)
@@ -40,6 +60,11 @@ class ContainerSpec:
 
 @dataclass(frozen=True)
 class ContainerState:
+    """running: the init process is alive (a paused container counts as running);
+    stopped: the runtime still knows the container but its init has exited (or it was
+    created and never started); absent: the runtime does not know the id.
+    `pid` is the host pid of the init process, 0 unless running."""
+
     status: Literal["running", "stopped", "absent"]
     pid: int = 0
 
@@ -52,26 +77,38 @@ class ExecResult:
 
 
 class Runtime(Protocol):
-    """Contract: tests/contract/test_runtime.py."""
+    """Contract: tests/contract/runtime.py (RuntimeContract), passed by OciRuntime
+    (tests/integration/test_runtime_oci.py) and FakeRuntime (tests/unit/agent)."""
 
     caps: RuntimeCaps
 
     def start(self, spec: ContainerSpec) -> int:
         """Create and start the container detached; return its init pid on the host.
 
-        A stopped leftover of the same id is removed first. Leaves nothing on failure.
+        A stopped leftover of the same id is removed first. Raises Conflict when a
+        container of that id is running, HostError when the runtime refuses (the
+        message carries its error). Leaves nothing on failure.
         """
 
-    def state(self, tid: str) -> ContainerState: ...
+    def state(self, tid: str) -> ContainerState:
+        """Cheap enough to poll: no subprocess on the common path."""
 
     def stop(self, tid: str, timeout: float = 5.0) -> None:
-        """SIGTERM, then SIGKILL after `timeout`, then remove; harmless when absent."""
+        """SIGTERM, then SIGKILL after `timeout`, then remove; harmless when absent.
+
+        Afterwards state(tid) is absent and the tenant's cgroup is gone. Note that a
+        container's init (pid 1 in its namespace) ignores SIGTERM unless it installed a
+        handler, so such a tenant takes the whole `timeout` to stop.
+        """
 
     def exec(self, tid: str, argv: list[str], timeout: float = 60.0) -> ExecResult:
-        """Run argv inside the running tenant and collect its output."""
+        """Run argv inside the running tenant (as its root, with its env and cwd) and
+        collect its output. Raises NotFound when absent, Conflict when stopped,
+        HostError after killing the command when it outlives `timeout`."""
 
     def list(self) -> list[str]:
         """Container ids this runtime knows (running or stopped)."""
 
     def memory_events(self, tid: str) -> dict[str, int]:
-        """Counters of the tenant's cgroup: {"oom_kill": n, "pids_max_hit": n, ...}."""
+        """Counters of the tenant's cgroup, one per EVENT_KEYS entry; all zero when
+        the tenant has no cgroup (stopped or absent)."""

@@ -33,7 +33,7 @@ class TemplateVersionRef:
 
 
 class StorageDriver(Protocol):
-    """Contract (tests/contract/test_storage.py runs it on every driver).
+    """Contract (tests/contract/storage.py runs it on every driver).
 
     Idempotent removals: deleting what is absent is not an error. Every create either
     completes or leaves nothing behind.

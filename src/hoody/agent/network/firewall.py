@@ -1,0 +1,203 @@
+"""The real firewall driver: one nftables table per node network, one atomic `nft -f -`
+per change.
+
+    table inet <name>
+      map egress  { ipv4_addr : verdict }   tenant address -> goto e-<tid>
+      map ingress { ipv4_addr : verdict }   tenant address -> goto i-<tid>
+      chain forward     established -> accept; from the bridge -> @egress, else drop;
+                        to the bridge -> @ingress, else drop
+      chain deliver     after an egress allow: to the bridge -> @ingress, else accept
+      chain output      from this host to the bridge -> @ingress, else drop
+      chain input       from the bridge: only replies (tenants never reach the host)
+      chain postrouting masquerade the subnet leaving by another interface (NAT)
+      chain e-<tid>     the tenant's egress rules in order; other tenants dropped
+                        unless a rule allows them; then the default
+      chain i-<tid>     the tenant's ingress rules; everything else dropped
+
+A connection between two tenants needs an egress allow on one side and an ingress
+rule on the other; a reply is accepted by conntrack. "node" ingress means from a local
+address of this server (`fib saddr type local`), e.g. the router.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+
+from hoody.agent.network import NetworkConfig
+from hoody.agent.spec import EgressRule, FirewallPolicy, IngressRule
+from hoody.errors import CommandFailed, HostError
+from hoody.proc import run
+
+__all__ = ["NftFirewall", "render_tenant"]
+
+
+def _ingress_rule(table: str, chain: str, ip: str, rule: IngressRule) -> str:
+    source = "fib saddr type local" if rule.source == "node" else f"ip saddr {rule.source}"
+    return f"add rule {table} {chain} ip daddr {ip} {source} {rule.proto} dport {rule.port} accept"
+
+
+def _egress_rule(table: str, chain: str, rule: EgressRule) -> str:
+    match = f"ip daddr {rule.cidr}"
+    if rule.port is not None:
+        match += f" {rule.proto} dport {rule.port}"
+    verdict = "goto deliver" if rule.action == "allow" else "drop"
+    return f"add rule {table} {chain} {match} {verdict}"
+
+
+def render_tenant(
+    config: NetworkConfig, tid: str, ip: str, policy: FirewallPolicy, *, mapped: bool = False
+) -> str:
+    """The nft script that (re)places a tenant's two chains and map entries atomically.
+
+    `mapped`: the address already has map entries, which must be deleted first (nft
+    refuses to add a key twice).
+    """
+    t = f"inet {config.table}"
+    e, i = f"e-{tid}", f"i-{tid}"
+    lines = [
+        f"add chain {t} {e}",
+        f"flush chain {t} {e}",
+        f"add chain {t} {i}",
+        f"flush chain {t} {i}",
+    ]
+    lines += [_egress_rule(t, e, r) for r in policy.egress]
+    lines.append(f"add rule {t} {e} ip daddr {config.subnet} drop")
+    default = "goto deliver" if policy.egress_default == "allow" else "drop"
+    lines.append(f"add rule {t} {e} {default}")
+    lines += [_ingress_rule(t, i, ip, r) for r in policy.ingress]
+    lines.append(f"add rule {t} {i} drop")
+    for name, chain in (("egress", e), ("ingress", i)):
+        if mapped:
+            lines.append(f"delete element {t} {name} {{ {ip} }}")
+        lines.append(f"add element {t} {name} {{ {ip} : goto {chain} }}")
+    return "\n".join(lines) + "\n"
+
+
+class NftFirewall:
+    """Firewall driver on nftables (needs root and the `nft` program)."""
+
+    def __init__(self, config: NetworkConfig) -> None:
+        self.config = config
+        self._lock = threading.Lock()
+
+    def _nft(self, script: str) -> None:
+        try:
+            run(["nft", "-f", "-"], input=script)
+        except CommandFailed as exc:
+            raise HostError(
+                f"nftables refused the change to table {self.config.table}: "
+                f"{exc.stderr.strip()[:400]}"
+            ) from exc
+
+    def _table(self) -> dict[str, object] | None:
+        result = run(["nft", "-j", "list", "table", "inet", self.config.table], check=False)
+        if result.returncode != 0:
+            return None
+        return json.loads(result.stdout)  # type: ignore[no-any-return]
+
+    def ensure_base(self) -> None:
+        cfg = self.config
+        t, br, net = f"inet {cfg.table}", cfg.bridge, cfg.subnet
+        nat = (
+            f"add rule {t} postrouting ip saddr {net} oifname != {br} masquerade\n"
+            if cfg.nat
+            else ""
+        )
+        # Base chains are rebuilt (flushed) every time: the tenant chains and maps stay.
+        script = f"""add table {t}
+add map {t} egress {{ type ipv4_addr : verdict ; }}
+add map {t} ingress {{ type ipv4_addr : verdict ; }}
+add chain {t} deliver
+flush chain {t} deliver
+add rule {t} deliver oifname {br} ip daddr vmap @ingress
+add rule {t} deliver oifname {br} drop
+add rule {t} deliver accept
+add chain {t} forward {{ type filter hook forward priority filter ; policy accept ; }}
+flush chain {t} forward
+add rule {t} forward iifname {br} meta nfproto ipv6 drop
+add rule {t} forward oifname {br} meta nfproto ipv6 drop
+add rule {t} forward ct state established,related accept
+add rule {t} forward ct state invalid drop
+add rule {t} forward iifname {br} ip saddr vmap @egress
+add rule {t} forward iifname {br} drop
+add rule {t} forward oifname {br} ip daddr vmap @ingress
+add rule {t} forward oifname {br} drop
+add chain {t} output {{ type filter hook output priority filter ; policy accept ; }}
+flush chain {t} output
+add rule {t} output oifname {br} ct state established,related accept
+add rule {t} output oifname {br} ip daddr vmap @ingress
+add rule {t} output oifname {br} drop
+add chain {t} input {{ type filter hook input priority filter ; policy accept ; }}
+flush chain {t} input
+add rule {t} input iifname {br} ct state established,related accept
+add rule {t} input iifname {br} drop
+add chain {t} postrouting {{ type nat hook postrouting priority srcnat ; }}
+flush chain {t} postrouting
+{nat}"""
+        with self._lock:
+            self._nft(script)
+
+    def apply_tenant(self, tid: str, ip: str, policy: FirewallPolicy) -> None:
+        with self._lock:
+            owners = self._map_owners()
+            stale = [old for old, owner in owners.items() if owner == tid and old != ip]
+            self._nft(
+                "".join(map(self._remove_elements, stale))
+                + render_tenant(self.config, tid, ip, policy, mapped=ip in owners)
+            )
+
+    def remove_tenant(self, tid: str) -> None:
+        with self._lock:
+            ips = [ip for ip, owner in self._map_owners().items() if owner == tid]
+            if not ips and tid not in self._tenant_chains():
+                return
+            t = f"inet {self.config.table}"
+            script = "".join(map(self._remove_elements, ips))
+            for chain in (f"e-{tid}", f"i-{tid}"):
+                script += f"add chain {t} {chain}\ndelete chain {t} {chain}\n"
+            self._nft(script)
+
+    def list_tenants(self) -> list[str]:
+        return sorted(self._tenant_chains())
+
+    def teardown(self) -> None:
+        with self._lock:
+            if self._table() is not None:
+                self._nft(f"delete table inet {self.config.table}\n")
+
+    # --- reading the table ------------------------------------------------------------
+
+    def _remove_elements(self, ip: str) -> str:
+        t = f"inet {self.config.table}"
+        return "".join(f"delete element {t} {name} {{ {ip} }}\n" for name in ("egress", "ingress"))
+
+    def _objects(self) -> list[dict[str, object]]:
+        table = self._table()
+        if table is None:
+            return []
+        items = table.get("nftables", [])
+        return items if isinstance(items, list) else []
+
+    def _tenant_chains(self) -> set[str]:
+        found = set()
+        for item in self._objects():
+            chain = item.get("chain")
+            if isinstance(chain, dict):
+                name = str(chain.get("name", ""))
+                if name.startswith("e-"):
+                    found.add(name[2:])
+        return found
+
+    def _map_owners(self) -> dict[str, str]:
+        """Tenant address -> tid, from the egress map (both maps are changed together)."""
+        found: dict[str, str] = {}
+        for item in self._objects():
+            entry = item.get("map")
+            if not isinstance(entry, dict) or entry.get("name") != "egress":
+                continue
+            for key, verdict in entry.get("elem", []):
+                target = str(verdict.get("goto", {}).get("target", ""))
+                if target.startswith("e-"):
+                    found[str(key)] = target[2:]
+        return found

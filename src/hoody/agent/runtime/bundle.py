@@ -1,0 +1,281 @@
+"""The OCI config.json of one tenant: pure, so it can be read and tested as plain data.
+
+What the tenant gets, and why:
+
+- its own user namespace (tenant root = host uid `uid_base`, unprivileged outside),
+  pid, ipc, uts, mount and (when the kernel has them) cgroup namespaces. No network
+  namespace is listed: the runtime is started inside the tenant's netns and the
+  container inherits it (see `oci.py` for why joining it by path breaks `exec`);
+- Docker's default capability set minus NET_RAW (no raw sockets: no ARP/ICMP spoofing
+  of neighbours on the bridge), no_new_privileges, NOFILE 1024;
+- /sys is an empty read-only tmpfs: sysfs cannot be mounted from a user namespace that
+  does not own the (pre-created) network namespace, and a tenant needs nothing there;
+  the cgroup filesystem is not mounted at all;
+- the runc default masked and read-only /proc paths;
+- a seccomp denylist (see `seccomp_profile`);
+- cpu quota, memory without swap, and a pids cap in cgroup `/<cgroup_parent>/<tid>`.
+"""
+
+from __future__ import annotations
+
+import platform
+from typing import Any
+
+from hoody.agent.runtime import ContainerSpec, RuntimeCaps
+
+__all__ = [
+    "CAPABILITIES",
+    "CPU_PERIOD_US",
+    "DENIED_SYSCALLS",
+    "MASKED_PATHS",
+    "READONLY_PATHS",
+    "cgroups_path",
+    "oci_config",
+    "seccomp_profile",
+]
+
+CPU_PERIOD_US = 100_000
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+# Docker's default set without CAP_NET_RAW. Inside the user namespace these only act on
+# things the namespace owns; SYS_ADMIN is absent, so mounts and most of the kernel's
+# privileged surface stay closed even to tenant root.
+CAPABILITIES = (
+    "CAP_AUDIT_WRITE",
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_MKNOD",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SETFCAP",
+    "CAP_SETGID",
+    "CAP_SETPCAP",
+    "CAP_SETUID",
+    "CAP_SYS_CHROOT",
+)
+
+MASKED_PATHS = (
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/sys/firmware",
+)
+
+READONLY_PATHS = (
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+)
+
+# Seccomp: default ALLOW with a denylist answering EPERM, not Docker's ERRNO-default
+# allowlist. The kernel's own checks already refuse most privileged calls to a tenant
+# (no CAP_SYS_ADMIN, user namespace); the denylist removes kernel attack surface an
+# unprivileged process could still reach (bpf, io_uring, userfaultfd, perf, keyrings,
+# the new mount API, nested user namespaces) and the calls that make no sense in a
+# tenant. A denylist keeps working when a newer libc starts using a new syscall, which
+# an allowlist pinned to one runtime version would break with an obscure EPERM.
+DENIED_SYSCALLS = (
+    "_sysctl",
+    "acct",
+    "add_key",
+    "adjtimex",
+    "bpf",
+    "clock_adjtime",
+    "clock_adjtime64",
+    "clock_settime",
+    "clock_settime64",
+    "create_module",
+    "delete_module",
+    "finit_module",
+    "fsconfig",
+    "fsmount",
+    "fsopen",
+    "fspick",
+    "get_kernel_syms",
+    "init_module",
+    "io_uring_enter",
+    "io_uring_register",
+    "io_uring_setup",
+    "ioperm",
+    "iopl",
+    "kcmp",
+    "kexec_file_load",
+    "kexec_load",
+    "keyctl",
+    "lookup_dcookie",
+    "mount",
+    "mount_setattr",
+    "move_mount",
+    "nfsservctl",
+    "open_by_handle_at",
+    "open_tree",
+    "perf_event_open",
+    "pivot_root",
+    "query_module",
+    "quotactl",
+    "quotactl_fd",
+    "reboot",
+    "request_key",
+    "setns",
+    "settimeofday",
+    "stime",
+    "swapoff",
+    "swapon",
+    "syslog",
+    "sysfs",
+    "umount",
+    "umount2",
+    "uselib",
+    "userfaultfd",
+    "ustat",
+    "vm86",
+    "vm86old",
+)
+
+_CLONE_NEWUSER = 0x10000000
+_EPERM = 1
+_ENOSYS = 38
+
+# Architectures a process on this machine can issue syscalls in; the filter must cover
+# all of them or the 32-bit entry points would bypass it.
+_SECCOMP_ARCHES = {
+    "x86_64": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+    "aarch64": ["SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM"],
+}
+
+
+def seccomp_profile(machine: str | None = None) -> dict[str, Any]:
+    """The OCI `linux.seccomp` section: allow by default, deny `DENIED_SYSCALLS`.
+
+    Also denies unshare/clone with CLONE_NEWUSER (a nested user namespace hands the
+    tenant a full capability set over fresh namespaces: the door to most container
+    escapes), and answers clone3 with ENOSYS because its flags live in memory seccomp
+    cannot read; glibc then falls back to clone, which the rule above can check.
+    """
+    arch = machine or platform.machine()
+    newuser = [
+        {
+            "index": 0,
+            "value": _CLONE_NEWUSER,
+            "valueTwo": _CLONE_NEWUSER,
+            "op": "SCMP_CMP_MASKED_EQ",
+        }
+    ]
+    return {
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "architectures": _SECCOMP_ARCHES.get(arch, []),
+        "syscalls": [
+            {"names": list(DENIED_SYSCALLS), "action": "SCMP_ACT_ERRNO", "errnoRet": _EPERM},
+            {"names": ["unshare"], "action": "SCMP_ACT_ERRNO", "errnoRet": _EPERM, "args": newuser},
+            # clone's flags are argument 0 on x86 and arm (argument 1 only on s390).
+            {"names": ["clone"], "action": "SCMP_ACT_ERRNO", "errnoRet": _EPERM, "args": newuser},
+            {"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": _ENOSYS},
+        ],
+    }
+
+
+def cgroups_path(cgroup_parent: str, tid: str) -> str:
+    """`/<parent>/<tid>`: absolute, so tenants land under the hierarchy root and not
+    inside whatever cgroup the agent itself happens to run in (a relative path is
+    joined to the runtime's own cgroup, which would also cap tenants by the agent's
+    limits)."""
+    return f"/{cgroup_parent.strip('/')}/{tid}"
+
+
+def _resources(spec: ContainerSpec) -> dict[str, Any]:
+    limits = spec.limits
+    memory = limits.memory_mib << 20
+    return {
+        "devices": [{"allow": False, "access": "rwm"}],  # the runtime adds /dev/null & co.
+        "cpu": {
+            "quota": max(1000, round(limits.cpu * CPU_PERIOD_US)),
+            "period": CPU_PERIOD_US,
+        },
+        # OCI swap is memory+swap: equal to the limit means no swap at all, so a hog
+        # is stopped at its limit instead of pushing neighbours' pages to disk.
+        "memory": {"limit": memory, "swap": memory},
+        "pids": {"limit": limits.pids},
+    }
+
+
+def _mounts() -> list[dict[str, Any]]:
+    def tmpfs(dest: str, source: str, *options: str) -> dict[str, Any]:
+        return {"destination": dest, "type": "tmpfs", "source": source, "options": list(options)}
+
+    return [
+        {"destination": "/proc", "type": "proc", "source": "proc"},
+        tmpfs("/dev", "tmpfs", "nosuid", "strictatime", "mode=755", "size=65536k"),
+        {
+            "destination": "/dev/pts",
+            "type": "devpts",
+            "source": "devpts",
+            "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"],
+        },
+        tmpfs("/dev/shm", "shm", "nosuid", "noexec", "nodev", "mode=1777", "size=65536k"),
+        {
+            "destination": "/dev/mqueue",
+            "type": "mqueue",
+            "source": "mqueue",
+            "options": ["nosuid", "noexec", "nodev"],
+        },
+        tmpfs("/sys", "sysfs", "nosuid", "noexec", "nodev", "ro"),
+    ]
+
+
+def oci_config(spec: ContainerSpec, cgroup_parent: str, caps: RuntimeCaps) -> dict[str, Any]:
+    """The config.json for `spec`, as a JSON-able dict. Pure: no I/O, no host lookups
+    beyond the machine architecture for seccomp."""
+    env = {"PATH": DEFAULT_PATH, "HOSTNAME": spec.tid, "HOME": "/root", **spec.env}
+    namespaces: list[dict[str, str]] = [
+        {"type": "pid"},
+        {"type": "ipc"},
+        {"type": "uts"},
+        {"type": "mount"},
+        {"type": "user"},
+    ]
+    if caps.cgroupns:
+        namespaces.append({"type": "cgroup"})
+    ids = [{"containerID": 0, "hostID": spec.uid_base, "size": spec.uid_size}]
+    return {
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": False,
+            "user": {"uid": 0, "gid": 0},
+            "args": list(spec.args),
+            "env": [f"{k}={v}" for k, v in env.items()],
+            "cwd": spec.cwd,
+            "capabilities": {
+                "bounding": list(CAPABILITIES),
+                "effective": list(CAPABILITIES),
+                "permitted": list(CAPABILITIES),
+            },
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
+            "noNewPrivileges": True,
+            # When the whole host runs short, the kernel should pick a tenant before
+            # the agent or sshd (a tenant's own limit is enforced by its cgroup).
+            "oomScoreAdj": 500,
+        },
+        "root": {"path": str(spec.rootfs), "readonly": False},
+        "hostname": spec.tid,
+        "mounts": _mounts(),
+        "linux": {
+            "uidMappings": ids,
+            "gidMappings": ids,
+            "namespaces": namespaces,
+            "cgroupsPath": cgroups_path(cgroup_parent, spec.tid),
+            "resources": _resources(spec),
+            "maskedPaths": list(MASKED_PATHS),
+            "readonlyPaths": list(READONLY_PATHS),
+            "seccomp": seccomp_profile(),
+        },
+    }

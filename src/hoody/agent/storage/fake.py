@@ -1,0 +1,185 @@
+"""A StorageDriver in plain directories, for tests that run without root.
+
+Template versions and tenants are ordinary directories under `root`; a tenant gets a
+full copy of its version's files in either mode, and "mounting" only marks it mounted
+and returns that directory. Things the filesystem cannot show without root are kept
+as bookkeeping and stated here: ownership shifts are recorded, not applied (`owner`
+answers what the real driver's lstat would), disk limits are recorded, not enforced,
+and usage is the bytes of files that differ from the template version.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from hoody.agent.storage import StorageCaps, StorageMode, TemplateVersionRef
+from hoody.errors import Conflict, InvalidInput, NotFound
+from hoody.undo import Undo
+
+__all__ = ["FakeStorage"]
+
+
+@dataclass
+class _Tenant:
+    ref: TemplateVersionRef
+    mode: StorageMode
+    disk_mib: int
+    mounted: bool = False
+
+
+class FakeStorage:
+    caps = StorageCaps(modes=("overlay", "snapshot"), disk_limit=True, usage=True)
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.versions: dict[TemplateVersionRef, int] = {}  # ref -> uid shift applied
+        self.tenants: dict[str, _Tenant] = {}
+
+    def _version_path(self, ref: TemplateVersionRef) -> Path:
+        return self.root / "templates" / ref.template / str(ref.version)
+
+    def _rootfs(self, tid: str) -> Path:
+        return self.root / "tenants" / tid / "rootfs"
+
+    def _tenant(self, tid: str) -> _Tenant:
+        try:
+            return self.tenants[tid]
+        except KeyError:
+            raise NotFound(f"tenant {tid} has no storage; `hoody ls` lists tenants") from None
+
+    def owner(self, path: Path) -> tuple[int, int]:
+        """(uid, gid) of `path` as the real driver would have shifted it."""
+        st = os.lstat(path)
+        shift = 0
+        for ref, uid_shift in self.versions.items():
+            if path.is_relative_to(self._version_path(ref)):
+                shift = uid_shift
+        for tenant_id, tenant in self.tenants.items():
+            if path.is_relative_to(self._rootfs(tenant_id)):
+                shift = self.versions.get(tenant.ref, 0)
+        return st.st_uid + shift, st.st_gid + shift
+
+    def ensure_ready(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def create_template_version(
+        self, ref: TemplateVersionRef, populate: Callable[[Path], None], uid_shift: int
+    ) -> Path:
+        path = self._version_path(ref)
+        if ref in self.versions or path.exists():
+            raise Conflict(
+                f"template {ref.template} version {ref.version} already exists; "
+                "delete it first or make a new version"
+            )
+        path.mkdir(parents=True)
+        with Undo() as undo:
+            undo.add(lambda: shutil.rmtree(path), "remove version dir")
+            populate(path)
+            self.versions[ref] = uid_shift
+            undo.commit()
+        return path
+
+    def version_from_tenant(self, ref: TemplateVersionRef, tid: str) -> Path:
+        tenant = self._tenant(tid)
+        path = self._version_path(ref)
+        if ref in self.versions:
+            raise Conflict(
+                f"template {ref.template} version {ref.version} already exists; "
+                "delete it first or make a new version"
+            )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(self._rootfs(tid), path, symlinks=True)
+        self.versions[ref] = self.versions.get(tenant.ref, 0)
+        return path
+
+    def delete_template_version(self, ref: TemplateVersionRef) -> None:
+        users = sorted(tid for tid, t in self.tenants.items() if t.ref == ref)
+        if users:
+            raise Conflict(
+                f"template {ref.template} version {ref.version} is used by tenant(s) "
+                f"{', '.join(users[:3])}; delete them first"
+            )
+        self.versions.pop(ref, None)
+        shutil.rmtree(self._version_path(ref), ignore_errors=True)
+
+    def list_template_versions(self) -> list[TemplateVersionRef]:
+        return sorted(self.versions, key=lambda r: (r.template, r.version))
+
+    def create_tenant(
+        self, tid: str, ref: TemplateVersionRef, mode: StorageMode, disk_mib: int, uid_shift: int
+    ) -> None:
+        if mode not in self.caps.modes:
+            raise InvalidInput(f"storage mode {mode!r} is invalid; use overlay or snapshot")
+        if ref not in self.versions:
+            raise NotFound(
+                f"template {ref.template} version {ref.version} does not exist on this node; "
+                "`hoody template ls` lists templates"
+            )
+        self._add(tid, ref, mode, disk_mib, self._version_path(ref))
+
+    def copy_tenant(self, src: str, dst: str, disk_mib: int) -> None:
+        source = self._tenant(src)
+        self._add(dst, source.ref, source.mode, disk_mib, self._rootfs(src))
+
+    def _add(
+        self, tid: str, ref: TemplateVersionRef, mode: StorageMode, disk_mib: int, files: Path
+    ) -> None:
+        if tid in self.tenants:
+            raise Conflict(f"tenant {tid} already exists; delete it first or pick another id")
+        if disk_mib < 0:
+            raise InvalidInput(f"disk limit {disk_mib} MiB is invalid; give 0 or more")
+        rootfs = self._rootfs(tid)
+        with Undo() as undo:
+            undo.add(lambda: shutil.rmtree(rootfs.parent, ignore_errors=True), "remove dir")
+            rootfs.parent.mkdir(parents=True)
+            shutil.copytree(files, rootfs, symlinks=True)
+            self.tenants[tid] = _Tenant(ref, mode, disk_mib)
+            undo.commit()
+
+    def set_disk_limit(self, tid: str, disk_mib: int) -> None:
+        if disk_mib < 0:
+            raise InvalidInput(f"disk limit {disk_mib} MiB is invalid; give 0 or more")
+        self._tenant(tid).disk_mib = disk_mib
+
+    def tenant_usage(self, tid: str) -> int:
+        """Bytes of the tenant's regular files that are new or differ from the version's."""
+        base = self._version_path(self._tenant(tid).ref)
+        rootfs = self._rootfs(tid)
+        used = 0
+        for dirpath, _, files in os.walk(rootfs):
+            for name in files:
+                path = Path(dirpath, name)
+                st = path.lstat()
+                if not stat.S_ISREG(st.st_mode):
+                    continue
+                try:
+                    orig = (base / path.relative_to(rootfs)).lstat()
+                except FileNotFoundError:
+                    used += st.st_size
+                    continue
+                if (orig.st_size, orig.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
+                    used += st.st_size
+        return used
+
+    def mount_tenant(self, tid: str) -> Path:
+        self._tenant(tid).mounted = True
+        return self._rootfs(tid)
+
+    def unmount_tenant(self, tid: str) -> None:
+        if tid in self.tenants:
+            self.tenants[tid].mounted = False
+
+    def delete_tenant(self, tid: str) -> None:
+        self.tenants.pop(tid, None)
+        shutil.rmtree(self._rootfs(tid).parent, ignore_errors=True)
+
+    def list_tenants(self) -> list[str]:
+        return sorted(self.tenants)
+
+    def is_mounted(self, tid: str) -> bool:
+        return tid in self.tenants and self.tenants[tid].mounted

@@ -1,0 +1,713 @@
+"""The fleet API, /api/v1: thin handlers over `Fleet`, one table of endpoints.
+
+The `ENDPOINTS` table drives both the routes and the OpenAPI 3.1 document, so the
+document cannot drift from what is served. Each handler parses (pydantic), calls one
+Fleet method in a worker thread (the store and agent clients block) and returns JSON.
+
+Every error is `{"error": {"code", "message"}}` with its status. Bad JSON, unknown
+fields, out-of-range numbers, odd path parameters and unknown routes are all 4xx;
+a 500 only means a bug, and is logged with its traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import html
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, TypeVar
+
+import anyio
+from pydantic import BaseModel, ValidationError
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from hoody.control import models as m
+from hoody.control.auth import Principal
+from hoody.control.service import Fleet
+from hoody.errors import HoodyError, InvalidInput, NotFound
+
+__all__ = ["ENDPOINTS", "create_app", "openapi"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+PREFIX = "/api/v1"
+MAX_BODY = 1 << 20
+
+
+@dataclass
+class Call:
+    """What a handler gets: the caller, the parsed body and the raw request."""
+
+    request: Request
+    who: Principal
+    body: Any
+
+    def path(self, name: str) -> str:
+        return str(self.request.path_params[name])
+
+    def query(self, name: str) -> str | None:
+        return self.request.query_params.get(name)
+
+
+Handler = Callable[[Fleet, Call], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    where: str  # path | query | header
+    description: str = ""
+    schema: dict[str, Any] = field(default_factory=lambda: {"type": "string"})
+    required: bool = False
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    tag: str
+    body: type[BaseModel] | None = None
+    response: type[BaseModel] | None = None
+    many: bool = False
+    status: int = 200
+    params: tuple[Param, ...] = ()
+    errors: tuple[int, ...] = (400, 401, 403, 404)
+
+
+async def run(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    return await anyio.to_thread.run_sync(partial(fn, *args, **kwargs))
+
+
+def _int_query(call: Call, name: str, default: int | None = None) -> int | None:
+    raw = call.query(name)
+    if raw is None or raw == "":
+        return default
+    if not raw.isdigit() or len(raw) > 10:
+        raise InvalidInput(f"query parameter {name} must be a whole number, got {raw[:20]!r}")
+    return int(raw)
+
+
+def _metadata_query(call: Call) -> dict[str, str]:
+    out = {}
+    for item in call.request.query_params.getlist("metadata"):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InvalidInput(f"metadata filter {item[:40]!r} is invalid; write key=value")
+        out[key] = value
+    return out
+
+
+# handlers: parse → service → response
+
+
+async def copy(f: Fleet, c: Call) -> Any:
+    body: m.CopyBody = c.body
+    project = c.who.project_for(body.project)
+    return await run(
+        f.copy,
+        project,
+        c.path("template"),
+        name=body.name,
+        version=body.version,
+        limits=body.limits.model_dump(exclude_none=True) if body.limits else None,
+        env=body.env,
+        firewall=body.firewall,
+        metadata=body.metadata,
+        idempotency_key=c.request.headers.get("idempotency-key"),
+        strategy=body.strategy,
+    )
+
+
+async def list_containers(f: Fleet, c: Call) -> Any:
+    return await run(
+        f.list_containers,
+        c.who,
+        project=_int_query(c, "project"),
+        template=c.query("template"),
+        node=c.query("node"),
+        state=c.query("state"),
+        metadata=_metadata_query(c),
+        limit=_int_query(c, "limit", 50) or 0,
+        cursor=c.query("cursor"),
+    )
+
+
+async def get_container(f: Fleet, c: Call) -> Any:
+    return await run(f.get_container, c.who, c.path("cid"))
+
+
+async def delete_container(f: Fleet, c: Call) -> Any:
+    return await run(f.delete_container, c.who, c.path("cid"))
+
+
+async def start(f: Fleet, c: Call) -> Any:
+    return await run(f.start, c.who, c.path("cid"))
+
+
+async def stop(f: Fleet, c: Call) -> Any:
+    return await run(f.stop, c.who, c.path("cid"))
+
+
+async def snapshot(f: Fleet, c: Call) -> Any:
+    body: m.SnapshotBody = c.body
+    return await run(f.snapshot, c.who, c.path("cid"), body.template)
+
+
+async def list_templates(f: Fleet, c: Call) -> Any:
+    return await run(f.list_templates, c.who)
+
+
+async def get_template(f: Fleet, c: Call) -> Any:
+    return await run(f.get_template, c.who, c.path("name"))
+
+
+async def delete_template(f: Fleet, c: Call) -> Any:
+    return await run(f.delete_template, c.who, c.path("name"))
+
+
+async def join(f: Fleet, c: Call) -> Any:
+    body: m.JoinBody = c.body
+    return await run(f.join, c.who, body.name, body.url, body.agent_token)
+
+
+async def list_nodes(f: Fleet, c: Call) -> Any:
+    return await run(f.list_nodes, c.who)
+
+
+def _cordon(state: str) -> Handler:
+    async def handler(f: Fleet, c: Call) -> Any:
+        return await run(f.set_cordon, c.who, c.path("name"), state)
+
+    return handler
+
+
+async def heartbeat(f: Fleet, c: Call) -> Any:
+    body: m.HeartbeatBody = c.body
+    templates = [t.model_dump(exclude_none=True) for t in body.templates or []]
+    return await run(
+        f.heartbeat,
+        c.who,
+        c.path("name"),
+        body.headroom,
+        templates if body.templates is not None else None,
+    )
+
+
+async def list_projects(f: Fleet, c: Call) -> Any:
+    return await run(f.list_projects, c.who)
+
+
+async def create_project(f: Fleet, c: Call) -> Any:
+    body: m.ProjectBody = c.body
+    return await run(f.create_project, c.who, body.name)
+
+
+async def list_tokens(f: Fleet, c: Call) -> Any:
+    return await run(f.list_tokens, c.who)
+
+
+async def create_token(f: Fleet, c: Call) -> Any:
+    body: m.TokenBody = c.body
+    return await run(
+        f.create_token, c.who, body.scope, project_id=body.project_id, description=body.description
+    )
+
+
+async def revoke_token(f: Fleet, c: Call) -> Any:
+    raw = c.path("token_id")
+    if not raw.isdigit() or len(raw) > 10:
+        raise NotFound(f"token {raw[:20]!r} does not exist; GET /api/v1/tokens lists them")
+    return await run(f.revoke_token, c.who, int(raw))
+
+
+async def get_operation(f: Fleet, c: Call) -> Any:
+    return await run(f.get_operation, c.who, c.path("op_id"))
+
+
+async def whoami(f: Fleet, c: Call) -> Any:
+    return {"scope": c.who.scope, "project_id": c.who.project_id, "node": c.who.node}
+
+
+_CID = Param("cid", "path", "Container id.", required=True)
+_TEMPLATE = Param("template", "path", "Template name.", required=True)
+_NAME = Param("name", "path", required=True)
+_LIST_PARAMS = (
+    Param("project", "query", "Project id (admin tokens).", {"type": "integer", "minimum": 1}),
+    Param("template", "query", "Only this template."),
+    Param("node", "query", "Only this node."),
+    Param("state", "query", "creating, running, stopped, failed, deleting or deleted."),
+    Param(
+        "metadata",
+        "query",
+        "key=value; repeat to require several.",
+        {"type": "array", "items": {"type": "string"}},
+    ),
+    Param(
+        "limit", "query", "Page size (1-500).", {"type": "integer", "minimum": 1, "maximum": 500}
+    ),
+    Param("cursor", "query", "`next_cursor` of the previous page."),
+)
+_IDEMPOTENCY = Param(
+    "Idempotency-Key",
+    "header",
+    "Same key, same container: retries never make a second one.",
+    {"type": "string", "minLength": 1, "maxLength": 255},
+)
+
+ENDPOINTS: tuple[Endpoint, ...] = (
+    Endpoint(
+        "POST",
+        "/containers/{template}/copy",
+        copy,
+        "Create a container from a template on the node with headroom",
+        "containers",
+        body=m.CopyBody,
+        response=m.ContainerOut,
+        status=201,
+        params=(_TEMPLATE, _IDEMPOTENCY),
+        errors=(400, 401, 403, 404, 409, 507),
+    ),
+    Endpoint(
+        "GET",
+        "/containers",
+        list_containers,
+        "List containers, oldest first, one page at a time",
+        "containers",
+        response=m.ContainerPage,
+        params=_LIST_PARAMS,
+    ),
+    Endpoint(
+        "GET",
+        "/containers/{cid}",
+        get_container,
+        "Show a container",
+        "containers",
+        response=m.ContainerOut,
+        params=(_CID,),
+    ),
+    Endpoint(
+        "DELETE",
+        "/containers/{cid}",
+        delete_container,
+        "Delete a container and everything it had; deleting again answers existed=false",
+        "containers",
+        response=m.DeleteOut,
+        params=(_CID,),
+        errors=(400, 401, 403, 404, 409),
+    ),
+    Endpoint(
+        "POST",
+        "/containers/{cid}/start",
+        start,
+        "Start a stopped container",
+        "containers",
+        response=m.ContainerOut,
+        params=(_CID,),
+        errors=(400, 401, 403, 404, 409),
+    ),
+    Endpoint(
+        "POST",
+        "/containers/{cid}/stop",
+        stop,
+        "Stop a container; its files stay",
+        "containers",
+        response=m.ContainerOut,
+        params=(_CID,),
+        errors=(400, 401, 403, 404, 409),
+    ),
+    Endpoint(
+        "POST",
+        "/containers/{cid}/snapshot",
+        snapshot,
+        "Make a new template version from a container's files",
+        "containers",
+        body=m.SnapshotBody,
+        response=m.OperationOut,
+        status=201,
+        params=(_CID,),
+        errors=(400, 401, 403, 404, 409),
+    ),
+    Endpoint(
+        "GET",
+        "/templates",
+        list_templates,
+        "List templates with versions and nodes",
+        "templates",
+        response=m.TemplateOut,
+        many=True,
+    ),
+    Endpoint(
+        "GET",
+        "/templates/{name}",
+        get_template,
+        "Show a template",
+        "templates",
+        response=m.TemplateOut,
+        params=(_NAME,),
+    ),
+    Endpoint(
+        "DELETE",
+        "/templates/{name}",
+        delete_template,
+        "Delete a template everywhere; refused (409) while containers use it",
+        "templates",
+        params=(_NAME,),
+        errors=(400, 401, 403, 404, 409),
+    ),
+    Endpoint(
+        "POST",
+        "/nodes/join",
+        join,
+        "Join a node (join token); returns its node token",
+        "nodes",
+        body=m.JoinBody,
+        response=m.JoinOut,
+        status=201,
+    ),
+    Endpoint(
+        "GET",
+        "/nodes",
+        list_nodes,
+        "List nodes with headroom (admin)",
+        "nodes",
+        response=m.NodeOut,
+        many=True,
+    ),
+    Endpoint(
+        "POST",
+        "/nodes/{name}/cordon",
+        _cordon("cordoned"),
+        "No new containers here (admin)",
+        "nodes",
+        response=m.NodeOut,
+        params=(_NAME,),
+    ),
+    Endpoint(
+        "POST",
+        "/nodes/{name}/uncordon",
+        _cordon("none"),
+        "Take new containers again (admin)",
+        "nodes",
+        response=m.NodeOut,
+        params=(_NAME,),
+    ),
+    Endpoint(
+        "POST",
+        "/nodes/{name}/drain",
+        _cordon("draining"),
+        "Cordon and start a drain operation (admin)",
+        "nodes",
+        params=(_NAME,),
+    ),
+    Endpoint(
+        "POST",
+        "/nodes/{name}/heartbeat",
+        heartbeat,
+        "A node agent reports it is alive, with headroom and templates",
+        "nodes",
+        body=m.HeartbeatBody,
+        response=m.NodeOut,
+        params=(_NAME,),
+    ),
+    Endpoint(
+        "GET",
+        "/projects",
+        list_projects,
+        "List projects (admin)",
+        "admin",
+        response=m.ProjectOut,
+        many=True,
+    ),
+    Endpoint(
+        "POST",
+        "/projects",
+        create_project,
+        "Create a project (admin)",
+        "admin",
+        body=m.ProjectBody,
+        response=m.ProjectOut,
+        status=201,
+        errors=(400, 401, 403, 409),
+    ),
+    Endpoint(
+        "GET",
+        "/tokens",
+        list_tokens,
+        "List tokens, without secrets (admin)",
+        "admin",
+        response=m.TokenOut,
+        many=True,
+    ),
+    Endpoint(
+        "POST",
+        "/tokens",
+        create_token,
+        "Create a token; its secret is shown once (admin)",
+        "admin",
+        body=m.TokenBody,
+        response=m.TokenOut,
+        status=201,
+    ),
+    Endpoint(
+        "DELETE",
+        "/tokens/{token_id}",
+        revoke_token,
+        "Revoke a token (admin)",
+        "admin",
+        response=m.TokenOut,
+        params=(Param("token_id", "path", required=True),),
+    ),
+    Endpoint(
+        "GET",
+        "/operations/{op_id}",
+        get_operation,
+        "Poll an operation",
+        "operations",
+        response=m.OperationOut,
+        params=(Param("op_id", "path", required=True),),
+    ),
+    Endpoint(
+        "GET",
+        "/whoami",
+        whoami,
+        "The scope of the calling token",
+        "admin",
+        response=m.WhoamiOut,
+    ),
+)
+
+
+def _error(exc: HoodyError) -> JSONResponse:
+    return JSONResponse(exc.to_json(), status_code=exc.status)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+async def _parse_body(request: Request, model: type[BaseModel] | None) -> Any:
+    if model is None:
+        return None
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY:
+        too_big = InvalidInput(f"request body is over {MAX_BODY} bytes; send less")
+        too_big.status = 413
+        raise too_big
+    raw = await request.body()
+    if len(raw) > MAX_BODY:
+        too_big = InvalidInput(f"request body is over {MAX_BODY} bytes; send less")
+        too_big.status = 413
+        raise too_big
+    try:
+        data = json.loads(raw, parse_constant=_reject_constant) if raw.strip() else {}
+    except (ValueError, RecursionError) as exc:
+        raise InvalidInput(f"request body is not JSON: {str(exc)[:200]}") from exc
+    if not isinstance(data, dict):
+        raise InvalidInput("request body must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        raise InvalidInput(
+            f"field {where}: {first['msg']} ({exc.error_count()} problem(s) in the body)"
+        ) from exc
+
+
+def _endpoint(fleet: Fleet, ep: Endpoint) -> Callable[[Request], Awaitable[Response]]:
+    async def endpoint(request: Request) -> Response:
+        try:
+            who = await run(fleet.authenticate, request.headers.get("authorization"))
+            body = await _parse_body(request, ep.body)
+            result = await ep.handler(fleet, Call(request, who, body))
+        except HoodyError as exc:
+            return _error(exc)
+        except Exception:
+            log.exception("%s %s failed", request.method, request.url.path)
+            return JSONResponse(
+                {"error": {"code": "internal", "message": "internal error; see the server log"}},
+                status_code=500,
+            )
+        return JSONResponse(result, status_code=ep.status)
+
+    return endpoint
+
+
+def openapi() -> dict[str, Any]:
+    """The OpenAPI 3.1 document of /api/v1, built from `ENDPOINTS` and the models."""
+    schemas: dict[str, Any] = {}
+
+    def ref(model: type[BaseModel]) -> dict[str, Any]:
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(schema.pop("$defs", {}))
+        schemas[model.__name__] = schema
+        return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+    error = {"content": {"application/json": {"schema": ref(m.ErrorOut)}}}
+    paths: dict[str, Any] = {}
+    for ep in ENDPOINTS:
+        op: dict[str, Any] = {
+            "summary": ep.summary,
+            "operationId": f"{ep.method.lower()}_{ep.handler.__name__}_{ep.path}".replace("/", "_")
+            .replace("{", "")
+            .replace("}", ""),
+            "tags": [ep.tag],
+            "parameters": [
+                {
+                    "name": p.name,
+                    "in": p.where,
+                    "required": p.required or p.where == "path",
+                    "description": p.description,
+                    "schema": p.schema,
+                    **(
+                        {"style": "form", "explode": True}
+                        if p.schema.get("type") == "array"
+                        else {}
+                    ),
+                }
+                for p in ep.params
+            ],
+            "responses": {
+                str(code): {"description": _REASONS.get(code, "error"), **error}
+                for code in ep.errors
+            },
+        }
+        if ep.body is not None:
+            op["requestBody"] = {
+                "required": True,
+                "content": {"application/json": {"schema": ref(ep.body)}},
+            }
+        ok: dict[str, Any] = {"description": "success"}
+        if ep.response is not None:
+            schema = ref(ep.response)
+            ok["content"] = {
+                "application/json": {
+                    "schema": {"type": "array", "items": schema} if ep.many else schema
+                }
+            }
+        else:
+            ok["content"] = {"application/json": {"schema": {"type": "object"}}}
+        op["responses"][str(ep.status)] = ok
+        paths.setdefault(PREFIX + ep.path, {})[ep.method.lower()] = op
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "hoody fleet API",
+            "version": "1",
+            "description": "One isolated Linux container per customer, across a fleet.",
+        },
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{"bearer": []}],
+    }
+
+
+_REASONS = {
+    400: "malformed request",
+    401: "no or wrong token",
+    403: "token may not do this",
+    404: "no such resource",
+    409: "conflict",
+    413: "body too large",
+    507: "no node has headroom",
+}
+
+
+def docs_page(spec: dict[str, Any]) -> str:
+    """A self-contained HTML page listing every endpoint (nothing loaded from a CDN)."""
+    rows = []
+    for path, ops in spec["paths"].items():
+        for method, op in ops.items():
+            params = ", ".join(f"{p['name']} ({p['in']})" for p in op.get("parameters", []))
+            body = op.get("requestBody", {}).get("content", {}).get("application/json", {})
+            ref = body.get("schema", {}).get("$ref", "").rsplit("/", 1)[-1]
+            rows.append(
+                "<tr>"
+                f"<td class=m>{html.escape(method.upper())}</td>"
+                f"<td><code>{html.escape(path)}</code></td>"
+                f"<td>{html.escape(op['summary'])}</td>"
+                f"<td>{html.escape(params)}</td>"
+                f"<td>{f'<a href=#{html.escape(ref)}>{html.escape(ref)}</a>' if ref else ''}</td>"
+                "</tr>"
+            )
+    schemas = "".join(
+        f"<h3 id={html.escape(name)}>{html.escape(name)}</h3>"
+        f"<pre>{html.escape(json.dumps(schema, indent=2))}</pre>"
+        for name, schema in spec["components"]["schemas"].items()
+    )
+    return f"""<!doctype html>
+<html><head><meta charset=utf-8><title>hoody API</title>
+<style>body{{font:14px system-ui,sans-serif;margin:2em;max-width:1100px}}
+table{{border-collapse:collapse;width:100%}}td,th{{border-bottom:1px solid #ddd;
+padding:4px 8px;text-align:left;vertical-align:top}}.m{{font-weight:bold}}
+pre{{background:#f6f6f6;padding:8px;overflow:auto}}</style></head>
+<body><h1>hoody fleet API</h1>
+<p>Send <code>Authorization: Bearer &lt;token&gt;</code>. Errors are
+<code>{{"error": {{"code", "message"}}}}</code>. Machine-readable:
+<a href=openapi.json>openapi.json</a>.</p>
+<table><tr><th>method</th><th>path</th><th>what</th><th>parameters</th><th>body</th></tr>
+{"".join(rows)}</table><h2>Schemas</h2>{schemas}</body></html>"""
+
+
+def create_app(fleet: Fleet, *, monitor: bool = True, check_every: float = 1.0) -> Starlette:
+    """The control plane app. With `monitor`, a background task marks nodes down once
+    their heartbeats stop (`fleet.settings.heartbeat_timeout`)."""
+    spec = openapi()
+    page = docs_page(spec)
+
+    async def spec_endpoint(request: Request) -> Response:
+        return JSONResponse(spec)
+
+    async def docs_endpoint(request: Request) -> Response:
+        return HTMLResponse(page)
+
+    async def watch_nodes() -> None:
+        while True:
+            await asyncio.sleep(check_every)
+            try:
+                await run(fleet.mark_down_stale)
+            except Exception:
+                log.exception("node health check failed")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        task = asyncio.create_task(watch_nodes()) if monitor else None
+        try:
+            yield
+        finally:
+            if task is not None:
+                task.cancel()
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        status = exc.status_code if isinstance(exc, HTTPException) else 500
+        code = {404: "not_found", 405: "method_not_allowed"}.get(status, "invalid_input")
+        message = {
+            404: f"no such endpoint {request.url.path}; see {PREFIX}/docs",
+            405: f"{request.method} is not allowed on {request.url.path}; see {PREFIX}/docs",
+        }.get(status, "bad request")
+        return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+
+    routes = [
+        Route(f"{PREFIX}/openapi.json", spec_endpoint),
+        Route(f"{PREFIX}/docs", docs_endpoint),
+        *(Route(PREFIX + ep.path, _endpoint(fleet, ep), methods=[ep.method]) for ep in ENDPOINTS),
+    ]
+    return Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={HTTPException: http_error},
+    )

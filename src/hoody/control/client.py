@@ -1,0 +1,279 @@
+"""`hoody.control.client.Client`: the Python SDK of the fleet API, used by the CLI.
+
+    from hoody.control.client import Client
+    hoody = Client("http://127.0.0.1:7080", "hdy_…")
+    c = hoody.copy("demo-app", metadata={"customer": "cus_42"}, idempotency_key=event_id)
+
+Errors come back as the HoodyError subclass the server raised (NotFound, Conflict…).
+Without arguments the URL and token come from HOODY_URL / HOODY_TOKEN, else from the
+file `hoody login` writes (~/.config/hoody/config.json). Pass `transport` (or a whole
+`http` client, e.g. Starlette's TestClient) to run against an in-process app.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from hoody.agent.client import raise_for_error
+from hoody.errors import HostError, InvalidInput
+
+__all__ = ["Client", "config_path", "load_config", "save_config"]
+
+
+def config_path() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "hoody" / "config.json"
+
+
+def load_config() -> dict[str, str]:
+    try:
+        data = json.loads(config_path().read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+    return {k: str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+
+def save_config(url: str, token: str) -> Path:
+    """Write url and token to the config file, readable by the owner only."""
+    path = config_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump({"url": url, "token": token}, f, indent=2)
+    return path
+
+
+def _clean(body: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in body.items() if v is not None}
+
+
+class Client:
+    def __init__(
+        self,
+        url: str | None = None,
+        token: str | None = None,
+        *,
+        transport: httpx.BaseTransport | None = None,
+        http: httpx.Client | None = None,
+        timeout: float = 120.0,
+    ) -> None:
+        saved = load_config() if not (url and token) else {}
+        url = url or os.environ.get("HOODY_URL") or saved.get("url")
+        token = token or os.environ.get("HOODY_TOKEN") or saved.get("token")
+        if not url or not token:
+            raise InvalidInput(
+                "no control plane configured; run `hoody login URL --token T` "
+                "or set HOODY_URL and HOODY_TOKEN"
+            )
+        self.url = url.rstrip("/")
+        headers = {"Authorization": f"Bearer {token}"}
+        if http is not None:
+            http.headers.update(headers)
+            self.http = http
+        else:
+            self.http = httpx.Client(
+                base_url=self.url, headers=headers, transport=transport, timeout=timeout
+            )
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _req(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self.http.request(method, f"{self.url}/api/v1{path}", **kwargs)
+        except httpx.TransportError as exc:
+            raise HostError(
+                f"cannot reach the control plane at {self.url}: {exc}; is `hoody server` running?"
+            ) from exc
+        raise_for_error(response)
+        return response.json()
+
+    # containers
+
+    def copy(
+        self,
+        template: str,
+        *,
+        name: str | None = None,
+        version: int | None = None,
+        limits: dict[str, Any] | None = None,
+        env: dict[str, str] | None = None,
+        firewall: dict[str, Any] | None = None,
+        metadata: dict[str, Any] | None = None,
+        idempotency_key: str | None = None,
+        project: int | None = None,
+        strategy: str | None = None,
+    ) -> dict[str, Any]:
+        """Create a container; the same `idempotency_key` always returns the same one."""
+        body = _clean(
+            {
+                "name": name,
+                "version": version,
+                "limits": limits,
+                "env": env,
+                "firewall": firewall,
+                "metadata": metadata,
+                "project": project,
+                "strategy": strategy,
+            }
+        )
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        result: dict[str, Any] = self._req(
+            "POST", f"/containers/{template}/copy", json=body, headers=headers
+        )
+        return result
+
+    def containers(
+        self,
+        *,
+        project: int | None = None,
+        template: str | None = None,
+        node: str | None = None,
+        state: str | None = None,
+        metadata: dict[str, str] | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> dict[str, Any]:
+        """One page: {"items": [...], "next_cursor": str | None}."""
+        params: list[tuple[str, str]] = [
+            (k, str(v))
+            for k, v in (
+                ("project", project),
+                ("template", template),
+                ("node", node),
+                ("state", state),
+                ("limit", limit),
+                ("cursor", cursor),
+            )
+            if v is not None
+        ]
+        params += [("metadata", f"{k}={v}") for k, v in (metadata or {}).items()]
+        result: dict[str, Any] = self._req("GET", "/containers", params=params)
+        return result
+
+    def iter_containers(self, **filters: Any) -> Iterator[dict[str, Any]]:
+        """Every matching container, following the cursor page by page."""
+        cursor = None
+        while True:
+            page = self.containers(**filters, cursor=cursor)
+            yield from page["items"]
+            cursor = page["next_cursor"]
+            if not cursor:
+                return
+
+    def container(self, cid: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._req("GET", f"/containers/{cid}")
+        return result
+
+    def delete(self, cid: str) -> dict[str, Any]:
+        """{"id", "deleted": true, "existed": bool}: existed is false on a repeat delete."""
+        result: dict[str, Any] = self._req("DELETE", f"/containers/{cid}")
+        return result
+
+    def start(self, cid: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._req("POST", f"/containers/{cid}/start")
+        return result
+
+    def stop(self, cid: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._req("POST", f"/containers/{cid}/stop")
+        return result
+
+    def snapshot(self, cid: str, template: str | None = None) -> dict[str, Any]:
+        """The finished operation; its `result` names the new template version."""
+        result: dict[str, Any] = self._req(
+            "POST", f"/containers/{cid}/snapshot", json=_clean({"template": template})
+        )
+        return result
+
+    # templates
+
+    def templates(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self._req("GET", "/templates")
+        return result
+
+    def template(self, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._req("GET", f"/templates/{name}")
+        return result
+
+    def delete_template(self, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._req("DELETE", f"/templates/{name}")
+        return result
+
+    # nodes
+
+    def nodes(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self._req("GET", "/nodes")
+        return result
+
+    def join(self, name: str, url: str, agent_token: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._req(
+            "POST", "/nodes/join", json={"name": name, "url": url, "agent_token": agent_token}
+        )
+        return result
+
+    def heartbeat(
+        self, name: str, headroom: dict[str, Any], templates: list[dict[str, Any]] | None = None
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"headroom": headroom}
+        if templates is not None:
+            body["templates"] = templates
+        result: dict[str, Any] = self._req("POST", f"/nodes/{name}/heartbeat", json=body)
+        return result
+
+    def cordon(self, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._req("POST", f"/nodes/{name}/cordon")
+        return result
+
+    def uncordon(self, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._req("POST", f"/nodes/{name}/uncordon")
+        return result
+
+    def drain(self, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._req("POST", f"/nodes/{name}/drain")
+        return result
+
+    # projects, tokens, operations
+
+    def projects(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self._req("GET", "/projects")
+        return result
+
+    def create_project(self, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._req("POST", "/projects", json={"name": name})
+        return result
+
+    def tokens(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self._req("GET", "/tokens")
+        return result
+
+    def create_token(
+        self, scope: str, *, project_id: int | None = None, description: str = ""
+    ) -> dict[str, Any]:
+        """The new token record; its `token` field is the secret, shown this once."""
+        body = _clean({"scope": scope, "project_id": project_id, "description": description})
+        result: dict[str, Any] = self._req("POST", "/tokens", json=body)
+        return result
+
+    def revoke_token(self, token_id: int) -> dict[str, Any]:
+        result: dict[str, Any] = self._req("DELETE", f"/tokens/{token_id}")
+        return result
+
+    def operation(self, op_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._req("GET", f"/operations/{op_id}")
+        return result
+
+    def whoami(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._req("GET", "/whoami")
+        return result

@@ -1,0 +1,228 @@
+"""An in-memory node agent speaking the agent's HTTP API, for tests and benchmarks.
+
+It keeps state (templates, tenants, used ids) the way `hoody.agent.engine.Node` does
+and answers the same routes, auth and error shapes as `hoody.agent.api`, served
+through an httpx transport so no socket is opened:
+
+    agent = FakeAgent("n1")
+    client = AgentClient(agent.url, agent.token, transport=agent.transport())
+
+`down = True` makes every request fail as an unreachable agent would.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import httpx
+
+from hoody.agent.client import AgentClient
+from hoody.errors import Conflict, HoodyError, InvalidInput, NotFound, Unauthorized
+
+__all__ = ["FakeAgent", "fake_agents"]
+
+_GIB = 1 << 30
+
+
+class FakeAgent:
+    def __init__(
+        self,
+        name: str,
+        *,
+        token: str = "agent-secret",
+        memory_total: int = 8 * _GIB,
+        disk_free: int = 100 * _GIB,
+        templates: Iterable[tuple[str, int]] = (("demo", 1),),
+        subnet: int = 1,
+    ) -> None:
+        self.name = name
+        self.token = token
+        self.url = f"http://{name}.agent.invalid"
+        self.memory_total = memory_total
+        self.disk_free = disk_free
+        self.subnet = subnet
+        self.down = False
+        self.fail_copy: HoodyError | None = None
+        self.copies = 0
+        self.templates: dict[tuple[str, int], dict[str, Any]] = {}
+        self.tenants: dict[str, dict[str, Any]] = {}
+        self.used_ids: set[str] = set()
+        self._lock = threading.Lock()
+        for tname, version in templates:
+            self.add_template(tname, version)
+
+    def add_template(self, name: str, version: int, memory_mib: int = 256) -> dict[str, Any]:
+        rec = {
+            "name": name,
+            "version": version,
+            "created_at": time.time(),
+            "args": ["/bin/sh"],
+            "env": {},
+            "port": 8080,
+            "limits": {"cpu": 1.0, "memory_mib": memory_mib, "pids": 256, "disk_mib": 1024},
+            "ksm": False,
+        }
+        self.templates[(name, version)] = rec
+        return rec
+
+    def template_list(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [dict(t) for t in self.templates.values()]
+
+    def headroom(self) -> dict[str, Any]:
+        with self._lock:
+            promised = sum(
+                t["limits"]["memory_mib"] << 20
+                for t in self.tenants.values()
+                if t["desired"] == "running"
+            )
+            return {
+                "tenants": len(self.tenants),
+                "running": sum(1 for t in self.tenants.values() if t["state"] == "running"),
+                "memory_total_bytes": self.memory_total,
+                "memory_available_bytes": self.memory_total - promised,
+                "memory_promised_bytes": promised,
+                "memory_headroom_bytes": max(0, self.memory_total - promised),
+                "cpus": 2,
+                "cpu_promised": 0.0,
+                "load_1m": 0.0,
+                "disk_total_bytes": self.disk_free,
+                "disk_free_bytes": self.disk_free,
+            }
+
+    def transport(self) -> httpx.MockTransport:
+        return httpx.MockTransport(self.handle)
+
+    def client(self) -> AgentClient:
+        return AgentClient(self.url, self.token, transport=self.transport())
+
+    # the HTTP surface
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        if self.down:
+            raise httpx.ConnectError("connection refused (fake agent is down)", request=request)
+        try:
+            if request.headers.get("authorization") != f"Bearer {self.token}":
+                raise Unauthorized("missing or wrong agent token")
+            status, body = self._route(request)
+        except HoodyError as exc:
+            return httpx.Response(exc.status, json=exc.to_json())
+        return httpx.Response(status, json=body)
+
+    def _route(self, request: httpx.Request) -> tuple[int, Any]:
+        path, method = request.url.path, request.method
+        data = json.loads(request.content) if request.content else {}
+        if path == "/v1/node" and method == "GET":
+            return 200, {"name": self.name, "headroom": self.headroom()}
+        if path == "/v1/templates" and method == "GET":
+            return 200, self.template_list()
+        if m := re.fullmatch(r"/v1/templates/([^/]+)/copy", path):
+            return 201, self._copy(m.group(1), data)
+        if (m := re.fullmatch(r"/v1/templates/([^/]+)", path)) and method == "DELETE":
+            return 200, self._delete_template(m.group(1))
+        if (m := re.fullmatch(r"/v1/tenants/([^/]+)", path)) and method == "GET":
+            return 200, self._tenant(m.group(1))
+        if (m := re.fullmatch(r"/v1/tenants/([^/]+)", path)) and method == "DELETE":
+            return 200, self._delete(m.group(1))
+        if m := re.fullmatch(r"/v1/tenants/([^/]+)/(start|stop|snapshot)", path):
+            return (201 if m.group(2) == "snapshot" else 200), self._act(
+                m.group(1), m.group(2), data
+            )
+        if path == "/v1/tenants" and method == "GET":
+            with self._lock:
+                return 200, list(self.tenants.values())
+        raise NotFound(f"no route {method} {path}")
+
+    def _copy(self, template: str, data: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            if self.fail_copy is not None:
+                raise self.fail_copy
+            versions = [v for (n, v) in self.templates if n == template]
+            version = data.get("version") or (max(versions) if versions else None)
+            tmpl = self.templates.get((template, version or 0))
+            if tmpl is None:
+                raise NotFound(f"template {template} version {version} does not exist")
+            tid = data.get("name") or f"{template}-{len(self.used_ids)}"
+            if tid in self.used_ids:
+                raise Conflict(f"tenant id {tid} is taken")
+            self.used_ids.add(tid)
+            self.copies += 1
+            n = len(self.used_ids)
+            ip = f"10.{self.subnet}.{n // 250}.{n % 250 + 2}"
+            rec = {
+                "id": tid,
+                "template": template,
+                "version": version,
+                "ip": ip,
+                "state": "running",
+                "desired": "running",
+                "url": f"http://{ip}:8080/",
+                "limits": {**tmpl["limits"], **(data.get("limits") or {})},
+                "env": data.get("env") or {},
+                "metadata": data.get("metadata") or {},
+            }
+            self.tenants[tid] = rec
+            return dict(rec)
+
+    def _tenant(self, tid: str) -> dict[str, Any]:
+        with self._lock:
+            if tid not in self.tenants:
+                raise NotFound(f"tenant {tid} does not exist")
+            return dict(self.tenants[tid])
+
+    def _delete(self, tid: str) -> dict[str, Any]:
+        with self._lock:
+            if tid in self.tenants:
+                del self.tenants[tid]
+                return {"id": tid, "deleted": True, "existed": True}
+            if tid in self.used_ids:
+                return {"id": tid, "deleted": True, "existed": False}
+            raise NotFound(f"tenant {tid} does not exist")
+
+    def _act(self, tid: str, verb: str, data: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            rec = self.tenants.get(tid)
+            if rec is None:
+                raise NotFound(f"tenant {tid} does not exist")
+            if verb == "snapshot":
+                name = data.get("template") or rec["template"]
+                if not isinstance(name, str):
+                    raise InvalidInput("template must be a string")
+                version = 1 + max((v for (n, v) in self.templates if n == name), default=0)
+                snap = {**self.templates.get((rec["template"], rec["version"]), {})}
+                snap.update(name=name, version=version, created_at=time.time())
+                self.templates[(name, version)] = snap
+                return dict(snap)
+            rec["state"] = rec["desired"] = "running" if verb == "start" else "stopped"
+            return dict(rec)
+
+    def _delete_template(self, name: str) -> dict[str, Any]:
+        with self._lock:
+            gone = [k for k in self.templates if k[0] == name]
+            if not gone:
+                raise NotFound(f"template {name} does not exist")
+            for key in gone:
+                del self.templates[key]
+            return {"deleted": [f"{n}/{v}" for n, v in gone]}
+
+
+def fake_agents(agents: Iterable[FakeAgent]) -> Any:
+    """An AgentFactory for `Fleet(agents=…)` that reaches these fakes by their url."""
+    by_url = {a.url: a for a in agents}
+
+    def factory(url: str, token: str) -> AgentClient:
+        agent = by_url.get(url)
+        if agent is None:
+            return AgentClient(url, token, transport=httpx.MockTransport(_unreachable))
+        return AgentClient(url, token, transport=agent.transport())
+
+    return factory
+
+
+def _unreachable(request: httpx.Request) -> httpx.Response:
+    raise httpx.ConnectError("connection refused (no fake agent there)", request=request)

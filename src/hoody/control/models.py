@@ -1,0 +1,213 @@
+"""Request and response bodies of /api/v1 as pydantic models.
+
+Requests are validated with these before any service runs (unknown fields are
+refused, numbers are bounded so no value can overflow a database column); responses
+are documented with them in the OpenAPI document.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "INT_MAX",
+    "ContainerOut",
+    "ContainerPage",
+    "CopyBody",
+    "DeleteOut",
+    "ErrorOut",
+    "HeartbeatBody",
+    "JoinBody",
+    "JoinOut",
+    "LimitsBody",
+    "NodeOut",
+    "OperationOut",
+    "ProjectBody",
+    "ProjectOut",
+    "SnapshotBody",
+    "TemplateOut",
+    "TemplateRef",
+    "TokenBody",
+    "TokenOut",
+    "WhoamiOut",
+]
+
+INT_MAX = 2**31 - 1
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class LimitsBody(_Body):
+    """Overrides of the template's limits; cpu in cores."""
+
+    cpu: float | None = Field(None, ge=0.01, le=1024)
+    memory_mib: int | None = Field(None, ge=16, le=1 << 22)
+    pids: int | None = Field(None, ge=8, le=1 << 22)
+    disk_mib: int | None = Field(None, ge=16, le=1 << 24)
+
+
+class CopyBody(_Body):
+    name: str | None = Field(None, description="Container id (DNS label); generated if absent.")
+    version: int | None = Field(None, ge=1, le=INT_MAX, description="Default: the newest.")
+    limits: LimitsBody | None = None
+    env: dict[str, str] | None = None
+    firewall: dict[str, Any] | None = Field(
+        None, description="{ingress: [...], egress: [...], egress_default: allow|deny}"
+    )
+    metadata: dict[str, Any] | None = Field(None, description="Free-form: customer id, plan…")
+    project: int | None = Field(
+        None, ge=1, le=INT_MAX, description="Only for admin tokens: the project to copy into."
+    )
+    strategy: Literal["spread", "pack"] | None = None
+
+
+class SnapshotBody(_Body):
+    template: str | None = Field(None, description="Template name; default: the container's.")
+
+
+class ProjectBody(_Body):
+    name: str
+
+
+class TokenBody(_Body):
+    scope: Literal["admin", "project", "join"]
+    project_id: int | None = Field(None, ge=1, le=INT_MAX)
+    description: str = Field("", max_length=200)
+
+
+class JoinBody(_Body):
+    name: str = Field(description="Node name (DNS label).")
+    url: str = Field(description="The node agent's base URL, http://HOST:PORT.")
+    agent_token: str = Field(description="The agent's bearer token.")
+
+
+class TemplateRef(BaseModel):
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+
+    name: str = Field(max_length=63)
+    version: int = Field(ge=1, le=INT_MAX)
+    limits: dict[str, float] | None = None
+
+
+class HeartbeatBody(_Body):
+    headroom: dict[str, float] = Field(
+        default_factory=dict,
+        description="memory_total_bytes, memory_promised_bytes, disk_free_bytes, tenants…",
+    )
+    templates: list[TemplateRef] | None = Field(
+        None, description="Template versions on the node; omitted: unchanged."
+    )
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorOut(BaseModel):
+    error: ErrorDetail
+
+
+class ContainerOut(BaseModel):
+    id: str
+    project_id: int
+    template: str
+    version: int
+    node: str
+    state: str
+    ip: str
+    url: str
+    placement: str = Field(description="Why this node was chosen.")
+    limits: dict[str, Any]
+    metadata: dict[str, Any]
+    created_at: float
+    deleted_at: float | None
+
+
+class ContainerPage(BaseModel):
+    items: list[ContainerOut]
+    next_cursor: str | None = Field(description="Pass back as `cursor`; null on the last page.")
+
+
+class DeleteOut(BaseModel):
+    id: str
+    deleted: bool
+    existed: bool = Field(description="False when an earlier call already deleted it.")
+
+
+class ReplicaOut(BaseModel):
+    node: str
+    state: str
+    progress: float
+
+
+class VersionOut(BaseModel):
+    version: int
+    created_at: float
+    limits: dict[str, Any]
+    nodes: list[ReplicaOut]
+
+
+class TemplateOut(BaseModel):
+    name: str
+    project_id: int | None
+    shared: bool
+    versions: list[VersionOut]
+
+
+class NodeOut(BaseModel):
+    name: str
+    url: str
+    state: str = Field(description="up, down, cordoned or draining")
+    health: str
+    cordon: str
+    last_heartbeat: float
+    headroom: dict[str, Any]
+    containers: int
+    memory_promised_mib: int
+
+
+class JoinOut(BaseModel):
+    node: NodeOut
+    token: str | None = Field(
+        description="The node's own token, for its heartbeats; null on a rejoin with it."
+    )
+
+
+class ProjectOut(BaseModel):
+    id: int
+    name: str
+    created_at: float
+
+
+class TokenOut(BaseModel):
+    id: int
+    prefix: str
+    scope: str
+    project_id: int | None
+    node: str | None
+    description: str
+    created_at: float
+    revoked: bool
+    token: str | None = Field(None, description="The secret; shown only when created.")
+
+
+class OperationOut(BaseModel):
+    id: str
+    kind: str
+    target: str
+    state: str = Field(description="running, succeeded or failed")
+    result: dict[str, Any]
+    error: dict[str, Any] | None
+    created_at: float
+    updated_at: float
+
+
+class WhoamiOut(BaseModel):
+    scope: str
+    project_id: int | None
+    node: str | None

@@ -1,0 +1,3 @@
+from tests.control_support import pg_store, pg_url, store
+
+__all__ = ["pg_store", "pg_url", "store"]

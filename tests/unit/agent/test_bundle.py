@@ -1,0 +1,153 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from hoody.agent.runtime import ContainerSpec, RuntimeCaps
+from hoody.agent.runtime.bundle import DENIED_SYSCALLS, oci_config, seccomp_profile
+from hoody.agent.spec import Limits
+
+CAPS = RuntimeCaps(name="runc", cgroup="v1", memory_merge=False)
+
+
+def config(**changes: Any) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "tid": "shop-abc123",
+        "rootfs": Path("/run/hoody/n1/tenants/shop-abc123/rootfs"),
+        "args": ("python3", "-m", "http.server", "8080"),
+        "limits": Limits(cpu=0.5, memory_mib=128, pids=64),
+        "netns": Path("/run/netns/n1-shop-abc123"),
+        "log_path": Path("/var/lib/hoody/logs/shop-abc123.log"),
+        "env": {"PORT": "8080"},
+        "cwd": "/srv",
+        "uid_base": 200000,
+        "uid_size": 65536,
+    }
+    fields.update(changes)
+    return oci_config(ContainerSpec(**fields), "hoody-n1", CAPS)
+
+
+def test_is_plain_json() -> None:
+    assert json.loads(json.dumps(config())) == config()
+
+
+def test_tenant_root_maps_to_the_unprivileged_range() -> None:
+    linux = config()["linux"]
+    expected = [{"containerID": 0, "hostID": 200000, "size": 65536}]
+    assert linux["uidMappings"] == expected
+    assert linux["gidMappings"] == expected
+    assert {"type": "user"} in linux["namespaces"]
+
+
+def test_namespaces_and_no_network_namespace_of_its_own() -> None:
+    types = [ns["type"] for ns in config()["linux"]["namespaces"]]
+    assert sorted(types) == ["cgroup", "ipc", "mount", "pid", "user", "uts"]
+    no_cgroupns = oci_config(
+        ContainerSpec(
+            tid="a",
+            rootfs=Path("/r"),
+            args=("x",),
+            limits=Limits(),
+            netns=Path("/n"),
+            log_path=Path("/l"),
+        ),
+        "p",
+        RuntimeCaps(name="runc", cgroup="v1", memory_merge=False, cgroupns=False),
+    )
+    assert "cgroup" not in [ns["type"] for ns in no_cgroupns["linux"]["namespaces"]]
+
+
+def test_process() -> None:
+    process = config()["process"]
+    assert process["args"] == ["python3", "-m", "http.server", "8080"]
+    assert process["cwd"] == "/srv"
+    assert process["user"] == {"uid": 0, "gid": 0}
+    assert process["noNewPrivileges"] is True
+    assert process["terminal"] is False
+    assert process["rlimits"] == [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}]
+    env = dict(e.split("=", 1) for e in process["env"])
+    assert env["HOSTNAME"] == "shop-abc123"
+    assert env["HOME"] == "/root"
+    assert env["PORT"] == "8080"
+    assert "/usr/bin" in env["PATH"].split(":")
+
+
+def test_env_of_the_template_overrides_defaults() -> None:
+    env = dict(e.split("=", 1) for e in config(env={"PATH": "/app/bin"})["process"]["env"])
+    assert env["PATH"] == "/app/bin"
+
+
+def test_capabilities_are_dockers_without_net_raw() -> None:
+    caps = config()["process"]["capabilities"]
+    assert caps["bounding"] == caps["effective"] == caps["permitted"]
+    assert "CAP_NET_RAW" not in caps["bounding"]
+    assert "CAP_SYS_ADMIN" not in caps["bounding"]
+    assert {"CAP_CHOWN", "CAP_SETUID", "CAP_NET_BIND_SERVICE"} <= set(caps["bounding"])
+
+
+def test_hostname_and_root() -> None:
+    cfg = config()
+    assert cfg["hostname"] == "shop-abc123"
+    assert cfg["root"] == {"path": "/run/hoody/n1/tenants/shop-abc123/rootfs", "readonly": False}
+
+
+def test_limits_math() -> None:
+    res = config()["linux"]["resources"]
+    assert res["cpu"] == {"quota": 50_000, "period": 100_000}
+    assert res["memory"] == {"limit": 128 << 20, "swap": 128 << 20}  # swap = limit: none
+    assert res["pids"] == {"limit": 64}
+    tiny = config(limits=Limits(cpu=0.01))["linux"]["resources"]["cpu"]
+    assert tiny["quota"] == 1000  # the kernel's minimum quota
+    assert config(limits=Limits(cpu=2))["linux"]["resources"]["cpu"]["quota"] == 200_000
+
+
+def test_cgroup_path_is_absolute_under_the_node_parent() -> None:
+    assert config()["linux"]["cgroupsPath"] == "/hoody-n1/shop-abc123"
+
+
+def test_sys_is_an_empty_read_only_tmpfs_and_cgroupfs_is_not_mounted() -> None:
+    mounts = {m["destination"]: m for m in config()["mounts"]}
+    assert mounts["/sys"]["type"] == "tmpfs"
+    assert "ro" in mounts["/sys"]["options"]
+    assert not any(m["type"] in ("sysfs", "cgroup", "cgroup2") for m in mounts.values())
+    assert {"/proc", "/dev", "/dev/pts", "/dev/shm", "/dev/mqueue"} <= set(mounts)
+
+
+def test_masked_and_read_only_paths() -> None:
+    linux = config()["linux"]
+    assert {"/proc/kcore", "/proc/keys", "/proc/timer_list", "/sys/firmware"} <= set(
+        linux["maskedPaths"]
+    )
+    assert {"/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus"} <= set(
+        linux["readonlyPaths"]
+    )
+
+
+def test_seccomp_denies_the_dangerous_calls_with_eperm() -> None:
+    profile = config()["linux"]["seccomp"]
+    assert profile == seccomp_profile()
+    assert profile["defaultAction"] == "SCMP_ACT_ALLOW"
+    denied = profile["syscalls"][0]
+    assert denied["action"] == "SCMP_ACT_ERRNO" and denied["errnoRet"] == 1
+    for name in ("kexec_load", "init_module", "bpf", "mount", "keyctl", "setns", "io_uring_setup"):
+        assert name in denied["names"]
+    assert len(set(DENIED_SYSCALLS)) == len(DENIED_SYSCALLS)
+
+
+def test_seccomp_blocks_nested_user_namespaces_only() -> None:
+    rules = {r["names"][0]: r for r in seccomp_profile("x86_64")["syscalls"][1:]}
+    assert rules["unshare"]["args"] == [
+        {"index": 0, "value": 0x10000000, "valueTwo": 0x10000000, "op": "SCMP_CMP_MASKED_EQ"}
+    ]
+    assert rules["clone"]["args"] == rules["unshare"]["args"]
+    assert rules["clone3"]["errnoRet"] == 38  # ENOSYS: glibc falls back to clone
+
+
+def test_seccomp_covers_every_abi_of_the_machine() -> None:
+    assert seccomp_profile("x86_64")["architectures"] == [
+        "SCMP_ARCH_X86_64",
+        "SCMP_ARCH_X86",
+        "SCMP_ARCH_X32",
+    ]
+    assert seccomp_profile("aarch64")["architectures"] == ["SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM"]
