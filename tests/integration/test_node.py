@@ -18,12 +18,13 @@ import pytest
 from hoody.bench.provision import wait_http_ok
 from hoody.bench.scratch import ScratchNode
 from hoody.errors import Conflict, InvalidInput, NotFound
+from hoody.proc import run
 
 
 @pytest.fixture
 def tenant(scratch: ScratchNode) -> Iterator[dict[str, Any]]:
     rec = scratch.client.copy("demo-app")
-    wait_http_ok(rec["url"])
+    wait_http_ok(rec["url"] + "healthz")
     yield rec
     scratch.client.delete(rec["id"])
 
@@ -39,7 +40,7 @@ def visits(url: str) -> dict[str, Any]:
 
 def test_tenant_answers_with_its_id_and_keeps_its_counter(scratch: ScratchNode) -> None:
     rec = scratch.client.copy("demo-app", name="counter-test")
-    wait_http_ok(rec["url"])
+    wait_http_ok(rec["url"] + "healthz")
     page = httpx.get(rec["url"], timeout=5)
     assert page.status_code == 200 and "counter-test" in page.text
     assert visits(rec["url"]) == {"tenant": "counter-test", "visits": 2}
@@ -58,7 +59,7 @@ def test_tenant_answers_with_its_id_and_keeps_its_counter(scratch: ScratchNode) 
         scratch.client.copy("demo-app", name="counter-test")
     fresh = scratch.client.copy("demo-app", name="counter-test-2")
     try:
-        wait_http_ok(fresh["url"])
+        wait_http_ok(fresh["url"] + "healthz")
         assert visits(fresh["url"]) == {"tenant": "counter-test-2", "visits": 1}
     finally:
         scratch.client.delete("counter-test-2")
@@ -98,7 +99,7 @@ def test_memory_hog_is_killed_inside_its_own_cgroup(scratch: ScratchNode) -> Non
 def test_fork_bomb_is_capped_by_pids(scratch: ScratchNode) -> None:
     rec = scratch.client.copy("demo-app", limits={"pids": 32})
     try:
-        wait_http_ok(rec["url"])
+        wait_http_ok(rec["url"] + "healthz")
         code = (
             "import os, time\n"
             "n = 0\n"
@@ -120,7 +121,7 @@ def test_fork_bomb_is_capped_by_pids(scratch: ScratchNode) -> None:
 def test_cpu_spinner_stays_within_its_quota(scratch: ScratchNode) -> None:
     rec = scratch.client.copy("demo-app", limits={"cpu": 0.2})
     try:
-        wait_http_ok(rec["url"])
+        wait_http_ok(rec["url"] + "healthz")
         code = (
             "import time\n"
             "t = time.monotonic()\n"
@@ -225,7 +226,7 @@ def _leftovers(scratch: ScratchNode, tid: str) -> list[str]:
 def test_delete_leaves_nothing_and_twice_is_harmless(scratch: ScratchNode) -> None:
     links_before = _links(scratch)
     rec = scratch.client.copy("demo-app")
-    wait_http_ok(rec["url"])
+    wait_http_ok(rec["url"] + "healthz")
     assert _links(scratch) == links_before + 1
     assert scratch.client.delete(rec["id"])["existed"] is True
     assert _leftovers(scratch, rec["id"]) == []
@@ -305,6 +306,8 @@ def test_disk_limit_gives_enospc_inside_that_tenant_only(scratch: ScratchNode) -
         assert "EDQUOT" in out or "ENOSPC" in out
         out2 = py(scratch, other["id"], fill.replace("range(128)", "range(40)"))["stdout"]
         assert out2.startswith("wrote all"), out2
+        # Quota accounting is settled at each btrfs commit (every 30 s by default).
+        run(["btrfs", "filesystem", "sync", str(scratch.node.config.pool)])
         usage = scratch.client.tenant(other["id"])["usage"]["disk_bytes"]
         assert usage >= 30 << 20, usage
     finally:

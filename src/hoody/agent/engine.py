@@ -227,6 +227,7 @@ class Node:
                 tid, ref, storage_mode, rec.limits.disk_mib, self.config.uid_base
             )
             undo.add(lambda: self.storage.delete_tenant(tid), "delete storage")
+            undo.add(lambda: self._remove_logs(tid), "remove logs")
             rec = self._bring_up(rec, undo, start=start)
             undo.commit()
         return rec
@@ -242,6 +243,7 @@ class Node:
             with self._lock(src):
                 self.storage.copy_tenant(src, tid, rec.limits.disk_mib)
             undo.add(lambda: self.storage.delete_tenant(tid), "delete storage")
+            undo.add(lambda: self._remove_logs(tid), "remove logs")
             rec = self._bring_up(rec, undo, start=rec.desired == "running")
             undo.commit()
         return rec
@@ -348,6 +350,9 @@ class Node:
         self.firewall.remove_tenant(tid)
         self.network.detach(tid)
         self.storage.delete_tenant(tid)
+        self._remove_logs(tid)
+
+    def _remove_logs(self, tid: str) -> None:
         for path in self.config.log_dir.glob(f"{tid}.log*"):
             path.unlink(missing_ok=True)
 

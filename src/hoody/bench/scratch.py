@@ -107,6 +107,7 @@ def scratch_config(
     """An initialised node config (pool, dirs) under /var/tmp; everything removed on exit."""
     name = prefix[:2] + secrets.token_hex(2)
     tmp = Path(tempfile.mkdtemp(prefix=f"hoody-{name}-", dir="/var/tmp"))
+    tmp.chmod(0o711)  # tenant root (host uid 100000+) must traverse to its rootfs
     config = NodeConfig(
         name=name,
         state_dir=tmp / "state",

@@ -80,6 +80,16 @@ _prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
 _prctl.restype = ctypes.c_int
 
 
+def _tail(path: Path, size: int = 300) -> str:
+    """The last `size` bytes of a log, on one line, for an error message."""
+    try:
+        with path.open("rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - size))
+            return " ".join(f.read().decode(errors="replace").split())
+    except OSError:
+        return ""
+
+
 def _merge_memory() -> None:
     """preexec_fn: opt this process and everything it execs or forks into KSM.
 
@@ -234,10 +244,12 @@ class OciRuntime:
             child.wait()
             raise
         if code != 0 or not pid_file.exists():
+            output = _tail(spec.log_path)
             raise HostError(
                 f"{self.caps.name} could not start tenant {spec.tid}: "
-                f"{_runtime_error(runtime_log) or f'exit code {code}'}; "
-                f"see {spec.log_path} and fix the template's command or limits"
+                f"{_runtime_error(runtime_log) or f'exit code {code}'}"
+                + (f" (its output: {output})" if output else "")
+                + "; fix the template's command or limits"
             )
 
     # state
