@@ -70,6 +70,12 @@ class AgentClient:
     def close(self) -> None:
         self.http.close()
 
+    def __enter__(self) -> AgentClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def _req(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
             response = self.http.request(method, path, **kwargs)

@@ -397,7 +397,7 @@ class Node:
             self._rotate_log(rec.id)
             if rec.desired != "running" or rec.status in ("creating", "deleting"):
                 continue
-            if rec.pid and _alive(rec.pid):
+            if self.runtime.state(rec.id).status == "running":
                 failures, since = self._restarts.get(rec.id, (0, now))
                 if failures and now - since > 60:
                     self._restarts.pop(rec.id, None)
@@ -411,7 +411,7 @@ class Node:
                 continue
             try:
                 current = self.store.tenant(rec.id)
-                if current.desired != "running" or (current.pid and _alive(current.pid)):
+                if current.desired != "running" or self.runtime.state(rec.id).status == "running":
                     continue
                 log.info("tenant %s exited; restart #%d", rec.id, failures + 1)
                 self._restarts[rec.id] = (failures + 1, now)
@@ -512,13 +512,3 @@ class Node:
             self.store.remove_template(t.name, t.version)
         self.firewall.teardown()
         self.network.teardown()
-
-
-def _alive(pid: int) -> bool:
-    """True while `pid` runs; a zombie (exited, not yet reaped) counts as gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            state = f.read().rsplit(b")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return False
-    return state not in (b"Z", b"X")

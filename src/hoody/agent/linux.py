@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import secrets
+
 from hoody.agent.config import NodeConfig
 from hoody.agent.engine import Node
 from hoody.agent.network.firewall import NftFirewall
@@ -15,10 +17,13 @@ __all__ = ["build_node", "init_node"]
 
 
 def init_node(config: NodeConfig) -> None:
-    """Create (or re-check) the node's pool and directories and save its config."""
+    """Create (or re-check) the node's pool, directories and agent token; save its config."""
     ensure_pool(config.pool, config.pool_image, config.pool_size)
     for path in (config.state_dir, config.log_dir, config.node_run_dir):
         path.mkdir(parents=True, exist_ok=True)
+    if not config.token_path.exists():
+        config.token_path.write_text(secrets.token_urlsafe(32) + "\n")
+        config.token_path.chmod(0o600)
     config.save()
 
 

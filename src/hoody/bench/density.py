@@ -57,7 +57,7 @@ def _pool_used(pool: Path) -> int:
 def density(
     count: int = 50, storage: str = "overlay", use_ksm: bool = False, settle: float = 5.0
 ) -> dict[str, Any]:
-    with scratch_node("bd", storage_mode=storage, pool_size="20G") as scratch:
+    with scratch_node("bd", storage_mode=storage, pool_size="20G", process=True) as scratch:
         scratch.demo_template(ksm=use_ksm)
         warm = scratch.client.copy("demo-app")
         wait_http_ok(warm["url"])

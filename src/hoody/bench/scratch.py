@@ -12,6 +12,8 @@ import ipaddress
 import secrets
 import shutil
 import socket
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import uvicorn
 
 from hoody.agent.api import create_app
@@ -29,8 +32,16 @@ from hoody.agent.engine import Node
 from hoody.agent.linux import build_node, init_node
 from hoody.agent.storage.pool import destroy_pool
 from hoody.agent.templates import DEMO_ARGS, DEMO_NAME, demo_source
+from hoody.errors import HoodyError
 
-__all__ = ["ScratchNode", "free_port", "scratch_config", "scratch_node", "serve_in_thread"]
+__all__ = [
+    "ScratchNode",
+    "agent_process",
+    "free_port",
+    "scratch_config",
+    "scratch_node",
+    "serve_in_thread",
+]
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
@@ -134,16 +145,57 @@ def scratch_config(
 
 
 @contextlib.contextmanager
+def agent_process(config: NodeConfig) -> Iterator[str]:
+    """Run `hoody node serve` for `config` as its own process, as in production; yield
+    its URL. The agent gets SIGTERM on exit (SIGKILL if it lingers)."""
+    argv = [sys.executable, "-c", "from hoody.cli.main import main; main()"]
+    argv += ["node", "serve", "--state-dir", str(config.state_dir)]
+    url = f"http://{config.listen}"
+    token = config.token_path.read_text().strip()
+    child = subprocess.Popen(argv, start_new_session=True, stdin=subprocess.DEVNULL)
+    try:
+        with AgentClient(url, token) as client:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    client.node()
+                    break
+                except (OSError, HoodyError, httpx.TransportError):
+                    if child.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError(f"agent for {config.name} did not start") from None
+                    time.sleep(0.05)
+        yield url
+    finally:
+        child.terminate()
+        try:
+            child.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+
+
+@contextlib.contextmanager
 def scratch_node(
-    prefix: str = "hs", storage_mode: str = "overlay", pool_size: str = "6G"
+    prefix: str = "hs",
+    storage_mode: str = "overlay",
+    pool_size: str = "6G",
+    *,
+    process: bool = False,
 ) -> Iterator[ScratchNode]:
-    """A real node, served over HTTP on loopback, removed entirely on exit."""
+    """A real node, served over HTTP on loopback, removed entirely on exit.
+
+    `process`: run the agent as its own process (benchmarks), not a thread of this one;
+    `ScratchNode.node` then only serves to make templates and read state.
+    """
     with scratch_config(prefix, storage_mode, pool_size) as config:
-        token = secrets.token_urlsafe(16)
+        token = config.token_path.read_text().strip()
         node = build_node(config)
         try:
             port = int(config.listen.rpartition(":")[2])
-            with serve_in_thread(create_app(node, token), port) as url:
+            serving = (
+                agent_process(config) if process else serve_in_thread(create_app(node, token), port)
+            )
+            with serving as url:
                 client = AgentClient(url, token)
                 try:
                     yield ScratchNode(node, client, url, token)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import secrets
 from pathlib import Path
 from typing import Annotated
 
@@ -47,9 +46,6 @@ def init(
         listen=listen,
     )
     init_node(config)
-    if not config.token_path.exists():
-        config.token_path.write_text(secrets.token_urlsafe(32) + "\n")
-        config.token_path.chmod(0o600)
     out = {
         "name": config.name,
         "pool": str(config.pool),

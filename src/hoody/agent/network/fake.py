@@ -22,7 +22,7 @@ class FakeNetwork:
         self.config = config or NetworkConfig()
         self.bridge_up = False
         self.attached: dict[str, str] = {}
-        self.fail_attach: set[str] = set()
+        self.fail_attach: set[str] = set()  # tids whose next attach fails
 
     def ensure_bridge(self) -> None:
         self.bridge_up = True
@@ -30,7 +30,8 @@ class FakeNetwork:
     def attach(self, tid: str, ip: str) -> Path:
         if not self.bridge_up:
             raise HostError(f"bridge {self.config.bridge} is missing; restart the agent")
-        if tid in self.fail_attach:
+        if tid in self.fail_attach:  # one-shot, like FakeRuntime.fail_start
+            self.fail_attach.discard(tid)
             raise HostError(f"cannot create veth for tenant {tid}: injected failure")
         self.attached[tid] = ip
         return self.config.netns_path(tid)

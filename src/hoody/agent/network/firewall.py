@@ -90,12 +90,6 @@ class NftFirewall:
                 f"{exc.stderr.strip()[:400]}"
             ) from exc
 
-    def _table(self) -> dict[str, object] | None:
-        result = run(["nft", "-j", "list", "table", "inet", self.config.table], check=False)
-        if result.returncode != 0:
-            return None
-        return json.loads(result.stdout)  # type: ignore[no-any-return]
-
     def ensure_base(self) -> None:
         cfg = self.config
         t, br, net = f"inet {cfg.table}", cfg.bridge, cfg.subnet
@@ -163,8 +157,10 @@ flush chain {t} postrouting
 
     def teardown(self) -> None:
         with self._lock:
-            if self._table() is not None:
-                self._nft(f"delete table inet {self.config.table}\n")
+            # `add` first makes deleting an absent table harmless.
+            self._nft(
+                f"add table inet {self.config.table}\ndelete table inet {self.config.table}\n"
+            )
 
     # --- reading the table ------------------------------------------------------------
 
@@ -172,29 +168,31 @@ flush chain {t} postrouting
         t = f"inet {self.config.table}"
         return "".join(f"delete element {t} {name} {{ {ip} }}\n" for name in ("egress", "ingress"))
 
-    def _objects(self) -> list[dict[str, object]]:
-        table = self._table()
-        if table is None:
-            return []
-        items = table.get("nftables", [])
-        return items if isinstance(items, list) else []
-
     def _tenant_chains(self) -> set[str]:
+        result = run(["nft", "-j", "list", "chains", "inet"], check=False)
+        if result.returncode != 0:
+            return set()
         found = set()
-        for item in self._objects():
+        for item in json.loads(result.stdout).get("nftables", []):
             chain = item.get("chain")
-            if isinstance(chain, dict):
+            if isinstance(chain, dict) and chain.get("table") == self.config.table:
                 name = str(chain.get("name", ""))
                 if name.startswith("e-"):
                     found.add(name[2:])
         return found
 
     def _map_owners(self) -> dict[str, str]:
-        """Tenant address -> tid, from the egress map (both maps are changed together)."""
+        """Tenant address -> tid, from the egress map (both maps change together).
+
+        Lists the map alone: listing the whole table grows with every tenant's rules.
+        """
+        result = run(["nft", "-j", "list", "map", "inet", self.config.table, "egress"], check=False)
+        if result.returncode != 0:
+            return {}
         found: dict[str, str] = {}
-        for item in self._objects():
+        for item in json.loads(result.stdout).get("nftables", []):
             entry = item.get("map")
-            if not isinstance(entry, dict) or entry.get("name") != "egress":
+            if not isinstance(entry, dict):
                 continue
             for key, verdict in entry.get("elem", []):
                 target = str(verdict.get("goto", {}).get("target", ""))

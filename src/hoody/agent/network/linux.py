@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import ipaddress
 import os
 import threading
 from collections.abc import Callable
@@ -69,6 +70,13 @@ def _in_netns(path: Path, fn: Callable[[], T]) -> T:
         return fn()
 
     return _on_thread(body)
+
+
+def _mac_for(ip: str) -> str:
+    """A locally administered MAC derived from the address: a tenant that gets an
+    address someone had before answers at the MAC the host's neighbour cache already
+    holds, so the first packets are not sent to a vanished link."""
+    return "02:68:" + ":".join(f"{b:02x}" for b in ipaddress.IPv4Address(ip).packed)
 
 
 def _write_sysctl(key: str, value: str) -> None:
@@ -135,9 +143,9 @@ class LinuxNetwork:
         with Undo() as undo:
             self._create_netns(path)
             undo.add(lambda: self._remove_netns(path), "remove netns")
-            self._add_veth(tid, path)
+            self._add_veth(tid, ip, path)
             undo.add(lambda: self._delete_link(self.host_link(tid)), "delete veth")
-            _in_netns(path, lambda: self._configure_inside(tid, ip))
+            _in_netns(path, lambda: self._configure_inside(ip))
             undo.commit()
         return path
 
@@ -210,8 +218,8 @@ class LinuxNetwork:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
 
-    def _add_veth(self, tid: str, netns: Path) -> None:
-        host, peer = self.host_link(tid), self.host_link(tid) + "p"
+    def _add_veth(self, tid: str, ip: str, netns: Path) -> None:
+        host = self.host_link(tid)
         with IPRoute() as ipr:
             bridge = ipr.link_lookup(ifname=self.config.bridge)
             if not bridge:
@@ -219,26 +227,26 @@ class LinuxNetwork:
                     f"bridge {self.config.bridge} is missing; restart the agent "
                     "(`hoody node serve`) to recreate it"
                 )
+            # The peer is born inside the netns as eth0: moving a link between
+            # namespaces afterwards waits for an RCU grace period (~17 ms here).
+            fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
             try:
-                ipr.link("add", ifname=host, kind="veth", peer={"ifname": peer})
+                peer = {"ifname": "eth0", "net_ns_fd": fd, "address": _mac_for(ip)}
+                ipr.link("add", ifname=host, kind="veth", peer=peer)
             except NetlinkError as exc:
                 raise HostError(f"cannot create veth {host} for tenant {tid}: {exc}") from exc
+            finally:
+                os.close(fd)
             index = ipr.link_lookup(ifname=host)[0]
             _write_sysctl(f"net.ipv6.conf.{host}.disable_ipv6", "1")
             ipr.link("set", index=index, master=bridge[0])
             ipr.brport("set", index=index, isolated=1, learning=0)
             ipr.link("set", index=index, state="up")
-            fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                ipr.link("set", index=ipr.link_lookup(ifname=peer)[0], net_ns_fd=fd)
-            finally:
-                os.close(fd)
 
-    def _configure_inside(self, tid: str, ip: str) -> None:
+    def _configure_inside(self, ip: str) -> None:
         cfg = self.config
         with IPRoute() as ipr:
-            index = ipr.link_lookup(ifname=self.host_link(tid) + "p")[0]
-            ipr.link("set", index=index, ifname="eth0")
+            index = ipr.link_lookup(ifname="eth0")[0]
             ipr.addr("add", index=index, address=ip, prefixlen=cfg.network.prefixlen)
             ipr.link("set", index=index, state="up")
             ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")

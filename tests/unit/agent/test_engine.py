@@ -1,0 +1,189 @@
+"""The engine's pipeline on fake drivers: ordering, undo on every step, lifecycle, reconcile.
+
+The real drivers run the same flows in tests/integration/test_node.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from hoody.agent.config import NodeConfig
+from hoody.agent.engine import Node
+from hoody.agent.network.fake import FakeFirewall, FakeNetwork
+from hoody.agent.runtime.fake import FakeRuntime
+from hoody.agent.state import NodeStore
+from hoody.agent.storage.fake import FakeStorage
+from hoody.agent.templates import TemplateSource
+from hoody.errors import Conflict, HostError, InvalidInput, NotFound
+
+
+def _rootfs(target: Path) -> None:
+    (target / "app").mkdir()
+    (target / "app" / "server.py").write_text("print('hi')\n")
+
+
+SOURCE = TemplateSource(_rootfs, "a test rootfs")
+Factory = Callable[[], Node]
+
+
+@pytest.fixture
+def make_node(tmp_path: Path) -> Iterator[Factory]:
+    """Build a Node on fakes; calling it again gives a *restarted* agent on the same host."""
+    config = NodeConfig(
+        name="tu", state_dir=tmp_path / "state", run_dir=tmp_path / "run", pool=tmp_path / "pool"
+    )
+    config.log_dir.mkdir(parents=True)
+    host = {
+        "storage": FakeStorage(tmp_path / "storage"),
+        "network": FakeNetwork(config.network),
+        "firewall": FakeFirewall(config.network),
+        "runtime": FakeRuntime(),
+    }
+    nodes: list[Node] = []
+
+    def make() -> Node:
+        node = Node(config=config, store=NodeStore(config.db_path), **host)  # type: ignore[arg-type]
+        node.reconcile()
+        nodes.append(node)
+        return node
+
+    yield make
+    for node in nodes:
+        node.store.close()
+
+
+@pytest.fixture
+def node(make_node: Factory) -> Node:
+    node = make_node()
+    node.create_template("app", SOURCE, args=["/usr/bin/python3", "/app/server.py"])
+    return node
+
+
+def fakes(node: Node) -> tuple[FakeStorage, FakeNetwork, FakeFirewall, FakeRuntime]:
+    return node.storage, node.network, node.firewall, node.runtime  # type: ignore[return-value]
+
+
+def nothing_of(node: Node, tid: str) -> bool:
+    storage, network, firewall, runtime = fakes(node)
+    return (
+        tid not in storage.list_tenants()
+        and tid not in network.list_attached()
+        and tid not in firewall.list_tenants()
+        and tid not in runtime.list()
+        and not list(node.config.log_dir.glob(f"{tid}.log*"))
+        and tid not in {t.id for t in node.tenants()}
+    )
+
+
+def test_copy_runs_every_step_and_keeps_the_template_defaults(node: Node) -> None:
+    rec = node.copy("app", name="t1", env={"PLAN": "pro"}, limits={"memory_mib": 64})
+    storage, network, firewall, runtime = fakes(node)
+    assert rec.status == "running" and rec.pid > 0
+    assert storage.is_mounted("t1")
+    assert network.attached["t1"] == rec.ip
+    assert firewall.policies["t1"] == (rec.ip, rec.firewall)
+    spec = runtime.containers["t1"].spec
+    assert spec.args == ("/usr/bin/python3", "/app/server.py")
+    assert spec.env["PLAN"] == "pro" and spec.env["HOODY_TENANT"] == "t1"
+    assert spec.limits.memory_mib == 64
+    assert spec.netns == node.config.network.netns_path("t1")
+
+
+@pytest.mark.parametrize("step", ["network", "runtime"])
+def test_a_failure_at_any_step_undoes_the_steps_before(node: Node, step: str) -> None:
+    _, network, _, runtime = fakes(node)
+    if step == "network":
+        network.fail_attach.add("half")
+    else:
+        runtime.fail_start.add("half")
+    with pytest.raises(HostError, match="injected"):
+        node.copy("app", name="half")
+    assert nothing_of(node, "half")
+    # A failed copy frees its id and its address.
+    rec = node.copy("app", name="half")
+    assert rec.ip == str(node.config.network.gateway + 1)
+
+
+def test_bad_input_is_refused_before_anything_is_made(node: Node) -> None:
+    with pytest.raises(NotFound, match="template"):
+        node.copy("nope")
+    with pytest.raises(InvalidInput, match="memory_mib"):
+        node.copy("app", name="bad", limits={"memory_mib": 1})
+    with pytest.raises(InvalidInput, match="DNS-label"):
+        node.copy("app", name="Bad_Name")
+    with pytest.raises(InvalidInput, match="unknown limit"):
+        node.copy("app", limits={"gpu": 1})
+    with pytest.raises(InvalidInput, match="port"):
+        node.copy("app", firewall={"ingress": [{"port": 70000}]})
+    assert node.tenants() == []
+
+
+def test_ids_are_never_reused_and_delete_twice_is_harmless(node: Node) -> None:
+    node.copy("app", name="once")
+    assert node.delete("once") is True
+    assert nothing_of(node, "once")
+    assert node.delete("once") is False
+    with pytest.raises(Conflict, match="never reused"):
+        node.copy("app", name="once")
+    with pytest.raises(NotFound):
+        node.delete("never-existed")
+
+
+def test_stop_start_keeps_the_address_and_files(node: Node) -> None:
+    rec = node.copy("app", name="t1")
+    node.stop("t1")
+    _, _, _, runtime = fakes(node)
+    assert node.tenant("t1").status == "stopped" and "t1" not in runtime.list()
+    again = node.start("t1")
+    assert again.ip == rec.ip and again.status == "running"
+
+
+def test_supervisor_restarts_a_crashed_tenant_with_backoff(node: Node) -> None:
+    node.copy("app", name="t1")
+    _, _, _, runtime = fakes(node)
+    runtime.crash("t1")
+    assert node.supervise_once(now=1000.0) == ["t1"]
+    runtime.crash("t1")
+    assert node.supervise_once(now=1000.5) == []  # backoff: 1 s after the first restart
+    assert node.supervise_once(now=1001.5) == ["t1"]
+    node.stop("t1")
+    assert node.supervise_once(now=2000.0) == []  # a stopped tenant stays stopped
+
+
+def test_restarted_agent_keeps_running_tenants_and_removes_half_made_ones(
+    make_node: Factory,
+) -> None:
+    first = make_node()
+    first.create_template("app", SOURCE)
+    kept = first.copy("app", name="kept")
+    first.copy("app", name="half")
+    first.store.update_tenant("half", status="creating")  # the agent died mid-copy
+    storage, network, _, _ = fakes(first)
+    # Something on the host without any record: an orphan.
+    storage.create_tenant("orphan", storage.list_template_versions()[0], "overlay", 64, 0)
+    network.attach("orphan", "10.88.9.9")
+
+    second = make_node()
+    assert {t.id for t in second.tenants()} == {"kept"}
+    assert second.tenant("kept").pid == kept.pid, "a running tenant is not restarted"
+    assert nothing_of(second, "half") and nothing_of(second, "orphan")
+
+
+def test_template_in_use_cannot_be_deleted(node: Node) -> None:
+    node.copy("app", name="user")
+    with pytest.raises(Conflict, match="user"):
+        node.delete_template("app")
+    node.delete("user")
+    node.delete_template("app")
+    assert node.store.templates() == []
+
+
+def test_snapshot_makes_a_new_version_from_a_tenant(node: Node) -> None:
+    node.copy("app", name="src")
+    rec = node.template_from_tenant("src")
+    assert (rec.name, rec.version) == ("app", 2)
+    child = node.copy("app", name="child")
+    assert child.version == 2
