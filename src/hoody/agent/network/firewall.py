@@ -29,7 +29,7 @@ from hoody.agent.spec import EgressRule, FirewallPolicy, IngressRule
 from hoody.errors import CommandFailed, HostError
 from hoody.proc import run
 
-__all__ = ["NftFirewall", "render_tenant"]
+__all__ = ["NftFirewall", "render_base", "render_tenant"]
 
 
 def _ingress_rule(table: str, chain: str, ip: str, rule: IngressRule) -> str:
@@ -74,32 +74,18 @@ def render_tenant(
     return "\n".join(lines) + "\n"
 
 
-class NftFirewall:
-    """Firewall driver on nftables (needs root and the `nft` program)."""
+def render_base(config: NetworkConfig) -> str:
+    """The nft script that creates the node table, its maps and base chains.
 
-    def __init__(self, config: NetworkConfig) -> None:
-        self.config = config
-        self._lock = threading.Lock()
-
-    def _nft(self, script: str) -> None:
-        try:
-            run(["nft", "-f", "-"], input=script)
-        except CommandFailed as exc:
-            raise HostError(
-                f"nftables refused the change to table {self.config.table}: "
-                f"{exc.stderr.strip()[:400]}"
-            ) from exc
-
-    def ensure_base(self) -> None:
-        cfg = self.config
-        t, br, net = f"inet {cfg.table}", cfg.bridge, cfg.subnet
-        nat = (
-            f"add rule {t} postrouting ip saddr {net} oifname != {br} masquerade\n"
-            if cfg.nat
-            else ""
-        )
-        # Base chains are rebuilt (flushed) every time: the tenant chains and maps stay.
-        script = f"""add table {t}
+    Base chains are flushed and rebuilt each time; tenant chains and maps are kept.
+    """
+    t, br, net = f"inet {config.table}", config.bridge, config.subnet
+    nat = (
+        f"add rule {t} postrouting ip saddr {net} oifname != {br} masquerade\n"
+        if config.nat
+        else ""
+    )
+    return f"""add table {t}
 add map {t} egress {{ type ipv4_addr : verdict ; }}
 add map {t} ingress {{ type ipv4_addr : verdict ; }}
 add chain {t} deliver
@@ -129,8 +115,27 @@ add rule {t} input iifname {br} drop
 add chain {t} postrouting {{ type nat hook postrouting priority srcnat ; }}
 flush chain {t} postrouting
 {nat}"""
+
+
+class NftFirewall:
+    """Firewall driver on nftables (needs root and the `nft` program)."""
+
+    def __init__(self, config: NetworkConfig) -> None:
+        self.config = config
+        self._lock = threading.Lock()
+
+    def _nft(self, script: str) -> None:
+        try:
+            run(["nft", "-f", "-"], input=script)
+        except CommandFailed as exc:
+            raise HostError(
+                f"nftables refused the change to table {self.config.table}: "
+                f"{exc.stderr.strip()[:400]}"
+            ) from exc
+
+    def ensure_base(self) -> None:
         with self._lock:
-            self._nft(script)
+            self._nft(render_base(self.config))
 
     def apply_tenant(self, tid: str, ip: str, policy: FirewallPolicy) -> None:
         with self._lock:

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from hoody import proc
+from hoody.agent import ksm
 from hoody.agent.runtime import (
     EVENT_KEYS,
     ContainerSpec,
@@ -188,6 +189,8 @@ class OciRuntime:
                 f"restart the tenant with `hoody start {tid}` to recreate its network"
             )
         _check_reachable(spec.rootfs, spec.uid_base)
+        if spec.ksm:
+            ksm.enable()  # ksmd scans only memory that opted in, so this exposes no one else
         bundle = self.bundle_dir / tid
         with Undo() as undo:
             self.bundle_dir.mkdir(parents=True, exist_ok=True)
