@@ -153,6 +153,13 @@ CONNECT = (
 )
 
 
+def _host_addresses() -> list[str]:
+    """This host's own IPv4 addresses outside loopback (its LAN side, other bridges)."""
+    out = run(["ip", "-4", "-o", "addr", "show"]).stdout
+    found = [line.split()[3].split("/")[0] for line in out.splitlines()]
+    return [a for a in found if not a.startswith("127.")]
+
+
 def can_connect(scratch: ScratchNode, tid: str, host: str, port: int) -> bool:
     result = scratch.client.exec(tid, ["/usr/bin/python3", "-c", CONNECT, host, str(port)])
     return str(result["stdout"]).startswith("open")
@@ -171,6 +178,8 @@ def test_tenants_cannot_reach_each_other_the_host_or_the_agent(scratch: ScratchN
         assert not can_connect(scratch, a["id"], b["ip"], 8080)
         assert not can_connect(scratch, a["id"], gateway, port)
         assert not can_connect(scratch, a["id"], gateway, agent_port)
+        for address in _host_addresses():
+            assert not can_connect(scratch, a["id"], address, port), f"host address {address}"
         assert httpx.get(b["url"], timeout=5).status_code == 200, "the node reaches B's port"
     finally:
         srv.close()

@@ -123,6 +123,7 @@ class NftFirewall:
     def __init__(self, config: NetworkConfig) -> None:
         self.config = config
         self._lock = threading.Lock()
+        self._owners: dict[str, str] | None = None
 
     def _nft(self, script: str) -> None:
         try:
@@ -135,39 +136,61 @@ class NftFirewall:
 
     def ensure_base(self) -> None:
         with self._lock:
+            self._owners = None
             self._nft(render_base(self.config))
 
     def apply_tenant(self, tid: str, ip: str, policy: FirewallPolicy) -> None:
         with self._lock:
-            owners = self._map_owners()
+            owners = self._known_owners()
             stale = [old for old, owner in owners.items() if owner == tid and old != ip]
-            self._nft(
+            self._change(
                 "".join(map(self._remove_elements, stale))
                 + render_tenant(self.config, tid, ip, policy, mapped=ip in owners)
             )
+            for old in stale:
+                del owners[old]
+            owners[ip] = tid
 
     def remove_tenant(self, tid: str) -> None:
         with self._lock:
-            ips = [ip for ip, owner in self._map_owners().items() if owner == tid]
+            owners = self._known_owners()
+            ips = [ip for ip, owner in owners.items() if owner == tid]
             if not ips and tid not in self._tenant_chains():
                 return
             t = f"inet {self.config.table}"
             script = "".join(map(self._remove_elements, ips))
             for chain in (f"e-{tid}", f"i-{tid}"):
                 script += f"add chain {t} {chain}\ndelete chain {t} {chain}\n"
-            self._nft(script)
+            self._change(script)
+            for ip in ips:
+                del owners[ip]
 
     def list_tenants(self) -> list[str]:
         return sorted(self._tenant_chains())
 
     def teardown(self) -> None:
         with self._lock:
+            self._owners = None
             # `add` first makes deleting an absent table harmless.
             self._nft(
                 f"add table inet {self.config.table}\ndelete table inet {self.config.table}\n"
             )
 
     # --- reading the table ------------------------------------------------------------
+
+    def _known_owners(self) -> dict[str, str]:
+        """The map's address -> tid, read once and then kept in step with each change:
+        this driver is the table's only writer, and a read costs one more `nft` run."""
+        if self._owners is None:
+            self._owners = self._map_owners()
+        return self._owners
+
+    def _change(self, script: str) -> None:
+        try:
+            self._nft(script)
+        except HostError:
+            self._owners = None  # re-read: the kernel is the truth
+            raise
 
     def _remove_elements(self, ip: str) -> str:
         t = f"inet {self.config.table}"
