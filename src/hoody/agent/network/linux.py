@@ -137,9 +137,10 @@ class LinuxNetwork:
 
     def attach(self, tid: str, ip: str) -> Path:
         path = self._netns_path(tid)
-        if self._attached_with(tid, ip):
-            return path
-        self.detach(tid)  # a half-made or differently addressed attachment
+        if path.exists():  # re-attach (agent restart) or a half-made attachment
+            if self._attached_with(tid, ip):
+                return path
+            self.detach(tid)
         with Undo() as undo:
             self._create_netns(path)
             undo.add(lambda: self._remove_netns(path), "remove netns")
@@ -230,9 +231,17 @@ class LinuxNetwork:
             # The peer is born inside the netns as eth0: moving a link between
             # namespaces afterwards waits for an RCU grace period (~17 ms here).
             fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
+            peer = {"ifname": "eth0", "net_ns_fd": fd, "address": _mac_for(ip)}
             try:
-                peer = {"ifname": "eth0", "net_ns_fd": fd, "address": _mac_for(ip)}
-                ipr.link("add", ifname=host, kind="veth", peer=peer)
+                try:
+                    ipr.link("add", ifname=host, kind="veth", peer=peer)
+                except NetlinkError as exc:
+                    if exc.code != errno.EEXIST:
+                        raise
+                    # The host end of a previous attachment whose netns is still
+                    # being destroyed by the kernel: remove it and try once more.
+                    self._delete_link(host)
+                    ipr.link("add", ifname=host, kind="veth", peer=peer)
             except NetlinkError as exc:
                 raise HostError(f"cannot create veth {host} for tenant {tid}: {exc}") from exc
             finally:
