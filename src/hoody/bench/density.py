@@ -54,6 +54,15 @@ def _pool_used(pool: Path) -> int:
     return 0
 
 
+def _wait_for_ksm_scans(scans: int, timeout: float) -> None:
+    """ksmd merges a page on its second sighting: wait for `scans` full passes."""
+    counter = Path("/sys/kernel/mm/ksm/full_scans")
+    start = int(counter.read_text())
+    deadline = time.monotonic() + timeout
+    while int(counter.read_text()) - start < scans and time.monotonic() < deadline:
+        time.sleep(1)
+
+
 def density(
     count: int = 50, storage: str = "overlay", use_ksm: bool = False, settle: float = 5.0
 ) -> dict[str, Any]:
@@ -72,6 +81,8 @@ def density(
         for url in urls:
             wait_http_ok(url, timeout=30)
         time.sleep(settle)
+        if use_ksm:
+            _wait_for_ksm_scans(2, timeout=240)
         answering = 0
         with httpx.Client(timeout=2.0) as http:
             for url in urls:
