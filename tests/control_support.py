@@ -21,8 +21,8 @@ from sqlalchemy import create_engine, text
 
 from hoody.control.auth import Principal
 from hoody.control.db import Base, Store
-from hoody.control.fake_agent import FakeAgent, fake_agents
 from hoody.control.service import Fleet, Settings
+from tests.fake_agent import FakeAgent, fake_agents
 
 ROOT = Path(__file__).resolve().parent.parent
 

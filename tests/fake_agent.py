@@ -1,4 +1,4 @@
-"""An in-memory node agent speaking the agent's HTTP API, for tests and benchmarks.
+"""An in-memory node agent speaking the agent's HTTP API, for the control plane tests.
 
 It keeps state (templates, tenants, used ids) the way `hoody.agent.engine.Node` does
 and answers the same routes, auth and error shapes as `hoody.agent.api`, served
@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 
 from hoody.agent.client import AgentClient
-from hoody.errors import Conflict, HoodyError, InvalidInput, NotFound, Unauthorized
+from hoody.errors import Conflict, HoodyError, HostError, InvalidInput, NotFound, Unauthorized
 
 __all__ = ["FakeAgent", "fake_agents"]
 
@@ -49,6 +49,9 @@ class FakeAgent:
         self.down = False
         self.fail_copy: HoodyError | None = None
         self.copies = 0
+        # (template, version, parent) of every version received, in order.
+        self.received: list[tuple[str, int, int | None]] = []
+        self.fail_send: HoodyError | None = None
         self.templates: dict[tuple[str, int], dict[str, Any]] = {}
         self.tenants: dict[str, dict[str, Any]] = {}
         self.used_ids: set[str] = set()
@@ -109,10 +112,43 @@ class FakeAgent:
         try:
             if request.headers.get("authorization") != f"Bearer {self.token}":
                 raise Unauthorized("missing or wrong agent token")
+            request.read()
+            if m := re.fullmatch(r"/v1/templates/([^/]+)/(\d+)/send", request.url.path):
+                return self._send(m.group(1), int(m.group(2)), request.url.params.get("parent"))
             status, body = self._route(request)
         except HoodyError as exc:
             return httpx.Response(exc.status, json=exc.to_json())
         return httpx.Response(status, json=body)
+
+    # replication: the "stream" is the record and the parent it was sent against
+
+    def _send(self, name: str, version: int, parent: str | None) -> httpx.Response:
+        with self._lock:
+            if self.fail_send is not None:
+                raise self.fail_send
+            rec = self.templates.get((name, version))
+            if rec is None or (parent and (name, int(parent)) not in self.templates):
+                raise NotFound(f"template {name} version {version} (or its parent) is not here")
+            body = json.dumps({"parent": int(parent) if parent else None}).encode()
+            headers = {
+                "X-Hoody-Template": json.dumps(rec),
+                "X-Hoody-Size": str(len(body)),
+                "X-Hoody-Uid-Base": "100000",
+            }
+            return httpx.Response(200, content=body, headers=headers)
+
+    def _receive(self, name: str, version: int, request: httpx.Request) -> dict[str, Any]:
+        sent = json.loads(request.content)
+        rec = json.loads(request.headers["x-hoody-template"])
+        with self._lock:
+            if (name, version) in self.templates:
+                raise Conflict(f"template {name} version {version} already exists")
+            parent = sent["parent"]
+            if parent is not None and (name, parent) not in self.templates:
+                raise HostError("ERROR: cannot find parent subvolume")
+            self.templates[(name, version)] = {**rec, "name": name, "version": version}
+            self.received.append((name, version, parent))
+            return dict(self.templates[(name, version)])
 
     def _route(self, request: httpx.Request) -> tuple[int, Any]:
         path, method = request.url.path, request.method
@@ -121,10 +157,13 @@ class FakeAgent:
             return 200, {"name": self.name, "headroom": self.headroom()}
         if path == "/v1/templates" and method == "GET":
             return 200, self.template_list()
+        if m := re.fullmatch(r"/v1/templates/([^/]+)/(\d+)/receive", path):
+            return 201, self._receive(m.group(1), int(m.group(2)), request)
         if m := re.fullmatch(r"/v1/templates/([^/]+)/copy", path):
             return 201, self._copy(m.group(1), data)
-        if (m := re.fullmatch(r"/v1/templates/([^/]+)", path)) and method == "DELETE":
-            return 200, self._delete_template(m.group(1))
+        if (m := re.fullmatch(r"/v1/templates/([^/]+)(?:/(\d+))?", path)) and method == "DELETE":
+            version = int(m.group(2)) if m.group(2) else None
+            return 200, self._delete_template(m.group(1), version)
         if (m := re.fullmatch(r"/v1/tenants/([^/]+)", path)) and method == "GET":
             return 200, self._tenant(m.group(1))
         if (m := re.fullmatch(r"/v1/tenants/([^/]+)", path)) and method == "DELETE":
@@ -193,7 +232,11 @@ class FakeAgent:
                 name = data.get("template") or rec["template"]
                 if not isinstance(name, str):
                     raise InvalidInput("template must be a string")
-                version = 1 + max((v for (n, v) in self.templates if n == name), default=0)
+                version = data.get("version") or 1 + max(
+                    (v for (n, v) in self.templates if n == name), default=0
+                )
+                if (name, version) in self.templates:
+                    raise Conflict(f"template {name} version {version} exists")
                 snap = {**self.templates.get((rec["template"], rec["version"]), {})}
                 snap.update(name=name, version=version, created_at=time.time())
                 self.templates[(name, version)] = snap
@@ -201,9 +244,9 @@ class FakeAgent:
             rec["state"] = rec["desired"] = "running" if verb == "start" else "stopped"
             return dict(rec)
 
-    def _delete_template(self, name: str) -> dict[str, Any]:
+    def _delete_template(self, name: str, version: int | None = None) -> dict[str, Any]:
         with self._lock:
-            gone = [k for k in self.templates if k[0] == name]
+            gone = [k for k in self.templates if k[0] == name and version in (None, k[1])]
             if not gone:
                 raise NotFound(f"template {name} does not exist")
             for key in gone:

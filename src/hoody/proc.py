@@ -3,19 +3,26 @@
 `run` raises CommandFailed (argv, exit code, stdout, stderr) on a non-zero exit and
 MissingDependency when the program is not installed; a timeout or a cancel kills the
 process it started, so nothing outlives the call.
+
+Two streaming forms follow the same rules for data too large to hold in memory
+(template versions sent between nodes): `stream_out` yields a command's stdout in
+chunks, `run_fed` feeds a command's stdin from an iterable.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
-from collections.abc import Callable, Mapping, Sequence
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import IO, Any
 
 from hoody.errors import CommandFailed, HostError, MissingDependency
 
-__all__ = ["Result", "require", "run"]
+__all__ = ["Result", "require", "run", "run_fed", "stream_out"]
 
 # Debian package that provides each program, for the "install it" hint.
 _PACKAGES = {
@@ -31,6 +38,7 @@ _PACKAGES = {
     "mount": "mount",
     "umount": "mount",
     "tar": "tar",
+    "nsenter": "util-linux",
 }
 
 
@@ -97,5 +105,75 @@ def run(
         args, proc.returncode, out.decode(errors="replace"), err.decode(errors="replace")
     )
     if check and proc.returncode != 0:
+        raise CommandFailed(args, proc.returncode, result.stdout, result.stderr)
+    return result
+
+
+def _start(argv: Sequence[str], **kwargs: Any) -> tuple[list[str], subprocess.Popen[bytes]]:
+    args = [str(a) for a in argv]
+    args[0] = require(args[0]) if "/" not in args[0] else args[0]
+    try:
+        return args, subprocess.Popen(args, **kwargs)
+    except FileNotFoundError as exc:
+        raise MissingDependency(f"`{args[0]}` could not be started: {exc}") from exc
+
+
+def _read(f: IO[bytes]) -> str:
+    f.seek(0)
+    return f.read().decode(errors="replace")
+
+
+def stream_out(argv: Sequence[str], *, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+    """Run argv and yield its stdout in chunks of up to `chunk_size` bytes.
+
+    After the last chunk, raises CommandFailed (with stderr) if the exit code is
+    non-zero, so a consumer that reads to the end knows the stream was whole.
+    Closing the generator early (or an exception in the consumer) kills the process.
+    """
+    with tempfile.TemporaryFile() as err:
+        args, proc = _start(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err)
+        assert proc.stdout is not None
+        try:
+            while chunk := proc.stdout.read(chunk_size):
+                yield chunk
+            proc.wait()
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        finally:
+            proc.stdout.close()
+        if proc.returncode != 0:
+            raise CommandFailed(args, proc.returncode, "", _read(err))
+
+
+def run_fed(argv: Sequence[str], chunks: Iterable[bytes], *, timeout: float = 120.0) -> Result:
+    """Run argv with `chunks` written to its stdin, then wait up to `timeout` s for it.
+
+    Raises CommandFailed on a non-zero exit (also when the command stopped reading
+    early), and re-raises whatever iterating `chunks` raised after killing the process.
+    """
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        args, proc = _start(argv, stdin=subprocess.PIPE, stdout=out, stderr=err)
+        assert proc.stdin is not None
+        try:
+            # A command that exits early breaks the pipe: its exit code and stderr say why.
+            with contextlib.suppress(BrokenPipeError):
+                try:
+                    for chunk in chunks:
+                        proc.stdin.write(chunk)
+                finally:
+                    proc.stdin.close()
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired as exc:
+            proc.kill()
+            proc.wait()
+            raise HostError(f"`{' '.join(args)}` did not finish within {timeout} s") from exc
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        result = Result(args, proc.returncode, _read(out), _read(err))
+    if proc.returncode != 0:
         raise CommandFailed(args, proc.returncode, result.stdout, result.stderr)
     return result

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from hoody.agent.storage import StorageDriver, StorageMode, TemplateVersionRef
-from hoody.errors import Conflict, NotFound
+from hoody.errors import Conflict, HostError, NotFound
 
 Owner = Callable[[Path], tuple[int, int]]
 
@@ -234,3 +234,69 @@ class StorageContract:
         assert not storage.is_mounted("a")
         storage.delete_tenant("b")
         assert storage.list_tenants() == ["a", "c"]
+
+    # template versions between nodes
+
+    def test_a_sent_version_is_received_whole(
+        self, storage: StorageDriver, base: TemplateVersionRef, mode: StorageMode, owner: Owner
+    ) -> None:
+        # Received under another name on the same driver: as another node would.
+        ref = TemplateVersionRef("copy", base.version)
+        path = storage.receive_template_version(ref, storage.send_template_version(base, None))
+        assert (path / "etc" / "hostname").read_text() == "template\n"
+        assert os.path.islink(path / "bin")
+        assert os.lstat(path / "usr" / "bin" / "app").st_mode & stat.S_ISUID
+        assert owner(path / "usr" / "bin" / "app") == (os.geteuid() + SHIFT, os.getegid() + SHIFT)
+        assert ref in storage.list_template_versions()
+        assert storage.version_size(base, None) > 0
+        rootfs = self.tenant(storage, "t1", mode, ref)
+        assert (rootfs / "data" / "keep").read_text() == "keep\n"
+        with pytest.raises(Conflict, match="already exists"):
+            storage.receive_template_version(ref, storage.send_template_version(base, None))
+
+    def test_a_version_travels_as_the_difference_from_its_parent(
+        self, storage: StorageDriver, base: TemplateVersionRef, mode: StorageMode
+    ) -> None:
+        rootfs = self.tenant(storage, "t1", mode)
+        (rootfs / "etc" / "hostname").write_text("second\n")
+        (rootfs / "data" / "gone").unlink()
+        second = TemplateVersionRef(base.template, 2)
+        storage.version_from_tenant(second, "t1")
+        first_copy = TemplateVersionRef("copy", 1)
+        storage.receive_template_version(first_copy, storage.send_template_version(base, None))
+        full = b"".join(storage.send_template_version(second, None))
+        diff = b"".join(storage.send_template_version(second, base))
+        if storage.caps.incremental_send:
+            assert len(diff) < len(full) / 2
+        path = storage.receive_template_version(TemplateVersionRef("copy", 2), iter([diff]))
+        assert (path / "etc" / "hostname").read_text() == "second\n"
+        assert not (path / "data" / "gone").exists()
+        assert (path / "data" / "keep").exists()
+
+    def test_sending_a_missing_version_is_not_found(
+        self, storage: StorageDriver, base: TemplateVersionRef
+    ) -> None:
+        with pytest.raises(NotFound, match="template ls"):
+            storage.send_template_version(TemplateVersionRef("nope", 1), None)
+        with pytest.raises(NotFound, match="template ls"):
+            storage.send_template_version(base, TemplateVersionRef(base.template, 9))
+
+    def test_a_cut_or_failing_stream_leaves_nothing(
+        self, storage: StorageDriver, base: TemplateVersionRef
+    ) -> None:
+        data = b"".join(storage.send_template_version(base, None))
+        ref = TemplateVersionRef("copy", base.version)
+        with pytest.raises(HostError):
+            storage.receive_template_version(ref, iter([data[: len(data) // 2]]))
+        assert ref not in storage.list_template_versions()
+
+        def failing() -> Iterator[bytes]:
+            yield data[:4096]
+            raise ConnectionError("the sending node went away")
+
+        with pytest.raises(ConnectionError):
+            storage.receive_template_version(ref, failing())
+        assert ref not in storage.list_template_versions()
+        # Nothing half-made stands in the way of a whole stream.
+        path = storage.receive_template_version(ref, iter([data]))
+        assert (path / "etc" / "hostname").read_text() == "template\n"

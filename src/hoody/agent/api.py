@@ -8,6 +8,9 @@ errors are rendered once, as `{"error": {"code", "message"}}` with their status.
     GET    /v1/templates                    template versions
     POST   /v1/templates                    {name, source, args, env, port, limits, firewall, ksm}
     DELETE /v1/templates/{name}[/{version}]
+    GET    /v1/templates/{name}/{version}/send?parent=P   the version as a stream
+    POST   /v1/templates/{name}/{version}/receive         body: such a stream; header
+                                                          X-Hoody-Template: its record
     POST   /v1/templates/{name}/copy        {name, version, limits, env, firewall, metadata, mode}
     GET    /v1/tenants | /v1/tenants/{id}
     POST   /v1/tenants/{id}/start|stop|restart|exec|copy|snapshot
@@ -22,25 +25,30 @@ import contextlib
 import hmac
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from functools import partial
 from typing import Any, TypeVar
 
 import anyio
 from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from hoody.agent import templates
 from hoody.agent.engine import Node, TemplateSource
 from hoody.agent.node_info import node_info
-from hoody.errors import HoodyError, InvalidInput, Unauthorized
+from hoody.agent.spec import FirewallPolicy, Limits
+from hoody.agent.state import TemplateRecord
+from hoody.errors import HoodyError, HostError, InvalidInput, Unauthorized
 
 __all__ = ["create_app"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+_DRAIN_LIMIT = 64 << 20
 
 
 async def _call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -87,6 +95,48 @@ def _source(spec: Any) -> TemplateSource:
     if kind == "demo":
         return templates.demo_source()
     raise InvalidInput(f"unknown template source {kind!r}; use rootfs, tar, debootstrap or demo")
+
+
+def _record(name: str, version: int, raw: str | None) -> TemplateRecord:
+    """The template record a sending node put in the X-Hoody-Template header."""
+    try:
+        data = json.loads(raw or "")
+        if not isinstance(data, dict):
+            raise ValueError("not an object")
+        return TemplateRecord(
+            name=name,
+            version=version,
+            created_at=float(data.get("created_at", time.time())),
+            args=tuple(str(a) for a in data.get("args", ["/bin/sh"])),
+            env={str(k): str(v) for k, v in dict(data.get("env", {})).items()},
+            port=int(data.get("port", 8080)),
+            limits=Limits.from_json(data.get("limits")),
+            firewall=FirewallPolicy.from_json(data.get("firewall")),
+            ksm=bool(data.get("ksm", False)),
+        )
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise InvalidInput(
+            "header X-Hoody-Template must hold the version's record as JSON, as "
+            f"GET /v1/templates/{name}/{version}/send gives it ({exc})"
+        ) from exc
+
+
+async def _stream(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
+    """A blocking chunk iterator read in worker threads; closed (its process killed)
+    however the response ends."""
+    try:
+        while (chunk := await _call(next, chunks, None)) is not None:
+            yield chunk
+    except HoodyError as exc:
+        # The status line is out already: cutting the connection short is how the
+        # receiver learns that the stream is not whole.
+        log.warning("stream cut short: %s", exc.message)
+        raise
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            with anyio.CancelScope(shield=True):
+                await _call(close)
 
 
 def create_app(node: Node, token: str, *, supervise_every: float = 0.5) -> Starlette:
@@ -139,6 +189,71 @@ def create_app(node: Node, token: str, *, supervise_every: float = 0.5) -> Starl
             ksm=bool(_opt(data, "ksm", bool)),
         )
         return rec.to_json()
+
+    def parent(request: Request) -> int | None:
+        raw = request.query_params.get("parent")
+        if not raw:
+            return None
+        if not raw.isdigit() or len(raw) > 9:
+            raise InvalidInput(f"parent must be a version number, got {raw[:20]!r}")
+        return int(raw)
+
+    async def send_template(request: Request) -> Any:
+        rec, size, chunks = await _call(
+            node.send_template,
+            request.path_params["name"],
+            int(request.path_params["version"]),
+            parent(request),
+        )
+        headers = {
+            "X-Hoody-Template": json.dumps(rec.to_json()),
+            "X-Hoody-Size": str(size),
+            "X-Hoody-Uid-Base": str(node.config.uid_base),
+        }
+        return StreamingResponse(
+            _stream(chunks), media_type="application/octet-stream", headers=headers
+        )
+
+    async def receive_template(request: Request) -> Any:
+        rec = _record(
+            request.path_params["name"],
+            int(request.path_params["version"]),
+            request.headers.get("x-hoody-template"),
+        )
+        uid_base = request.headers.get("x-hoody-uid-base", str(node.config.uid_base))
+        if uid_base != str(node.config.uid_base):
+            raise InvalidInput(
+                f"the sending node shifts template files to uid {uid_base}, this node to "
+                f"{node.config.uid_base}; nodes of one fleet need the same uid base"
+            )
+        body = request.stream()
+
+        def chunks() -> Iterator[bytes]:
+            while True:
+                try:
+                    chunk = anyio.from_thread.run(body.__anext__)
+                except StopAsyncIteration:
+                    return
+                except ClientDisconnect as exc:
+                    raise HostError(
+                        f"the stream of template {rec.name} version {rec.version} was cut "
+                        "off by the sender; nothing was kept, send it again"
+                    ) from exc
+                if chunk:
+                    yield chunk
+
+        try:
+            return (await _call(node.receive_template, rec, chunks())).to_json()
+        except HoodyError:
+            # Read what the sender still sends (up to a limit) so that it gets this
+            # error as the answer rather than a connection closed under its upload.
+            with contextlib.suppress(ClientDisconnect):
+                drained = 0
+                async for chunk in body:
+                    drained += len(chunk)
+                    if drained > _DRAIN_LIMIT:
+                        break
+            raise
 
     async def delete_template(request: Request) -> Any:
         version = request.path_params.get("version")
@@ -202,7 +317,12 @@ def create_app(node: Node, token: str, *, supervise_every: float = 0.5) -> Starl
 
     async def snapshot(request: Request) -> Any:
         data = await _body(request)
-        rec = await _call(node.template_from_tenant, tid(request), _opt(data, "template", str))
+        rec = await _call(
+            node.template_from_tenant,
+            tid(request),
+            _opt(data, "template", str),
+            _opt(data, "version", int),
+        )
         return rec.to_json()
 
     async def supervise() -> None:
@@ -230,6 +350,12 @@ def create_app(node: Node, token: str, *, supervise_every: float = 0.5) -> Starl
         Route("/v1/templates/{name}", guarded(delete_template), methods=["DELETE"]),
         Route("/v1/templates/{name}/{version:int}", guarded(delete_template), methods=["DELETE"]),
         Route("/v1/templates/{name}/copy", guarded(copy, 201), methods=["POST"]),
+        Route("/v1/templates/{name}/{version:int}/send", guarded(send_template)),
+        Route(
+            "/v1/templates/{name}/{version:int}/receive",
+            guarded(receive_template, 201),
+            methods=["POST"],
+        ),
         Route("/v1/tenants", guarded(list_tenants)),
         Route("/v1/tenants/{tid}", guarded(get_tenant)),
         Route("/v1/tenants/{tid}", guarded(delete), methods=["DELETE"]),

@@ -6,6 +6,10 @@ come back as the same HoodyError subclass the agent raised.
 
 from __future__ import annotations
 
+import contextlib
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -13,7 +17,7 @@ import httpx
 from hoody import errors
 from hoody.errors import HoodyError, HostError
 
-__all__ = ["AgentClient", "raise_for_error"]
+__all__ = ["AgentClient", "TemplateStream", "raise_for_error"]
 
 _BY_CODE: dict[str, type[HoodyError]] = {
     cls.code: cls
@@ -49,6 +53,17 @@ def raise_for_error(response: httpx.Response) -> None:
     exc = cls(message)
     exc.status = response.status_code
     raise exc
+
+
+@dataclass(frozen=True)
+class TemplateStream:
+    """A template version being sent by a node: its record, the sender's estimate of
+    the stream's size (0: unknown), the sender's uid base, and the stream itself."""
+
+    record: dict[str, Any]
+    size: int
+    uid_base: str
+    chunks: Iterator[bytes]
 
 
 class AgentClient:
@@ -137,3 +152,73 @@ class AgentClient:
 
     def logs(self, tid: str, tail: int = 200) -> str:
         return str(self._req("GET", f"/v1/tenants/{tid}/logs", params={"tail": tail}))
+
+    @contextlib.contextmanager
+    def send_template(
+        self, name: str, version: int, parent: int | None = None
+    ) -> Iterator[TemplateStream]:
+        """Open the stream of template version `name`/`version` (the difference from
+        `parent` when given). Iterating `chunks` raises HostError if the stream breaks
+        off; leaving the block closes it."""
+        params = {"parent": str(parent)} if parent is not None else {}
+        timeout = httpx.Timeout(self.http.timeout.connect, read=600)
+        try:
+            with self.http.stream(
+                "GET", f"/v1/templates/{name}/{version}/send", params=params, timeout=timeout
+            ) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise_for_error(response)
+                try:
+                    record = json.loads(response.headers.get("x-hoody-template", ""))
+                    size = int(response.headers.get("x-hoody-size", "0"))
+                except ValueError as exc:
+                    raise HostError(
+                        f"node agent at {self.http.base_url} sent template {name} version "
+                        f"{version} without a valid record; upgrade it to this hoody version"
+                    ) from exc
+                yield TemplateStream(
+                    record,
+                    size,
+                    response.headers.get("x-hoody-uid-base", ""),
+                    self._chunks(response),
+                )
+        except httpx.TransportError as exc:
+            raise HostError(
+                f"cannot reach the node agent at {self.http.base_url}: {exc}; "
+                "is `hoody node serve` running?"
+            ) from exc
+
+    def _chunks(self, response: httpx.Response) -> Iterator[bytes]:
+        try:
+            yield from response.iter_bytes(1 << 20)
+        except httpx.HTTPError as exc:
+            raise HostError(
+                f"the stream from the node agent at {self.http.base_url} broke off ({exc}); "
+                "check that node's log and send again"
+            ) from exc
+
+    def receive_template(
+        self,
+        name: str,
+        version: int,
+        stream: TemplateStream,
+        chunks: Iterable[bytes] | None = None,
+    ) -> dict[str, Any]:
+        """Have this node make template version `name`/`version` from `stream` (or from
+        `chunks`, e.g. `stream.chunks` wrapped to count progress). Returns its record."""
+        headers = {
+            "X-Hoody-Template": json.dumps(stream.record),
+            "X-Hoody-Uid-Base": stream.uid_base,
+            "Content-Type": "application/octet-stream",
+        }
+        if not stream.uid_base:
+            del headers["X-Hoody-Uid-Base"]
+        result: dict[str, Any] = self._req(
+            "POST",
+            f"/v1/templates/{name}/{version}/receive",
+            content=chunks if chunks is not None else stream.chunks,
+            headers=headers,
+            timeout=httpx.Timeout(self.http.timeout.connect, read=600, write=600),
+        )
+        return result

@@ -20,7 +20,7 @@ import shutil
 import string
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -119,15 +119,21 @@ class Node:
             undo.commit()
         return rec
 
-    def template_from_tenant(self, tid: str, name: str | None = None) -> TemplateRecord:
-        """Snapshot a tenant's filesystem into a new version of `name` (default: its template)."""
+    def template_from_tenant(
+        self, tid: str, name: str | None = None, version: int | None = None
+    ) -> TemplateRecord:
+        """Snapshot a tenant's filesystem into a new version of `name` (default: its
+        template), numbered `version` (default: the next on this node; the fleet passes
+        its own next number so a version means the same files on every node)."""
         tenant = self.store.tenant(tid)
         name = check_name(name or tenant.template)
         try:
             base = self.store.template(tenant.template, tenant.version)
         except NotFound:
             base = TemplateRecord(name=name, version=0, created_at=0)
-        version = self.store.next_template_version(name)
+        if version is not None and not 1 <= version < 2**31:
+            raise InvalidInput(f"template version {version} is invalid; give 1 or more")
+        version = version or self.store.next_template_version(name)
         rec = replace(
             base,
             name=name,
@@ -156,7 +162,9 @@ class Node:
             else [t for t in self.store.templates() if t.name == name]
         )
         if not records:
-            raise NotFound(f"template {name} does not exist; `hoody template ls` lists templates")
+            raise NotFound(
+                f"template {name} does not exist; `hoody node template ls` lists templates"
+            )
         for rec in records:
             users = self.store.template_in_use(rec.name, rec.version)
             if users:
@@ -168,6 +176,46 @@ class Node:
             self.storage.delete_template_version(TemplateVersionRef(rec.name, rec.version))
             self.store.remove_template(rec.name, rec.version)
         return records
+
+    # template versions between nodes (the fleet's replication)
+
+    def send_template(
+        self, name: str, version: int, parent: int | None = None
+    ) -> tuple[TemplateRecord, int, Iterator[bytes]]:
+        """Version `version` of `name` as a stream for another node's `receive_template`:
+        (its record, about how many bytes the stream has, the stream).
+
+        With `parent`, an earlier version the receiver holds, only the difference is
+        streamed. NotFound if either version is not on this node.
+        """
+        rec = self.store.template(name, version)
+        parent_ref = None
+        if parent is not None:
+            self.store.template(name, parent)
+            parent_ref = TemplateVersionRef(name, parent)
+        ref = TemplateVersionRef(name, version)
+        stream = self.storage.send_template_version(ref, parent_ref)
+        return rec, self.storage.version_size(ref, parent_ref), stream
+
+    def receive_template(self, rec: TemplateRecord, stream: Iterable[bytes]) -> TemplateRecord:
+        """Make template version `rec` from another node's `send_template` stream.
+
+        Conflict if this node has that version already; a failed or cut stream leaves
+        nothing behind. The version is usable (and reported) only once it is whole.
+        """
+        check_name(rec.name)
+        if any(t.name == rec.name and t.version == rec.version for t in self.store.templates()):
+            raise Conflict(
+                f"template {rec.name} version {rec.version} already exists on this node; "
+                "nothing to receive"
+            )
+        ref = TemplateVersionRef(rec.name, rec.version)
+        with Undo() as undo:
+            self.storage.receive_template_version(ref, stream)
+            undo.add(lambda: self.storage.delete_template_version(ref), "delete version")
+            self.store.add_template(rec)
+            undo.commit()
+        return rec
 
     # tenants
 
@@ -358,7 +406,7 @@ class Node:
 
     def exec(self, tid: str, argv: list[str], timeout: float = 60.0) -> ExecResult:
         if not argv or not all(isinstance(a, str) for a in argv):
-            raise InvalidInput("give the command to run, like `hoody exec CID -- ls /`")
+            raise InvalidInput("give the command to run, like `hoody node exec CID -- ls /`")
         rec = self.store.tenant(tid)
         if self.runtime.state(tid).status != "running":
             raise Conflict(f"tenant {tid} is {rec.status}; start it with `hoody start {tid}`")

@@ -219,7 +219,7 @@ class NodeStore:
         return int(row[0] or 0) + 1
 
     def template(self, name: str, version: int | None = None) -> TemplateRecord:
-        """The given version, or the newest. NotFound names `hoody template ls`."""
+        """The given version, or the newest. NotFound names `hoody node template ls`."""
         with self._lock:
             if version is None:
                 row = self._db.execute(
@@ -233,8 +233,8 @@ class NodeStore:
         if row is None:
             which = name if version is None else f"{name} version {version}"
             raise NotFound(
-                f"template {which} does not exist; `hoody template ls` lists templates, "
-                "`hoody template create` makes one"
+                f"template {which} does not exist; `hoody node template ls` lists templates, "
+                "`hoody node template create` makes one"
             )
         return TemplateRecord.from_row(row)
 

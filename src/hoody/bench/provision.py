@@ -1,4 +1,9 @@
-"""Provision latency: from the copy request to the tenant's first HTTP 200 on its address."""
+"""Provision latency: from the copy request to the tenant's first HTTP 200 on its address.
+
+`provision` asks one node agent directly; `provision_fleet` asks the control plane,
+which places each copy on one of N local node agents (each its own process with its
+own pool and network, joined by heartbeats), as a signup webhook would.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +11,19 @@ import socket
 import statistics
 import time
 import urllib.parse
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
 
+from hoody.agent.templates import DEMO_ARGS, DEMO_NAME
+from hoody.bench.fleet import scratch_fleet
 from hoody.bench.scratch import scratch_node
+from hoody.control.client import Client
 from hoody.errors import HoodyError
 
-__all__ = ["provision", "wait_http_ok"]
+__all__ = ["provision", "provision_fleet", "wait_http_ok"]
 
 
 def wait_http_ok(url: str, timeout: float = 10.0) -> float:
@@ -88,3 +97,79 @@ def provision(count: int = 20, concurrency: int = 4, storage: str = "overlay") -
         "copy_call_p50_ms": round(statistics.median(api), 1) if api else None,
         "copy_call_max_ms": round(max(api), 1) if api else None,
     }
+
+
+def provision_fleet(
+    count: int = 20, concurrency: int = 4, nodes: int = 3, storage: str = "overlay"
+) -> dict[str, Any]:
+    """The provision measurement through the control plane against `nodes` agents.
+
+    demo-app is built on the first node and reaches the others by replication (timed
+    too); one warm-up copy per node puts its files in page cache, as on a live fleet.
+    """
+    with scratch_fleet(nodes, storage_mode=storage) as fleet:
+        t0 = time.monotonic()
+        with fleet.nodes[0].client() as agent:
+            agent.create_template(DEMO_NAME, {"demo": True}, args=DEMO_ARGS)
+        built = time.monotonic()
+        while not _everywhere(fleet.admin.templates(), DEMO_NAME, nodes):
+            if time.monotonic() > built + 600:
+                raise TimeoutError("demo-app did not reach every node within 600 s")
+            time.sleep(0.2)
+        replicated = time.monotonic()
+        project = fleet.admin.create_project("bench")["id"]
+        token = fleet.admin.create_token("project", project_id=project)["token"]
+        with Client(fleet.url, token) as client:
+            for warm in [client.copy(DEMO_NAME) for _ in range(nodes)]:
+                wait_http_ok(warm["url"])
+                client.delete(warm["id"])
+
+            def one(_: int) -> tuple[float, float, str]:
+                t0 = time.monotonic()
+                rec = client.copy(DEMO_NAME)
+                t1 = time.monotonic()
+                return (t1 - t0) * 1000, (wait_http_ok(rec["url"]) - t0) * 1000, rec["node"]
+
+            times: list[float] = []
+            api: list[float] = []
+            spread: Counter[str] = Counter()
+            errors: list[str] = []
+            with ThreadPoolExecutor(concurrency) as pool:
+                for fut in [pool.submit(one, i) for i in range(count)]:
+                    try:
+                        copied, answered, node = fut.result()
+                    except (HoodyError, TimeoutError, httpx.HTTPError) as exc:
+                        errors.append(str(exc))
+                    else:
+                        api.append(copied)
+                        times.append(answered)
+                        spread[node] += 1
+    return {
+        "benchmark": "provision",
+        "through": "control plane",
+        "fleet": nodes,
+        "storage": storage,
+        "count": count,
+        "concurrency": concurrency,
+        "errors": len(errors),
+        "error_samples": errors[:3],
+        "p50_ms": round(statistics.median(times), 1) if times else None,
+        "p99_ms": round(percentile(times, 0.99), 1) if times else None,
+        "min_ms": round(min(times), 1) if times else None,
+        "max_ms": round(max(times), 1) if times else None,
+        "copy_call_p50_ms": round(statistics.median(api), 1) if api else None,
+        "copy_call_max_ms": round(max(api), 1) if api else None,
+        "target_p50_ms": 200,
+        "per_node": dict(sorted(spread.items())),
+        "template_build_s": round(built - t0, 1),
+        "template_replication_s": round(replicated - built, 1),
+    }
+
+
+def _everywhere(templates: list[dict[str, Any]], name: str, nodes: int) -> bool:
+    """Whether some version of template `name` is ready on `nodes` nodes."""
+    for t in templates:
+        for v in t["versions"]:
+            if t["name"] == name and sum(n["state"] == "ready" for n in v["nodes"]) == nodes:
+                return True
+    return False

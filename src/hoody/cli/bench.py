@@ -19,12 +19,22 @@ def provision(
     count: Annotated[int, typer.Option(help="Tenants to create.")] = 20,
     concurrency: Annotated[int, typer.Option(help="Copies in flight.")] = 4,
     storage: Annotated[str, typer.Option(help="overlay or snapshot")] = "overlay",
+    fleet: Annotated[
+        int,
+        typer.Option(
+            help="Through a control plane placing on N local node agents (0: one agent, directly)."
+        ),
+    ] = 0,
     as_json: JsonOpt = True,
 ) -> None:
     """Copy request → first HTTP 200 on the tenant's address: p50/p99 ms."""
-    from hoody.bench.provision import provision as run
+    from hoody.bench.provision import provision, provision_fleet
 
-    typer.echo(json.dumps(run(count, concurrency, storage), indent=2))
+    if fleet:
+        result = provision_fleet(count, concurrency, fleet, storage)
+    else:
+        result = provision(count, concurrency, storage)
+    typer.echo(json.dumps(result, indent=2))
 
 
 @app.command()

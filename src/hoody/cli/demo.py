@@ -1,10 +1,8 @@
-"""`make demo`: this machine as a one-node hoody with demo-app tenants to open."""
+"""`make demo`: `hoody up` on this machine, the demo-app template, and three tenants
+made through the control plane API, as a customer's signup would make them."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -13,55 +11,60 @@ from rich.console import Console
 from hoody.agent.client import AgentClient
 from hoody.agent.config import DEFAULT_STATE_DIR, NodeConfig
 from hoody.agent.templates import DEMO_ARGS, DEMO_NAME
-from hoody.errors import HoodyError, HostError
+from hoody.cli.up import DEFAULT_API, ensure_up
+from hoody.control.client import Client
+from hoody.errors import HostError
 
 __all__ = ["run_demo"]
 
 DEMO_TENANTS = 3
 
 
-def _agent_up(client: AgentClient) -> bool:
-    try:
-        client.node()
-        return True
-    except HoodyError:
-        return False
+def _wait_for_template(client: Client, name: str, timeout: float = 30) -> None:
+    """Until the control plane knows `name` is ready on a node (the next heartbeat)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for t in client.templates():
+            ready = [n for v in t["versions"] for n in v["nodes"] if n["state"] == "ready"]
+            if t["name"] == name and ready:
+                return
+        if time.monotonic() > deadline:
+            raise HostError(f"the control plane did not see template {name} within {timeout} s")
+        time.sleep(0.2)
 
 
-def run_demo(console: Console, state_dir: Path = DEFAULT_STATE_DIR) -> None:
-    hoody = str(Path(sys.argv[0]).resolve())
-    if not (state_dir / "node.json").exists():
-        console.print("[bold]creating the node[/] (btrfs loop-file pool, token)")
-        subprocess.run([hoody, "node", "init", "--state-dir", str(state_dir)], check=True)
+def run_demo(
+    console: Console, state_dir: Path = DEFAULT_STATE_DIR, api_listen: str = DEFAULT_API
+) -> None:
+    with console.status("starting hoody (control plane + this server as a node)…"):
+        info = ensure_up(state_dir, api_listen)
+    console.print(
+        f"control plane {info.api_url} with node {info.node}"
+        + ("" if info.started else " (already running)")
+        + f"; log: {info.log}"
+    )
     config = NodeConfig.load(state_dir)
-    token = config.token_path.read_text().strip()
-    client = AgentClient(f"http://{config.listen}", token, timeout=1800)
-    if not _agent_up(client):
-        log = (state_dir / "agent.log").open("ab")
-        subprocess.Popen(
-            [hoody, "node", "serve", "--state-dir", str(state_dir)],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-            start_new_session=True,
-            env={**os.environ},
-        )
-        deadline = time.monotonic() + 60
-        while not _agent_up(client):
-            if time.monotonic() > deadline:
-                raise HostError(f"the node agent did not start; see {state_dir / 'agent.log'}")
-            time.sleep(0.2)
-        console.print(f"node agent running on http://{config.listen} (log: {state_dir}/agent.log)")
-    if not any(t["name"] == DEMO_NAME for t in client.templates()):
-        with console.status("building the demo-app template (debootstrap, ~1 min the first time)"):
-            client.create_template(DEMO_NAME, {"demo": True}, args=DEMO_ARGS)
-    tenants = [t for t in client.tenants() if t["template"] == DEMO_NAME]
-    for _ in range(DEMO_TENANTS - len(tenants)):
-        tenants.append(client.copy(DEMO_NAME))
+    with (
+        Client(info.api_url, info.admin_token, project=info.project) as client,
+        AgentClient(info.agent_url, config.token_path.read_text().strip(), timeout=1800) as agent,
+    ):
+        if not any(t["name"] == DEMO_NAME for t in agent.templates()):
+            # Templates are built on a node; the control plane learns of them from its
+            # heartbeats and sends them to every other node.
+            with console.status("building the demo-app template (debootstrap, ~1 min once)"):
+                agent.create_template(DEMO_NAME, {"demo": True}, args=DEMO_ARGS)
+        _wait_for_template(client, DEMO_NAME)
+        tenants = list(client.iter_containers(template=DEMO_NAME, project=info.project))
+        with console.status("creating demo-app tenants through the API"):
+            for _ in range(DEMO_TENANTS - len(tenants)):
+                tenants.append(client.copy(DEMO_NAME, metadata={"made_by": "make demo"}))
     console.print()
     console.print(f"[bold green]hoody is running[/] with {len(tenants)} demo-app tenants:")
     for t in tenants:
-        console.print(f"  {t['id']:<24} {t['url']}   (state: {t['state']})")
+        console.print(f"  {t['id']:<24} {t['url']:<28} on {t['node']}  ({t['state']})")
     console.print()
-    console.print("Try:  .venv/bin/hoody ls   |   curl " + tenants[0]["url"])
-    console.print("      .venv/bin/hoody exec " + tenants[0]["id"] + " -- cat /etc/hostname")
+    console.print(f"API:   {info.api_url}/api/v1   docs: {info.api_url}/api/v1/docs")
+    console.print(f"Try:   curl {tenants[0]['url']}")
+    console.print("       .venv/bin/hoody ls   |   .venv/bin/hoody nodes   |   hoody templates")
+    console.print(f"       .venv/bin/hoody node exec {tenants[0]['id']} -- cat /etc/hostname")
+    console.print("Stop:  .venv/bin/hoody down   (tenants keep running; `hoody up -d` resumes)")

@@ -1,8 +1,8 @@
-"""Fleet commands: `hoody server`, `hoody login`, `hoody token create`, `hoody nodes`,
-`hoody templates`, and `hoody bench api`.
+"""Fleet commands: `hoody server`, `hoody login`, `hoody token create`, `hoody project`,
+`hoody nodes`, `hoody templates`, and `hoody bench api`.
 
-They talk to the control plane through `hoody.control.client.Client`, configured by
-`hoody login` (or HOODY_URL / HOODY_TOKEN). Register them on the main app with
+They talk to the control plane through `hoody.Client`, configured by `hoody login`
+(or HOODY_URL / HOODY_TOKEN). Register them on the main app with
 
     from hoody.cli import fleet
     fleet.register(app, bench.app)
@@ -13,71 +13,55 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.table import Table
+from rich.progress import BarColumn, Progress, TaskID, TextColumn
 
+from hoody.cli.common import JsonOpt, console, emit, status
 from hoody.control.client import Client, save_config
-from hoody.errors import InvalidInput
+from hoody.errors import HoodyError, InvalidInput
 
-__all__ = ["register", "token_app"]
+if TYPE_CHECKING:
+    from hoody.control.service import Fleet
 
-console = Console()
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+__all__ = ["register", "serve_control_plane", "token_app"]
+
 token_app = typer.Typer(help="API tokens: admin, project and node-join tokens.")
+project_app = typer.Typer(help="Projects: each owns its containers, templates and tokens.")
+nodes_app = typer.Typer(
+    help="Nodes of the fleet: list (the default), cordon, uncordon, drain.",
+    invoke_without_command=True,
+)
+templates_app = typer.Typer(
+    help="Templates across the fleet: list with where each version is (the default), show, rm.",
+    invoke_without_command=True,
+)
+
+DEFAULT_CONTROL_DIR = Path(os.environ.get("HOODY_CONTROL_DIR", "/var/lib/hoody/control"))
 
 
-def _emit(data: Any, as_json: bool, columns: list[str]) -> None:
-    if as_json:
-        print(json.dumps(data, indent=2, sort_keys=True))
-        return
-    table = Table()
-    for col in columns:
-        table.add_column(col)
-    for row in data if isinstance(data, list) else [data]:
-        table.add_row(*("" if row.get(c) is None else str(row.get(c)) for c in columns))
-    console.print(table)
+def serve_control_plane(
+    state_dir: Path,
+    database_url: str | None = None,
+    heartbeat_timeout: float = 8.0,
+    strategy: str = "spread",
+    domain: str | None = None,
+) -> tuple[Fleet, str | None]:
+    """Open the store (migrating it) and make sure an admin token exists.
 
-
-def server(
-    listen: Annotated[str, typer.Option(help="HOST:PORT to serve /api/v1 on.")] = "127.0.0.1:7080",
-    state_dir: Annotated[
-        Path, typer.Option(help="Where the SQLite database and admin.token live.")
-    ] = Path(os.environ.get("HOODY_CONTROL_DIR", "/var/lib/hoody/control")),
-    database_url: Annotated[
-        str | None,
-        typer.Option(
-            envvar="HOODY_DATABASE_URL",
-            help="postgresql+psycopg://… for a fleet; default: SQLite in --state-dir.",
-        ),
-    ] = None,
-    heartbeat_timeout: Annotated[
-        float, typer.Option(help="Seconds without heartbeats before a node is down.")
-    ] = 10.0,
-    strategy: Annotated[str, typer.Option(help="Placement: spread or pack.")] = "spread",
-    domain: Annotated[
-        str | None, typer.Option(help="Tenant URLs become https://<cid>.<domain>/.")
-    ] = None,
-) -> None:
-    """Run the control plane. Migrates the database, then serves until stopped.
-
-    The first start mints an admin token into <state-dir>/admin.token (mode 0600);
-    HOODY_ADMIN_TOKEN=hdy_… sets it instead.
+    Returns (Fleet, the admin token if one was just minted or given by
+    HOODY_ADMIN_TOKEN, else None). A new token is also written to
+    <state_dir>/admin.token (mode 0600).
     """
-    import uvicorn
-
-    from hoody.control.api import create_app
     from hoody.control.db import Store
     from hoody.control.db import database_url as default_url
     from hoody.control.service import Fleet, Settings
 
     if strategy not in ("spread", "pack"):
         raise InvalidInput(f"--strategy {strategy!r} is invalid; use spread or pack")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    logging.getLogger("alembic").setLevel(logging.WARNING)
     state_dir.mkdir(parents=True, exist_ok=True)
     store = Store(database_url or default_url(state_dir))
     fleet = Fleet(
@@ -94,23 +78,70 @@ def server(
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(admin + "\n")
-        console.print(f"admin token written to {path}; `hoody login URL --token $(cat {path})`")
+    return fleet, admin
+
+
+def server(
+    listen: Annotated[str, typer.Option(help="HOST:PORT to serve /api/v1 on.")] = "127.0.0.1:7080",
+    state_dir: Annotated[
+        Path, typer.Option(help="Where the SQLite database and admin.token live.")
+    ] = DEFAULT_CONTROL_DIR,
+    database_url: Annotated[
+        str | None,
+        typer.Option(
+            envvar="HOODY_DATABASE_URL",
+            help="postgresql+psycopg://… for a fleet; default: SQLite in --state-dir.",
+        ),
+    ] = None,
+    heartbeat_timeout: Annotated[
+        float, typer.Option(help="Seconds without heartbeats before a node is down.")
+    ] = 8.0,
+    strategy: Annotated[str, typer.Option(help="Placement: spread or pack.")] = "spread",
+    domain: Annotated[
+        str | None, typer.Option(help="Tenant URLs become https://<cid>.<domain>/.")
+    ] = None,
+) -> None:
+    """Run the control plane. Migrates the database, then serves until stopped.
+
+    The first start mints an admin token into <state-dir>/admin.token (mode 0600);
+    HOODY_ADMIN_TOKEN=hdy_… sets it instead.
+    """
+    import uvicorn
+
+    from hoody.control.api import create_app
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per heartbeat otherwise
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     host, _, port = listen.rpartition(":")
     if not port.isdigit():
         raise InvalidInput(f"--listen {listen!r} is invalid; give HOST:PORT like 127.0.0.1:7080")
-    uvicorn.run(create_app(fleet), host=host or "127.0.0.1", port=int(port), log_level="warning")
+    fleet, admin = serve_control_plane(state_dir, database_url, heartbeat_timeout, strategy, domain)
+    if admin and not os.environ.get("HOODY_ADMIN_TOKEN"):
+        path = state_dir / "admin.token"
+        console.print(f"admin token written to {path}; `hoody login URL --token $(cat {path})`")
+    try:
+        uvicorn.run(
+            create_app(fleet), host=host or "127.0.0.1", port=int(port), log_level="warning"
+        )
+    finally:
+        fleet.close()
+        fleet.store.close()
 
 
 def login(
     url: Annotated[str, typer.Argument(help="The control plane, e.g. http://127.0.0.1:7080")],
     token: Annotated[str, typer.Option(help="An API token (hdy_…).")],
+    project: Annotated[
+        int | None, typer.Option(help="Default project for an admin token's copies.")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Check the token against URL and save both for later commands."""
     with Client(url, token) as client:
         who = client.whoami()
-    path = save_config(url, token)
-    out = {**who, "url": url, "config": str(path)}
+    path = save_config(url, token, project)
+    out = {**who, "url": url, "config": str(path), "default_project": project}
     if as_json:
         print(json.dumps(out, indent=2))
     else:
@@ -141,41 +172,176 @@ def token_create(
         print(rec["token"])
 
 
-def nodes(as_json: JsonOpt = False) -> None:
+@token_app.command("ls")
+def token_ls(as_json: JsonOpt = False) -> None:
+    """List tokens (never their secrets)."""
+    with Client() as client:
+        emit(client.tokens(), as_json, ["id", "prefix", "scope", "project_id", "node", "revoked"])
+
+
+@token_app.command("revoke")
+def token_revoke(token_id: int, as_json: JsonOpt = False) -> None:
+    """Revoke a token at once."""
+    with Client() as client:
+        emit(client.revoke_token(token_id), as_json, ["id", "prefix", "scope", "revoked"])
+
+
+@project_app.command("create")
+def project_create(name: str, as_json: JsonOpt = False) -> None:
+    """Create a project (admin)."""
+    with Client() as client:
+        emit(client.create_project(name), as_json, ["id", "name"])
+
+
+@project_app.command("ls")
+def project_ls(as_json: JsonOpt = False) -> None:
+    """List projects (admin)."""
+    with Client() as client:
+        emit(client.projects(), as_json, ["id", "name"])
+
+
+def _gib(value: Any) -> str:
+    return f"{(value or 0) / (1 << 30):.1f} GiB"
+
+
+@nodes_app.callback()
+def nodes(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """List nodes with state and headroom."""
+    if ctx.invoked_subcommand is not None:
+        return
     with Client() as client:
         rows = client.nodes()
+    if as_json:
+        emit(rows, True)
+        return
+    now = time.time()
     for row in rows:
         h = row.get("headroom") or {}
-        row["memory_free"] = f"{(h.get('memory_headroom_bytes') or 0) / (1 << 30):.1f} GiB"
-    _emit(
+        row["tenants"] = row["containers"]
+        row["memory free"] = _gib(h.get("memory_headroom_bytes"))
+        row["disk free"] = _gib(h.get("disk_free_bytes"))
+        row["cpus"] = int(h.get("cpus") or 0)
+        row["heartbeat"] = f"{now - row['last_heartbeat']:.0f} s ago"
+    emit(
         rows,
-        as_json,
-        ["name", "state", "url", "containers", "memory_promised_mib", "memory_free"],
+        False,
+        ["name", "state", "url", "tenants", "memory free", "disk free", "cpus", "heartbeat"],
     )
 
 
-def templates(as_json: JsonOpt = False) -> None:
-    """List templates, their versions and which nodes hold each (replication progress)."""
-    with Client() as client:
-        rows = client.templates()
-    if as_json:
-        _emit(rows, True, [])
-        return
-    flat = [
+def _node_verb(verb: str, doc: str) -> None:
+    def command(name: str, as_json: JsonOpt = False) -> None:
+        with Client() as client:
+            rec = getattr(client, verb)(name)
+        emit(rec, as_json, ["name", "state", "containers"])
+
+    command.__doc__ = doc
+    nodes_app.command(verb)(command)
+
+
+_node_verb("cordon", "Give NAME no new containers.")
+_node_verb("uncordon", "Let NAME take new containers again.")
+_node_verb("drain", "Cordon NAME and start a drain operation.")
+
+
+def _replica_cell(replica: dict[str, Any]) -> str:
+    if replica["state"] == "ready":
+        return str(replica["node"])
+    return f"{replica['node']} ({replica['state']} {replica['progress']:.0%})"
+
+
+def _flatten(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
         {
             "name": t["name"],
             "version": v["version"],
             "owner": "shared" if t["shared"] else f"project {t['project_id']}",
-            "nodes": ", ".join(
-                n["node"] + ("" if n["state"] == "ready" else f" ({n['progress']:.0%})")
-                for n in v["nodes"]
-            ),
+            "nodes": ", ".join(_replica_cell(n) for n in v["nodes"]),
         }
         for t in rows
         for v in t["versions"]
     ]
-    _emit(flat, False, ["name", "version", "owner", "nodes"])
+
+
+def _in_flight(rows: list[dict[str, Any]], nodes: list[str]) -> dict[str, float]:
+    """Versions on their way to a node, and to `nodes` that lack them: label → progress."""
+    out = {}
+    for t in rows:
+        for v in t["versions"]:
+            have = {n["node"]: n for n in v["nodes"]}
+            for name in sorted(set(have) | set(nodes)):
+                replica = have.get(name)
+                if replica is None or replica["state"] != "ready":
+                    label = f"{t['name']} v{v['version']} → {name}"
+                    out[label] = float(replica["progress"]) if replica else 0.0
+    return out
+
+
+@templates_app.callback()
+def templates(
+    ctx: typer.Context,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Show transfers as progress bars until none is left.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """List templates, their versions and which nodes hold each; a version still on its
+    way to a node shows as `node (receiving 40%)`. With --wait, progress bars until
+    every version is on every node."""
+    if ctx.invoked_subcommand is not None:
+        return
+    with Client() as client:
+        rows = client.templates()
+        if wait and not as_json:
+            _watch(client, rows)
+            rows = client.templates()
+    if as_json:
+        emit(rows, True)
+    else:
+        emit(_flatten(rows), False, ["name", "version", "owner", "nodes"])
+
+
+def _watch(client: Client, rows: list[dict[str, Any]]) -> None:
+    try:  # an admin sees the nodes, and so the versions not yet on their way too
+        nodes = [n["name"] for n in client.nodes() if n["state"] in ("up", "cordoned")]
+    except HoodyError:
+        nodes = []
+    bars: dict[str, TaskID] = {}
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%")
+    ) as progress:
+        while True:
+            flight = _in_flight(rows, nodes)
+            for label, done in flight.items():
+                if label not in bars:
+                    bars[label] = progress.add_task(label, total=1.0)
+                progress.update(bars[label], completed=done)
+            for label, task in bars.items():
+                if label not in flight:
+                    progress.update(task, completed=1.0)
+            if not flight:
+                return
+            time.sleep(0.5)
+            rows = client.templates()
+
+
+@templates_app.command("show")
+def template_show(name: str, as_json: JsonOpt = False) -> None:
+    """Show one template's versions and where each is."""
+    with Client() as client:
+        rec = client.template(name)
+    if as_json:
+        emit(rec, True)
+    else:
+        emit(_flatten([rec]), False, ["name", "version", "owner", "nodes"])
+
+
+@templates_app.command("rm")
+def template_rm(name: str, as_json: JsonOpt = False) -> None:
+    """Delete a template everywhere; refused while containers use it."""
+    with Client() as client, status(f"deleting template {name}…", as_json):
+        rec = client.delete_template(name)
+    emit(rec, as_json, ["name", "deleted", "nodes"])
 
 
 def bench_api(
@@ -197,7 +363,8 @@ def register(app: typer.Typer, bench_app: typer.Typer | None = None) -> None:
     app.command()(server)
     app.command()(login)
     app.add_typer(token_app, name="token")
-    app.command()(nodes)
-    app.command()(templates)
+    app.add_typer(project_app, name="project")
+    app.add_typer(nodes_app, name="nodes")
+    app.add_typer(templates_app, name="templates")
     if bench_app is not None:
         bench_app.command("api")(bench_api)

@@ -1,21 +1,79 @@
-"""`hoody node …`: set up this server as a node and run its agent."""
+"""`hoody node …`: this server as a node: set it up, run its agent, and work on its
+templates and tenants directly, without the control plane.
+
+The node-local commands talk to this server's agent (`hoody node serve`), found through
+HOODY_AGENT_URL/HOODY_AGENT_TOKEN or the node's state dir (default /var/lib/hoody).
+Fleet-wide work (placement, idempotency, every node) goes through the control plane
+with the top-level commands: `hoody copy`, `hoody ls`, `hoody rm`, ….
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
+from hoody.agent.client import AgentClient
 from hoody.agent.config import DEFAULT_STATE_DIR, NodeConfig
+from hoody.cli.common import (
+    CpuOpt,
+    DiskOpt,
+    JsonOpt,
+    MemOpt,
+    PidsOpt,
+    emit,
+    firewall,
+    key_values,
+    limits,
+    status,
+)
+from hoody.errors import InvalidInput
 
-__all__ = ["app"]
+__all__ = ["advertised_url", "agent", "app"]
 
-app = typer.Typer(help="This server as a hoody node: init, serve, info.")
+app = typer.Typer(
+    help="This server as a hoody node: init, serve, info, and its own templates and tenants."
+)
+template_app = typer.Typer(help="Templates on this node: read-only, versioned root filesystems.")
+app.add_typer(template_app, name="template")
 
 StateDir = Annotated[Path, typer.Option(help="Where the node keeps its state.")]
+TENANT_COLUMNS = ["id", "template", "version", "state", "ip", "url"]
+
+
+def agent() -> AgentClient:
+    """A client of this server's node agent."""
+    url = os.environ.get("HOODY_AGENT_URL")
+    token = os.environ.get("HOODY_AGENT_TOKEN")
+    if not (url and token):
+        state_dir = Path(os.environ.get("HOODY_STATE_DIR", str(DEFAULT_STATE_DIR)))
+        config = NodeConfig.load(state_dir)
+        url = url or f"http://{config.listen}"
+        token = token or config.token_path.read_text().strip()
+    return AgentClient(url, token)
+
+
+def advertised_url(listen: str, advertise: str | None) -> str:
+    """The agent URL the control plane should call: `advertise`, else http://<listen>."""
+    if advertise:
+        if not advertise.startswith(("http://", "https://")):
+            raise InvalidInput(f"--advertise {advertise!r} is invalid; give http://HOST:PORT")
+        return advertise.rstrip("/")
+    host, _, port = listen.rpartition(":")
+    if host in ("", "0.0.0.0", "::", "[::]"):
+        raise InvalidInput(
+            f"the agent listens on {listen}, which the control plane cannot call; "
+            "give --advertise http://<this server's address>:" + port
+        )
+    return f"http://{listen}"
+
+
+# setting up and running the node
 
 
 @app.command()
@@ -27,7 +85,7 @@ def init(
     storage: Annotated[str, typer.Option(help="overlay or snapshot")] = "overlay",
     listen: Annotated[str, typer.Option(help="Agent API address.")] = "127.0.0.1:7070",
     state_dir: StateDir = DEFAULT_STATE_DIR,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Create the btrfs pool (a loop file unless --pool is on btrfs) and the agent token.
 
@@ -60,25 +118,255 @@ def init(
 def serve(
     state_dir: StateDir = DEFAULT_STATE_DIR,
     listen: Annotated[str | None, typer.Option(help="Override the API address.")] = None,
+    join: Annotated[
+        str | None,
+        typer.Option(help="Join the control plane at this URL and send it heartbeats."),
+    ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="HOODY_JOIN_TOKEN", help="A join token for --join (`hoody token create --join`)."
+        ),
+    ] = None,
+    advertise: Annotated[
+        str | None,
+        typer.Option(help="The URL the control plane calls this agent at (default: --listen)."),
+    ] = None,
+    heartbeat_every: Annotated[float, typer.Option(help="Seconds between heartbeats.")] = 2.0,
 ) -> None:
-    """Run the node agent: reconcile, then serve the API and supervise tenants."""
+    """Run the node agent: reconcile, then serve the API and supervise tenants.
+
+    With --join URL --token T the node registers with the control plane and reports
+    its headroom and templates every two seconds; it is marked down when they stop.
+    """
     import uvicorn
 
     from hoody.agent.api import create_app
     from hoody.agent.linux import build_node
+    from hoody.agent.node_info import headroom
+    from hoody.control.heartbeat import start_heartbeat
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per heartbeat otherwise
     config = NodeConfig.load(state_dir)
-    host, _, port = (listen or config.listen).rpartition(":")
+    address = listen or config.listen
+    host, _, port = address.rpartition(":")
+    if join and not token:
+        raise InvalidInput(
+            "--join needs --token: a join token from `hoody token create --join` "
+            "(or HOODY_JOIN_TOKEN)"
+        )
+    agent_url = advertised_url(address, advertise) if join else ""
     node = build_node(config)
-    token = config.token_path.read_text().strip()
-    uvicorn.run(create_app(node, token), host=host, port=int(port), log_level="warning")
+    agent_token = config.token_path.read_text().strip()
+    stop = None
+    if join and token:
+        stop = start_heartbeat(
+            join,
+            token,
+            config.name,
+            agent_url,
+            agent_token,
+            lambda: headroom(node),
+            get_templates=lambda: [t.to_json() for t in node.store.templates()],
+            interval=heartbeat_every,
+        )
+    try:
+        uvicorn.run(create_app(node, agent_token), host=host, port=int(port), log_level="warning")
+    finally:
+        if stop is not None:
+            stop.set()
 
 
 @app.command()
-def info(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+def info(as_json: JsonOpt = False) -> None:
     """Capabilities, headroom and KSM profit of the local node."""
-    from hoody.cli.main import agent
+    typer.echo(json.dumps(agent().node(), indent=2))
 
-    data = agent().node()
-    typer.echo(json.dumps(data, indent=2))
+
+# templates on this node
+
+
+@template_app.command("create")
+def template_create(
+    name: str,
+    rootfs: Annotated[Path | None, typer.Option(help="Copy this directory.")] = None,
+    tar: Annotated[Path | None, typer.Option(help="Unpack this tarball.")] = None,
+    debootstrap: Annotated[bool, typer.Option(help="Debian bookworm minbase.")] = False,
+    include: Annotated[list[str] | None, typer.Option(help="Extra packages (debootstrap).")] = None,
+    demo: Annotated[bool, typer.Option(help="The demo-app web app.")] = False,
+    entrypoint: Annotated[str | None, typer.Option(help="Command, as a JSON list.")] = None,
+    env: Annotated[list[str] | None, typer.Option(help="KEY=VALUE, repeatable.")] = None,
+    port: Annotated[int, typer.Option(help="The tenant's HTTP port.")] = 8080,
+    ksm: Annotated[bool, typer.Option(help="Merge memory among this template's tenants.")] = False,
+    cpu: CpuOpt = None,
+    memory: MemOpt = None,
+    pids: PidsOpt = None,
+    disk: DiskOpt = None,
+    firewall_json: Annotated[
+        str | None, typer.Option("--firewall", help="Firewall policy as JSON.")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create a template on this node, or its next version when NAME exists.
+
+    A node that has joined a control plane reports it there, and the control plane
+    sends it to every other node.
+    """
+    sources = [s for s in (rootfs, tar, debootstrap or None, demo or None) if s]
+    if len(sources) != 1:
+        raise InvalidInput("give exactly one of --rootfs DIR, --tar FILE, --debootstrap, --demo")
+    source: dict[str, Any]
+    args: list[str] | None = None
+    if rootfs:
+        source = {"rootfs": str(rootfs.resolve())}
+    elif tar:
+        source = {"tar": str(tar.resolve())}
+    elif debootstrap:
+        source = {"debootstrap": {"suite": "bookworm", "include": include or []}}
+    else:
+        from hoody.agent.templates import DEMO_ARGS
+
+        source, args = {"demo": True}, DEMO_ARGS
+    if entrypoint:
+        try:
+            args = json.loads(entrypoint)
+        except ValueError as exc:
+            raise InvalidInput('--entrypoint must be a JSON list like ["/app/run"]') from exc
+    with status(f"building template {name}…", as_json):
+        rec = agent().create_template(
+            name,
+            source,
+            args=args,
+            env=key_values(env, "env") or None,
+            port=port,
+            ksm=ksm or None,
+            limits=limits(cpu, memory, pids, disk),
+            firewall=firewall(firewall_json),
+        )
+    emit(rec, as_json, ["name", "version", "args", "port", "ksm"])
+
+
+@template_app.command("ls")
+def template_ls(as_json: JsonOpt = False) -> None:
+    """List the template versions on this node."""
+    emit(agent().templates(), as_json, ["name", "version", "args", "port", "ksm", "limits"])
+
+
+@template_app.command("rm")
+def template_rm(
+    name: str,
+    version: Annotated[int | None, typer.Option(help="Only this version.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Delete a template from this node (all versions, or one); refused while in use."""
+    emit(agent().delete_template(name, version), as_json)
+
+
+# tenants on this node
+
+
+@app.command()
+def copy(
+    template: str,
+    name: Annotated[str | None, typer.Option(help="Tenant id (DNS label).")] = None,
+    version: Annotated[int | None, typer.Option(help="Template version.")] = None,
+    env: Annotated[list[str] | None, typer.Option(help="KEY=VALUE, repeatable.")] = None,
+    mode: Annotated[str | None, typer.Option(help="Storage: overlay or snapshot.")] = None,
+    cpu: CpuOpt = None,
+    memory: MemOpt = None,
+    pids: PidsOpt = None,
+    disk: DiskOpt = None,
+    firewall_json: Annotated[
+        str | None, typer.Option("--firewall", help="Firewall policy as JSON.")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create a tenant from TEMPLATE on this node and start it (no control plane)."""
+    with status(f"copying {template}…", as_json):
+        rec = agent().copy(
+            template,
+            name=name,
+            version=version,
+            env=key_values(env, "env") or None,
+            mode=mode,
+            limits=limits(cpu, memory, pids, disk),
+            firewall=firewall(firewall_json),
+        )
+    emit(rec, as_json, TENANT_COLUMNS)
+
+
+@app.command("ls")
+def ls(as_json: JsonOpt = False) -> None:
+    """List the tenants on this node."""
+    emit(agent().tenants(), as_json, TENANT_COLUMNS)
+
+
+@app.command()
+def show(cid: str, as_json: JsonOpt = False) -> None:
+    """Show one tenant of this node, with its disk and cgroup usage."""
+    emit(agent().tenant(cid), as_json)
+
+
+@app.command()
+def start(cid: str, as_json: JsonOpt = False) -> None:
+    """Start a stopped tenant."""
+    emit(agent().action(cid, "start"), as_json, TENANT_COLUMNS)
+
+
+@app.command()
+def stop(cid: str, as_json: JsonOpt = False) -> None:
+    """Stop a tenant; its files and address stay."""
+    emit(agent().action(cid, "stop"), as_json, TENANT_COLUMNS)
+
+
+@app.command()
+def restart(cid: str, as_json: JsonOpt = False) -> None:
+    """Restart a tenant."""
+    emit(agent().action(cid, "restart"), as_json, TENANT_COLUMNS)
+
+
+@app.command("rm")
+def rm(cid: str, as_json: JsonOpt = False) -> None:
+    """Delete a tenant of this node and everything it had. Deleting twice is harmless."""
+    emit(agent().delete(cid), as_json)
+
+
+@app.command()
+def snapshot(
+    cid: str,
+    template: Annotated[str | None, typer.Option(help="Template name (default: its own).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Make a new template version on this node from a tenant's files."""
+    body = {"template": template} if template else {}
+    emit(agent().action(cid, "snapshot", body), as_json, ["name", "version"])
+
+
+@app.command("exec", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def exec_(ctx: typer.Context, cid: str, as_json: JsonOpt = False) -> None:
+    """Run a command inside a tenant: hoody node exec CID -- CMD [ARGS...]."""
+    argv = list(ctx.args)
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    result = agent().exec(cid, argv)
+    if as_json:
+        emit(result, True)
+    else:
+        sys.stdout.write(result["stdout"])
+        sys.stderr.write(result["stderr"])
+    raise typer.Exit(result["exit_code"])
+
+
+@app.command()
+def logs(
+    cid: str,
+    tail: Annotated[int, typer.Option(help="Lines from the end.")] = 200,
+    as_json: JsonOpt = False,
+) -> None:
+    """Print a tenant's stdout/stderr log."""
+    text = agent().logs(cid, tail)
+    if as_json:
+        emit({"id": cid, "log": text}, True)
+    else:
+        sys.stdout.write(text)

@@ -235,6 +235,36 @@ async def get_operation(f: Fleet, c: Call) -> Any:
     return await run(f.get_operation, c.who, c.path("op_id"))
 
 
+async def authorize(f: Fleet, c: Call) -> Any:
+    body: m.AuthorizeBody | None = c.body
+    return await run(f.authorize, c.who, c.path("cid"), body.ttl_seconds if body else None)
+
+
+async def revoke_claims(f: Fleet, c: Call) -> Any:
+    return await run(f.revoke_claims, c.who, c.path("cid"))
+
+
+async def exchange_claim(f: Fleet, c: Call) -> Any:
+    body: m.ExchangeBody = c.body
+    return await run(f.exchange, c.who, body.container, body.claim)
+
+
+async def route_table(f: Fleet, c: Call) -> Any:
+    return await run(f.route_table, c.who)
+
+
+async def list_claim_keys(f: Fleet, c: Call) -> Any:
+    return await run(f.list_keys, c.who)
+
+
+async def rotate_claim_key(f: Fleet, c: Call) -> Any:
+    return await run(f.rotate_key, c.who)
+
+
+async def retire_claim_key(f: Fleet, c: Call) -> Any:
+    return await run(f.retire_key, c.who, c.path("kid"))
+
+
 async def whoami(f: Fleet, c: Call) -> Any:
     return {"scope": c.who.scope, "project_id": c.who.project_id, "node": c.who.node}
 
@@ -374,6 +404,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         body=m.JoinBody,
         response=m.JoinOut,
         status=201,
+        errors=(400, 401, 403, 404, 409),
     ),
     Endpoint(
         "GET",
@@ -476,6 +507,69 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "operations",
         response=m.OperationOut,
         params=(Param("op_id", "path", required=True),),
+    ),
+    Endpoint(
+        "POST",
+        "/containers/{cid}/authorize",
+        authorize,
+        "Mint a one-hour claim that lets one customer into this container",
+        "claims",
+        body=m.AuthorizeBody,
+        response=m.ClaimOut,
+        params=(_CID,),
+    ),
+    Endpoint(
+        "POST",
+        "/containers/{cid}/claims/revoke",
+        revoke_claims,
+        "End every session of this container",
+        "claims",
+        response=m.RevokeOut,
+        params=(_CID,),
+    ),
+    Endpoint(
+        "POST",
+        "/claims/exchange",
+        exchange_claim,
+        "Spend a claim once for a session (the router calls this; admin token)",
+        "claims",
+        body=m.ExchangeBody,
+        response=m.SessionOut,
+    ),
+    Endpoint(
+        "GET",
+        "/claims/keys",
+        list_claim_keys,
+        "List claim signing keys",
+        "claims",
+        response=m.ClaimKeyOut,
+        many=True,
+    ),
+    Endpoint(
+        "POST",
+        "/claims/keys",
+        rotate_claim_key,
+        "Add a new signing key; it signs from now on, older keys still verify",
+        "claims",
+        response=m.ClaimKeyOut,
+        status=201,
+    ),
+    Endpoint(
+        "DELETE",
+        "/claims/keys/{kid}",
+        retire_claim_key,
+        "Retire a key: what it signed is refused from now on",
+        "claims",
+        response=m.ClaimKeyOut,
+        params=(Param("kid", "path", required=True),),
+    ),
+    Endpoint(
+        "GET",
+        "/router/table",
+        route_table,
+        "Where every tenant lives and who may see it (the router polls this; admin token)",
+        "claims",
+        response=m.RouteTableOut,
     ),
     Endpoint(
         "GET",
@@ -663,9 +757,10 @@ pre{{background:#f6f6f6;padding:8px;overflow:auto}}</style></head>
 {"".join(rows)}</table><h2>Schemas</h2>{schemas}</body></html>"""
 
 
-def create_app(fleet: Fleet, *, monitor: bool = True, check_every: float = 1.0) -> Starlette:
-    """The control plane app. With `monitor`, a background task marks nodes down once
-    their heartbeats stop (`fleet.settings.heartbeat_timeout`)."""
+def create_app(fleet: Fleet, *, monitor: bool = True, check_every: float = 0.5) -> Starlette:
+    """The control plane app. With `monitor`, background tasks mark nodes down once
+    their heartbeats stop (`fleet.settings.heartbeat_timeout`) and send template
+    versions to the nodes that lack them (`fleet.replicate_once`), every `check_every` s."""
     spec = openapi()
     page = docs_page(spec)
 
@@ -675,21 +770,28 @@ def create_app(fleet: Fleet, *, monitor: bool = True, check_every: float = 1.0) 
     async def docs_endpoint(request: Request) -> Response:
         return HTMLResponse(page)
 
-    async def watch_nodes() -> None:
+    async def every(what: str, fn: Callable[[], Any]) -> None:
         while True:
             await asyncio.sleep(check_every)
             try:
-                await run(fleet.mark_down_stale)
+                await run(fn)
             except Exception:
-                log.exception("node health check failed")
+                log.exception("%s failed", what)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        task = asyncio.create_task(watch_nodes()) if monitor else None
+        tasks = (
+            [
+                asyncio.create_task(every("node health check", fleet.mark_down_stale)),
+                asyncio.create_task(every("template replication", fleet.replicate_once)),
+            ]
+            if monitor
+            else []
+        )
         try:
             yield
         finally:
-            if task is not None:
+            for task in tasks:
                 task.cancel()
 
     async def http_error(request: Request, exc: Exception) -> Response:

@@ -6,8 +6,11 @@
 
 Errors come back as the HoodyError subclass the server raised (NotFound, Conflict…).
 Without arguments the URL and token come from HOODY_URL / HOODY_TOKEN, else from the
-file `hoody login` writes (~/.config/hoody/config.json). Pass `transport` (or a whole
-`http` client, e.g. Starlette's TestClient) to run against an in-process app.
+file `hoody login` writes (~/.config/hoody/config.json). `project` is the project an
+admin token copies into when a call names none (HOODY_PROJECT, or the one saved by
+`hoody login --project N`). Pass `transport` (or a whole `http` client, e.g.
+Starlette's TestClient) to run against an in-process app. Also exported as
+`hoody.Client`.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import Any
 import httpx
 
 from hoody.agent.client import raise_for_error
-from hoody.errors import HostError, InvalidInput
+from hoody.errors import Conflict, HostError, InvalidInput
 
 __all__ = ["Client", "config_path", "load_config", "save_config"]
 
@@ -39,13 +42,17 @@ def load_config() -> dict[str, str]:
     return {k: str(v) for k, v in data.items()} if isinstance(data, dict) else {}
 
 
-def save_config(url: str, token: str) -> Path:
-    """Write url and token to the config file, readable by the owner only."""
+def save_config(url: str, token: str, project: int | None = None) -> Path:
+    """Write url, token (and the default project) to the config file, readable by the
+    owner only."""
     path = config_path()
     path.parent.mkdir(parents=True, exist_ok=True)
+    data: dict[str, Any] = {"url": url, "token": token}
+    if project is not None:
+        data["project"] = project
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
-        json.dump({"url": url, "token": token}, f, indent=2)
+        json.dump(data, f, indent=2)
     return path
 
 
@@ -59,11 +66,13 @@ class Client:
         url: str | None = None,
         token: str | None = None,
         *,
+        project: int | None = None,
         transport: httpx.BaseTransport | None = None,
         http: httpx.Client | None = None,
         timeout: float = 120.0,
     ) -> None:
         saved = load_config() if not (url and token) else {}
+        from_saved = not (url or os.environ.get("HOODY_URL"))
         url = url or os.environ.get("HOODY_URL") or saved.get("url")
         token = token or os.environ.get("HOODY_TOKEN") or saved.get("token")
         if not url or not token:
@@ -71,6 +80,12 @@ class Client:
                 "no control plane configured; run `hoody login URL --token T` "
                 "or set HOODY_URL and HOODY_TOKEN"
             )
+        if project is None:
+            default = os.environ.get("HOODY_PROJECT") or (
+                saved.get("project") if from_saved else None
+            )
+            project = int(default) if default and default.isdigit() else None
+        self.project = project
         self.url = url.rstrip("/")
         headers = {"Authorization": f"Bearer {token}"}
         if http is not None:
@@ -116,7 +131,11 @@ class Client:
         project: int | None = None,
         strategy: str | None = None,
     ) -> dict[str, Any]:
-        """Create a container; the same `idempotency_key` always returns the same one."""
+        """Create a container; the same `idempotency_key` always returns the same one.
+
+        `project` (admin tokens only; default: the client's `project`) is the project
+        the container belongs to.
+        """
         body = _clean(
             {
                 "name": name,
@@ -125,7 +144,7 @@ class Client:
                 "env": env,
                 "firewall": firewall,
                 "metadata": metadata,
-                "project": project,
+                "project": project if project is not None else self.project,
                 "strategy": strategy,
             }
         )
@@ -269,6 +288,16 @@ class Client:
     def revoke_token(self, token_id: int) -> dict[str, Any]:
         result: dict[str, Any] = self._req("DELETE", f"/tokens/{token_id}")
         return result
+
+    def ensure_project(self, name: str) -> dict[str, Any]:
+        """The project called `name`, created when missing (admin)."""
+        for project in self.projects():
+            if project["name"] == name:
+                return project
+        try:
+            return self.create_project(name)
+        except Conflict:  # made meanwhile
+            return next(p for p in self.projects() if p["name"] == name)
 
     def operation(self, op_id: str) -> dict[str, Any]:
         result: dict[str, Any] = self._req("GET", f"/operations/{op_id}")

@@ -189,6 +189,10 @@ class Container(Base):
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
     created_at: Mapped[float] = mapped_column(Float, default=_now)
     deleted_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # The tenant app's port on its node (the router's upstream is ip:port).
+    port: Mapped[int] = mapped_column(Integer, default=8080, server_default="8080")
+    # Bumped by claims/revoke: every session minted under an older value is refused.
+    claims_gen: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class IdempotencyKey(Base):
@@ -203,6 +207,32 @@ class IdempotencyKey(Base):
     container_id: Mapped[str | None] = mapped_column(String(63), nullable=True)
     state: Mapped[str] = mapped_column(String(16), default="pending")  # pending | done
     created_at: Mapped[float] = mapped_column(Float, default=_now)
+
+
+class ClaimKey(Base):
+    """A key that signs container claims and tenant sessions (see hoody.claims).
+
+    The newest unretired key signs; a retired key verifies nothing. The secret is
+    stored in the clear: it must be, to sign, so it is as secret as the database."""
+
+    __tablename__ = "claim_keys"
+
+    kid: Mapped[str] = mapped_column(String(32), primary_key=True)
+    secret: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[float] = mapped_column(Float, default=_now)
+    retired_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class ClaimUse(Base):
+    """A claim that was exchanged: the primary key makes a second use fail in the
+    database, whichever control plane process sees it."""
+
+    __tablename__ = "claim_uses"
+
+    jti: Mapped[str] = mapped_column(String(64), primary_key=True)
+    container_id: Mapped[str] = mapped_column(String(63))
+    expires_at: Mapped[float] = mapped_column(Float)
+    used_at: Mapped[float] = mapped_column(Float, default=_now)
 
 
 class Operation(Base):

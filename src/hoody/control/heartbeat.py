@@ -3,8 +3,8 @@
 `hoody node serve --join URL --token T` runs `heartbeat_loop` in a thread next to the
 agent. Each round reads the agent's headroom and template versions and posts them to
 `/api/v1/nodes/{name}/heartbeat`; the control plane marks the node down when rounds
-stop arriving for its heartbeat timeout (10 s by default), so the interval must stay
-well below that. A rejected token or unknown node makes the next round join again;
+stop arriving for its heartbeat timeout (8 s by default), so the interval (2 s) must
+stay well below that. A rejected token or unknown node makes the next round join again;
 other errors are logged and retried, so a control plane restart is survived.
 """
 
@@ -34,7 +34,8 @@ def heartbeat_loop(
     agent_token: str,
     get_headroom: Callable[[], dict[str, Any]] | None = None,
     *,
-    interval: float = 3.0,
+    get_templates: Callable[[], list[dict[str, Any]]] | None = None,
+    interval: float = 2.0,
     stop: threading.Event | None = None,
     rounds: int | None = None,
     transport: httpx.BaseTransport | None = None,
@@ -42,8 +43,9 @@ def heartbeat_loop(
 ) -> None:
     """Join as `node_name` (agent at `agent_url`), then heartbeat every `interval` s.
 
-    `get_headroom` defaults to asking the agent (`GET /v1/node`). Runs until `stop` is
-    set, or for `rounds` rounds (tests). Never raises for a failed round.
+    `get_headroom` and `get_templates` default to asking the agent (`GET /v1/node`,
+    `GET /v1/templates`); an agent running in this process passes its own. Runs until
+    `stop` is set, or for `rounds` rounds (tests). Never raises for a failed round.
     """
     stop = stop or threading.Event()
     agent = AgentClient(agent_url, agent_token, transport=agent_transport, timeout=10)
@@ -62,7 +64,7 @@ def heartbeat_loop(
                 headroom = get_headroom() if get_headroom else agent.node()["headroom"]
                 templates = [
                     {"name": t["name"], "version": t["version"], "limits": t.get("limits")}
-                    for t in agent.templates()
+                    for t in (get_templates() if get_templates else agent.templates())
                 ]
                 node.heartbeat(node_name, headroom, templates)
             except (Unauthorized, NotFound) as exc:
@@ -90,14 +92,15 @@ def start_heartbeat(
     agent_token: str,
     get_headroom: Callable[[], dict[str, Any]] | None = None,
     *,
-    interval: float = 3.0,
+    get_templates: Callable[[], list[dict[str, Any]]] | None = None,
+    interval: float = 2.0,
 ) -> threading.Event:
     """Run `heartbeat_loop` in a daemon thread; set the returned event to stop it."""
     stop = threading.Event()
     threading.Thread(
         target=heartbeat_loop,
         args=(control_url, token, node_name, agent_url, agent_token, get_headroom),
-        kwargs={"interval": interval, "stop": stop},
+        kwargs={"interval": interval, "stop": stop, "get_templates": get_templates},
         name=f"heartbeat-{node_name}",
         daemon=True,
     ).start()

@@ -13,11 +13,15 @@ from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
     "INT_MAX",
+    "AuthorizeBody",
+    "ClaimKeyOut",
+    "ClaimOut",
     "ContainerOut",
     "ContainerPage",
     "CopyBody",
     "DeleteOut",
     "ErrorOut",
+    "ExchangeBody",
     "HeartbeatBody",
     "JoinBody",
     "JoinOut",
@@ -26,6 +30,9 @@ __all__ = [
     "OperationOut",
     "ProjectBody",
     "ProjectOut",
+    "RevokeOut",
+    "RouteTableOut",
+    "SessionOut",
     "SnapshotBody",
     "TemplateOut",
     "TemplateRef",
@@ -211,3 +218,52 @@ class WhoamiOut(BaseModel):
     scope: str
     project_id: int | None
     node: str | None
+
+
+class AuthorizeBody(_Body):
+    ttl_seconds: int | None = Field(
+        None, ge=1, le=INT_MAX, description="Shorter than the fleet's limit (1 h) if asked."
+    )
+
+
+class ClaimOut(BaseModel):
+    container_claim: str
+    expires_at: float
+    url: str = Field(description="Open this URL to exchange the claim for a session, once.")
+
+
+class RevokeOut(BaseModel):
+    id: str
+    claims_generation: int
+
+
+class ExchangeBody(_Body):
+    container: str = Field(max_length=63)
+    claim: str = Field(max_length=4096)
+
+
+class SessionOut(BaseModel):
+    session: str
+    expires_at: float
+    max_age: int
+
+
+class RouteOut(BaseModel):
+    upstream: str
+    node: str
+    state: str
+    public: bool
+    generation: int
+
+
+class RouteTableOut(BaseModel):
+    routes: dict[str, RouteOut]
+    keys: dict[str, str]
+    retired: list[str]
+    newest: str | None
+
+
+class ClaimKeyOut(BaseModel):
+    kid: str
+    created_at: float
+    retired_at: float | None = None

@@ -12,10 +12,10 @@ import pytest
 from sqlalchemy import func, select
 
 from hoody.control.db import Container, Store
-from hoody.control.fake_agent import fake_agents
 from hoody.control.service import Fleet
 from hoody.errors import Exhausted
 from tests.control_support import World, empty, make_world
+from tests.fake_agent import fake_agents
 
 
 @pytest.fixture

@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import typer
+import uvicorn
 from typer.testing import CliRunner
 
 from hoody.cli import fleet as fleet_cli
+from hoody.cli.main import app
+from hoody.control.api import create_app
+from hoody.control.db import Store
 from hoody.control.service import Fleet
+from hoody.errors import NotFound
+from tests.control_support import World, make_world
 
 
 def test_login_token_create_nodes_templates(
@@ -48,3 +59,73 @@ def test_login_token_create_nodes_templates(
     assert [n["name"] for n in json.loads(out.output)] == ["n1"]
     out = cli.invoke(app, ["templates"])
     assert out.exit_code == 0 and "demo" in out.output and "n1" in out.output
+
+
+@pytest.fixture
+def live_world(tmp_path: Path) -> Iterator[tuple[str, World]]:
+    """A control plane with two fake nodes (template demo on both), on a loopback port."""
+    store = Store(f"sqlite:///{tmp_path / 'control.db'}")
+    world = make_world(store)
+    app = create_app(world.fleet, monitor=False)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    while not srv.started:
+        time.sleep(0.01)
+    yield f"http://127.0.0.1:{port}", world
+    srv.should_exit = True
+    thread.join(10)
+    store.close()
+
+
+def test_top_level_verbs_go_through_the_control_plane(
+    live_world: tuple[str, World], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    url, w = live_world
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    monkeypatch.delenv("HOODY_TOKEN", raising=False)
+    monkeypatch.delenv("HOODY_URL", raising=False)
+    cli = CliRunner()
+
+    def hoody(*args: str) -> Any:
+        out = cli.invoke(app, [*args, "--json"])
+        assert out.exit_code == 0, out.output
+        return json.loads(out.output)
+
+    # An admin login with a default project: copies land in it.
+    assert cli.invoke(app, ["login", url, "--token", w.admin_token, "--project", str(w.project)])
+    made = hoody("copy", "demo", "--name", "web-1", "--metadata", "customer=cus_1")
+    assert made["id"] == "web-1" and made["project_id"] == w.project
+    assert "web-1" in w.agents[made["node"]].tenants
+    again = hoody("copy", "demo", "--idempotency-key", "evt_9", "--metadata", "k=v")
+    assert hoody("copy", "demo", "--idempotency-key", "evt_9", "--metadata", "k=v") == again
+    assert [c["id"] for c in hoody("ls", "--metadata", "customer=cus_1")] == ["web-1"]
+    assert hoody("show", "web-1")["node"] == made["node"]
+    assert hoody("stop", "web-1")["state"] == "stopped"
+    assert hoody("start", "web-1")["state"] == "running"
+    snap = hoody("snapshot", "web-1", "--template", "demo")
+    assert snap["result"]["version"] == 2
+    assert [v["version"] for v in hoody("templates")[0]["versions"]] == [1, 2]
+    assert hoody("nodes", "cordon", "n1")["state"] == "cordoned"
+    assert {n["name"]: n["state"] for n in hoody("nodes")} == {"n1": "cordoned", "n2": "up"}
+    assert hoody("rm", "web-1", again["id"]) == [
+        {"id": "web-1", "deleted": True, "existed": True},
+        {"id": again["id"], "deleted": True, "existed": True},
+    ]
+    assert hoody("ls") == []
+
+    # Errors: one line naming the fix, non-zero exit, JSON with --json.
+    out = cli.invoke(app, ["show", "nope"])
+    assert out.exit_code != 0 and isinstance(out.exception, NotFound)
+
+
+def test_the_main_app_splits_fleet_and_node_commands() -> None:
+    top = typer.main.get_command(app).commands  # type: ignore[attr-defined]
+    assert {"copy", "ls", "rm", "up", "down", "login", "server", "demo"} <= set(top)
+    assert {"node", "nodes", "templates", "token", "bench"} <= set(top)
+    assert {"init", "serve", "copy", "ls", "rm", "exec", "logs", "template"} <= set(
+        top["node"].commands
+    )

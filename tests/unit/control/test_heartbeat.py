@@ -7,9 +7,9 @@ import time
 from collections.abc import Callable
 
 from hoody.control.client import Client
-from hoody.control.fake_agent import FakeAgent
 from hoody.control.heartbeat import heartbeat_loop
 from hoody.control.service import Fleet
+from tests.fake_agent import FakeAgent
 
 
 def wait_for(check: Callable[[], bool], timeout: float = 5.0) -> None:

@@ -5,11 +5,15 @@ subvolume: in `overlay` mode it holds the overlayfs upper and work dirs over the
 template version (page cache of template files is shared by every tenant); in
 `snapshot` mode it is a writable snapshot of the version. Either way the tenant's
 disk is its own subvolume, limited by a qgroup, and delete is one subvolume.
+
+Template versions travel between nodes as streams: `send_template_version` on one
+node, `receive_template_version` on another (btrfs send/receive on the real driver;
+with a parent version both nodes hold, only the difference travels).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
@@ -24,6 +28,8 @@ class StorageCaps:
     modes: tuple[StorageMode, ...]
     disk_limit: bool  # a per-tenant byte limit is enforced (ENOSPC/EDQUOT when full)
     usage: bool  # per-tenant bytes written can be measured
+    # send_template_version with a parent streams only the difference
+    incremental_send: bool = False
 
 
 @dataclass(frozen=True)
@@ -57,6 +63,30 @@ class StorageDriver(Protocol):
         """Make a new read-only version from the tenant's current filesystem."""
 
     def delete_template_version(self, ref: TemplateVersionRef) -> None: ...
+
+    def send_template_version(
+        self, ref: TemplateVersionRef, parent: TemplateVersionRef | None
+    ) -> Iterator[bytes]:
+        """The version as a stream that `receive_template_version` on another node turns
+        back into the same version.
+
+        With `parent` (an earlier version of the same template that the receiver holds,
+        received from or sent to the same lineage) only the difference is streamed.
+        NotFound if either version is missing, before anything is streamed. The
+        iterator raises HostError when the stream could not be made whole; closing it
+        early stops the work.
+        """
+
+    def receive_template_version(self, ref: TemplateVersionRef, stream: Iterable[bytes]) -> Path:
+        """Make read-only version `ref` from a stream of `send_template_version`.
+
+        Conflict if the version exists. A failed, cut or foreign stream raises
+        (HostError or whatever iterating `stream` raised) and leaves nothing behind.
+        Returns the version's path.
+        """
+
+    def version_size(self, ref: TemplateVersionRef, parent: TemplateVersionRef | None) -> int:
+        """About how many bytes sending `ref` (from `parent`) streams: for progress."""
 
     def list_template_versions(self) -> list[TemplateVersionRef]: ...
 

@@ -13,6 +13,13 @@ Layout inside the pool:
                                    subvolume is the tenant's / and must hold only its files
     .scratch/                    short-lived read-only captures (version_from_tenant)
 
+Template versions travel between nodes with `btrfs send` (incremental with `-p` from
+a parent version both nodes hold) and `btrfs receive`. A received subvolume cannot be
+moved once read-only, and its name is the one it had on the sending node, so it is
+received straight into templates/<name>/ where it gets its final name (the version);
+a version on disk without a record in the node's database is half-received and is
+removed by reconcile.
+
 A tenant's root filesystem is mounted at `<run_dir>/<tid>/rootfs`: an overlay mount in
 overlay mode, a bind mount of the subvolume in snapshot mode, so callers find it in one
 place either way.
@@ -32,8 +39,9 @@ import os
 import shutil
 import stat
 import struct
+import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +49,7 @@ from hoody.agent.storage import StorageCaps, StorageMode, TemplateVersionRef
 from hoody.agent.storage.pool import is_btrfs, mounts
 from hoody.agent.storage.tree import apply_upper, shift_ownership
 from hoody.errors import Conflict, HoodyError, HostError, InvalidInput, NotFound
+from hoody.proc import run_fed, stream_out
 from hoody.syscalls import MNT_DETACH, MS_BIND, MS_NOATIME, MS_REMOUNT, mount, umount
 from hoody.undo import Undo
 
@@ -55,6 +64,7 @@ def _ioc(direction: int, nr: int, size: int) -> int:
 
 _W, _R, _RW = 1, 2, 3
 _VOL_ARGS = 4096  # struct btrfs_ioctl_vol_args / _v2 / ino_lookup_args are all 4 KiB
+_IOC_SYNC = _ioc(0, 8, 0)
 _IOC_SUBVOL_CREATE = _ioc(_W, 14, _VOL_ARGS)
 _IOC_SNAP_DESTROY = _ioc(_W, 15, _VOL_ARGS)
 _IOC_INO_LOOKUP = _ioc(_RW, 18, _VOL_ARGS)
@@ -158,6 +168,19 @@ def set_readonly(path: Path) -> None:
         raise _host_error("make read-only", path, exc) from exc
 
 
+def is_readonly(path: Path) -> bool:
+    with _opendir(path) as fd:
+        flags = bytearray(8)
+        fcntl.ioctl(fd, _IOC_SUBVOL_GETFLAGS, flags)
+        return bool(struct.unpack("Q", flags)[0] & _SUBVOL_RDONLY)
+
+
+def sync_filesystem(path: Path) -> None:
+    """Commit the filesystem's transaction (qgroup numbers are updated on commit)."""
+    with _opendir(path) as fd:
+        fcntl.ioctl(fd, _IOC_SYNC, 0)
+
+
 def subvolume_id(path: Path) -> int:
     with _opendir(path) as fd:
         args = bytearray(_VOL_ARGS)
@@ -217,7 +240,9 @@ class BtrfsStorage:
     or on `btrfs filesystem sync <pool>`), so usage lags writes by up to that long.
     """
 
-    caps = StorageCaps(modes=("overlay", "snapshot"), disk_limit=True, usage=True)
+    caps = StorageCaps(
+        modes=("overlay", "snapshot"), disk_limit=True, usage=True, incremental_send=True
+    )
 
     def __init__(self, pool: Path, run_dir: Path) -> None:
         self.pool = pool
@@ -226,6 +251,10 @@ class BtrfsStorage:
         self.tenants = pool / "tenants"
         self.scratch = pool / ".scratch"
         self._uuid: str | None = None
+        # Receives into one template's directory are told apart by what appears in
+        # it, so they run one at a time per template.
+        self._receiving: dict[str, threading.Lock] = {}
+        self._receiving_guard = threading.Lock()
 
     # paths and records
 
@@ -361,6 +390,74 @@ class BtrfsStorage:
             )
         self._delete_version_path(self._version_path(ref))
 
+    # template versions between nodes
+
+    def send_template_version(
+        self, ref: TemplateVersionRef, parent: TemplateVersionRef | None
+    ) -> Iterator[bytes]:
+        """`btrfs send` of the version (`-p parent` for only the difference)."""
+        argv = ["btrfs", "-q", "send"]
+        if parent is not None:
+            argv += ["-p", str(self._existing_version(parent))]
+        argv.append(str(self._existing_version(ref)))
+        return stream_out(argv)
+
+    def _existing_version(self, ref: TemplateVersionRef) -> Path:
+        path = self._version_path(ref)
+        if not is_subvolume(path):
+            raise NotFound(
+                f"template {ref.template} version {ref.version} does not exist on this node; "
+                "`hoody node template ls` lists templates"
+            )
+        return path
+
+    def receive_template_version(self, ref: TemplateVersionRef, stream: Iterable[bytes]) -> Path:
+        """`btrfs receive` the stream into templates/<name>/, where it must make exactly
+        the subvolume `<version>`, read-only; anything else is removed and refused."""
+        path = self._version_path(ref)
+        folder = path.parent
+        with self._receive_lock(ref.template):
+            if path.exists():
+                raise Conflict(
+                    f"template {ref.template} version {ref.version} already exists on this "
+                    "node; nothing to receive"
+                )
+            folder.mkdir(parents=True, exist_ok=True)
+            before = set(os.listdir(folder))
+            try:
+                # -C: the stream's paths cannot leave the folder; -e: stop at its end.
+                run_fed(["btrfs", "-q", "receive", "-C", "-e", str(folder)], stream)
+                made = set(os.listdir(folder)) - before
+                if made != {path.name} or not is_subvolume(path) or not is_readonly(path):
+                    raise HostError(
+                        f"the stream for template {ref.template} version {ref.version} made "
+                        f"{sorted(made) or 'nothing'} instead of read-only subvolume "
+                        f"{path.name}; send it again from a node that has this version"
+                    )
+            except BaseException:
+                for name in set(os.listdir(folder)) - before:
+                    delete_subvolume(folder / name)
+                with contextlib.suppress(OSError):  # other versions of the template remain
+                    folder.rmdir()
+                raise
+        return path
+
+    def _receive_lock(self, template: str) -> threading.Lock:
+        with self._receiving_guard:
+            return self._receiving.setdefault(template, threading.Lock())
+
+    def version_size(self, ref: TemplateVersionRef, parent: TemplateVersionRef | None) -> int:
+        """Referenced bytes of the version; with a parent, its exclusive bytes (what it
+        does not share with other subvolumes: about what an incremental send carries).
+        0 when quotas cannot tell."""
+        try:
+            path = self._existing_version(ref)
+            sync_filesystem(self.pool)
+            qgroup = self._qgroup_dir(path)
+            return int((qgroup / ("exclusive" if parent else "referenced")).read_text())
+        except (OSError, ValueError):
+            return 0
+
     def _uses(self, tid: str, ref: TemplateVersionRef) -> bool:
         try:
             meta = self._meta(tid)
@@ -398,7 +495,7 @@ class BtrfsStorage:
         if not version.is_dir():
             raise NotFound(
                 f"template {ref.template} version {ref.version} does not exist on this node; "
-                "`hoody template ls` lists templates"
+                "`hoody node template ls` lists templates"
             )
         if self._exists(tid):
             raise Conflict(f"tenant {tid} already exists; delete it first or pick another id")

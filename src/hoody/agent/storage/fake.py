@@ -6,19 +6,24 @@ and returns that directory. Things the filesystem cannot show without root are k
 as bookkeeping and stated here: ownership shifts are recorded, not applied (`owner`
 answers what the real driver's lstat would), disk limits are recorded, not enforced,
 and usage is the bytes of files that differ from the template version.
+
+Sent versions are uncompressed tar streams of the version's files; a parent is checked
+for but not used (the whole version travels every time).
 """
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import stat
-from collections.abc import Callable
+import tarfile
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from hoody.agent.storage import StorageCaps, StorageMode, TemplateVersionRef
-from hoody.errors import Conflict, InvalidInput, NotFound
+from hoody.errors import Conflict, HostError, InvalidInput, NotFound
 from hoody.undo import Undo
 
 __all__ = ["FakeStorage"]
@@ -107,6 +112,71 @@ class FakeStorage:
         self.versions.pop(ref, None)
         shutil.rmtree(self._version_path(ref), ignore_errors=True)
 
+    def _existing(self, ref: TemplateVersionRef) -> Path:
+        if ref not in self.versions:
+            raise NotFound(
+                f"template {ref.template} version {ref.version} does not exist on this node; "
+                "`hoody node template ls` lists templates"
+            )
+        return self._version_path(ref)
+
+    def send_template_version(
+        self, ref: TemplateVersionRef, parent: TemplateVersionRef | None
+    ) -> Iterator[bytes]:
+        if parent is not None:
+            self._existing(parent)
+        path = self._existing(ref)
+
+        def stream() -> Iterator[bytes]:
+            buf = io.BytesIO()
+            # The uid shift the real driver applies to files rides along as a header.
+            shift = {"hoody.uid_shift": str(self.versions[ref])}
+            with tarfile.open(
+                fileobj=buf, mode="w", format=tarfile.PAX_FORMAT, pax_headers=shift
+            ) as tar:
+                tar.add(path, arcname=".")
+            data = buf.getvalue()
+            for start in range(0, len(data), 1 << 16):
+                yield data[start : start + (1 << 16)]
+
+        return stream()
+
+    def receive_template_version(self, ref: TemplateVersionRef, stream: Iterable[bytes]) -> Path:
+        path = self._version_path(ref)
+        if ref in self.versions or path.exists():
+            raise Conflict(
+                f"template {ref.template} version {ref.version} already exists on this "
+                "node; nothing to receive"
+            )
+        data = b"".join(stream)
+        with Undo() as undo:
+            path.mkdir(parents=True)
+            undo.add(lambda: shutil.rmtree(path), "remove version dir")
+            try:
+                with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+                    members = tar.getmembers()
+                    for member in members:
+                        name = os.path.normpath(member.name)
+                        if name.startswith(("/", "..")):
+                            raise HostError(f"stream member {member.name!r} leaves the version")
+                    tar.extractall(path, members=members)
+                    shift = int(tar.pax_headers.get("hoody.uid_shift", "0"))
+            except tarfile.TarError as exc:
+                raise HostError(
+                    f"the stream for template {ref.template} version {ref.version} is not "
+                    f"whole ({exc}); send it again"
+                ) from exc
+            self.versions[ref] = shift
+            undo.commit()
+        return path
+
+    def version_size(self, ref: TemplateVersionRef, parent: TemplateVersionRef | None) -> int:
+        total = 0
+        for dirpath, _, files in os.walk(self._existing(ref)):
+            for name in files:
+                total += Path(dirpath, name).lstat().st_size
+        return total
+
     def list_template_versions(self) -> list[TemplateVersionRef]:
         return sorted(self.versions, key=lambda r: (r.template, r.version))
 
@@ -118,7 +188,7 @@ class FakeStorage:
         if ref not in self.versions:
             raise NotFound(
                 f"template {ref.template} version {ref.version} does not exist on this node; "
-                "`hoody template ls` lists templates"
+                "`hoody node template ls` lists templates"
             )
         self._add(tid, ref, mode, disk_mib, self._version_path(ref))
 

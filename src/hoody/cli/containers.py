@@ -1,0 +1,162 @@
+"""Containers across the fleet, through the control plane: `hoody copy`, `hoody ls`,
+`hoody show`, `hoody start`, `hoody stop`, `hoody rm`, `hoody snapshot`.
+
+Every command goes through the SDK (`hoody.Client`), configured by `hoody login URL
+--token T` (or HOODY_URL / HOODY_TOKEN). The same work on one node without the control
+plane is `hoody node copy|ls|rm|…`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from hoody.cli.common import (
+    CpuOpt,
+    DiskOpt,
+    JsonOpt,
+    MemOpt,
+    PidsOpt,
+    console,
+    emit,
+    firewall,
+    key_values,
+    limits,
+    status,
+)
+from hoody.control.client import Client
+
+__all__ = ["register"]
+
+COLUMNS = ["id", "template", "version", "node", "state", "url"]
+
+
+def copy(
+    template: str,
+    name: Annotated[str | None, typer.Option(help="Container id (DNS label).")] = None,
+    version: Annotated[int | None, typer.Option(help="Template version (default: newest).")] = None,
+    env: Annotated[list[str] | None, typer.Option(help="KEY=VALUE, repeatable.")] = None,
+    metadata: Annotated[
+        list[str] | None, typer.Option(help="KEY=VALUE kept with it (customer, plan…).")
+    ] = None,
+    idempotency_key: Annotated[
+        str | None,
+        typer.Option(help="The same key always gives the same container (e.g. an event id)."),
+    ] = None,
+    project: Annotated[
+        int | None, typer.Option(help="Project id (admin tokens; default: `hoody login`'s).")
+    ] = None,
+    strategy: Annotated[str | None, typer.Option(help="Placement: spread or pack.")] = None,
+    cpu: CpuOpt = None,
+    memory: MemOpt = None,
+    pids: PidsOpt = None,
+    disk: DiskOpt = None,
+    firewall_json: Annotated[
+        str | None, typer.Option("--firewall", help="Firewall policy as JSON.")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create a container from TEMPLATE on the node with the most headroom."""
+    with Client() as client, status(f"copying {template}…", as_json):
+        rec = client.copy(
+            template,
+            name=name,
+            version=version,
+            limits=limits(cpu, memory, pids, disk),
+            env=key_values(env, "env") or None,
+            firewall=firewall(firewall_json),
+            metadata=key_values(metadata, "metadata") or None,
+            idempotency_key=idempotency_key,
+            project=project,
+            strategy=strategy,
+        )
+    emit(rec, as_json, COLUMNS)
+    if not as_json:
+        console.print(f"[dim]placement: {rec['placement']}[/]", highlight=False)
+
+
+def ls(
+    template: Annotated[str | None, typer.Option(help="Only this template.")] = None,
+    node: Annotated[str | None, typer.Option(help="Only this node.")] = None,
+    state: Annotated[
+        str | None, typer.Option(help="Only this state (deleted lists tombstones).")
+    ] = None,
+    metadata: Annotated[
+        list[str] | None, typer.Option(help="KEY=VALUE that must match; repeatable.")
+    ] = None,
+    project: Annotated[int | None, typer.Option(help="Only this project (admin).")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many.")] = 200,
+    as_json: JsonOpt = False,
+) -> None:
+    """List containers, oldest first."""
+    rows: list[dict[str, Any]] = []
+    with Client() as client:
+        for row in client.iter_containers(
+            template=template,
+            node=node,
+            state=state,
+            metadata=key_values(metadata, "metadata") or None,
+            project=project,
+            limit=min(limit, 500),
+        ):
+            rows.append(row)
+            if len(rows) >= limit:
+                break
+    emit(rows, as_json, COLUMNS)
+
+
+def show(cid: str, as_json: JsonOpt = False) -> None:
+    """Show one container: node, address, limits, metadata and why it was placed there."""
+    with Client() as client:
+        emit(client.container(cid), as_json, [*COLUMNS, "ip", "placement", "metadata"])
+
+
+def start(cid: str, as_json: JsonOpt = False) -> None:
+    """Start a stopped container."""
+    with Client() as client, status(f"starting {cid}…", as_json):
+        rec = client.start(cid)
+    emit(rec, as_json, COLUMNS)
+
+
+def stop(cid: str, as_json: JsonOpt = False) -> None:
+    """Stop a container; its files and address stay."""
+    with Client() as client, status(f"stopping {cid}…", as_json):
+        rec = client.stop(cid)
+    emit(rec, as_json, COLUMNS)
+
+
+def rm(
+    cids: Annotated[list[str], typer.Argument(metavar="CID...", help="Containers to delete.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Delete containers and everything they had. Deleting twice is harmless."""
+    out = []
+    with Client() as client, status(f"deleting {len(cids)} container(s)…", as_json):
+        for cid in cids:
+            out.append(client.delete(cid))
+    emit(out, as_json, ["id", "deleted", "existed"])
+
+
+def snapshot(
+    cid: str,
+    template: Annotated[
+        str | None, typer.Option(help="Template name (default: the container's own).")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Make a new template version from a container's files; it then reaches every node
+    (`hoody templates` shows the progress)."""
+    with Client() as client, status(f"snapshotting {cid}…", as_json):
+        op = client.snapshot(cid, template)
+    if as_json:
+        emit(op, True)
+    else:
+        r = op["result"]
+        console.print(f"template {r['template']} version {r['version']} made on {r['node']}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the container commands to `app`."""
+    for fn in (copy, ls, show, start, stop, rm, snapshot):
+        app.command()(fn)

@@ -1,0 +1,165 @@
+"""Who may do what: authentication, projects and API tokens."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from hoody.agent.spec import check_name
+from hoody.control import auth
+from hoody.control.auth import Principal, Scope
+from hoody.control.base import FleetBase, check_int, check_text
+from hoody.control.db import Project, Token
+from hoody.errors import Conflict, InvalidInput, NotFound
+from hoody.errors import Unauthorized as UnauthorizedError
+
+__all__ = ["Access"]
+
+
+class Access(FleetBase):
+    def authenticate(self, header: str | None) -> Principal:
+        """The caller behind an `Authorization` header; Unauthorized if none matches."""
+        prefix, token = auth.parse_token(header)
+        with self.store.read() as s:
+            row = s.scalar(select(Token).where(Token.prefix == prefix))
+            if row is None or row.revoked or not auth.matches(token, row.hash):
+                raise UnauthorizedError(
+                    "unknown or revoked API token; ask an admin for a new one "
+                    "(`hoody token create --project N`)"
+                )
+            return Principal(row.scope, row.project_id, row.node_name)  # type: ignore[arg-type]
+
+    def bootstrap_admin(self, token: str | None = None) -> str | None:
+        """Make sure an admin token exists.
+
+        With `token` (a `hdy_…` string, e.g. from HOODY_ADMIN_TOKEN) store it if it is
+        new and return it. Without, mint one when there is no admin token yet and return
+        it (shown once); return None when an admin token already exists.
+        """
+        with self.store.write() as s:
+            if token is not None:
+                prefix, token = auth.parse_token(f"Bearer {token}")
+                if s.scalar(select(Token.id).where(Token.prefix == prefix)) is None:
+                    s.add(
+                        Token(
+                            prefix=prefix,
+                            hash=auth.hash_token(token),
+                            scope="admin",
+                            description="bootstrap",
+                        )
+                    )
+                return token
+            if s.scalar(select(Token.id).where(Token.scope == "admin", ~Token.revoked)):
+                return None
+            new, prefix = auth.mint_token()
+            s.add(
+                Token(prefix=prefix, hash=auth.hash_token(new), scope="admin", description="first")
+            )
+            return new
+
+    # projects
+
+    def create_project(self, who: Principal, name: str) -> dict[str, Any]:
+        who.require_admin()
+        check_name(name, "project name")
+        try:
+            with self.store.write() as s:
+                row = Project(name=name, created_at=self.clock())
+                s.add(row)
+                s.flush()
+                return _project_json(row)
+        except IntegrityError as exc:
+            raise Conflict(f"project {name} exists; pick another name") from exc
+
+    def ensure_project(self, who: Principal, name: str) -> dict[str, Any]:
+        """The project called `name`, created if it does not exist yet (admin)."""
+        who.require_admin()
+        with self.store.read() as s:
+            row = s.scalar(select(Project).where(Project.name == name))
+            if row is not None:
+                return _project_json(row)
+        try:
+            return self.create_project(who, name)
+        except Conflict:  # made meanwhile by another request
+            with self.store.read() as s:
+                row = s.scalar(select(Project).where(Project.name == name))
+                assert row is not None
+                return _project_json(row)
+
+    def list_projects(self, who: Principal) -> list[dict[str, Any]]:
+        who.require_admin()
+        with self.store.read() as s:
+            return [_project_json(p) for p in s.scalars(select(Project).order_by(Project.id))]
+
+    # tokens
+
+    def create_token(
+        self,
+        who: Principal,
+        scope: Scope,
+        *,
+        project_id: int | None = None,
+        description: str = "",
+    ) -> dict[str, Any]:
+        """Mint a token; the returned `token` is the only time the secret is shown."""
+        who.require_admin()
+        if scope not in ("admin", "project", "join"):
+            raise InvalidInput(f"token scope {scope!r} is invalid; use admin, project or join")
+        check_text(description, "description")
+        if scope == "project":
+            if project_id is None:
+                raise InvalidInput(
+                    "a project token needs `project_id`; list them with GET /projects"
+                )
+            check_int(project_id, "project_id")
+        elif project_id is not None:
+            raise InvalidInput(f"a {scope} token belongs to no project; drop `project_id`")
+        token, prefix = auth.mint_token()
+        with self.store.write() as s:
+            if project_id is not None and s.get(Project, project_id) is None:
+                raise NotFound(f"project {project_id} does not exist; create it first")
+            row = Token(
+                prefix=prefix,
+                hash=auth.hash_token(token),
+                scope=scope,
+                project_id=project_id,
+                description=description,
+                created_at=self.clock(),
+            )
+            s.add(row)
+            s.flush()
+            return {**_token_json(row), "token": token}
+
+    def list_tokens(self, who: Principal) -> list[dict[str, Any]]:
+        who.require_admin()
+        with self.store.read() as s:
+            return [_token_json(t) for t in s.scalars(select(Token).order_by(Token.id))]
+
+    def revoke_token(self, who: Principal, token_id: int) -> dict[str, Any]:
+        who.require_admin()
+        check_int(token_id, "token id")
+        with self.store.write() as s:
+            row = s.get(Token, token_id)
+            if row is None:
+                raise NotFound(f"token {token_id} does not exist; GET /api/v1/tokens lists them")
+            row.revoked = True
+            return _token_json(row)
+
+
+def _project_json(row: Project) -> dict[str, Any]:
+    return {"id": row.id, "name": row.name, "created_at": row.created_at}
+
+
+def _token_json(row: Token) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "prefix": row.prefix,
+        "scope": row.scope,
+        "project_id": row.project_id,
+        "node": row.node_name,
+        "description": row.description,
+        "created_at": row.created_at,
+        "revoked": row.revoked,
+    }

@@ -1,0 +1,600 @@
+"""Containers: copy (with idempotency and placement), list, get, start, stop, delete.
+
+A copy is three steps, and only the middle one talks to a node:
+
+    reserve   one transaction: place the tenant and record it as `creating`
+    agent     the chosen node makes it (on an unreachable node: mark it down, place again)
+    finish    record what the node made (state, address, limits)
+
+A failure at any step removes the record (and the idempotency key), so a failed copy
+leaves nothing. Placement only picks nodes that hold the template version `ready`; when
+none of those can take the tenant but a node that could is still to receive the version
+(or is receiving it), the copy waits for the transfer (`Settings.replica_wait`) instead
+of failing half-way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import secrets
+import string
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from hoody.agent.spec import FirewallPolicy, Limits, check_name, check_tenant_id
+from hoody.control.auth import Principal
+from hoody.control.base import LIVE, FleetBase, check_int, check_text, num
+from hoody.control.claims import tenant_url
+from hoody.control.db import (
+    Container,
+    IdempotencyKey,
+    Node,
+    Project,
+    TemplateReplica,
+    TemplateVersion,
+)
+from hoody.control.placement import NodeView, Placement, Request, Strategy, place
+from hoody.errors import (
+    Conflict,
+    Exhausted,
+    Forbidden,
+    HoodyError,
+    HostError,
+    InvalidInput,
+    NotFound,
+)
+
+__all__ = ["Containers", "Reservation"]
+
+log = logging.getLogger(__name__)
+
+_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+_ID_ALPHABET = string.ascii_lowercase + string.digits
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """A placed container recorded as `creating`, not yet made on its node."""
+
+    cid: str
+    project: int
+    node: str
+    url: str
+    token: str
+    version: int
+    key: str | None
+
+
+class _StillReceiving(Exhausted):
+    """No node holds the version ready, but some are receiving it: wait, then retry."""
+
+
+def _request_hash(body: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class Containers(FleetBase):
+    def copy(
+        self,
+        project: int,
+        template: str,
+        *,
+        name: str | None = None,
+        version: int | None = None,
+        limits: dict[str, Any] | None = None,
+        env: dict[str, str] | None = None,
+        firewall: dict[str, Any] | None = None,
+        metadata: dict[str, Any] | None = None,
+        idempotency_key: str | None = None,
+        strategy: Strategy | None = None,
+    ) -> dict[str, Any]:
+        """Create a tenant of `template` in `project` on the node placement picks.
+
+        Returns the container (state running unless the agent says otherwise). With
+        `idempotency_key`, every call with the same key in this project returns the
+        same container, also when calls race; the same key with a different request
+        is a Conflict. On failure nothing is left: no container row, no key row.
+        """
+        body = self._copy_body(project, template, name, version, limits, env, firewall, metadata)
+        if idempotency_key is None:
+            return self._copy(project, body, None, strategy)
+        if not isinstance(idempotency_key, str) or not _KEY.match(idempotency_key):
+            raise InvalidInput(
+                "Idempotency-Key is invalid; give 1-255 printable ASCII characters, "
+                "such as the billing event id"
+            )
+        with self.store.read() as s:
+            # Before the key insert, whose foreign key would otherwise fail on a missing
+            # project and look like a held key.
+            if s.get(Project, project) is None:
+                raise NotFound(f"project {project} does not exist; create it first")
+        digest = _request_hash(body)
+        done = self._claim_or_wait(project, idempotency_key, digest)
+        if done is not None:
+            return done
+        try:
+            return self._copy(project, body, idempotency_key, strategy)
+        except BaseException:
+            # Release the key so a retry (or a waiting duplicate) makes the container.
+            with self.store.write() as s:
+                s.execute(
+                    delete(IdempotencyKey).where(
+                        IdempotencyKey.project_id == project, IdempotencyKey.key == idempotency_key
+                    )
+                )
+            raise
+
+    @staticmethod
+    def _copy_body(
+        project: int,
+        template: str,
+        name: str | None,
+        version: int | None,
+        limits: dict[str, Any] | None,
+        env: dict[str, str] | None,
+        firewall: dict[str, Any] | None,
+        metadata: dict[str, Any] | None,
+    ) -> dict[str, Any]:
+        """The validated request, as hashed for idempotency and passed to the agent."""
+        check_int(project, "project")
+        check_name(template)
+        if name is not None:
+            check_tenant_id(name)
+        if version is not None:
+            check_int(version, "version")
+        Limits().merged(limits)  # validates; the agent merges them with the template's
+        if firewall is not None:
+            FirewallPolicy.from_json(firewall)
+        if env is not None and not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in env.items()
+        ):
+            raise InvalidInput('env must map names to strings, like {"PLAN": "pro"}')
+        if metadata is not None and len(json.dumps(metadata, default=str)) > 16384:
+            raise InvalidInput("metadata is too large; keep it under 16 KiB of JSON")
+        return {
+            "template": template,
+            "name": name,
+            "version": version,
+            "limits": limits,
+            "env": env,
+            "firewall": firewall,
+            "metadata": metadata,
+        }
+
+    def _claim_or_wait(self, project: int, key: str, digest: str) -> dict[str, Any] | None:
+        """None once this call owns `key`; else the container the owner made."""
+        deadline = self.clock() + self.settings.idempotency_wait
+        pause = 0.02
+        while True:
+            try:
+                with self.store.write() as s:
+                    s.add(
+                        IdempotencyKey(
+                            project_id=project,
+                            key=key,
+                            request_hash=digest,
+                            state="pending",
+                            created_at=self.clock(),
+                        )
+                    )
+                return None
+            except IntegrityError:
+                pass  # someone holds the key: read what they made
+            with self.store.read() as s:
+                row = s.scalar(
+                    select(IdempotencyKey).where(
+                        IdempotencyKey.project_id == project, IdempotencyKey.key == key
+                    )
+                )
+                if row is None:
+                    if self.clock() > deadline:  # cannot happen unless the insert is broken
+                        raise Conflict(f"could not claim Idempotency-Key {key!r}; retry")
+                    continue  # the owner failed and let go; try to own it
+                if row.request_hash != digest:
+                    raise Conflict(
+                        f"Idempotency-Key {key!r} was used for a different request; "
+                        "use a new key for a new request"
+                    )
+                if row.state == "done" and row.container_id:
+                    found = s.scalar(select(Container).where(Container.id == row.container_id))
+                    if found is not None:
+                        return _container_json(found)
+                stale = row.created_at < self.clock() - self.settings.idempotency_stale
+            if stale:
+                self._release_stale_key(project, key)
+                continue
+            if self.clock() > deadline:
+                raise Conflict(
+                    f"a request with Idempotency-Key {key!r} is still in progress; "
+                    "retry later with the same key"
+                )
+            time.sleep(pause)
+            pause = min(pause * 1.5, 0.5)
+
+    def _release_stale_key(self, project: int, key: str) -> None:
+        with self.store.write() as s:
+            row = s.scalar(
+                select(IdempotencyKey).where(
+                    IdempotencyKey.project_id == project,
+                    IdempotencyKey.key == key,
+                    IdempotencyKey.state == "pending",
+                )
+            )
+            if row is None:
+                return
+            if row.container_id:
+                s.execute(
+                    update(Container)
+                    .where(Container.id == row.container_id, Container.state == "creating")
+                    .values(state="failed")
+                )
+            s.delete(row)
+
+    def _copy(
+        self, project: int, body: dict[str, Any], key: str | None, strategy: Strategy | None
+    ) -> dict[str, Any]:
+        # A node that cannot be reached is marked down and the copy is placed again
+        # elsewhere, so a dead node costs a retry rather than a failed copy.
+        unreachable: set[str] = set()
+        waited_until: float | None = None
+        while True:
+            try:
+                res = self.reserve(project, body, key, strategy, unreachable)
+            except _StillReceiving:
+                now = self.clock()
+                waited_until = waited_until or now + self.settings.replica_wait
+                if now > waited_until:
+                    raise
+                time.sleep(0.5)
+                continue
+            agent = self._agent(res.url, res.token)
+            try:
+                rec = agent.copy(
+                    body["template"],
+                    name=res.cid,
+                    version=res.version,
+                    limits=body["limits"],
+                    env=body["env"],
+                    firewall=body["firewall"],
+                    metadata=body["metadata"],
+                )
+                break
+            except BaseException as exc:
+                cause = exc.__cause__ if isinstance(exc, HostError) else None
+                if isinstance(cause, httpx.TimeoutException):
+                    # The agent may have made it after all; do not leave it behind.
+                    try:
+                        agent.delete(res.cid)
+                    except HoodyError:
+                        log.warning(
+                            "could not remove %s from %s after a timeout", res.cid, res.node
+                        )
+                with self.store.write() as s:
+                    s.execute(delete(Container).where(Container.id == res.cid))
+                    if isinstance(cause, httpx.ConnectError):
+                        s.execute(update(Node).where(Node.name == res.node).values(health="down"))
+                if isinstance(cause, httpx.ConnectError):
+                    log.warning("node %s is unreachable; marked down, placing again", res.node)
+                    unreachable.add(res.node)
+                    continue
+                raise
+        return self.finish(res, rec)
+
+    def reserve(
+        self,
+        project: int,
+        body: dict[str, Any],
+        key: str | None = None,
+        strategy: Strategy | None = None,
+        unreachable: set[str] | None = None,
+    ) -> Reservation:
+        """Place a copy and record it (state creating) in one transaction.
+
+        `body` is a validated copy request (template, name, version, limits, metadata).
+        Raises NotFound for an unknown template or version, Exhausted when no node can
+        take it, Conflict when `name` is taken.
+        """
+        template = body["template"]
+        with self.store.write() as s:
+            if s.get(Project, project) is None:
+                raise NotFound(f"project {project} does not exist; create it first")
+            tmpl = self._visible_template(s, project, template)
+            vq = select(TemplateVersion).where(TemplateVersion.template_id == tmpl.id)
+            if body.get("version") is not None:
+                vq = vq.where(TemplateVersion.version == body["version"])
+            ver = s.scalar(vq.order_by(TemplateVersion.version.desc()).limit(1))
+            if ver is None:
+                which = f"version {body['version']}" if body.get("version") else "any version"
+                raise NotFound(f"template {template} has no {which} on any node yet")
+            limits = {**(ver.limits or {}), **(body.get("limits") or {})}
+            memory = int(limits.get("memory_mib", self.settings.default_memory_mib))
+            disk = int(limits.get("disk_mib", self.settings.default_disk_mib))
+            placement, nodes = self._place(
+                s, ver, template, memory, disk, strategy, unreachable or set()
+            )
+            cid = body.get("name") or self._new_id(s, template)
+            if s.scalar(select(Container.seq).where(Container.id == cid)) is not None:
+                raise Conflict(f"container name {cid} is taken; pick another or leave it out")
+            s.add(
+                Container(
+                    id=cid,
+                    project_id=project,
+                    template=template,
+                    version=ver.version,
+                    node=placement.node,
+                    state="creating",
+                    placement=placement.explanation,
+                    memory_mib=memory,
+                    disk_mib=disk,
+                    limits=limits,
+                    meta=body.get("metadata") or {},
+                    created_at=self.clock(),
+                )
+            )
+            if key is not None:
+                s.execute(
+                    update(IdempotencyKey)
+                    .where(IdempotencyKey.project_id == project, IdempotencyKey.key == key)
+                    .values(container_id=cid)
+                )
+            try:
+                s.flush()
+            except IntegrityError as exc:
+                raise Conflict(f"container name {cid} is taken; pick another") from exc
+            node = nodes[placement.node]
+            return Reservation(
+                cid, project, node.name, node.url, node.agent_token, ver.version, key
+            )
+
+    def finish(self, res: Reservation, rec: dict[str, Any]) -> dict[str, Any]:
+        """Record what the node made for `res` (its agent record); returns the container."""
+        with self.store.write() as s:
+            row = s.scalar(select(Container).where(Container.id == res.cid))
+            if row is None:  # removed by a stale-key takeover meanwhile
+                raise Conflict(f"container {res.cid} vanished while being created; retry the copy")
+            row.state = str(rec.get("state", "running"))
+            row.ip = str(rec.get("ip", ""))
+            row.port = int(rec.get("port", 8080))
+            if self.settings.router_url:
+                row.url = tenant_url(self.settings.router_url, res.cid)
+            elif self.settings.public_domain:
+                row.url = f"https://{res.cid}.{self.settings.public_domain}/"
+            else:
+                row.url = str(rec.get("url", ""))
+            lim = rec.get("limits")
+            if isinstance(lim, dict):
+                row.limits = lim
+                row.memory_mib = int(lim.get("memory_mib", row.memory_mib))
+                row.disk_mib = int(lim.get("disk_mib", row.disk_mib))
+            if res.key is not None:
+                s.execute(
+                    update(IdempotencyKey)
+                    .where(IdempotencyKey.project_id == res.project, IdempotencyKey.key == res.key)
+                    .values(state="done")
+                )
+            return _container_json(row)
+
+    def _place(
+        self,
+        s: Session,
+        ver: TemplateVersion,
+        template: str,
+        memory: int,
+        disk: int,
+        strategy: Strategy | None,
+        unreachable: set[str],
+    ) -> tuple[Placement, dict[str, Node]]:
+        q = select(Node).order_by(Node.id)
+        if self.store.is_postgres:
+            # Serialises placements that could pick the same nodes, across processes;
+            # the lock is held until the new container row commits.
+            q = q.with_for_update()
+        nodes = {n.name: n for n in s.scalars(q)}
+        replicas = dict(
+            s.execute(
+                select(TemplateReplica.node_id, TemplateReplica.state).where(
+                    TemplateReplica.version_id == ver.id
+                )
+            ).all()
+        )
+        promised = {
+            node: (int(count), int(mem), int(pending_disk))
+            for node, count, mem, pending_disk in s.execute(
+                select(
+                    Container.node,
+                    func.count(),
+                    func.coalesce(func.sum(Container.memory_mib), 0),
+                    func.coalesce(
+                        func.sum(Container.disk_mib).filter(Container.state == "creating"), 0
+                    ),
+                )
+                .where(Container.state.in_(LIVE))
+                .group_by(Container.node)
+            )
+        }
+        views = []
+        for node in nodes.values():
+            h = node.headroom or {}
+            count, mem_mib, pending_disk = promised.get(node.name, (0, 0, 0))
+            # The agent's own promise counts tenants made without the control plane;
+            # ours counts placements it has not made yet. Neither double-counts the
+            # other's share if we take the larger of the two.
+            agent_promised = num(h.get("memory_promised_bytes"))
+            views.append(
+                NodeView(
+                    name=node.name,
+                    health="down" if node.name in unreachable else node.health,
+                    cordon=node.cordon,
+                    has_template=replicas.get(node.id) == "ready",
+                    memory_total=int(
+                        num(h.get("memory_total_bytes")) * self.settings.memory_overcommit
+                    ),
+                    memory_promised=max(agent_promised, mem_mib << 20),
+                    disk_free=max(0, num(h.get("disk_free_bytes")) - (pending_disk << 20)),
+                    tenants=max(int(num(h.get("tenants"))), count),
+                    max_tenants=int(h["max_tenants"]) if num(h.get("max_tenants")) else None,
+                )
+            )
+        req = Request(template, ver.version, memory, disk)
+        try:
+            return place(views, req, strategy or self.settings.strategy), nodes
+        except Exhausted as exc:
+            # Nodes that will hold the version soon: receiving it, or lacking it while
+            # a node that is up holds it (the replicator starts sending it within a second).
+            held = any(replicas.get(n.id) == "ready" and n.health == "up" for n in nodes.values())
+            coming = sorted(
+                n.name
+                for n in nodes.values()
+                if n.health == "up"
+                and n.cordon == "none"
+                and n.name not in unreachable
+                and (replicas.get(n.id) == "receiving" or (held and n.id not in replicas))
+            )
+            if coming:
+                raise _StillReceiving(
+                    f"template {template} v{ver.version} is still on its way to "
+                    f"{', '.join(coming)} and no other node can take the tenant; "
+                    "`hoody templates` shows the progress, retry when it is there"
+                ) from exc
+            raise
+
+    def _new_id(self, s: Session, template: str) -> str:
+        stem = template[:50].rstrip("-")
+        for _ in range(20):
+            cid = f"{stem}-{''.join(secrets.choice(_ID_ALPHABET) for _ in range(6))}"
+            if s.scalar(select(Container.seq).where(Container.id == cid)) is None:
+                return cid
+        raise Conflict("could not find an unused container id; give one with `name`")
+
+    def list_containers(
+        self,
+        who: Principal,
+        *,
+        project: int | None = None,
+        template: str | None = None,
+        node: str | None = None,
+        state: str | None = None,
+        metadata: dict[str, str] | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> dict[str, Any]:
+        """One page, oldest first: {"items": [...], "next_cursor": str | None}.
+
+        Deleted containers are listed only with state="deleted". Pass `next_cursor`
+        back as `cursor` for the next page; it is None on the last page.
+        """
+        scope = who.project_filter()
+        if scope is not None and project is not None and project != scope:
+            raise Forbidden(f"this token belongs to project {scope}, not {project}")
+        if not 1 <= limit <= 500:
+            raise InvalidInput(f"limit {limit} is invalid; give 1 to 500")
+        after = 0
+        if cursor:
+            if not re.match(r"^c[0-9]{1,15}$", cursor):
+                raise InvalidInput("cursor is invalid; pass back the `next_cursor` of a page")
+            after = int(cursor[1:])
+        q = select(Container).where(Container.seq > after)
+        project = scope if scope is not None else project
+        if project is not None:
+            check_int(project, "project")
+            q = q.where(Container.project_id == project)
+        for value, column, what in (
+            (template, Container.template, "template"),
+            (node, Container.node, "node"),
+        ):
+            if value is not None:
+                q = q.where(column == check_text(value, what, 63))
+        if state is None:
+            q = q.where(Container.state != "deleted")
+        else:
+            q = q.where(Container.state == check_text(state, "state", 16))
+        for k, v in (metadata or {}).items():
+            check_text(k, "metadata key", 100)
+            q = q.where(Container.meta[k].as_string() == check_text(v, "metadata value", 500))
+        with self.store.read() as s:
+            rows = list(s.scalars(q.order_by(Container.seq).limit(limit + 1)))
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return {
+            "items": [_container_json(r) for r in rows],
+            "next_cursor": f"c{rows[-1].seq}" if more else None,
+        }
+
+    def get_container(self, who: Principal, cid: str) -> dict[str, Any]:
+        with self.store.read() as s:
+            row = self._find(s, who.project_filter(), cid)
+            if row.state == "deleted":
+                raise NotFound(f"container {cid} was deleted")
+            return _container_json(row)
+
+    def _act(self, who: Principal, cid: str, verb: str) -> dict[str, Any]:
+        _, node = self._node_of(who.project_filter(), cid, verb)
+        rec = self._agent(node.url, node.agent_token).action(cid, verb)
+        with self.store.write() as s:
+            row = self._find(s, None, cid)
+            row.state = str(rec.get("state", row.state))
+            return _container_json(row)
+
+    def start(self, who: Principal, cid: str) -> dict[str, Any]:
+        return self._act(who, cid, "start")
+
+    def stop(self, who: Principal, cid: str) -> dict[str, Any]:
+        return self._act(who, cid, "stop")
+
+    def delete_container(self, who: Principal, cid: str) -> dict[str, Any]:
+        """Delete the tenant and everything it had on its node.
+
+        Returns {"id", "deleted": true, "existed": bool}: existed is true for the call
+        that removed it and false for any later call (deleting twice is not an error).
+        An id that never existed in the caller's project is NotFound. If its node is
+        unreachable the container stays `deleting` and the error says to retry.
+        """
+        with self.store.write() as s:
+            row = self._find(s, who.project_filter(), cid)
+            if row.state == "deleted":
+                return {"id": cid, "deleted": True, "existed": False}
+            if row.state == "creating":
+                raise Conflict(f"container {cid} is still being created; delete it afterwards")
+            row.state = "deleting"
+            node = s.scalar(select(Node).where(Node.name == row.node))
+        if node is not None:
+            try:
+                self._agent(node.url, node.agent_token).delete(cid)
+            except NotFound:
+                pass  # the node never had it or lost it: nothing to remove there
+            except HostError as exc:
+                raise HostError(
+                    f"container {cid} is marked deleting but node {node.name} could not "
+                    f"remove it ({exc.message}); retry the delete"
+                ) from exc
+        with self.store.write() as s:
+            row = self._find(s, None, cid)
+            row.state, row.deleted_at, row.ip = "deleted", self.clock(), ""
+        return {"id": cid, "deleted": True, "existed": True}
+
+
+def _container_json(row: Container) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "project_id": row.project_id,
+        "template": row.template,
+        "version": row.version,
+        "node": row.node,
+        "state": row.state,
+        "ip": row.ip,
+        "url": row.url,
+        "placement": row.placement,
+        "limits": row.limits,
+        "metadata": row.meta,
+        "created_at": row.created_at,
+        "deleted_at": row.deleted_at,
+    }

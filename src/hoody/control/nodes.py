@@ -1,0 +1,207 @@
+"""Nodes: join, heartbeats (headroom and the template versions each holds), health,
+cordon and drain."""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.orm import Session
+
+from hoody.agent.spec import check_name
+from hoody.control import auth
+from hoody.control.auth import Principal
+from hoody.control.base import LIVE, FleetBase, check_text, op_json
+from hoody.control.db import Container, Node, Template, TemplateReplica, TemplateVersion, Token
+from hoody.errors import Conflict, Forbidden, InvalidInput
+
+__all__ = ["Nodes", "node_state"]
+
+log = logging.getLogger(__name__)
+
+
+def node_state(node: Node) -> str:
+    """up, down, cordoned or draining: health and cordon in one word."""
+    if node.health != "up":
+        return "down"
+    return "up" if node.cordon == "none" else node.cordon
+
+
+class Nodes(FleetBase):
+    def join(self, who: Principal, name: str, url: str, agent_token: str) -> dict[str, Any]:
+        """Register (or re-register) node `name` at agent `url`.
+
+        Conflict when another node of that name at another URL is up.
+
+        Allowed for join and admin tokens, which get a new node token back (earlier
+        node tokens of this node are revoked), and for the node's own token (a rejoin),
+        which gets `token: null`: keep using the one you have.
+        """
+        if not (who.scope in ("join", "admin") or (who.scope == "node" and who.node == name)):
+            raise Forbidden("joining a node needs a join token; `hoody token create --join`")
+        check_name(name, "node name")
+        check_text(url, "agent url", 300)
+        check_text(agent_token, "agent token", 200)
+        if not re.match(r"^https?://[^\s/]+", url):
+            raise InvalidInput(f"agent url {url!r} is invalid; give http://HOST:PORT")
+        now = self.clock()
+        with self.store.write() as s:
+            node = s.scalar(select(Node).where(Node.name == name))
+            if node is not None and node.url != url and node.health == "up":
+                # Two servers initialised with the same name would take turns
+                # replacing each other; a node that moved can rejoin once it is down.
+                raise Conflict(
+                    f"node name {name} is taken by the node at {node.url}, which is up; "
+                    "give this server its own name (`hoody node init --name`)"
+                )
+            if node is None:
+                node = Node(name=name, url=url, agent_token=agent_token, created_at=now)
+                s.add(node)
+            node.url, node.agent_token = url, agent_token
+            node.health, node.last_heartbeat = "up", now
+            token: str | None = None
+            # A rejoin with the node's own token keeps that token; a join with a join
+            # or admin token replaces whatever node token there was.
+            if who.scope != "node":
+                token, prefix = auth.mint_token()
+                s.execute(update(Token).where(Token.node_name == name).values(revoked=True))
+                s.add(
+                    Token(
+                        prefix=prefix,
+                        hash=auth.hash_token(token),
+                        scope="node",
+                        node_name=name,
+                        created_at=now,
+                    )
+                )
+            s.flush()
+            return {"node": self._node_json(s, node), "token": token}
+
+    def heartbeat(
+        self,
+        who: Principal,
+        name: str,
+        headroom: dict[str, Any],
+        templates: list[dict[str, Any]] | None = None,
+    ) -> dict[str, Any]:
+        """Record that node `name` is alive, its headroom, and (if given) the template
+        versions it holds. Only the node's own token or an admin token may send it."""
+        if not (who.is_admin or (who.scope == "node" and who.node == name)):
+            raise Forbidden(f"only node {name}'s own token may send its heartbeats")
+        with self.store.write() as s:
+            node = self._node(s, name)
+            if node.health != "up":
+                log.info("node %s is back up", name)
+            node.health, node.last_heartbeat, node.headroom = "up", self.clock(), headroom
+            if templates is not None:
+                self._sync_templates(s, node, templates)
+            return self._node_json(s, node)
+
+    def _sync_templates(self, s: Session, node: Node, reported: list[dict[str, Any]]) -> None:
+        # A heartbeat built before a snapshot or a transfer finished may arrive after it
+        # and drop the new replica here; the next heartbeat brings it back. Replicas
+        # still `receiving` are the replicator's and are left alone.
+        seen: set[int] = set()
+        for item in reported:
+            name, version = item.get("name"), item.get("version")
+            if not isinstance(name, str) or not isinstance(version, int):
+                continue
+            tmpl = s.scalar(select(Template).where(Template.name == name))
+            if tmpl is None:
+                tmpl = Template(name=name, project_id=None, created_at=self.clock())
+                s.add(tmpl)
+                s.flush()
+            ver = s.scalar(
+                select(TemplateVersion).where(
+                    TemplateVersion.template_id == tmpl.id, TemplateVersion.version == version
+                )
+            )
+            if ver is None:
+                limits = item.get("limits") if isinstance(item.get("limits"), dict) else {}
+                ver = TemplateVersion(
+                    template_id=tmpl.id, version=version, limits=limits, created_at=self.clock()
+                )
+                s.add(ver)
+                s.flush()
+            replica = s.scalar(
+                select(TemplateReplica).where(
+                    TemplateReplica.version_id == ver.id, TemplateReplica.node_id == node.id
+                )
+            )
+            if replica is None:
+                s.add(TemplateReplica(version_id=ver.id, node_id=node.id, state="ready"))
+            else:
+                replica.state, replica.progress = "ready", 1.0
+            seen.add(ver.id)
+        s.execute(
+            delete(TemplateReplica).where(
+                TemplateReplica.node_id == node.id,
+                TemplateReplica.state == "ready",
+                TemplateReplica.version_id.not_in(seen),
+            )
+        )
+
+    def mark_down_stale(self) -> list[str]:
+        """Mark down every up node whose last heartbeat is older than the timeout."""
+        cutoff = self.clock() - self.settings.heartbeat_timeout
+        with self.store.read() as s:
+            stale = s.scalar(
+                select(func.count()).where(Node.health == "up", Node.last_heartbeat < cutoff)
+            )
+        if not stale:
+            return []  # the usual case: no write transaction every check
+        with self.store.write() as s:
+            names = list(
+                s.scalars(
+                    update(Node)
+                    .where(Node.health == "up", Node.last_heartbeat < cutoff)
+                    .values(health="down")
+                    .returning(Node.name)
+                )
+            )
+        for name in names:
+            log.warning(
+                "node %s missed heartbeats for %.0f s: marked down",
+                name,
+                self.settings.heartbeat_timeout,
+            )
+        return names
+
+    def list_nodes(self, who: Principal) -> list[dict[str, Any]]:
+        who.require_admin()
+        with self.store.read() as s:
+            return [self._node_json(s, n) for n in s.scalars(select(Node).order_by(Node.name))]
+
+    def set_cordon(self, who: Principal, name: str, cordon: str) -> dict[str, Any]:
+        """cordon: none (uncordon), cordoned (no new tenants), draining (cordoned, and
+        its tenants are to move away; returns the drain operation)."""
+        who.require_admin()
+        with self.store.write() as s:
+            node = self._node(s, name)
+            node.cordon = cordon
+            out = self._node_json(s, node)
+            if cordon == "draining":
+                op = self._new_op(s, None, "drain", name)
+                self._refresh_drain(s, op)
+                out["operation"] = op_json(op)
+            return out
+
+    def _node_json(self, s: Session, node: Node) -> dict[str, Any]:
+        count, memory = s.execute(
+            select(func.count(), func.coalesce(func.sum(Container.memory_mib), 0)).where(
+                Container.node == node.name, Container.state.in_(LIVE)
+            )
+        ).one()
+        return {
+            "name": node.name,
+            "url": node.url,
+            "state": node_state(node),
+            "health": node.health,
+            "cordon": node.cordon,
+            "last_heartbeat": node.last_heartbeat,
+            "headroom": node.headroom,
+            "containers": int(count),
+            "memory_promised_mib": int(memory),
+        }

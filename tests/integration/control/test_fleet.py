@@ -1,0 +1,309 @@
+"""The fleet with real processes: a control plane and three node agents on this
+machine, each agent in a network namespace of its own (its own address, pool, bridge
+and nft table), talking HTTP as separate servers would.
+
+The demo-app template is built on the first node only; everything else reaches the
+other nodes by btrfs send/receive through the control plane.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from hoody.agent.templates import DEMO_ARGS, DEMO_NAME
+from hoody.bench.fleet import ScratchFleet, scratch_fleet
+from hoody.bench.provision import wait_http_ok
+from hoody.control.client import Client
+from hoody.control.db import Operation, Store
+from hoody.errors import Forbidden, NotFound
+from hoody.proc import run
+
+
+@dataclass
+class World:
+    fleet: ScratchFleet
+    a: Client  # project "acme"'s token
+    b: Client  # project "umbrella"'s token
+    a_id: int
+    names: list[str]
+
+    def replications(self) -> list[dict[str, Any]]:
+        """The finished transfers, from the control plane's database."""
+        store = Store(f"sqlite:///{self.fleet.control_dir / 'control.db'}", migrate=False)
+        try:
+            with store.read() as s:
+                rows = s.scalars(select(Operation).where(Operation.kind == "replicate"))
+                return [{"state": o.state, **o.result} for o in rows]
+        finally:
+            store.close()
+
+    def answers(self, container: dict[str, Any]) -> bool:
+        node = self.fleet.node(container["node"])
+        return node.run(lambda: wait_http_ok(container["url"], timeout=10)) > 0
+
+
+def wait_for(check: Any, what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def on_nodes(client: Client, name: str, version: int) -> dict[str, str]:
+    for t in client.templates():
+        for v in t["versions"]:
+            if t["name"] == name and v["version"] == version:
+                return {n["node"]: n["state"] for n in v["nodes"]}
+    return {}
+
+
+def leftovers(names: list[str]) -> list[str]:
+    """Anything of these nodes still on the host."""
+    found = []
+    netns = Path("/run/netns")
+    if netns.is_dir():
+        found += [p.name for p in netns.iterdir() if any(n in p.name for n in names)]
+    links = run(["ip", "-o", "link"]).stdout
+    found += [n for n in names if n in links]
+    found += [n for n in names if n in run(["nft", "list", "tables"]).stdout]
+    found += [n for n in names if f"hoody-{n}" in run(["losetup", "-a"]).stdout]
+    found += [n for n in names if f"hoody-{n}" in Path("/proc/self/mountinfo").read_text()]
+    return found
+
+
+@pytest.fixture(scope="module")
+def world() -> Iterator[World]:
+    with scratch_fleet(3, netns=True) as fleet:
+        names = [n.name for n in fleet.nodes]
+        with fleet.nodes[0].client() as agent:
+            agent.create_template(DEMO_NAME, {"demo": True}, args=DEMO_ARGS)
+        a_id = fleet.admin.create_project("acme")["id"]
+        b_id = fleet.admin.create_project("umbrella")["id"]
+        a = Client(fleet.url, fleet.admin.create_token("project", project_id=a_id)["token"])
+        b = Client(fleet.url, fleet.admin.create_token("project", project_id=b_id)["token"])
+        wait_for(lambda: len(on_nodes(a, DEMO_NAME, 1)) == 3, "demo-app on every node")
+        wait_for(
+            lambda: set(on_nodes(a, DEMO_NAME, 1).values()) == {"ready"}, "demo-app ready", 120
+        )
+        try:
+            yield World(fleet, a, b, a_id, names)
+        finally:
+            a.close()
+            b.close()
+    assert leftovers(names) == []
+    assert not [p for p in Path("/run/netns").iterdir() if p.name.startswith("hoodyfleet-")]
+
+
+def test_a_template_built_on_one_node_reaches_the_others_whole(world: World) -> None:
+    first, *others = world.names
+    assert on_nodes(world.a, DEMO_NAME, 1) == dict.fromkeys(world.names, "ready")
+    sent = [r for r in world.replications() if r["template"] == DEMO_NAME and r["version"] == 1]
+    assert sorted(r["node"] for r in sent) == sorted(others)
+    assert all(r["state"] == "succeeded" and r["source"] == first for r in sent)
+    assert all(r["parent"] is None and r["bytes"] > 10 << 20 for r in sent)
+
+
+def test_thirty_copies_spread_across_the_three_by_headroom(world: World) -> None:
+    with ThreadPoolExecutor(6) as pool:
+        made = list(pool.map(lambda i: world.a.copy(DEMO_NAME, metadata={"n": i}), range(30)))
+    try:
+        assert Counter(c["node"] for c in made) == dict.fromkeys(world.names, 10)
+        assert all(c["state"] == "running" and c["placement"].startswith("spread:") for c in made)
+        # Each node's tenants answer, from inside that node's network.
+        for name in world.names:
+            assert world.answers(next(c for c in made if c["node"] == name))
+        nodes = {n["name"]: n for n in world.fleet.admin.nodes()}
+        assert all(nodes[name]["containers"] == 10 for name in world.names)
+    finally:
+        for c in made:
+            world.a.delete(c["id"])
+    assert world.a.containers()["items"] == []
+
+
+def test_a_template_made_on_node_one_is_copied_onto_node_three(world: World) -> None:
+    n1, n2, n3 = world.names
+    admin = world.fleet.admin
+    for name in (n2, n3):
+        admin.cordon(name)
+    try:
+        src = world.a.copy(DEMO_NAME)
+    finally:
+        for name in (n2, n3):
+            admin.uncordon(name)
+    assert src["node"] == n1
+    with world.fleet.node(n1).client() as agent:
+        agent.exec(src["id"], ["/bin/sh", "-c", "echo made-on-node-1 > /etc/marker"])
+    # A new version of the shared template, made on node 1 by an admin…
+    op = admin.snapshot(src["id"], DEMO_NAME)
+    assert op["result"] == {"template": DEMO_NAME, "version": 2, "node": n1}
+    # …copied at once with only node 3 open: the copy waits for node 3 to receive it.
+    for name in (n1, n2):
+        admin.cordon(name)
+    try:
+        copy = world.a.copy(DEMO_NAME, version=2)
+    finally:
+        for name in (n1, n2):
+            admin.uncordon(name)
+    try:
+        assert copy["node"] == n3 and copy["version"] == 2
+        with world.fleet.node(n3).client() as agent:
+            out = agent.exec(copy["id"], ["/bin/cat", "/etc/marker"])
+        assert out["stdout"] == "made-on-node-1\n"
+        assert world.answers(copy)
+        wait_for(lambda: len(on_nodes(world.a, DEMO_NAME, 2)) == 3, "v2 everywhere")
+        wait_for(lambda: set(on_nodes(world.a, DEMO_NAME, 2).values()) == {"ready"}, "v2 ready")
+        # Version 2 travelled as its difference from version 1, which both sides hold.
+        full = {r["node"]: r["bytes"] for r in world.replications() if r["version"] == 1}
+        diff = [r for r in world.replications() if r["version"] == 2]
+        assert sorted(r["node"] for r in diff) == [n2, n3]
+        for r in diff:
+            assert r["state"] == "succeeded" and r["source"] == n1 and r["parent"] == 1
+            assert r["bytes"] < full[r["node"]] / 10
+    finally:
+        world.a.delete(copy["id"])
+        world.a.delete(src["id"])
+
+
+def test_a_version_built_separately_on_two_nodes_is_no_parent_the_next_comes_whole(
+    world: World,
+) -> None:
+    n1, _n2, n3 = world.names
+    admin = world.fleet.admin
+    # "twin" v1 built on node 1 and, on its own, on node 3: same number, other files.
+    for name in (n1, n3):
+        with world.fleet.node(name).client() as agent:
+            agent.create_template("twin", {"demo": True}, args=DEMO_ARGS)
+    wait_for(lambda: set(on_nodes(admin, "twin", 1).values()) == {"ready"}, "twin v1")
+    wait_for(lambda: len(on_nodes(admin, "twin", 1)) == 3, "twin v1 everywhere")
+    for name in world.names:
+        if name != n1:
+            admin.cordon(name)
+    try:
+        src = admin.copy("twin", project=world.a_id)
+    finally:
+        for name in world.names:
+            admin.uncordon(name)
+    try:
+        admin.snapshot(src["id"], "twin")
+        wait_for(lambda: len(on_nodes(admin, "twin", 2)) == 3, "twin v2 everywhere")
+        wait_for(lambda: set(on_nodes(admin, "twin", 2).values()) == {"ready"}, "twin v2 ready")
+        (to_n3,) = [
+            r
+            for r in world.replications()
+            if r["template"] == "twin" and r["version"] == 2 and r["node"] == n3
+        ]
+        # Node 3's v1 is not node 1's: the difference cannot apply there, so v2 went whole.
+        assert to_n3["state"] == "succeeded" and to_n3["parent"] is None
+        assert to_n3["bytes"] > 10 << 20
+    finally:
+        admin.delete(src["id"])
+        admin.delete_template("twin")
+
+
+def test_a_killed_node_is_marked_down_within_10s_avoided_and_back_after_rejoining(
+    world: World,
+) -> None:
+    n1, n2, n3 = world.names
+    admin = world.fleet.admin
+    made: list[dict[str, Any]] = []
+    try:
+        for name in (n1, n3):
+            admin.cordon(name)
+        try:
+            survivor = world.a.copy(DEMO_NAME)
+            made.append(survivor)
+        finally:
+            for name in (n1, n3):
+                admin.uncordon(name)
+        assert survivor["node"] == n2
+
+        world.fleet.node(n2).kill()
+        killed = time.monotonic()
+        world.fleet.wait_nodes("down", [n2], timeout=12)
+        assert time.monotonic() - killed < 10
+        for _ in range(4):
+            made.append(world.a.copy(DEMO_NAME))
+        assert {c["node"] for c in made[1:]} == {n1, n3}
+
+        world.fleet.node(n2).start()
+        world.fleet.wait_nodes("up", [n2])
+        # Its tenant ran on while the agent was away, and was kept when it came back.
+        assert world.answers(survivor)
+        assert world.a.container(survivor["id"])["state"] == "running"
+        # With the fewest tenants it has the most headroom: the next copy goes there.
+        made.append(world.a.copy(DEMO_NAME))
+        assert made[-1]["node"] == n2
+        assert world.answers(made[-1])
+    finally:
+        for c in made:
+            world.a.delete(c["id"])
+
+
+def test_fifty_concurrent_copies_with_ten_keys_make_exactly_ten_tenants(world: World) -> None:
+    start = threading.Barrier(50)
+
+    def copy(i: int) -> dict[str, Any]:
+        start.wait()
+        return world.a.copy(
+            DEMO_NAME, metadata={"batch": "idem", "event": i % 10}, idempotency_key=f"evt_{i % 10}"
+        )
+
+    with ThreadPoolExecutor(50) as pool:
+        results = list(pool.map(copy, range(50)))
+    try:
+        by_key: dict[int, set[str]] = {}
+        for r in results:
+            by_key.setdefault(r["metadata"]["event"], set()).add(r["id"])
+        assert len(by_key) == 10 and all(len(ids) == 1 for ids in by_key.values())
+        listed = list(world.a.iter_containers(metadata={"batch": "idem"}))
+        assert len(listed) == 10
+        on_agents = 0
+        for node in world.fleet.nodes:
+            with node.client() as agent:
+                on_agents += sum(1 for t in agent.tenants() if t["metadata"].get("batch") == "idem")
+        assert on_agents == 10
+    finally:
+        for cid in {r["id"] for r in results}:
+            world.a.delete(cid)
+
+
+def test_a_project_token_cannot_touch_another_projects_containers(world: World) -> None:
+    mine = world.a.copy(DEMO_NAME, name="acme-private")
+    try:
+        with pytest.raises(NotFound):
+            world.b.container(mine["id"])
+        with pytest.raises(NotFound):
+            world.b.delete(mine["id"])
+        with pytest.raises(NotFound):
+            world.b.stop(mine["id"])
+        with pytest.raises(NotFound):
+            world.b.snapshot(mine["id"], "stolen")
+        with pytest.raises(Forbidden):
+            world.b.copy(DEMO_NAME, project=world.a_id)
+        with pytest.raises(Forbidden):
+            world.b.containers(project=world.a_id)
+        assert mine["id"] not in [c["id"] for c in world.b.iter_containers()]
+        # Nothing happened to it.
+        assert world.a.container(mine["id"])["state"] == "running"
+        assert world.answers(mine)
+    finally:
+        world.a.delete(mine["id"])
+
+
+def test_nothing_is_left_of_deleted_tenants_on_their_nodes(world: World) -> None:
+    for node in world.fleet.nodes:
+        with node.client() as agent:
+            assert agent.tenants() == []
+        tenants = node.config.pool / "tenants"
+        assert not tenants.exists() or os.listdir(tenants) == []

@@ -1,0 +1,54 @@
+"""`hoody up` and `make demo` end to end, on a scratch node of their own: the control
+plane and the agent in one background process, the node joined, the demo template
+built, three tenants made through the API, and `hoody down`."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from hoody.agent.templates import DEMO_NAME
+from hoody.bench.provision import wait_http_ok
+from hoody.bench.scratch import free_port, scratch_config
+from hoody.cli.demo import run_demo
+from hoody.cli.up import down, ensure_up
+from hoody.control.client import Client
+from hoody.errors import HostError
+
+
+def test_up_then_the_demo_makes_three_tenants_through_the_api(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    for name in ("HOODY_URL", "HOODY_TOKEN", "HOODY_PROJECT", "HOODY_ADMIN_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    with scratch_config("up") as config:
+        api = f"127.0.0.1:{free_port()}"
+        out = io.StringIO()
+        try:
+            run_demo(Console(file=out, width=200), config.state_dir, api)
+            # The CLI's saved login (admin, project "default") reaches the same fleet.
+            with Client() as client:
+                tenants = list(client.iter_containers(template=DEMO_NAME))
+                assert len(tenants) == 3 and {t["state"] for t in tenants} == {"running"}
+                assert {t["node"] for t in tenants} == {config.name}
+                for t in tenants:
+                    assert t["url"] in out.getvalue()
+                    wait_http_ok(t["url"])
+                (node,) = client.nodes()
+                assert node["state"] == "up" and node["containers"] == 3
+            # Running it again finds everything up and makes nothing more.
+            run_demo(Console(file=io.StringIO()), config.state_dir, api)
+            again = ensure_up(config.state_dir, api)
+            assert not again.started
+            with Client() as client:
+                assert len(client.containers(template=DEMO_NAME)["items"]) == 3
+        finally:
+            assert down(config.state_dir)
+        with pytest.raises(HostError), Client() as client:
+            client.whoami()  # the API went with `hoody down`
+        # The tenants did not: they are the node's, kept by the next `hoody up`.
+        wait_http_ok(tenants[0]["url"])
