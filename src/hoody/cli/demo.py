@@ -11,7 +11,7 @@ from rich.console import Console
 from hoody.agent.client import AgentClient
 from hoody.agent.config import DEFAULT_STATE_DIR, NodeConfig
 from hoody.agent.templates import DEMO_ARGS, DEMO_NAME
-from hoody.cli.up import DEFAULT_API, ensure_up
+from hoody.cli.up import DEFAULT_API, DEFAULT_ROUTER, ensure_up
 from hoody.control.client import Client
 from hoody.errors import HostError
 
@@ -34,10 +34,13 @@ def _wait_for_template(client: Client, name: str, timeout: float = 30) -> None:
 
 
 def run_demo(
-    console: Console, state_dir: Path = DEFAULT_STATE_DIR, api_listen: str = DEFAULT_API
+    console: Console,
+    state_dir: Path = DEFAULT_STATE_DIR,
+    api_listen: str = DEFAULT_API,
+    router_listen: str = DEFAULT_ROUTER,
 ) -> None:
-    with console.status("starting hoody (control plane + this server as a node)…"):
-        info = ensure_up(state_dir, api_listen)
+    with console.status("starting hoody (control plane, this server as a node, router)…"):
+        info = ensure_up(state_dir, api_listen, router_listen=router_listen)
     console.print(
         f"control plane {info.api_url} with node {info.node}"
         + ("" if info.started else " (already running)")
@@ -58,13 +61,19 @@ def run_demo(
         with console.status("creating demo-app tenants through the API"):
             for _ in range(DEMO_TENANTS - len(tenants)):
                 tenants.append(client.copy(DEMO_NAME, metadata={"made_by": "make demo"}))
+        # What a SaaS app does after signup: mint a claim and redirect the customer.
+        links = {t["id"]: client.authorize(t["id"])["url"] for t in tenants}
     console.print()
     console.print(f"[bold green]hoody is running[/] with {len(tenants)} demo-app tenants:")
     for t in tenants:
-        console.print(f"  {t['id']:<24} {t['url']:<28} on {t['node']}  ({t['state']})")
+        console.print(f"  {t['id']:<24} {t['address']:<18} on {t['node']}  ({t['state']})")
+        console.print(f"    open (one-time link, valid 1 h): {links[t['id']]}")
     console.print()
-    console.print(f"API:   {info.api_url}/api/v1   docs: {info.api_url}/api/v1/docs")
-    console.print(f"Try:   curl {tenants[0]['url']}")
-    console.print("       .venv/bin/hoody ls   |   .venv/bin/hoody nodes   |   hoody templates")
-    console.print(f"       .venv/bin/hoody node exec {tenants[0]['id']} -- cat /etc/hostname")
-    console.print("Stop:  .venv/bin/hoody down   (tenants keep running; `hoody up -d` resumes)")
+    console.print(f"Router: tenants at {info.router_url.replace('localhost', '<cid>.localhost')}/")
+    console.print("        (a tenant URL without a session answers 401: open a link above)")
+    console.print(f"API:    {info.api_url}/api/v1   docs: {info.api_url}/api/v1/docs")
+    console.print(f"Try:    curl http://{tenants[0]['address']}/   (from this server)")
+    console.print("        .venv/bin/hoody ls  |  hoody nodes  |  hoody templates")
+    console.print(f"        .venv/bin/hoody claims authorize {tenants[0]['id']}   (a new link)")
+    console.print(f"        .venv/bin/hoody node exec {tenants[0]['id']} -- cat /etc/hostname")
+    console.print("Stop:   .venv/bin/hoody down   (tenants keep running; `hoody up -d` resumes)")

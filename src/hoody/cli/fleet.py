@@ -49,6 +49,7 @@ def serve_control_plane(
     heartbeat_timeout: float = 8.0,
     strategy: str = "spread",
     domain: str | None = None,
+    router_url: str | None = None,
 ) -> tuple[Fleet, str | None]:
     """Open the store (migrating it) and make sure an admin token exists.
 
@@ -70,6 +71,7 @@ def serve_control_plane(
             heartbeat_timeout=heartbeat_timeout,
             strategy=strategy,  # type: ignore[arg-type]
             public_domain=domain,
+            router_url=router_url,
         ),
     )
     admin = fleet.bootstrap_admin(os.environ.get("HOODY_ADMIN_TOKEN"))
@@ -100,6 +102,10 @@ def server(
     domain: Annotated[
         str | None, typer.Option(help="Tenant URLs become https://<cid>.<domain>/.")
     ] = None,
+    router_url: Annotated[
+        str | None,
+        typer.Option(help="The router's URL, e.g. http://localhost:8000: tenants at <cid>.<host>."),
+    ] = None,
 ) -> None:
     """Run the control plane. Migrates the database, then serves until stopped.
 
@@ -116,7 +122,9 @@ def server(
     host, _, port = listen.rpartition(":")
     if not port.isdigit():
         raise InvalidInput(f"--listen {listen!r} is invalid; give HOST:PORT like 127.0.0.1:7080")
-    fleet, admin = serve_control_plane(state_dir, database_url, heartbeat_timeout, strategy, domain)
+    fleet, admin = serve_control_plane(
+        state_dir, database_url, heartbeat_timeout, strategy, domain, router_url
+    )
     if admin and not os.environ.get("HOODY_ADMIN_TOKEN"):
         path = state_dir / "admin.token"
         console.print(f"admin token written to {path}; `hoody login URL --token $(cat {path})`")

@@ -23,7 +23,7 @@ from typing import Any
 import typer
 from rich.console import Console
 
-from hoody.cli import bench, containers, fleet, node, up
+from hoody.cli import bench, containers, fleet, node, router, up
 from hoody.cli.common import console
 from hoody.errors import HoodyError
 
@@ -40,6 +40,7 @@ app.add_typer(bench.app, name="bench")
 containers.register(app)
 fleet.register(app, bench.app)
 up.register(app)
+router.register(app)
 
 
 @app.command()

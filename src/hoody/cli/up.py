@@ -49,6 +49,7 @@ __all__ = ["COMPONENTS", "Component", "Stack", "UpInfo", "ensure_up", "register"
 log = logging.getLogger(__name__)
 
 DEFAULT_API = "127.0.0.1:7080"
+DEFAULT_ROUTER = "127.0.0.1:8000"
 DEFAULT_PROJECT = "default"
 
 
@@ -72,6 +73,12 @@ class Stack:
     fleet: Fleet | None = None  # when the control plane runs in this process
     node: Node | None = None  # when the agent runs in this process
     running: list[Component] = field(default_factory=list)
+    router_listen: str = DEFAULT_ROUTER
+
+    @property
+    def router_url(self) -> str:
+        """Where tenants answer: http://<cid>.localhost:<port>/ (no DNS needed)."""
+        return f"http://localhost:{self.router_listen.rpartition(':')[2]}"
 
     @property
     def control_dir(self) -> Path:
@@ -101,9 +108,11 @@ class UpInfo:
     project: int
     log: Path
     started: bool
+    router_url: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "router": self.router_url,
             "api": f"{self.api_url}/api/v1",
             "docs": f"{self.api_url}/api/v1/docs",
             "agent": self.agent_url,
@@ -158,7 +167,7 @@ def control_plane(stack: Stack) -> Component | None:
     from hoody.cli.fleet import serve_control_plane
     from hoody.control.api import create_app
 
-    fleet, minted = serve_control_plane(stack.control_dir)
+    fleet, minted = serve_control_plane(stack.control_dir, router_url=stack.router_url)
     stack.fleet = fleet
     stack.admin_token = minted or _admin_token(admin_file)
     component = _serve(create_app(fleet), stack.api_listen, "control plane")
@@ -230,14 +239,15 @@ def heartbeat(stack: Stack) -> Component | None:
 
 
 def router(stack: Stack) -> Component | None:
-    """Hook for the router (`hoody router`, src/hoody/router/).
+    """The tenant router on an event loop thread: http://<cid>.localhost:8000/."""
+    if _answers(f"http://{stack.router_listen}/"):
+        return None  # one is serving already
+    from hoody import router as tenant_router
 
-    Contract: start the router in this process (it reaches the control plane at
-    `stack.api_url` with `stack.admin_token`), and return it as a Component whose
-    `url` is where tenants are served and whose `stop` ends it. Until the router
-    exists, `hoody up` runs without one and tenant URLs are node-local addresses.
-    """
-    return None
+    stop = tenant_router.start_in_thread(
+        stack.api_url, stack.admin_token, stack.router_listen, "localhost"
+    )
+    return Component("router", stack.router_url, stop)
 
 
 COMPONENTS: list[Callable[[Stack], Component | None]] = [
@@ -277,9 +287,12 @@ def _login(stack: Stack) -> int:
     return project
 
 
-def start(state_dir: Path, api_listen: str, size: str) -> Stack:
+def start(
+    state_dir: Path, api_listen: str, size: str, router_listen: str = DEFAULT_ROUTER
+) -> Stack:
     """Start every component not already running; on failure stop what was started."""
     stack = Stack(state_dir, api_listen, _node_config(state_dir, size))
+    stack.router_listen = router_listen
     try:
         for make in COMPONENTS:
             component = make(stack)
@@ -319,14 +332,23 @@ def _print(info: UpInfo) -> None:
     console.print("[bold green]hoody is up[/]" + ("" if info.started else " (already running)"))
     console.print(f"  API     {info.api_url}/api/v1   docs: {info.api_url}/api/v1/docs")
     console.print(f"  node    {info.node} at {info.agent_url}, joined")
+    console.print(
+        f"  router  tenants at http://<cid>.localhost:{DEFAULT_ROUTER.rpartition(':')[2]}/"
+    )
     console.print(f"  CLI     logged in as admin, project {DEFAULT_PROJECT} ({info.project})")
     console.print(f"  log     {info.log}")
 
 
-def run_up(state_dir: Path, api_listen: str, size: str, as_json: bool) -> None:
+def run_up(
+    state_dir: Path,
+    api_listen: str,
+    size: str,
+    as_json: bool,
+    router_listen: str = DEFAULT_ROUTER,
+) -> None:
     """Foreground: start, report, serve until SIGINT/SIGTERM, stop."""
     if _is_up(state_dir, f"http://{api_listen}"):
-        _report(ensure_up(state_dir, api_listen, size), as_json)
+        _report(ensure_up(state_dir, api_listen, size, router_listen), as_json)
         return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per heartbeat otherwise
@@ -334,7 +356,7 @@ def run_up(state_dir: Path, api_listen: str, size: str, as_json: bool) -> None:
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())
-    stack = start(state_dir, api_listen, size)
+    stack = start(state_dir, api_listen, size, router_listen)
     try:
         _wait_joined(stack.api_url, stack.admin_token, stack.config.name)
         info = UpInfo(
@@ -345,6 +367,7 @@ def run_up(state_dir: Path, api_listen: str, size: str, as_json: bool) -> None:
             _login(stack),
             Path("/dev/stderr"),  # the foreground logs to the terminal
             True,
+            stack.router_url,
         )
         _report(info, as_json)
         done.wait()
@@ -360,7 +383,10 @@ def _report(info: UpInfo, as_json: bool) -> None:
 
 
 def ensure_up(
-    state_dir: Path = DEFAULT_STATE_DIR, api_listen: str = DEFAULT_API, size: str = "20G"
+    state_dir: Path = DEFAULT_STATE_DIR,
+    api_listen: str = DEFAULT_API,
+    size: str = "20G",
+    router_listen: str = DEFAULT_ROUTER,
 ) -> UpInfo:
     """A running `hoody up` for `state_dir`: the one already running, else a new one in
     the background (its own session, log in <state_dir>/up.log). Returns once the
@@ -372,6 +398,7 @@ def ensure_up(
     if not _is_up(state_dir, api_url):
         argv = [sys.executable, "-c", "from hoody.cli.main import main; main()"]
         argv += ["up", "--state-dir", str(state_dir), "--api", api_listen, "--size", size]
+        argv += ["--router", router_listen]
         with logfile.open("ab") as out:
             child = subprocess.Popen(
                 argv,
@@ -393,8 +420,11 @@ def ensure_up(
     config = NodeConfig.load(state_dir)
     admin = _admin_token(state_dir / "control" / "admin.token")
     _wait_joined(api_url, admin, config.name)
-    stack = Stack(state_dir, api_listen, config, admin)
-    return UpInfo(api_url, stack.agent_url, config.name, admin, _login(stack), logfile, started)
+    stack = Stack(state_dir, api_listen, config, admin, router_listen=router_listen)
+    project = _login(stack)
+    return UpInfo(
+        api_url, stack.agent_url, config.name, admin, project, logfile, started, stack.router_url
+    )
 
 
 def _is_up(state_dir: Path, api_url: str) -> bool:
@@ -462,17 +492,21 @@ StateDirOpt = Annotated[
 def up(
     state_dir: StateDirOpt = DEFAULT_STATE_DIR,
     api: Annotated[str, typer.Option(help="HOST:PORT of the control plane.")] = DEFAULT_API,
+    router_listen: Annotated[
+        str, typer.Option("--router", help="HOST:PORT of the tenant router.")
+    ] = DEFAULT_ROUTER,
     size: Annotated[str, typer.Option(help="Size of a new loop-file btrfs pool.")] = "20G",
     detach: Annotated[
         bool, typer.Option("--detach", "-d", help="Run in the background; return when ready.")
     ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Start the control plane and this server as a node joined to it, in one process."""
+    """Start the control plane, this server as a node joined to it, and the tenant
+    router, in one process."""
     if detach:
-        _report(ensure_up(state_dir, api, size), as_json)
+        _report(ensure_up(state_dir, api, size, router_listen), as_json)
         return
-    run_up(state_dir, api, size, as_json)
+    run_up(state_dir, api, size, as_json, router_listen)
 
 
 def down_command(

@@ -196,6 +196,17 @@ class Client:
         result: dict[str, Any] = self._req("GET", f"/containers/{cid}")
         return result
 
+    def authorize(self, cid: str, ttl_seconds: int | None = None) -> dict[str, Any]:
+        """{"container_claim", "expires_at", "url"}: the URL lets one person in, once."""
+        body = {"ttl_seconds": ttl_seconds} if ttl_seconds is not None else {}
+        result: dict[str, Any] = self._req("POST", f"/containers/{cid}/authorize", json=body)
+        return result
+
+    def revoke_claims(self, cid: str) -> dict[str, Any]:
+        """End every session of `cid`."""
+        result: dict[str, Any] = self._req("POST", f"/containers/{cid}/claims/revoke")
+        return result
+
     def delete(self, cid: str) -> dict[str, Any]:
         """{"id", "deleted": true, "existed": bool}: existed is false on a repeat delete."""
         result: dict[str, Any] = self._req("DELETE", f"/containers/{cid}")

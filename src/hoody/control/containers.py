@@ -591,6 +591,7 @@ def _container_json(row: Container) -> dict[str, Any]:
         "node": row.node,
         "state": row.state,
         "ip": row.ip,
+        "address": f"{row.ip}:{row.port}" if row.ip else "",
         "url": row.url,
         "placement": row.placement,
         "limits": row.limits,

@@ -127,6 +127,7 @@ class ContainerOut(BaseModel):
     node: str
     state: str
     ip: str
+    address: str = Field(description="ip:port on its node (what the router forwards to).")
     url: str
     placement: str = Field(description="Why this node was chosen.")
     limits: dict[str, Any]

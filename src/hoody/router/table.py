@@ -1,0 +1,135 @@
+"""The router's view of the fleet: which tenant lives where, who may see it, and the
+keys sessions are verified with. Refreshed from the control plane twice a second, so a
+copy, move or delete reaches the router within a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from hoody import claims
+
+__all__ = ["ControlPlaneTable", "Route", "RouteTable"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Route:
+    cid: str
+    host: str  # upstream address on the tenant's node
+    port: int
+    state: str
+    public: bool = False
+    generation: int = 0
+
+    @property
+    def upstream(self) -> tuple[str, int]:
+        return self.host, self.port
+
+
+@dataclass
+class RouteTable:
+    routes: dict[str, Route] = field(default_factory=dict)
+    ring: claims.KeyRing = field(default_factory=lambda: claims.KeyRing({}))
+    loaded: bool = False
+
+    def get(self, cid: str) -> Route | None:
+        return self.routes.get(cid)
+
+    def load(self, data: dict[str, Any]) -> None:
+        """Replace the table with the control plane's `GET /api/v1/router/table`."""
+        routes = {}
+        for cid, r in data.get("routes", {}).items():
+            host, _, port = str(r.get("upstream", "")).rpartition(":")
+            routes[cid] = Route(
+                cid=cid,
+                host=host,
+                port=int(port) if port.isdigit() else 0,
+                state=str(r.get("state", "")),
+                public=bool(r.get("public")),
+                generation=int(r.get("generation", 0)),
+            )
+        self.routes = routes
+        self.ring = claims.KeyRing(
+            dict(data.get("keys", {})), frozenset(data.get("retired", [])), data.get("newest")
+        )
+        self.loaded = True
+
+
+class ControlPlaneTable:
+    """Keeps a RouteTable in step with the control plane and exchanges claims there.
+
+    The router's token is an admin token: it reads every route and spends claims.
+    `transport` lets tests run the control plane app in-process.
+    """
+
+    def __init__(
+        self,
+        api_url: str,
+        token: str,
+        *,
+        every: float = 0.5,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.table = RouteTable()
+        self.every = every
+        self.http = httpx.AsyncClient(
+            base_url=api_url.rstrip("/") + "/api/v1",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=10.0,
+            transport=transport,
+        )
+        self._task: asyncio.Task[None] | None = None
+
+    async def refresh(self) -> None:
+        response = await self.http.get("/router/table")
+        response.raise_for_status()
+        self.table.load(response.json())
+
+    async def start(self) -> None:
+        """Load the table once (raising if the control plane is unreachable), then poll."""
+        await self.refresh()
+        self._task = asyncio.create_task(self._poll())
+
+    async def _poll(self) -> None:
+        failing = False
+        while True:
+            await asyncio.sleep(self.every)
+            try:
+                await self.refresh()
+                if failing:
+                    log.info("route table refreshed again")
+                failing = False
+            except (httpx.HTTPError, ValueError) as exc:
+                # Keep serving the last table; say so once, not twice a second.
+                if not failing:
+                    log.warning("cannot refresh the route table (%s); serving the last one", exc)
+                failing = True
+
+    async def exchange(self, cid: str, claim: str) -> tuple[int, dict[str, Any]]:
+        """(status, body) of `POST /claims/exchange`: a session, or the refusal."""
+        try:
+            response = await self.http.post(
+                "/claims/exchange", json={"container": cid, "claim": claim}
+            )
+        except httpx.HTTPError as exc:
+            return 503, {"error": {"code": "unavailable", "message": f"control plane: {exc}"}}
+        try:
+            body: dict[str, Any] = response.json()
+        except ValueError:
+            body = {"error": {"code": "bad_gateway", "message": response.text[:200]}}
+        return response.status_code, body
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.http.aclose()

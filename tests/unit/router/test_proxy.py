@@ -1,0 +1,298 @@
+"""The router's HTTP machinery against a test upstream on loopback: keep-alive, streamed
+bodies both ways, WebSockets, X-Forwarded-*, the pages, claims and sessions.
+
+Routes are set on the RouteTable directly and claims are spent by a stub exchange;
+tests/integration/test_router.py runs the same router against the real control plane
+and real tenants.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import websockets
+
+from hoody import claims
+from hoody.router.proxy import COOKIE, Router
+from hoody.router.table import Route, RouteTable
+
+RING = claims.KeyRing({"k1": "s" * 43}, newest="k1")
+
+
+class Upstream:
+    """A tenant stand-in: /headers echoes the request head, /stream sends chunks,
+    /echo returns the body, /ws is a WebSocket echo. Counts connections."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.server: asyncio.Server | None = None
+        self.port = 0
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self.handle, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while True:
+                raw = await reader.readuntil(b"\r\n\r\n")
+                lines = raw.decode().split("\r\n")
+                method, target, _ = lines[0].split(" ")
+                headers = dict(
+                    (k.lower(), v.strip()) for k, v in (ln.split(":", 1) for ln in lines[1:] if ln)
+                )
+                if target == "/ws":
+                    await self.websocket(reader, writer, headers)
+                    return
+                body = b""
+                if "content-length" in headers:
+                    body = await reader.readexactly(int(headers["content-length"]))
+                elif headers.get("transfer-encoding") == "chunked":
+                    while True:
+                        size = int((await reader.readuntil(b"\r\n")).strip(), 16)
+                        data = await reader.readexactly(size + 2)
+                        if size == 0:
+                            break
+                        body += data[:-2]
+                if target == "/stream":
+                    writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+                    for i in range(3):
+                        part = f"part{i}\n".encode()
+                        writer.write(f"{len(part):x}\r\n".encode() + part + b"\r\n")
+                        await writer.drain()
+                        await asyncio.sleep(0.2)
+                    writer.write(b"0\r\n\r\n")
+                    await writer.drain()
+                    continue
+                if target == "/headers":
+                    out = json.dumps({"method": method, "headers": headers}).encode()
+                else:
+                    out = body or b"hello"
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(out) + out)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def websocket(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, headers: dict[str, str]
+    ) -> None:
+        import base64
+        import hashlib
+
+        accept = base64.b64encode(
+            hashlib.sha1(
+                (headers["sec-websocket-key"] + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()
+            ).digest()
+        ).decode()
+        writer.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            + f"Sec-WebSocket-Accept: {accept}\r\n\r\n".encode()
+        )
+        await writer.drain()
+        # Echo unmasked text frames back (client frames are masked; small ones only).
+        while True:
+            head = await reader.readexactly(2)
+            length = head[1] & 0x7F
+            mask = await reader.readexactly(4)
+            data = bytes(b ^ mask[i % 4] for i, b in enumerate(await reader.readexactly(length)))
+            if head[0] & 0x0F == 8:  # close
+                writer.write(b"\x88\x00")
+                await writer.drain()
+                return
+            writer.write(bytes([0x81, len(data)]) + data)
+            await writer.drain()
+
+
+class Stack:
+    def __init__(self, upstream: Upstream, router: Router, port: int) -> None:
+        self.upstream, self.router, self.port = upstream, router, port
+        self.exchanged: list[tuple[str, str]] = []
+
+    def url(self, path: str = "/") -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def host(self, cid: str) -> dict[str, str]:
+        return {"Host": f"{cid}.localhost:{self.port}"}
+
+    def route(self, cid: str, **kw: Any) -> None:
+        values: dict[str, Any] = {
+            "host": "127.0.0.1",
+            "port": self.upstream.port,
+            "state": "running",
+            "public": True,
+        }
+        values.update(kw)
+        self.router.table.routes[cid] = Route(cid=cid, **values)
+
+
+@pytest.fixture
+async def stack() -> AsyncIterator[Stack]:
+    upstream = Upstream()
+    await upstream.start()
+    table = RouteTable(ring=RING, loaded=True)
+    holder: list[Stack] = []
+
+    async def exchange(cid: str, claim: str) -> tuple[int, dict[str, Any]]:
+        holder[0].exchanged.append((cid, claim))
+        if claim != "good":
+            return 401, {"error": {"code": "unauthorized", "message": "the claim has expired"}}
+        token, info = claims.mint_session(RING, cid, table.routes[cid].generation, 600)
+        return 200, {"session": token, "expires_at": info.expires_at, "max_age": 600}
+
+    router = Router(table, "localhost", exchange)
+    server = await router.start("127.0.0.1", 0)
+    s = Stack(upstream, router, server.sockets[0].getsockname()[1])
+    holder.append(s)
+    s.route("a")
+    yield s
+    router.close()
+    server.close()
+    assert upstream.server is not None
+    upstream.server.close()
+
+
+async def test_keep_alive_both_sides(stack: Stack) -> None:
+    async with httpx.AsyncClient() as http:
+        for _ in range(5):
+            r = await http.get(stack.url(), headers=stack.host("a"))
+            assert r.status_code == 200 and r.text == "hello"
+    assert stack.upstream.connections == 1, "one pooled upstream connection for 5 requests"
+
+
+async def test_forwarded_headers_and_the_session_cookie_stays_with_the_router(
+    stack: Stack,
+) -> None:
+    async with httpx.AsyncClient() as http:
+        r = await http.get(
+            stack.url("/headers"),
+            headers={
+                **stack.host("a"),
+                "Cookie": f"theme=dark; {COOKIE}=secret",
+                "X-Forwarded-For": "203.0.113.9",
+                "Connection": "keep-alive, X-Custom",
+            },
+        )
+    seen = r.json()["headers"]
+    assert seen["x-forwarded-for"] == "203.0.113.9, 127.0.0.1"
+    assert seen["x-forwarded-proto"] == "http"
+    assert seen["x-forwarded-host"] == f"a.localhost:{stack.port}"
+    assert seen["cookie"] == "theme=dark", "the session cookie is not the tenant's"
+    assert "connection" not in seen or seen["connection"] == "keep-alive"
+
+
+async def test_request_and_response_bodies_are_streamed(stack: Stack) -> None:
+    big = b"x" * (3 << 20)
+    async with httpx.AsyncClient() as http:
+        r = await http.post(stack.url("/echo"), headers=stack.host("a"), content=big)
+        assert r.content == big
+
+        async def chunks() -> AsyncIterator[bytes]:
+            for i in range(3):
+                yield f"c{i};".encode()
+
+        r = await http.post(stack.url("/echo"), headers=stack.host("a"), content=chunks())
+        assert r.content == b"c0;c1;c2;"
+        arrivals = []
+        loop = asyncio.get_running_loop()
+        async with http.stream("GET", stack.url("/stream"), headers=stack.host("a")) as r:
+            async for line in r.aiter_lines():
+                arrivals.append((line, loop.time()))
+    assert [line for line, _ in arrivals] == ["part0", "part1", "part2"]
+    assert arrivals[-1][1] - arrivals[0][1] > 0.3, "parts arrive as sent, not all at the end"
+
+
+async def test_websockets_pass_through(stack: Stack) -> None:
+    # The URI names the tenant; the socket goes to the router on loopback.
+    uri = f"ws://a.localhost:{stack.port}/ws"
+    async with websockets.connect(uri, host="127.0.0.1", port=stack.port) as ws:
+        for text in ("hello", "again"):
+            await ws.send(text)
+            assert await ws.recv() == text
+
+
+async def test_unknown_hosts_get_a_404_page(stack: Stack) -> None:
+    async with httpx.AsyncClient() as http:
+        for host in ("nope.localhost", "a.example.com", "localhost", "-bad-.localhost"):
+            r = await http.get(stack.url(), headers={"Host": host})
+            assert r.status_code == 404 and "text/html" in r.headers["content-type"]
+        r = await http.get(stack.url(), headers={"Host": "nope.localhost"})
+        assert "no tenant nope" in r.text.lower()
+
+
+async def test_a_stopped_tenant_gets_a_503_page_and_a_dead_one_a_502(stack: Stack) -> None:
+    stack.route("b", state="stopped")
+    stack.route("c", port=1)  # nothing listens there
+    async with httpx.AsyncClient() as http:
+        r = await http.get(stack.url(), headers=stack.host("b"))
+        assert r.status_code == 503 and "stopped" in r.text
+        r = await http.get(stack.url(), headers=stack.host("c"))
+        assert r.status_code == 502
+
+
+async def test_a_private_tenant_needs_a_session_from_a_claim(stack: Stack) -> None:
+    stack.route("p", public=False)
+    stack.route("q", public=False)
+    async with httpx.AsyncClient() as http:
+        r = await http.get(stack.url(), headers=stack.host("p"))
+        assert r.status_code == 401 and "link your app gives you" in r.text
+        r = await http.get(stack.url("/_hoody/claim?claim=bad"), headers=stack.host("p"))
+        assert r.status_code == 401 and "expired" in r.text
+        r = await http.get(stack.url("/_hoody/claim?claim=good"), headers=stack.host("p"))
+        assert r.status_code == 303 and r.headers["location"] == "/"
+        cookie = r.headers["set-cookie"]
+        for part in ("HttpOnly", "SameSite=Lax", "Path=/"):
+            assert part in cookie
+        assert "Domain" not in cookie and "Secure" not in cookie  # host-only, plain http
+        session = cookie.split(";")[0]
+        r = await http.get(stack.url(), headers={**stack.host("p"), "Cookie": session})
+        assert r.status_code == 200 and r.text == "hello"
+        r = await http.get(stack.url(), headers={**stack.host("q"), "Cookie": session})
+        assert r.status_code == 401 and "belongs to container p" in r.text
+        # Revoke: the route's generation moves on, the session is refused.
+        stack.route("p", public=False, generation=1)
+        r = await http.get(stack.url(), headers={**stack.host("p"), "Cookie": session})
+        assert r.status_code == 401 and "revoked" in r.text
+    assert stack.exchanged == [("p", "bad"), ("p", "good")]
+
+
+async def test_bad_requests_get_a_400(stack: Stack) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", stack.port)
+    writer.write(b"NONSENSE\r\n\r\n")
+    await writer.drain()
+    assert (await reader.read(100)).startswith(b"HTTP/1.1 400")
+    writer.close()
+
+
+async def test_tls_with_a_wildcard_certificate(stack: Stack, tmp_path: Path) -> None:
+    from hoody.router import tls_context
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=*.localhost", "-addext", "subjectAltName=DNS:*.localhost",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    secure = Router(stack.router.table, "localhost", stack.router.exchange, secure=True)
+    server = await secure.start("127.0.0.1", 0, tls_context(cert, key))
+    port = server.sockets[0].getsockname()[1]
+    client_ctx = ssl.create_default_context(cafile=str(cert))
+    client_ctx.check_hostname = False  # the name is checked by the Host header route
+    try:
+        async with httpx.AsyncClient(verify=client_ctx) as http:
+            r = await http.get(f"https://127.0.0.1:{port}/headers", headers={"Host": "a.localhost"})
+        assert r.json()["headers"]["x-forwarded-proto"] == "https"
+    finally:
+        secure.close()
+        server.close()
