@@ -44,6 +44,8 @@ MAX_HEAD = 64 * 1024
 CHUNK = 64 * 1024
 IDLE_TIMEOUT = 75.0
 UPSTREAM_TIMEOUT = 60.0
+# Tenants are on this node or a neighbour: a connection that takes longer is not coming.
+CONNECT_TIMEOUT = 2.0
 POOL_PER_UPSTREAM = 32
 _LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 # Hop-by-hop headers (RFC 9110 7.6.1) are the proxy's own business on each side.
@@ -221,7 +223,7 @@ class _Pool:
                 return reader, writer, True
             writer.close()
         reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(*address, limit=MAX_HEAD), timeout=5.0
+            asyncio.open_connection(*address, limit=MAX_HEAD), timeout=CONNECT_TIMEOUT
         )
         return reader, writer, False
 

@@ -7,7 +7,8 @@ per change.
       chain forward     established -> accept; from the bridge -> @egress, else drop;
                         to the bridge -> @ingress, else drop
       chain deliver     after an egress allow: to the bridge -> @ingress, else accept
-      chain output      from this host to the bridge -> @ingress, else drop
+      chain output      from this host to the bridge -> @ingress; to no tenant: TCP
+                        reset (the router fails fast for a tenant just deleted)
       chain input       from the bridge: only replies (tenants never reach the host)
       chain postrouting masquerade the subnet leaving by another interface (NAT)
       chain e-<tid>     the tenant's egress rules in order; other tenants dropped
@@ -107,6 +108,7 @@ add chain {t} output {{ type filter hook output priority filter ; policy accept 
 flush chain {t} output
 add rule {t} output oifname {br} ct state established,related accept
 add rule {t} output oifname {br} ip daddr vmap @ingress
+add rule {t} output oifname {br} meta l4proto tcp reject with tcp reset
 add rule {t} output oifname {br} drop
 add chain {t} input {{ type filter hook input priority filter ; policy accept ; }}
 flush chain {t} input
