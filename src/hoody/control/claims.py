@@ -99,7 +99,7 @@ class Claims(FleetBase):
 
     def authorize(self, who: Principal, cid: str, ttl: int | None = None) -> dict[str, Any]:
         """A claim for container `cid` and the URL that exchanges it for a session."""
-        project = who.project_for(None)
+        project = who.project_filter()
         limit = self.settings.claim_ttl
         if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int) or ttl < 1):
             raise InvalidInput(f"ttl_seconds {ttl!r} is invalid; give whole seconds >= 1")
@@ -119,7 +119,7 @@ class Claims(FleetBase):
 
     def revoke_claims(self, who: Principal, cid: str) -> dict[str, Any]:
         """End every session of `cid` (the router drops them within a second)."""
-        project = who.project_for(None)
+        project = who.project_filter()
         with self.store.write() as s:
             row = self._find(s, project, cid)
             row.claims_gen += 1

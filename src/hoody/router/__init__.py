@@ -53,7 +53,13 @@ async def serve(
         raise InvalidInput(f"listen address {listen!r} is invalid; give host:port")
     source = ControlPlaneTable(api_url, token)
     await source.start()
-    router = Router(source.table, domain, source.exchange, secure=tls is not None)
+    router = Router(
+        source.table,
+        domain,
+        source.exchange,
+        secure=tls is not None,
+        refresh=source.refresh_for_miss,
+    )
     server = await router.start(host or "127.0.0.1", int(port), tls)
     log.info("router on %s for *.%s (%d tenants)", listen, domain, len(source.table.routes))
     if ready is not None:

@@ -247,9 +247,16 @@ class Router:
     """Serves `<cid>.<domain>` from `table`; `exchange` spends claims (control plane)."""
 
     def __init__(
-        self, table: RouteTable, domain: str, exchange: Exchange, *, secure: bool = False
+        self,
+        table: RouteTable,
+        domain: str,
+        exchange: Exchange,
+        *,
+        secure: bool = False,
+        refresh: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.table = table
+        self.refresh = refresh  # called once when a host is not in the table
         self.domain = domain.lower().strip(".")
         self.exchange = exchange
         self.secure = secure
@@ -299,6 +306,9 @@ class Router:
         kind, length = _framing(head)
         cid = self._tenant_of(head.get(b"host"))
         route = self.table.get(cid) if cid else None
+        if route is None and cid and self.refresh is not None:
+            await self.refresh()
+            route = self.table.get(cid)
         if route is None:
             await self._drain_body(reader, kind, length)
             return await self._page(writer, keep, 404, "No tenant here", self._unknown(cid))

@@ -87,6 +87,28 @@ class ControlPlaneTable:
             transport=transport,
         )
         self._task: asyncio.Task[None] | None = None
+        self._inflight: asyncio.Task[None] | None = None
+        self._last_miss = 0.0
+
+    async def refresh_for_miss(self) -> None:
+        """A host the table does not know: maybe a tenant made a moment ago (the app
+        redirects its customer right after the copy). Refresh now, sharing one request
+        among concurrent misses and at most ten a second, so unknown hosts cannot make
+        the router hammer the control plane."""
+        loop = asyncio.get_running_loop()
+        if self._inflight is None:
+            if loop.time() - self._last_miss < 0.1:
+                return
+            self._last_miss = loop.time()
+            self._inflight = asyncio.create_task(self.refresh())
+        task = self._inflight
+        try:
+            await asyncio.shield(task)
+        except (httpx.HTTPError, ValueError):
+            pass
+        finally:
+            if self._inflight is task and task.done():
+                self._inflight = None
 
     async def refresh(self) -> None:
         response = await self.http.get("/router/table")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import httpx
 import pytest
 from rich.console import Console
 
@@ -26,23 +27,30 @@ def test_up_then_the_demo_makes_three_tenants_through_the_api(
     for name in ("HOODY_URL", "HOODY_TOKEN", "HOODY_PROJECT", "HOODY_ADMIN_TOKEN"):
         monkeypatch.delenv(name, raising=False)
     with scratch_config("up") as config:
-        api = f"127.0.0.1:{free_port()}"
+        api, router = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
         out = io.StringIO()
         try:
-            run_demo(Console(file=out, width=200), config.state_dir, api)
+            run_demo(Console(file=out, width=300), config.state_dir, api, router)
             # The CLI's saved login (admin, project "default") reaches the same fleet.
             with Client() as client:
                 tenants = list(client.iter_containers(template=DEMO_NAME))
                 assert len(tenants) == 3 and {t["state"] for t in tenants} == {"running"}
                 assert {t["node"] for t in tenants} == {config.name}
                 for t in tenants:
-                    assert t["url"] in out.getvalue()
-                    wait_http_ok(t["url"])
+                    # Each gets a one-time claim link through the router.
+                    assert f"{t['url'].rstrip('/')}/_hoody/claim?claim=" in out.getvalue()
+                    wait_http_ok(f"http://{t['address']}/")
+                port = router.rpartition(":")[2]
+                assert tenants[0]["url"] == f"http://{tenants[0]['id']}.localhost:{port}/"
+                refused = httpx.get(
+                    f"http://{router}/", headers={"Host": f"{tenants[0]['id']}.localhost"}
+                )
+                assert refused.status_code == 401, "no session, no tenant"
                 (node,) = client.nodes()
                 assert node["state"] == "up" and node["containers"] == 3
             # Running it again finds everything up and makes nothing more.
-            run_demo(Console(file=io.StringIO()), config.state_dir, api)
-            again = ensure_up(config.state_dir, api)
+            run_demo(Console(file=io.StringIO()), config.state_dir, api, router)
+            again = ensure_up(config.state_dir, api, router_listen=router)
             assert not again.started
             with Client() as client:
                 assert len(client.containers(template=DEMO_NAME)["items"]) == 3
@@ -51,4 +59,4 @@ def test_up_then_the_demo_makes_three_tenants_through_the_api(
         with pytest.raises(HostError), Client() as client:
             client.whoami()  # the API went with `hoody down`
         # The tenants did not: they are the node's, kept by the next `hoody up`.
-        wait_http_ok(tenants[0]["url"])
+        wait_http_ok(f"http://{tenants[0]['address']}/")

@@ -296,3 +296,18 @@ async def test_tls_with_a_wildcard_certificate(stack: Stack, tmp_path: Path) -> 
     finally:
         secure.close()
         server.close()
+
+
+async def test_an_unknown_host_refreshes_the_table_once_before_a_404(stack: Stack) -> None:
+    calls = []
+
+    async def refresh() -> None:  # the control plane knows a tenant made a moment ago
+        calls.append(1)
+        stack.route("fresh")
+
+    stack.router.refresh = refresh
+    async with httpx.AsyncClient() as http:
+        r = await http.get(stack.url(), headers=stack.host("fresh"))
+        assert r.status_code == 200 and calls == [1]
+        r = await http.get(stack.url(), headers=stack.host("fresh"))
+        assert calls == [1], "a known tenant does not refresh"
