@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from dataclasses import asdict, dataclass, fields, replace
@@ -37,6 +38,9 @@ class NodeConfig:
     listen: str = "127.0.0.1:7070"
     log_max_bytes: int = 1 << 20
     log_keep: int = 2
+    # Where the fleet's routers connect from when they are not on this server: a
+    # tenant's "node" ingress rules admit these too (`hoody node init --allow-router`).
+    routers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[a-z][a-z0-9]{0,5}", self.name):
@@ -48,6 +52,14 @@ class NodeConfig:
             raise InvalidInput(
                 f"storage mode {self.storage_mode!r} is invalid; use overlay or snapshot"
             )
+        object.__setattr__(self, "routers", tuple(self.routers))
+        for cidr in self.routers:
+            try:
+                ipaddress.IPv4Network(cidr, strict=False)
+            except ValueError as exc:
+                raise InvalidInput(
+                    f"router source {cidr!r} is invalid; give an IPv4 CIDR like 192.0.2.0/24"
+                ) from exc
         try:
             NetworkConfig(self.name, self.subnet).network.hosts()
         except ValueError as exc:
@@ -57,7 +69,7 @@ class NodeConfig:
 
     @property
     def network(self) -> NetworkConfig:
-        return NetworkConfig(name=self.name, subnet=self.subnet)
+        return NetworkConfig(name=self.name, subnet=self.subnet, routers=self.routers)
 
     @property
     def node_run_dir(self) -> Path:

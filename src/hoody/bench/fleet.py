@@ -263,6 +263,13 @@ def scratch_fleet(
         names = [c.name for c in configs]
         if netns:
             host, spaces = stack.enter_context(_fleet_network(names))
+            for i, config in enumerate(configs):
+                # As separate servers: this host (the control plane's, and a router's)
+                # reaches each node's tenant subnet through that node, and the node's
+                # firewall admits it as a router. The routes go with the fleet bridge.
+                run(["ip", "route", "add", config.subnet, "via", spaces[config.name][1]])
+                configs[i] = config.with_(routers=(f"{host}/32",))
+                configs[i].save()
         else:
             host, spaces = "127.0.0.1", {}
         control_dir = Path(tempfile.mkdtemp(prefix="hoody-control-", dir="/var/tmp"))

@@ -84,6 +84,10 @@ def init(
     name: Annotated[str, typer.Option(help="Node name: prefixes links and tables.")] = "hoody",
     storage: Annotated[str, typer.Option(help="overlay or snapshot")] = "overlay",
     listen: Annotated[str, typer.Option(help="Agent API address.")] = "127.0.0.1:7070",
+    allow_router: Annotated[
+        list[str] | None,
+        typer.Option(help="CIDR the fleet's router connects from (repeatable)."),
+    ] = None,
     state_dir: StateDir = DEFAULT_STATE_DIR,
     as_json: JsonOpt = False,
 ) -> None:
@@ -102,6 +106,7 @@ def init(
         subnet=subnet,
         storage_mode=storage,
         listen=listen,
+        routers=tuple(allow_router or ()),
     )
     init_node(config)
     out = {

@@ -18,12 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import select
 
+from hoody import router as tenant_router
 from hoody.agent.templates import DEMO_ARGS, DEMO_NAME
 from hoody.bench.fleet import ScratchFleet, scratch_fleet
 from hoody.bench.provision import wait_http_ok
+from hoody.bench.scratch import free_port
 from hoody.control.client import Client
 from hoody.control.db import Operation, Store
 from hoody.errors import Forbidden, NotFound
@@ -129,6 +132,44 @@ def test_thirty_copies_spread_across_the_three_by_headroom(world: World) -> None
         for c in made:
             world.a.delete(c["id"])
     assert world.a.containers()["items"] == []
+
+
+def test_one_router_reaches_tenants_on_every_node(world: World) -> None:
+    """The router on this host (the control plane's) routes to tenants on all three
+    nodes, through each node, admitted as a router by each node's firewall."""
+    port = free_port()
+    stop = tenant_router.start_in_thread(
+        world.fleet.url, world.fleet.admin_token, f"127.0.0.1:{port}", "localhost"
+    )
+    made = []
+    try:
+        for name in world.names:  # one tenant on each node
+            others = [n for n in world.names if n != name]
+            for other in others:
+                world.fleet.admin.cordon(other)
+            try:
+                made.append(world.a.copy(DEMO_NAME, metadata={"public": True}))
+            finally:
+                for other in others:
+                    world.fleet.admin.uncordon(other)
+        assert [c["node"] for c in made] == world.names
+        for c in made:
+            r = httpx.get(
+                f"http://127.0.0.1:{port}/api/visits",
+                headers={"Host": f"{c['id']}.localhost"},
+                timeout=10,
+            )
+            assert r.status_code == 200 and r.json()["tenant"] == c["id"], r.text
+        # Another tenant of a node does not get in through the router's admission:
+        # the router is "node" only for ingress rules, not a way between tenants.
+        check = "import socket; socket.create_connection((%r, 8080), timeout=1)"
+        with world.fleet.node(made[0]["node"]).client() as agent:
+            out = agent.exec(made[0]["id"], ["/usr/bin/python3", "-c", check % made[1]["ip"]])
+        assert out["exit_code"] != 0
+    finally:
+        stop()
+        for c in made:
+            world.a.delete(c["id"])
 
 
 def test_a_template_made_on_node_one_is_copied_onto_node_three(world: World) -> None:

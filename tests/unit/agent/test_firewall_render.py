@@ -20,6 +20,9 @@ CONFIG = NetworkConfig(name="hoody", subnet="10.88.0.0/16")
 
 CASES = {
     "base": lambda: render_base(CONFIG),
+    "base_with_routers": lambda: render_base(
+        NetworkConfig(name="n3", subnet="10.9.0.0/16", routers=("192.0.2.0/24", "198.51.100.7/32"))
+    ),
     "base_no_nat": lambda: render_base(NetworkConfig(name="n2", subnet="10.9.0.0/16", nat=False)),
     "tenant_default": lambda: render_tenant(CONFIG, "acme-1", "10.88.0.2", FirewallPolicy()),
     "tenant_rules_remapped": lambda: render_tenant(

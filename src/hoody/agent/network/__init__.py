@@ -25,6 +25,8 @@ class NetworkConfig:
     name: str = "hoody"
     subnet: str = "10.88.0.0/16"
     nat: bool = True
+    # Sources treated like this server by "node" ingress rules: the fleet's routers.
+    routers: tuple[str, ...] = ()
 
     @property
     def bridge(self) -> str:

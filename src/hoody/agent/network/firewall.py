@@ -17,7 +17,8 @@ per change.
 
 A connection between two tenants needs an egress allow on one side and an ingress
 rule on the other; a reply is accepted by conntrack. "node" ingress means from a local
-address of this server (`fib saddr type local`), e.g. the router.
+address of this server (`fib saddr type local`), e.g. a router here, or from the set
+`routers` (the fleet's routers elsewhere, `hoody node init --allow-router CIDR`).
 """
 
 from __future__ import annotations
@@ -33,9 +34,15 @@ from hoody.proc import run
 __all__ = ["NftFirewall", "render_base", "render_tenant"]
 
 
-def _ingress_rule(table: str, chain: str, ip: str, rule: IngressRule) -> str:
-    source = "fib saddr type local" if rule.source == "node" else f"ip saddr {rule.source}"
-    return f"add rule {table} {chain} ip daddr {ip} {source} {rule.proto} dport {rule.port} accept"
+def _ingress_rules(table: str, chain: str, ip: str, rule: IngressRule) -> list[str]:
+    # "node": this server (a local source address) or one of the fleet's routers.
+    sources = (
+        ["fib saddr type local", "ip saddr @routers"]
+        if rule.source == "node"
+        else [f"ip saddr {rule.source}"]
+    )
+    match = f"{rule.proto} dport {rule.port} accept"
+    return [f"add rule {table} {chain} ip daddr {ip} {source} {match}" for source in sources]
 
 
 def _egress_rule(table: str, chain: str, rule: EgressRule) -> str:
@@ -66,7 +73,7 @@ def render_tenant(
     lines.append(f"add rule {t} {e} ip daddr {config.subnet} drop")
     default = "goto deliver" if policy.egress_default == "allow" else "drop"
     lines.append(f"add rule {t} {e} {default}")
-    lines += [_ingress_rule(t, i, ip, r) for r in policy.ingress]
+    lines += [line for r in policy.ingress for line in _ingress_rules(t, i, ip, r)]
     lines.append(f"add rule {t} {i} drop")
     for name, chain in (("egress", e), ("ingress", i)):
         if mapped:
@@ -86,8 +93,13 @@ def render_base(config: NetworkConfig) -> str:
         if config.nat
         else ""
     )
+    routers = (
+        f"add element {t} routers {{ {', '.join(config.routers)} }}\n" if config.routers else ""
+    )
     return f"""add table {t}
-add map {t} egress {{ type ipv4_addr : verdict ; }}
+add set {t} routers {{ type ipv4_addr ; flags interval ; }}
+flush set {t} routers
+{routers}add map {t} egress {{ type ipv4_addr : verdict ; }}
 add map {t} ingress {{ type ipv4_addr : verdict ; }}
 add chain {t} deliver
 flush chain {t} deliver
