@@ -48,3 +48,16 @@ def density(
     from hoody.bench.density import density as run
 
     typer.echo(json.dumps(run(count, storage, ksm), indent=2))
+
+
+@app.command()
+def router(
+    connections: Annotated[int, typer.Option(help="Concurrent keep-alive connections.")] = 32,
+    seconds: Annotated[float, typer.Option(help="Seconds per measurement.")] = 4.0,
+    rounds: Annotated[int, typer.Option(help="Rounds over the three targets.")] = 3,
+    as_json: JsonOpt = True,
+) -> None:
+    """One tenant directly, through the hoody router and through nginx: rps and latency."""
+    from hoody.bench.router import router_bench
+
+    typer.echo(json.dumps(router_bench(connections, seconds, rounds), indent=2))

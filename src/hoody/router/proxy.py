@@ -72,23 +72,21 @@ class BadRequest(Exception):
 
 @dataclass
 class Head:
-    """A parsed request or response head. `headers` keep their original spelling."""
+    """A parsed request or response head. `headers` keep their original spelling;
+    `fields` maps each lower-cased name to its values joined with ", " (RFC 9110 5.3)."""
 
     start: list[bytes]  # method, target, version  |  version, status, reason
     headers: list[tuple[bytes, bytes]]
+    fields: dict[bytes, bytes]
 
     def get(self, name: bytes) -> bytes | None:
-        for key, value in self.headers:
-            if key.lower() == name:
-                return value
-        return None
+        return self.fields.get(name)
 
     def tokens(self, name: bytes) -> set[bytes]:
-        found: set[bytes] = set()
-        for key, value in self.headers:
-            if key.lower() == name:
-                found.update(t.strip().lower() for t in value.split(b","))
-        return found
+        value = self.fields.get(name)
+        if value is None:
+            return set()
+        return {t.strip().lower() for t in value.split(b",")}
 
 
 def parse_head(raw: bytes) -> Head:
@@ -97,14 +95,18 @@ def parse_head(raw: bytes) -> Head:
     if len(start) < 2:
         raise BadRequest("malformed start line")
     headers = []
+    fields: dict[bytes, bytes] = {}
     for line in lines[1:]:
         if not line:
             continue
         name, sep, value = line.partition(b":")
         if not sep or not name or name != name.strip():
             raise BadRequest("malformed header line")
-        headers.append((name, value.strip()))
-    return Head(start, headers)
+        value = value.strip()
+        headers.append((name, value))
+        low = name.lower()
+        fields[low] = fields[low] + b", " + value if low in fields else value
+    return Head(start, headers, fields)
 
 
 async def read_head(reader: asyncio.StreamReader) -> bytes | None:
@@ -261,6 +263,7 @@ class Router:
         self.exchange = exchange
         self.secure = secure
         self.pool = _Pool()
+        self._hosts: dict[bytes, str] = {}  # Host header -> cid, parsed once
 
     # --- serving ----------------------------------------------------------------------
 
@@ -276,7 +279,8 @@ class Router:
         client_ip = peer[0] if isinstance(peer, tuple) else ""
         try:
             while True:
-                raw = await asyncio.wait_for(read_head(reader), IDLE_TIMEOUT)
+                async with asyncio.timeout(IDLE_TIMEOUT):
+                    raw = await read_head(reader)
                 if raw is None:
                     break
                 head = parse_head(raw)
@@ -369,9 +373,10 @@ class Router:
                 up_writer.write(out)
                 if kind != "none":
                     await _copy_body(reader, up_writer, kind, length)
-                else:
+                elif up_writer.transport.get_write_buffer_size() > CHUNK:
                     await up_writer.drain()
-                raw = await asyncio.wait_for(read_head(up_reader), UPSTREAM_TIMEOUT)
+                async with asyncio.timeout(UPSTREAM_TIMEOUT):
+                    raw = await read_head(up_reader)
                 if raw is None:
                     raise ConnectionError("tenant closed the connection")
                 break
@@ -402,9 +407,16 @@ class Router:
         rkind, rlength = _framing(response, response_to=method)
         upstream_keeps = b"close" not in response.tokens(b"connection") and rkind != "close"
         keep = keep and rkind != "close"
-        writer.write(self._client_head(response, keep))
         try:
-            await _copy_body(up_reader, writer, rkind, rlength)
+            if rkind == "length" and rlength <= CHUNK:
+                # Small answers (most of them): head and body in one write.
+                body = await up_reader.readexactly(rlength) if rlength else b""
+                writer.write(self._client_head(response, keep) + body)
+                if writer.transport.get_write_buffer_size() > CHUNK:
+                    await writer.drain()
+            else:
+                writer.write(self._client_head(response, keep))
+                await _copy_body(up_reader, writer, rkind, rlength)
         except (ConnectionError, asyncio.IncompleteReadError):
             up_writer.close()
             return False
@@ -456,6 +468,15 @@ class Router:
     def _tenant_of(self, host: bytes | None) -> str | None:
         if not host:
             return None
+        known = self._hosts.get(host)
+        if known is not None:
+            return known
+        cid = self._parse_host(host)
+        if cid is not None and len(self._hosts) < 65536:
+            self._hosts[host] = cid
+        return cid
+
+    def _parse_host(self, host: bytes) -> str | None:
         name = host.decode("latin-1").lower()
         if name.startswith("["):
             return None
