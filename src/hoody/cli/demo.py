@@ -67,7 +67,7 @@ def run_demo(
     console.print(f"[bold green]hoody is running[/] with {len(tenants)} demo-app tenants:")
     for t in tenants:
         console.print(f"  {t['id']:<24} {t['address']:<18} on {t['node']}  ({t['state']})")
-        console.print(f"    open (one-time link, valid 1 h): {links[t['id']]}")
+        console.print(f"    open (one-time link, valid 1 h): {links[t['id']]}", soft_wrap=True)
     console.print()
     console.print(f"Router: tenants at {info.router_url.replace('localhost', '<cid>.localhost')}/")
     console.print("        (a tenant URL without a session answers 401: open a link above)")
