@@ -21,6 +21,7 @@ import string
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,8 @@ class Node:
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self._restarts: dict[str, tuple[int, float]] = {}
+        # Runs a step alongside another of the same tenant (see _bring_up).
+        self._steps = ThreadPoolExecutor(max_workers=8, thread_name_prefix="hoody-step")
 
     def _lock(self, tid: str) -> threading.Lock:
         with self._locks_guard:
@@ -302,12 +305,22 @@ class Node:
         rootfs = self.storage.mount_tenant(tid)
         netns = self.network.attach(tid, rec.ip)
         undo.add(lambda: self.network.detach(tid), "detach network")
-        self.firewall.apply_tenant(tid, rec.ip, rec.firewall)
         undo.add(lambda: self.firewall.remove_tenant(tid), "remove firewall")
         pid = 0
-        if start:
-            pid = self.runtime.start(self._container_spec(rec, rootfs, netns))
-            undo.add(lambda: self.runtime.stop(tid, timeout=0), "stop container")
+        if not start:
+            self.firewall.apply_tenant(tid, rec.ip, rec.firewall)
+        else:
+            # The firewall chain and the container start at the same time (both wait on
+            # a subprocess). Safe: until the tenant's map entries exist, the base chains
+            # drop everything to and from its address.
+            firewall = self._steps.submit(self.firewall.apply_tenant, tid, rec.ip, rec.firewall)
+            try:
+                pid = self.runtime.start(self._container_spec(rec, rootfs, netns))
+                undo.add(lambda: self.runtime.stop(tid, timeout=0), "stop container")
+            finally:
+                applied = firewall.exception()  # waits; the undo needs it finished
+            if applied is not None:
+                raise applied
         status = "running" if start else "stopped"
         self.store.update_tenant(tid, status=status, pid=pid)
         return replace(rec, status=status, pid=pid)
