@@ -7,11 +7,17 @@ keep-alive pool, like the router's), on loopback ports of their own. Load comes 
 `wrk`: throughput at `connections` concurrent connections, latency at one connection
 (added latency = router p50/p99 minus direct). Rounds alternate the three targets;
 the report gives medians and every round.
+
+wrk, the proxy and the tenant share this machine's CPUs, so requests per second
+also say how much CPU the proxy leaves to the others. The CPU each proxy process
+spent per request (user + system) is reported beside it: it does not depend on how
+the scheduler shared the cores, nor on other load on the machine.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import shutil
 import statistics
@@ -37,24 +43,52 @@ _UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 
 
 def parse_wrk(output: str) -> dict[str, float]:
-    """`rps`, `p50_ms`, `p99_ms` from `wrk --latency` output."""
+    """`rps`, `requests` (answered in the run), `p50_ms`, `p99_ms` from `wrk --latency`
+    output; raises HostError when it has no request rate (wrk could not connect)."""
     found: dict[str, float] = {}
     rps = re.search(r"Requests/sec:\s+([\d.]+)", output)
     if rps is None:
         raise HostError(f"wrk printed no Requests/sec line: {output[-300:]!r}")
     found["rps"] = float(rps.group(1))
+    requests = re.search(r"^\s*(\d+) requests in", output, re.MULTILINE)
+    if requests:
+        found["requests"] = int(requests.group(1))
     for pct, key in (("50", "p50_ms"), ("99", "p99_ms")):
         m = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s)\s*$", output, re.MULTILINE)
         if m:
-            found[key] = float(m.group(1)) * _UNITS[m.group(2)]
+            found[key] = round(float(m.group(1)) * _UNITS[m.group(2)], 3)
     return found
 
 
-def _wrk(url: str, host: str | None, connections: int, seconds: float) -> dict[str, float]:
+def _wrk(
+    url: str, host: str | None, connections: int, seconds: float, pid: int | None = None
+) -> dict[str, float]:
+    """One wrk run; with `pid`, also the CPU µs that process tree spent per request."""
     argv = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency"]
     if host:
         argv += ["-H", f"Host: {host}"]
-    return parse_wrk(run([*argv, url], timeout=seconds + 30).stdout)
+    before = cpu_seconds(pid) if pid else 0.0
+    found = parse_wrk(run([*argv, url], timeout=seconds + 30).stdout)
+    if pid and found.get("requests"):
+        spent = cpu_seconds(pid) - before
+        found["cpu_us_per_request"] = round(spent * 1e6 / found["requests"], 2)
+    return found
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of `pid` and its descendants, as far as they still run."""
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            stat = Path(f"/proc/{current}/stat").read_text()
+            children = Path(f"/proc/{current}/task/{current}/children").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()  # the name may hold spaces
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        todo.extend(int(child) for child in children.split())
+    return total
 
 
 def serve_router(port: int, cid: str, upstream_host: str, upstream_port: int) -> None:
@@ -80,7 +114,8 @@ def serve_router(port: int, cid: str, upstream_host: str, upstream_port: int) ->
 
 
 @contextlib.contextmanager
-def _process(argv: list[str], url: str, host: str | None = None) -> Iterator[None]:
+def _process(argv: list[str], url: str, host: str | None = None) -> Iterator[int]:
+    """Run argv until it serves `url`; yield its pid; stop it on exit."""
     child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 20
@@ -93,7 +128,7 @@ def _process(argv: list[str], url: str, host: str | None = None) -> Iterator[Non
                 if child.poll() is not None or time.monotonic() > deadline:
                     raise HostError(f"{argv[0]} did not start serving {url}") from None
                 time.sleep(0.05)
-        yield
+        yield child.pid
     finally:
         child.terminate()
         try:
@@ -126,6 +161,8 @@ http {{
       proxy_set_header Connection "";
       proxy_set_header Host $host;
       proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto $scheme;
+      proxy_set_header X-Forwarded-Host $host;
       proxy_buffering off;
     }}
   }}
@@ -165,7 +202,8 @@ def router_bench(connections: int = 32, seconds: float = 4.0, rounds: int = 3) -
             tenant["ip"],
             str(tenant["port"]),
         ]
-        nginx_argv = ["nginx", "-c", str(_nginx_conf(prefix, nginx_port, f"{tenant['ip']}:8080"))]
+        upstream = f"{tenant['ip']}:{tenant['port']}"
+        nginx_argv = ["nginx", "-c", str(_nginx_conf(prefix, nginx_port, upstream))]
         nginx_argv += ["-p", str(prefix), "-g", "daemon off;"]
         targets = {
             "direct": (direct, None),
@@ -176,14 +214,19 @@ def router_bench(connections: int = 32, seconds: float = 4.0, rounds: int = 3) -
         single: dict[str, list[dict[str, float]]] = {k: [] for k in targets}
         try:
             with (
-                _process(router_argv, targets["router"][0], host),
-                _process(nginx_argv, targets["nginx"][0], host),
+                _process(router_argv, targets["router"][0], host) as router_pid,
+                _process(nginx_argv, targets["nginx"][0], host) as nginx_pid,
             ):
+                pids: dict[str, int | None] = {
+                    "direct": None,
+                    "router": router_pid,
+                    "nginx": nginx_pid,
+                }
                 for url, h in targets.values():  # warm pools and caches
                     _wrk(url, h, connections, 1)
                 for _ in range(rounds):
                     for name, (url, h) in targets.items():
-                        load[name].append(_wrk(url, h, connections, seconds))
+                        load[name].append(_wrk(url, h, connections, seconds, pids[name]))
                         single[name].append(_wrk(url, h, 1, seconds / 2))
         finally:
             shutil.rmtree(prefix, ignore_errors=True)
@@ -203,6 +246,8 @@ def router_bench(connections: int = 32, seconds: float = 4.0, rounds: int = 3) -
         "router_vs_nginx": round(router_rps / nginx_rps, 3) if nginx_rps else None,
         "added_p50_ms": round(med(single["router"], "p50_ms") - med(single["direct"], "p50_ms"), 3),
         "added_p99_ms": round(med(single["router"], "p99_ms") - med(single["direct"], "p99_ms"), 3),
+        "router_cpu_us_per_request": med(load["router"], "cpu_us_per_request"),
+        "nginx_cpu_us_per_request": med(load["nginx"], "cpu_us_per_request"),
         "nginx_added_p50_ms": round(
             med(single["nginx"], "p50_ms") - med(single["direct"], "p50_ms"), 3
         ),

@@ -1,9 +1,16 @@
 """The HTTP/1.1 reverse proxy in front of every tenant: `<cid>.<domain>` → its node.
 
-One asyncio task per client connection, requests served in order (keep-alive);
-bodies are streamed both ways (Content-Length, chunked, or until close); upstream
-connections are pooled per tenant address; a 101 answer to an Upgrade request turns the
-connection into a two-way byte pipe (WebSockets).
+Built on asyncio protocols (callbacks, no coroutine per request) because that is
+what keeps a Python proxy near nginx: the common request is parsed, routed and
+written upstream inside one `data_received`, and its answer goes back to the client
+inside one more. Coroutines are used only where the router waits on something else:
+connecting to a tenant, spending a claim, refreshing the route table.
+
+One client connection serves its requests in order (keep-alive; pipelined requests
+wait in its buffer). Bodies stream both ways without being decoded (`http.Framer`
+finds where they end), with back-pressure: a full send buffer on one side pauses
+reading on the other. Upstream connections are pooled per tenant address. A 101
+answer to an Upgrade request turns the pair into a two-way byte pipe (WebSockets).
 
 Before a request reaches a tenant:
 
@@ -11,7 +18,7 @@ Before a request reaches a tenant:
     GET /_hoody/claim?claim=…                       → spend the claim (control plane),
                                                       set the session cookie, 303 to /
     no valid session cookie, tenant not public      → 401 page
-    tenant stopped / not answering                  → 503 / 502 page
+    tenant stopped / not answering / too slow       → 503 / 502 / 504 page
 
 The session cookie is removed from what the tenant sees; X-Forwarded-For/Proto/Host
 are set.
@@ -20,233 +27,714 @@ are set.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 import ssl
+import time
 import urllib.parse
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from hoody import claims
 from hoody.errors import HoodyError
 from hoody.router import pages
+from hoody.router.http import (
+    CLOSE,
+    HOP_BY_HOP,
+    MAX_HEAD,
+    NONE,
+    BadMessage,
+    Framer,
+    Head,
+    cookie_value,
+    parse_head,
+    request_framing,
+    response_framing,
+)
 from hoody.router.table import Route, RouteTable
 
-__all__ = ["COOKIE", "Router"]
+__all__ = ["CLAIM_PATH", "COOKIE", "Router"]
 
 log = logging.getLogger(__name__)
 
 COOKIE = "hoody_session"
 CLAIM_PATH = "/_hoody/claim"
-MAX_HEAD = 64 * 1024
-CHUNK = 64 * 1024
+# A client connection with no request in flight is closed after this long.
 IDLE_TIMEOUT = 75.0
+# A tenant must start its answer this long after the request (or its last byte).
 UPSTREAM_TIMEOUT = 60.0
 # Tenants are on this node or a neighbour: a connection that takes longer is not coming.
 CONNECT_TIMEOUT = 2.0
-POOL_PER_UPSTREAM = 32
+POOL_PER_UPSTREAM = 64
+# Idle pooled connections are dropped after this long (tenants may have gone).
+POOL_IDLE = 30.0
+SESSION_CACHE = 10_000
+
+_COOKIE = COOKIE.encode()
+_CLAIM_PATH = CLAIM_PATH.encode()
 _LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
-# Hop-by-hop headers (RFC 9110 7.6.1) are the proxy's own business on each side.
-_HOP = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-        b"te",
-        b"trailer",
-        b"upgrade",
-    }
-)
 _FORWARDED = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"})
+_SKIP_UPSTREAM = HOP_BY_HOP | _FORWARDED | {b"cookie"}
 
 Exchange = Callable[[str, str], Awaitable[tuple[int, dict[str, Any]]]]
 
 
-class BadRequest(Exception):
-    """The client sent something that is not HTTP/1.1; answered 400, then closed."""
+@dataclass(slots=True)
+class _Pending:
+    """The request a client connection has sent (or will send) to its tenant."""
+
+    out: bytes  # the head as the tenant gets it
+    route: Route
+    method: bytes
+    upgrade: bool
+    retry: bool  # bodiless: may be sent again on a fresh connection once
+    retried: bool = False
 
 
-@dataclass
-class Head:
-    """A parsed request or response head. `headers` keep their original spelling;
-    `fields` maps each lower-cased name to its values joined with ", " (RFC 9110 5.3)."""
-
-    start: list[bytes]  # method, target, version  |  version, status, reason
-    headers: list[tuple[bytes, bytes]]
-    fields: dict[bytes, bytes]
-
-    def get(self, name: bytes) -> bytes | None:
-        return self.fields.get(name)
-
-    def tokens(self, name: bytes) -> set[bytes]:
-        value = self.fields.get(name)
-        if value is None:
-            return set()
-        return {t.strip().lower() for t in value.split(b",")}
+def _write(transport: asyncio.Transport, data: bytes) -> None:
+    if not transport.is_closing():
+        transport.write(data)
 
 
-def parse_head(raw: bytes) -> Head:
-    lines = raw.split(b"\r\n")
-    start = lines[0].split(b" ", 2)
-    if len(start) < 2:
-        raise BadRequest("malformed start line")
-    headers = []
-    fields: dict[bytes, bytes] = {}
-    for line in lines[1:]:
-        if not line:
-            continue
-        name, sep, value = line.partition(b":")
-        if not sep or not name or name != name.strip():
-            raise BadRequest("malformed header line")
-        value = value.strip()
-        headers.append((name, value))
-        low = name.lower()
-        fields[low] = fields[low] + b", " + value if low in fields else value
-    return Head(start, headers, fields)
+class ClientConnection(asyncio.Protocol):
+    """One client connection: its requests in order, each answered by the router itself
+    (pages, claims) or by the tenant through an upstream connection."""
 
+    def __init__(self, router: Router) -> None:
+        self.router = router
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.client_ip = b""
+        self.buffer = bytearray()  # bytes not yet taken: the next head(s), early body
+        self.last = self.loop.time()
+        self.keep = True
+        self.version = b"HTTP/1.1"
+        self.waiting = False  # a request is being answered
+        self.req_kind = NONE
+        self.req_length = 0
+        self.expects_continue = False
+        self.body: Framer | None = None  # the request body still arriving
+        self.sink: UpstreamConnection | None = None  # where it goes (None: dropped)
+        self.upstream: UpstreamConnection | None = None
+        self.pending: _Pending | None = None
+        self.tunnel: UpstreamConnection | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.closed = False
+        self.eof = False
+        self.in_next = False
+        self.paused = False  # reading paused
+        self.sink_full = False  # the tenant's send buffer is full
+        self.write_full = False  # our send buffer to the client is full
 
-async def read_head(reader: asyncio.StreamReader) -> bytes | None:
-    """The bytes up to and including the blank line; None on a clean EOF."""
-    try:
-        return await reader.readuntil(b"\r\n\r\n")
-    except asyncio.IncompleteReadError as exc:
-        if exc.partial.strip():
-            raise BadRequest("connection closed inside a message head") from exc
-        return None
-    except asyncio.LimitOverrunError as exc:
-        raise BadRequest("message head too large") from exc
+    # --- asyncio callbacks ---------------------------------------------------------------
 
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        peer = transport.get_extra_info("peername")
+        self.client_ip = peer[0].encode() if isinstance(peer, tuple) else b""
+        self.router.connections.add(self)
 
-def _framing(head: Head, *, response_to: bytes | None = None) -> tuple[str, int]:
-    """("none" | "length" | "chunked" | "close", length) of a message body."""
-    if response_to is not None:
-        status = head.start[1]
-        if response_to == b"HEAD" or status[:1] == b"1" or status in (b"204", b"304"):
-            return "none", 0
-    if b"chunked" in head.tokens(b"transfer-encoding"):
-        return "chunked", 0
-    length = head.get(b"content-length")
-    if length is not None:
-        if not length.isdigit():
-            raise BadRequest("bad Content-Length")
-        return "length", int(length)
-    return ("close", 0) if response_to is not None else ("none", 0)
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.router.connections.discard(self)
+        if self.task is not None:
+            self.task.cancel()
+            self.task = None
+        for up in (self.upstream, self.tunnel):
+            if up is not None:
+                up.client = None
+                up.transport.close()
+        self.upstream = self.tunnel = self.sink = None
 
-
-async def _copy_body(
-    src: asyncio.StreamReader, dst: asyncio.StreamWriter, kind: str, length: int
-) -> None:
-    """Relay one message body as framed; chunked bodies are passed through as chunks."""
-    if kind == "length":
-        remaining = length
-        while remaining:
-            data = await src.read(min(CHUNK, remaining))
+    def data_received(self, data: bytes) -> None:
+        self.last = self.loop.time()
+        tunnel = self.tunnel
+        if tunnel is not None:
+            _write(tunnel.transport, data)
+            return
+        if self.body is not None and not self.buffer:
+            try:  # a streamed request body: straight through
+                data = self._feed_body(data)
+            except BadMessage as exc:
+                self._bad(str(exc))
+                return
             if not data:
-                raise ConnectionError("peer closed inside a body")
-            dst.write(data)
-            remaining -= len(data)
-            if dst.transport.get_write_buffer_size() > CHUNK:
-                await dst.drain()
-    elif kind == "chunked":
-        while True:
-            line = await src.readuntil(b"\r\n")
-            dst.write(line)
-            size = int(line.split(b";", 1)[0].strip() or b"0", 16)
-            if size == 0:
-                while True:  # trailers, then the blank line
-                    trailer = await src.readuntil(b"\r\n")
-                    dst.write(trailer)
-                    if trailer == b"\r\n":
+                return
+        self.buffer += data
+        self._next()
+
+    def eof_received(self) -> bool | None:
+        self.eof = True
+        tunnel = self.tunnel
+        if tunnel is not None:
+            if tunnel.eof or not tunnel.transport.can_write_eof():
+                tunnel.transport.close()
+                return None
+            tunnel.transport.write_eof()
+            return True  # the tenant may still answer the half-closed pipe
+        if self.waiting:
+            self.keep = False  # answer the request in flight, then close
+            return True
+        return None
+
+    def pause_writing(self) -> None:
+        self.write_full = True
+        source = self.upstream or self.tunnel
+        if source is not None:
+            source.pause()
+
+    def resume_writing(self) -> None:
+        self.write_full = False
+        source = self.upstream or self.tunnel
+        if source is not None:
+            source.resume()
+
+    # --- requests ----------------------------------------------------------------------
+
+    def _next(self) -> None:
+        """Take what the buffer holds: the body in flight, then the next request heads."""
+        if self.in_next or self.closed:
+            return
+        self.in_next = True
+        try:
+            while not self.closed:
+                if self.body is not None:
+                    if not self.buffer:
                         break
-                break
-            remaining = size + 2
-            while remaining:
-                data = await src.read(min(CHUNK, remaining))
-                if not data:
-                    raise ConnectionError("peer closed inside a chunk")
-                dst.write(data)
-                remaining -= len(data)
-            if dst.transport.get_write_buffer_size() > CHUNK:
-                await dst.drain()
-    elif kind == "close":
-        while data := await src.read(CHUNK):
-            dst.write(data)
-            await dst.drain()
-    await dst.drain()
+                    rest = self._feed_body(bytes(self.buffer))
+                    self.buffer = bytearray(rest)
+                    if self.body is not None:
+                        break
+                    continue
+                if self.waiting or not self.buffer:
+                    break
+                end = self.buffer.find(b"\r\n\r\n")
+                if end < 0:
+                    if len(self.buffer) > MAX_HEAD:
+                        raise BadMessage("request head too large")
+                    break
+                raw = bytes(self.buffer[: end + 4])
+                del self.buffer[: end + 4]
+                self._request(raw)
+        except BadMessage as exc:
+            self._bad(str(exc))
+        finally:
+            self.in_next = False
+        self._reading()
+
+    def _request(self, raw: bytes) -> None:
+        head = parse_head(raw)
+        if len(head.start) != 3 or not head.start[2].startswith(b"HTTP/1."):
+            raise BadMessage("not an HTTP/1.x request")
+        self.version = version = head.start[2]
+        tokens = head.tokens(b"connection")
+        if version == b"HTTP/1.0":
+            self.keep = self.keep and b"keep-alive" in tokens
+        else:
+            self.keep = self.keep and b"close" not in tokens
+        self.req_kind, self.req_length = request_framing(head)
+        self.expects_continue = self.req_kind != NONE and (
+            (head.get(b"expect") or b"").lower() == b"100-continue"
+        )
+        self.waiting = True
+        self._dispatch(head, may_refresh=True)
+
+    def _dispatch(self, head: Head, may_refresh: bool) -> None:
+        router = self.router
+        cid = router.tenant_of(head.get(b"host"))
+        route = router.table.routes.get(cid) if cid else None
+        if route is None:
+            if cid and may_refresh and router.refresh is not None:
+                self._later(self._refreshed(head))
+                return
+            self._answer(404, "No tenant here", router.unknown(cid))
+            return
+        target = head.start[1]
+        if target.split(b"?", 1)[0] == _CLAIM_PATH:
+            self._start_body(None)
+            self._later(self._claim(route, target))
+            return
+        cookie, others = (None, None)
+        if b"cookie" in head.fields:
+            cookie, others = cookie_value(head, _COOKIE)
+        if not route.public:
+            refusal = router.refusal(route, cookie)
+            if refusal:
+                self._answer(401, "Sign in through the app", refusal)
+                return
+        if route.state != "running" or not route.port:
+            self._answer(
+                503,
+                "Tenant not running",
+                f"{route.cid} is {route.state or 'not placed yet'}; it answers again once started.",
+            )
+            return
+        upgrade = b"upgrade" in head.tokens(b"connection") and b"upgrade" in head.fields
+        self.pending = _Pending(
+            router.upstream_head(head, self.client_ip, others, upgrade),
+            route,
+            head.start[0],
+            upgrade,
+            retry=self.req_kind == NONE,
+        )
+        up = router.pool.take(route.upstream)
+        if up is None:
+            self._later(self._connect())
+        else:
+            self._attach(up)
+
+    def _attach(self, up: UpstreamConnection) -> None:
+        assert self.pending is not None
+        self.upstream = up
+        up.begin(self)
+        up.transport.write(self.pending.out)
+        self._start_body(up)
+
+    def _start_body(self, sink: UpstreamConnection | None) -> None:
+        if self.req_kind != NONE and self.body is None:
+            self.body = Framer(self.req_kind, self.req_length)
+            self.sink = sink
+
+    def _feed_body(self, data: bytes) -> bytes:
+        """Pass the body's part of `data` on; return what follows it."""
+        body = self.body
+        assert body is not None
+        n = body.feed(data)
+        sink = self.sink
+        if sink is not None and n:
+            _write(sink.transport, data if n == len(data) else data[:n])
+        if body.done:
+            self.body = None
+            self.sink = None
+        return data[n:] if n < len(data) else b""
+
+    def _reading(self) -> None:
+        """Pause reading while the tenant cannot take more, or while the buffer is full."""
+        want = self.sink_full or len(self.buffer) > MAX_HEAD
+        transport = self.transport
+        if want != self.paused and transport is not None and not transport.is_closing():
+            self.paused = want
+            if want:
+                transport.pause_reading()
+            else:
+                transport.resume_reading()
+
+    def _later(self, work: Coroutine[Any, Any, None]) -> None:
+        self.task = self.loop.create_task(work)
+
+    # --- waiting on others ---------------------------------------------------------------
+
+    async def _connect(self) -> None:
+        pending = self.pending
+        assert pending is not None
+        address = pending.route.upstream
+        pool = self.router.pool
+        try:
+            _, up = await asyncio.wait_for(
+                self.loop.create_connection(lambda: UpstreamConnection(pool, address), *address),
+                timeout=CONNECT_TIMEOUT,
+            )
+        except (OSError, TimeoutError):
+            self.task = None
+            cid = pending.route.cid
+            self._answer(502, "Tenant not answering", f"{cid} refused the connection.")
+            self._next()
+            return
+        self.task = None
+        if self.closed:
+            pool.put(up)
+            return
+        self._attach(up)
+        self._next()
+
+    async def _refreshed(self, head: Head) -> None:
+        refresh = self.router.refresh
+        assert refresh is not None
+        try:
+            await refresh()
+        except Exception as exc:  # the router keeps its last table; say why once here
+            log.warning("route table refresh failed: %s", exc)
+        self.task = None
+        if self.closed:
+            return
+        self._dispatch(head, may_refresh=False)
+        self._next()
+
+    async def _claim(self, route: Route, target: bytes) -> None:
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(target.decode("latin-1")).query)
+        token = (query.get("claim") or [""])[0]
+        try:
+            status, body = await self.router.exchange(route.cid, token)
+        except Exception as exc:
+            log.warning("claim exchange for %s failed: %s", route.cid, exc)
+            status, body = 503, {"error": {"message": "the control plane did not answer"}}
+        self.task = None
+        if self.closed:
+            return
+        if status != 200 or "session" not in body:
+            message = str(body.get("error", {}).get("message", "the claim was refused"))
+            code = status if status in (401, 403, 404, 503) else 401
+            self._answer(code, "This link does not work", message)
+        else:
+            secure = "; Secure" if self.router.secure else ""
+            cookie = f"{COOKIE}={body['session']}; Path=/; Max-Age={int(body['max_age'])}"
+            cookie += f"; HttpOnly; SameSite=Lax{secure}"
+            keep = self.keep and not self.expects_continue
+            assert self.transport is not None
+            _write(
+                self.transport,
+                b"HTTP/1.1 303 See Other\r\nLocation: /\r\nSet-Cookie: "
+                + cookie.encode()
+                + b"\r\nCache-Control: no-store\r\nContent-Length: 0\r\n"
+                + (b"Connection: keep-alive" if keep else b"Connection: close")
+                + b"\r\n\r\n",
+            )
+            self._done(keep)
+        self._next()
+
+    # --- answers ---------------------------------------------------------------------------
+
+    def _answer(self, status: int, title: str, message: str, keep: bool = True) -> None:
+        """A page from the router itself; the request body, if any, is read and dropped
+        (unless the client waits for a 100 Continue: then the connection closes)."""
+        keep = keep and self.keep and not (self.expects_continue and self.body is None)
+        assert self.transport is not None
+        _write(self.transport, pages.response(status, title, message, close=not keep))
+        if keep:
+            self._start_body(None)
+        self._done(keep)
+
+    def _done(self, keep: bool) -> None:
+        """The answer is written: close, or go on with the next request."""
+        self.waiting = False
+        self.upstream = None
+        self.pending = None
+        self.last = self.loop.time()
+        if self.body is not None and self.sink is not None:
+            keep = False  # the tenant answered before the whole body came: stop here
+        if not keep:
+            self._close()
+        else:
+            self._next()
+
+    def _upstream_failed(self, up: UpstreamConnection) -> None:
+        """The tenant's connection ended before it answered."""
+        pending = self.pending
+        self.upstream = None
+        if pending is not None and up.reused and pending.retry and not pending.retried:
+            # A pooled connection the tenant had just closed: once more on another.
+            pending.retried = True
+            nxt = self.router.pool.take(pending.route.upstream)
+            if nxt is None:
+                self._later(self._connect())
+            else:
+                self._attach(nxt)
+            return
+        cid = pending.route.cid if pending else "the tenant"
+        log.info("tenant %s closed the connection before answering", cid)
+        self._answer(502, "Tenant not answering", f"{cid} dropped the request.", keep=False)
+
+    def _bad(self, why: str) -> None:
+        if self.transport is not None:
+            _write(self.transport, pages.response(400, "Bad request", why, close=True))
+        self._close()
+
+    def _close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def check(self, now: float) -> None:
+        """Time limits, checked by the router's sweeper once a second."""
+        if self.closed or self.tunnel is not None:
+            return
+        up = self.upstream
+        if self.waiting:
+            if (
+                up is not None
+                and not up.answered
+                and now - max(up.since, self.last) > (UPSTREAM_TIMEOUT)
+            ):
+                up.client = None
+                up.transport.close()
+                self.upstream = None
+                cid = self.pending.route.cid if self.pending else "the tenant"
+                self._answer(504, "Tenant too slow", f"{cid} did not answer in time.", keep=False)
+        elif now - self.last > IDLE_TIMEOUT:
+            self._close()
 
 
-async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-    try:
-        while data := await src.read(CHUNK):
-            dst.write(data)
-            await dst.drain()
-    except (ConnectionError, OSError):
-        pass
-    finally:
-        with contextlib.suppress(OSError, RuntimeError):
-            if dst.can_write_eof():
-                dst.write_eof()
+class UpstreamConnection(asyncio.Protocol):
+    """A keep-alive connection to one tenant, lent to one client request at a time."""
+
+    def __init__(self, pool: Pool, address: tuple[str, int]) -> None:
+        self.pool = pool
+        self.address = address
+        self.transport: asyncio.Transport
+        self.client: ClientConnection | None = None
+        self.buffer = bytearray()
+        self.framer: Framer | None = None  # the response body still arriving
+        self.answered = False  # the client got (part of) an answer to this request
+        self.reusable = False
+        self.reused = False
+        self.uses = 0
+        self.since = 0.0  # when the request was sent (loop time)
+        self.idle_since = 0.0  # when it was pooled (monotonic)
+        self.tunnel = False
+        self.eof = False
+        self.paused = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def begin(self, client: ClientConnection) -> None:
+        self.client = client
+        self.reused = self.uses > 0
+        self.uses += 1
+        self.answered = False
+        self.framer = None
+        self.since = client.loop.time()
+        if client.write_full:
+            self.pause()
+        elif self.paused:
+            self.resume()
+
+    def pause(self) -> None:
+        if not self.paused and not self.transport.is_closing():
+            self.paused = True
+            self.transport.pause_reading()
+
+    def resume(self) -> None:
+        if self.paused and not self.transport.is_closing():
+            self.paused = False
+            self.transport.resume_reading()
+
+    # --- asyncio callbacks ---------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        client = self.client
+        if client is None or client.transport is None:
+            self.transport.close()  # a pooled connection speaking out of turn
+            return
+        if self.tunnel:
+            _write(client.transport, data)
+            return
+        framer = self.framer
+        if framer is not None:
+            try:
+                n = framer.feed(data)
+            except BadMessage:
+                self._truncated(client)
+                return
+            if n:
+                _write(client.transport, data if n == len(data) else data[:n])
+            if framer.done:
+                self._finish(client, extra=n < len(data))
+            return
+        self.buffer += data
+        self._heads(client)
+
+    def eof_received(self) -> bool | None:
+        self.eof = True
+        client = self.client
+        if self.tunnel and client is not None and client.transport is not None:
+            if client.eof or not client.transport.can_write_eof():
+                client.transport.close()
+                return None
+            client.transport.write_eof()
+            return True
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.pool.discard(self)
+        client, self.client = self.client, None
+        if client is None:
+            return
+        if self.tunnel:
+            client._close()
+        elif self.framer is not None:
+            if self.framer.kind == CLOSE:  # the body ends with the connection
+                self.framer = None
+                client._done(False)
+            else:
+                self._truncated(client)
+        elif self.answered:
+            client._close()
+        else:
+            client._upstream_failed(self)
+
+    def pause_writing(self) -> None:
+        client = self.client
+        if client is not None:
+            client.sink_full = True
+            client._reading()
+
+    def resume_writing(self) -> None:
+        client = self.client
+        if client is not None:
+            client.sink_full = False
+            client._reading()
+
+    # --- responses -----------------------------------------------------------------------
+
+    def _heads(self, client: ClientConnection) -> None:
+        assert client.transport is not None and client.pending is not None
+        while True:
+            end = self.buffer.find(b"\r\n\r\n")
+            if end < 0:
+                if len(self.buffer) > MAX_HEAD:
+                    self._bad_gateway(client, "answered with a head over 64 KiB")
+                return
+            raw = bytes(self.buffer[: end + 4])
+            del self.buffer[: end + 4]
+            try:
+                head = parse_head(raw)
+                if not head.start[0].startswith(b"HTTP/1.") or len(head.start[1]) != 3:
+                    raise BadMessage("not an HTTP/1.x response")
+                kind, length = response_framing(head, client.pending.method)
+            except BadMessage as exc:
+                self._bad_gateway(client, f"answered with something that is not HTTP/1.1 ({exc})")
+                return
+            status = head.start[1]
+            if status == b"101" and client.pending.upgrade:
+                self._tunnel(client, raw)
+                return
+            if status[:1] == b"1":
+                # Interim answers (100 Continue, 103 Early Hints) go on as they are.
+                if status == b"101":
+                    self._bad_gateway(client, "switched protocols unasked")
+                    return
+                if client.version != b"HTTP/1.0":
+                    self.answered = True
+                    _write(client.transport, raw)
+                continue
+            self._respond(client, head, kind, length)
+            return
+
+    def _respond(self, client: ClientConnection, head: Head, kind: int, length: int) -> None:
+        assert client.transport is not None
+        self.answered = True
+        keep = client.keep and kind != CLOSE and client.body is None
+        client.keep = keep
+        tokens = head.tokens(b"connection")
+        if head.start[0] == b"HTTP/1.0":
+            self.reusable = kind != CLOSE and b"keep-alive" in tokens
+        else:
+            self.reusable = kind != CLOSE and b"close" not in tokens
+        out = client.router.client_head(head, keep)
+        if kind == NONE:
+            _write(client.transport, out)
+            self._finish(client, extra=bool(self.buffer))
+            return
+        self.framer = framer = Framer(kind, length)
+        if not self.buffer:
+            _write(client.transport, out)
+            return
+        rest = bytes(self.buffer)
+        self.buffer.clear()
+        try:
+            n = framer.feed(rest)
+        except BadMessage:
+            _write(client.transport, out)
+            self._truncated(client)
+            return
+        _write(client.transport, out + (rest if n == len(rest) else rest[:n]))  # one write
+        if framer.done:
+            self._finish(client, extra=n < len(rest))
+
+    def _finish(self, client: ClientConnection, extra: bool) -> None:
+        """The whole answer went to the client: pool or close, then the client goes on."""
+        self.client = None
+        self.framer = None
+        if self.reusable and not extra and not self.eof and client.body is None:
+            self.pool.put(self)
+        else:
+            self.transport.close()
+        client._done(client.keep)
+
+    def _tunnel(self, client: ClientConnection, raw: bytes) -> None:
+        assert client.transport is not None
+        self.tunnel = True
+        self.answered = True
+        client.upstream = None
+        client.tunnel = self
+        client.waiting = False
+        client.keep = False
+        _write(client.transport, raw)
+        if self.buffer:
+            _write(client.transport, bytes(self.buffer))
+            self.buffer.clear()
+        if client.buffer:
+            _write(self.transport, bytes(client.buffer))
+            client.buffer.clear()
+        client._reading()
+
+    def _truncated(self, client: ClientConnection) -> None:
+        """The answer broke off mid-body: the client can only be told by a close."""
+        cid = client.pending.route.cid if client.pending else "?"
+        log.info("tenant %s broke off an answer", cid)
+        self.client = None
+        self.transport.close()
+        client._close()
+
+    def _bad_gateway(self, client: ClientConnection, why: str) -> None:
+        cid = client.pending.route.cid if client.pending else "the tenant"
+        log.info("tenant %s %s", cid, why)
+        self.client = None
+        self.transport.close()
+        if self.answered:
+            client._close()
+        else:
+            client._answer(502, "Tenant not answering", f"{cid} {why}.", keep=False)
 
 
-def _cookie_value(head: Head, name: str) -> tuple[str | None, bytes | None]:
-    """(value of cookie `name`, the Cookie header without it)."""
-    found, rest = None, []
-    for key, value in head.headers:
-        if key.lower() != b"cookie":
-            continue
-        for part in value.split(b";"):
-            k, _, v = part.strip().partition(b"=")
-            if k.decode("latin-1") == name:
-                found = v.decode("latin-1")
-            elif part.strip():
-                rest.append(part.strip())
-    return found, (b"; ".join(rest) if rest else None)
-
-
-class _Pool:
-    """Idle keep-alive connections to tenants, per address."""
+class Pool:
+    """Idle keep-alive connections to tenants, per address; newest used first."""
 
     def __init__(self) -> None:
-        self.idle: dict[tuple[str, int], list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
-        self.idle = {}
+        self.idle: dict[tuple[str, int], list[UpstreamConnection]] = {}
 
-    async def get(
-        self, address: tuple[str, int]
-    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bool]:
-        """(reader, writer, reused)."""
+    def take(self, address: tuple[str, int]) -> UpstreamConnection | None:
         conns = self.idle.get(address)
         while conns:
-            reader, writer = conns.pop()
-            if not reader.at_eof() and not writer.is_closing():
-                return reader, writer, True
-            writer.close()
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(*address, limit=MAX_HEAD), timeout=CONNECT_TIMEOUT
-        )
-        return reader, writer, False
+            up = conns.pop()
+            if not up.transport.is_closing() and not up.eof:
+                return up
+        return None
 
-    def put(
-        self, address: tuple[str, int], reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        conns = self.idle.setdefault(address, [])
-        if len(conns) < POOL_PER_UPSTREAM and not reader.at_eof():
-            conns.append((reader, writer))
+    def put(self, up: UpstreamConnection) -> None:
+        conns = self.idle.setdefault(up.address, [])
+        if len(conns) < POOL_PER_UPSTREAM and not up.transport.is_closing():
+            up.idle_since = time.monotonic()
+            up.resume()  # so a tenant closing it is noticed
+            conns.append(up)
         else:
-            writer.close()
+            up.transport.close()
+
+    def discard(self, up: UpstreamConnection) -> None:
+        conns = self.idle.get(up.address)
+        if conns and up in conns:
+            conns.remove(up)
+
+    def sweep(self, now: float) -> None:
+        for address, conns in list(self.idle.items()):
+            for up in [c for c in conns if now - c.idle_since > POOL_IDLE]:
+                conns.remove(up)
+                up.transport.close()
+            if not conns:
+                del self.idle[address]
 
     def close(self) -> None:
         for conns in self.idle.values():
-            for _, writer in conns:
-                writer.close()
+            for up in conns:
+                up.transport.close()
         self.idle.clear()
 
 
 class Router:
-    """Serves `<cid>.<domain>` from `table`; `exchange` spends claims (control plane)."""
+    """Serves `<cid>.<domain>` from `table`; `exchange` spends claims (control plane);
+    `refresh` reloads the table when a host is not in it (a tenant made a moment ago)."""
 
     def __init__(
         self,
@@ -258,222 +746,71 @@ class Router:
         refresh: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.table = table
-        self.refresh = refresh  # called once when a host is not in the table
+        self.refresh = refresh
         self.domain = domain.lower().strip(".")
         self.exchange = exchange
         self.secure = secure
-        self.pool = _Pool()
-        self._hosts: dict[bytes, str] = {}  # Host header -> cid, parsed once
-
-    # --- serving ----------------------------------------------------------------------
+        self.pool = Pool()
+        self.connections: set[ClientConnection] = set()
+        self._proto = b"https" if secure else b"http"
+        self._hosts: dict[bytes, str | None] = {}  # Host header -> cid, parsed once
+        # Verified session cookies: (ring, cid, generation, expiry) they were good for.
+        self._sessions: dict[bytes, tuple[claims.KeyRing, str, int, float]] = {}
+        self._sweeper: asyncio.Task[None] | None = None
 
     async def start(
-        self, host: str, port: int, tls: ssl.SSLContext | None = None
+        self,
+        host: str,
+        port: int,
+        tls: ssl.SSLContext | None = None,
+        *,
+        reuse_port: bool = False,
     ) -> asyncio.Server:
-        return await asyncio.start_server(
-            self.handle, host, port, ssl=tls, limit=MAX_HEAD, reuse_address=True, backlog=1024
+        """Listen on host:port (with SO_REUSEPORT, several router processes share it)."""
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(
+            lambda: ClientConnection(self),
+            host,
+            port,
+            ssl=tls,
+            reuse_address=True,
+            reuse_port=reuse_port or None,
+            backlog=1024,
         )
+        if self._sweeper is None:
+            self._sweeper = loop.create_task(self._sweep())
+        return server
 
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = writer.get_extra_info("peername")
-        client_ip = peer[0] if isinstance(peer, tuple) else ""
-        try:
-            while True:
-                async with asyncio.timeout(IDLE_TIMEOUT):
-                    raw = await read_head(reader)
-                if raw is None:
-                    break
-                head = parse_head(raw)
-                if len(head.start) != 3 or not head.start[2].startswith(b"HTTP/1."):
-                    raise BadRequest("not an HTTP/1.x request")
-                if not await self.serve(head, reader, writer, client_ip):
-                    break
-        except BadRequest as exc:
-            with contextlib.suppress(OSError, RuntimeError):
-                writer.write(pages.response(400, "Bad request", str(exc), close=True))
-                await writer.drain()
-        except (TimeoutError, ConnectionError, OSError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            writer.close()
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            now = asyncio.get_running_loop().time()
+            for conn in list(self.connections):
+                conn.check(now)
+            self.pool.sweep(time.monotonic())
 
-    async def serve(
-        self,
-        head: Head,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        client_ip: str,
-    ) -> bool:
-        """Answer one request; return whether the client connection stays open."""
-        _, target, version = head.start
-        keep = self._client_keeps_alive(head, version)
-        kind, length = _framing(head)
-        cid = self._tenant_of(head.get(b"host"))
-        route = self.table.get(cid) if cid else None
-        if route is None and cid and self.refresh is not None:
-            await self.refresh()
-            route = self.table.get(cid)
-        if route is None:
-            await self._drain_body(reader, kind, length)
-            return await self._page(writer, keep, 404, "No tenant here", self._unknown(cid))
-        path = target.split(b"?", 1)[0]
-        if path == CLAIM_PATH.encode():
-            await self._drain_body(reader, kind, length)
-            return await self._claim(writer, keep, route, target)
-        cookie, other_cookies = _cookie_value(head, COOKIE)
-        if not route.public:
-            refusal = self._refusal(route, cookie)
-            if refusal:
-                await self._drain_body(reader, kind, length)
-                return await self._page(writer, keep, 401, "Sign in through the app", refusal)
-        if route.state != "running" or not route.port:
-            await self._drain_body(reader, kind, length)
-            return await self._page(
-                writer,
-                keep,
-                503,
-                "Tenant not running",
-                f"{route.cid} is {route.state or 'not placed yet'}; it answers again once started.",
-            )
-        return await self._proxy(
-            head, reader, writer, route, keep, kind, length, client_ip, other_cookies
-        )
+    def close(self) -> None:
+        """Stop the sweeper, close every client and pooled tenant connection."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        for conn in list(self.connections):
+            conn._close()
+        self.pool.close()
 
-    # --- the proxy ----------------------------------------------------------------------
+    # --- decisions ---------------------------------------------------------------------
 
-    async def _proxy(
-        self,
-        head: Head,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        route: Route,
-        keep: bool,
-        kind: str,
-        length: int,
-        client_ip: str,
-        cookies: bytes | None,
-    ) -> bool:
-        method = head.start[0]
-        upgrade = b"upgrade" in head.tokens(b"connection") and head.get(b"upgrade") is not None
-        out = self._upstream_head(head, client_ip, cookies, upgrade)
-        raw: bytes | None = None
-        for attempt in (1, 2):
-            try:
-                up_reader, up_writer, reused = await self.pool.get(route.upstream)
-            except (OSError, TimeoutError):
-                await self._drain_body(reader, kind, length)
-                return await self._page(
-                    writer,
-                    keep,
-                    502,
-                    "Tenant not answering",
-                    f"{route.cid} refused the connection.",
-                )
-            try:
-                up_writer.write(out)
-                if kind != "none":
-                    await _copy_body(reader, up_writer, kind, length)
-                elif up_writer.transport.get_write_buffer_size() > CHUNK:
-                    await up_writer.drain()
-                async with asyncio.timeout(UPSTREAM_TIMEOUT):
-                    raw = await read_head(up_reader)
-                if raw is None:
-                    raise ConnectionError("tenant closed the connection")
-                break
-            except (ConnectionError, OSError, BadRequest, asyncio.IncompleteReadError) as exc:
-                up_writer.close()
-                # A pooled connection the tenant had closed: retry once if nothing of
-                # the request body was consumed.
-                if attempt == 1 and reused and kind == "none":
-                    continue
-                log.info("tenant %s failed mid-request: %s", route.cid, exc)
-                return await self._page(
-                    writer, False, 502, "Tenant not answering", f"{route.cid} dropped the request."
-                )
-            except TimeoutError:
-                up_writer.close()
-                return await self._page(
-                    writer, False, 504, "Tenant too slow", f"{route.cid} did not answer in time."
-                )
-        assert raw is not None  # the loop either broke with a head or returned
-        response = parse_head(raw)
-        status = response.start[1] if len(response.start) > 1 else b""
-        if upgrade and status == b"101":
-            writer.write(raw)
-            await writer.drain()
-            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
-            up_writer.close()
-            return False
-        rkind, rlength = _framing(response, response_to=method)
-        upstream_keeps = b"close" not in response.tokens(b"connection") and rkind != "close"
-        keep = keep and rkind != "close"
-        try:
-            if rkind == "length" and rlength <= CHUNK:
-                # Small answers (most of them): head and body in one write.
-                body = await up_reader.readexactly(rlength) if rlength else b""
-                writer.write(self._client_head(response, keep) + body)
-                if writer.transport.get_write_buffer_size() > CHUNK:
-                    await writer.drain()
-            else:
-                writer.write(self._client_head(response, keep))
-                await _copy_body(up_reader, writer, rkind, rlength)
-        except (ConnectionError, asyncio.IncompleteReadError):
-            up_writer.close()
-            return False
-        if upstream_keeps:
-            self.pool.put(route.upstream, up_reader, up_writer)
-        else:
-            up_writer.close()
-        return keep
-
-    def _upstream_head(
-        self, head: Head, client_ip: str, cookies: bytes | None, upgrade: bool
-    ) -> bytes:
-        method, target, _ = head.start
-        lines = [method + b" " + target + b" HTTP/1.1"]
-        forwarded_for = head.get(b"x-forwarded-for")
-        for key, value in head.headers:
-            low = key.lower()
-            if low in _HOP or low in _FORWARDED or low == b"cookie":
-                continue
-            lines.append(key + b": " + value)
-        if cookies:
-            lines.append(b"Cookie: " + cookies)
-        ip = client_ip.encode()
-        lines.append(b"X-Forwarded-For: " + (forwarded_for + b", " + ip if forwarded_for else ip))
-        lines.append(b"X-Forwarded-Proto: " + (b"https" if self.secure else b"http"))
-        lines.append(b"X-Forwarded-Host: " + (head.get(b"host") or b""))
-        if upgrade:
-            lines.append(b"Connection: Upgrade")
-            lines.append(b"Upgrade: " + (head.get(b"upgrade") or b""))
-        return b"\r\n".join(lines) + b"\r\n\r\n"
-
-    def _client_head(self, response: Head, keep: bool) -> bytes:
-        lines = [b" ".join(response.start)]
-        for key, value in response.headers:
-            if key.lower() not in _HOP:
-                lines.append(key + b": " + value)
-        lines.append(b"Connection: keep-alive" if keep else b"Connection: close")
-        return b"\r\n".join(lines) + b"\r\n\r\n"
-
-    # --- decisions ------------------------------------------------------------------------
-
-    @staticmethod
-    def _client_keeps_alive(head: Head, version: bytes) -> bool:
-        tokens = head.tokens(b"connection")
-        if version == b"HTTP/1.0":
-            return b"keep-alive" in tokens
-        return b"close" not in tokens
-
-    def _tenant_of(self, host: bytes | None) -> str | None:
+    def tenant_of(self, host: bytes | None) -> str | None:
         if not host:
             return None
-        known = self._hosts.get(host)
-        if known is not None:
-            return known
+        try:
+            return self._hosts[host]
+        except KeyError:
+            pass
         cid = self._parse_host(host)
-        if cid is not None and len(self._hosts) < 65536:
-            self._hosts[host] = cid
+        if len(self._hosts) >= 65536:
+            self._hosts.clear()
+        self._hosts[host] = cid
         return cid
 
     def _parse_host(self, host: bytes) -> str | None:
@@ -487,75 +824,66 @@ class Router:
         cid = name[: -len(suffix)]
         return cid if _LABEL.match(cid) else None
 
-    def _unknown(self, cid: str | None) -> str:
+    def unknown(self, cid: str | None) -> str:
         if cid is None:
             return f"This router serves tenants at <cid>.{self.domain}."
         return f"There is no tenant {cid} (it may have been deleted)."
 
-    def _refusal(self, route: Route, cookie: str | None) -> str | None:
+    def refusal(self, route: Route, cookie: bytes | None) -> str | None:
         """Why the request may not see the tenant, or None when its session is good."""
         if not cookie:
             return "Open this tenant through the link your app gives you."
+        ring = self.table.ring
+        hit = self._sessions.get(cookie)
+        if (
+            hit is not None
+            and hit[0] is ring
+            and hit[1] == route.cid
+            and hit[2] == route.generation
+            and hit[3] > time.time()
+        ):
+            return None
         try:
-            claims.verify_session(self.table.ring, cookie, route.cid, route.generation)
+            session = claims.verify_session(
+                ring, cookie.decode("latin-1"), route.cid, route.generation
+            )
         except HoodyError as exc:
             return exc.message
+        if len(self._sessions) >= SESSION_CACHE:
+            self._sessions.clear()
+        self._sessions[cookie] = (ring, route.cid, route.generation, session.expires_at)
         return None
 
-    async def _claim(
-        self, writer: asyncio.StreamWriter, keep: bool, route: Route, target: bytes
-    ) -> bool:
-        query = urllib.parse.parse_qs(urllib.parse.urlsplit(target.decode("latin-1")).query)
-        token = (query.get("claim") or [""])[0]
-        status, body = await self.exchange(route.cid, token)
-        if status != 200 or "session" not in body:
-            message = str(body.get("error", {}).get("message", "the claim was refused"))
-            code = status if status in (401, 403, 404) else 401
-            return await self._page(writer, keep, code, "This link does not work", message)
-        cookie = f"{COOKIE}={body['session']}; Path=/; Max-Age={int(body['max_age'])}"
-        cookie += "; HttpOnly; SameSite=Lax" + ("; Secure" if self.secure else "")
-        writer.write(
-            b"HTTP/1.1 303 See Other\r\nLocation: /\r\nSet-Cookie: "
-            + cookie.encode()
-            + b"\r\nCache-Control: no-store\r\nContent-Length: 0\r\n"
-            + (b"Connection: keep-alive" if keep else b"Connection: close")
-            + b"\r\n\r\n"
+    def upstream_head(
+        self, head: Head, client_ip: bytes, cookies: bytes | None, upgrade: bool
+    ) -> bytes:
+        """The request head as the tenant gets it."""
+        method, target, _ = head.start
+        lines = [method + b" " + target + b" HTTP/1.1"]
+        for key, value in head.headers:
+            if key.lower() not in _SKIP_UPSTREAM:
+                lines.append(key + b": " + value)
+        if cookies:
+            lines.append(b"Cookie: " + cookies)
+        forwarded_for = head.fields.get(b"x-forwarded-for")
+        lines.append(
+            b"X-Forwarded-For: "
+            + (forwarded_for + b", " + client_ip if forwarded_for else client_ip)
         )
-        await writer.drain()
-        return keep
-
-    async def _page(
-        self, writer: asyncio.StreamWriter, keep: bool, status: int, title: str, message: str
-    ) -> bool:
-        writer.write(pages.response(status, title, message, close=not keep))
-        await writer.drain()
-        return keep
+        lines.append(b"X-Forwarded-Proto: " + self._proto)
+        lines.append(b"X-Forwarded-Host: " + (head.fields.get(b"host") or b""))
+        if upgrade:
+            lines.append(b"Connection: Upgrade")
+            lines.append(b"Upgrade: " + (head.fields.get(b"upgrade") or b""))
+        lines.append(b"\r\n")
+        return b"\r\n".join(lines)
 
     @staticmethod
-    async def _drain_body(reader: asyncio.StreamReader, kind: str, length: int) -> None:
-        """Read and drop a request body we answer without, so keep-alive stays in step."""
-        if kind == "length":
-            await reader.readexactly(length)
-        elif kind == "chunked":
-            sink = _Sink()
-            await _copy_body(reader, sink, kind, length)  # type: ignore[arg-type]
-
-    def close(self) -> None:
-        self.pool.close()
-
-
-class _Sink:
-    """A writer that drops what it is given (for draining chunked bodies)."""
-
-    class _Transport:
-        @staticmethod
-        def get_write_buffer_size() -> int:
-            return 0
-
-    transport = _Transport()
-
-    def write(self, data: bytes) -> None:
-        pass
-
-    async def drain(self) -> None:
-        pass
+    def client_head(response: Head, keep: bool) -> bytes:
+        """The response head as the client gets it."""
+        lines = [b" ".join(response.start)]
+        for key, value in response.headers:
+            if key.lower() not in HOP_BY_HOP:
+                lines.append(key + b": " + value)
+        lines.append(b"Connection: keep-alive\r\n\r\n" if keep else b"Connection: close\r\n\r\n")
+        return b"\r\n".join(lines)

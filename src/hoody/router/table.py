@@ -57,9 +57,11 @@ class RouteTable:
                 generation=int(r.get("generation", 0)),
             )
         self.routes = routes
-        self.ring = claims.KeyRing(
+        ring = claims.KeyRing(
             dict(data.get("keys", {})), frozenset(data.get("retired", [])), data.get("newest")
         )
+        if ring != self.ring:  # the same ring object while keys stay: sessions stay cached
+            self.ring = ring
         self.loaded = True
 
 
