@@ -247,7 +247,7 @@ def scratch_fleet(
     count: int = 3,
     *,
     netns: bool = False,
-    pool_size: str = "4G",
+    pool_size: str = "8G",  # sparse; placement reserves each copy's disk limit (1 GiB)
     storage_mode: str = "overlay",
     heartbeat_timeout: float = 8.0,
     database_url: str | None = None,
