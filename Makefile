@@ -7,7 +7,10 @@ setup:
 demo: setup
 	.venv/bin/hoody demo
 
-test: setup lint types unit integration
+# The tests start a private PostgreSQL (scripts/postgres.sh); it is stopped when they end.
+test: setup lint types
+	@trap 'scripts/postgres.sh stop' EXIT; \
+	  .venv/bin/pytest -q tests/unit && .venv/bin/pytest -q -x tests/integration
 
 lint:
 	.venv/bin/ruff check src tests
