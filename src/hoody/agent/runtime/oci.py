@@ -241,7 +241,7 @@ class OciRuntime:
             preexec_fn=_merge_memory if spec.ksm else None,
         )
         try:
-            code = child.wait(timeout=_RUNTIME_TIMEOUT)
+            code = proc.wait(child, _RUNTIME_TIMEOUT)
         except BaseException:
             child.kill()
             child.wait()
