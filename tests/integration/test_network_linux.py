@@ -7,6 +7,7 @@ table of its scratch network is left behind.
 
 from __future__ import annotations
 
+import itertools
 import socket
 from collections.abc import Iterator
 
@@ -90,8 +91,44 @@ def test_tenant_end_is_eth0_with_a_default_route(network: LinuxNetwork) -> None:
         in run(["ip", "-n", ns, "-o", "addr", "show", "eth0"]).stdout
     )
     assert f"default via {network.config.gateway}" in run(["ip", "-n", ns, "route"]).stdout
-    isolated = run(["bridge", "-d", "link", "show", "dev", network.host_link("t1")]).stdout
-    assert "isolated on" in isolated
+    words = run(["bridge", "-d", "link", "show", "dev", network.host_link("t1")]).stdout.split()
+    flags = dict(itertools.pairwise(words))
+    for flag, value in [("isolated", "on")] + [
+        (f, "off") for f in ("learning", "flood", "mcast_flood", "bcast_flood")
+    ]:
+        assert flags[flag] == value, f"{flag} {flags[flag]}"
+
+
+def _tx_packets(link: str) -> int:
+    with open(f"/sys/class/net/{link}/statistics/tx_packets") as f:
+        return int(f.read())
+
+
+def test_a_tenant_port_carries_none_of_its_neighbours_traffic(
+    network: LinuxNetwork, firewall: NftFirewall
+) -> None:
+    # A tenant is root in its own netns and may put eth0 in promiscuous mode: the bridge
+    # must not hand it frames meant for another tenant (no flooding; static FDB entries).
+    base = network.config.network.network_address
+    a, b = str(base + 30), str(base + 31)
+    network.attach("ta", a)
+    network.attach("tb", b)
+    from hoody.agent.spec import FirewallPolicy
+
+    firewall.apply_tenant("ta", a, FirewallPolicy())
+    with _socket_in(network, "ta") as server:
+        server.bind((a, 8080))
+        server.listen()
+        before = _tx_packets(network.host_link("tb"))
+        for _ in range(20):
+            with socket.create_connection((a, 8080), timeout=2):
+                server.accept()[0].close()
+        assert _tx_packets(network.host_link("tb")) == before
+    # The host knows each tenant's MAC for good: no ARP broadcast reaches tenants.
+    neigh = run(["ip", "neigh", "show", a, "dev", network.config.bridge]).stdout
+    assert "PERMANENT" in neigh
+    network.detach("ta")
+    assert run(["ip", "neigh", "show", a, "dev", network.config.bridge]).stdout.strip() == ""
 
 
 def test_firewall_changes_are_one_atomic_script(firewall: NftFirewall) -> None:

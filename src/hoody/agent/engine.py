@@ -454,35 +454,35 @@ class Node:
         """
         now = time.monotonic() if now is None else now
         restarted = []
-        for rec in self.store.tenants():
-            self._rotate_log(rec.id)
-            if rec.desired != "running" or rec.status in ("creating", "deleting"):
+        for tid, desired, status in self.store.lifecycle():
+            self._rotate_log(tid)
+            if desired != "running" or status in ("creating", "deleting"):
                 continue
-            if self.runtime.state(rec.id).status == "running":
-                failures, since = self._restarts.get(rec.id, (0, now))
+            if self.runtime.state(tid).status == "running":
+                failures, since = self._restarts.get(tid, (0, now))
                 if failures and now - since > 60:
-                    self._restarts.pop(rec.id, None)
+                    self._restarts.pop(tid, None)
                 continue
-            failures, last = self._restarts.get(rec.id, (0, 0.0))
+            failures, last = self._restarts.get(tid, (0, 0.0))
             delay = min(60.0, 2.0 ** max(0, failures - 1)) if failures else 0.0
             if now - last < delay:
                 continue
-            lock = self._lock(rec.id)
+            lock = self._lock(tid)
             if not lock.acquire(blocking=False):
                 continue
             try:
-                current = self.store.tenant(rec.id)
-                if current.desired != "running" or self.runtime.state(rec.id).status == "running":
+                current = self.store.tenant(tid)
+                if current.desired != "running" or self.runtime.state(tid).status == "running":
                     continue
-                log.info("tenant %s exited; restart #%d", rec.id, failures + 1)
-                self._restarts[rec.id] = (failures + 1, now)
+                log.info("tenant %s exited; restart #%d", tid, failures + 1)
+                self._restarts[tid] = (failures + 1, now)
                 with Undo() as undo:
                     self._bring_up(current, undo, start=True)
                     undo.commit()
-                restarted.append(rec.id)
+                restarted.append(tid)
             except HoodyError as exc:
-                log.warning("restarting tenant %s failed: %s", rec.id, exc.message)
-                self.store.update_tenant(rec.id, status="failed", pid=0)
+                log.warning("restarting tenant %s failed: %s", tid, exc.message)
+                self.store.update_tenant(tid, status="failed", pid=0)
             except NotFound:
                 pass
             finally:

@@ -300,6 +300,15 @@ class NodeStore:
             rows = self._db.execute("SELECT * FROM tenants ORDER BY created_at, id").fetchall()
         return [TenantRecord.from_row(r) for r in rows]
 
+    def lifecycle(self) -> list[tuple[str, str, str]]:
+        """(id, desired, status) of every tenant: what the supervisor polls, without
+        decoding each tenant's whole configuration twice a second."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, desired, status FROM tenants ORDER BY created_at, id"
+            ).fetchall()
+        return [(r["id"], r["desired"], r["status"]) for r in rows]
+
     def id_used(self, tid: str) -> bool:
         with self._lock:
             return bool(self._db.execute("SELECT 1 FROM used_ids WHERE id = ?", (tid,)).fetchone())

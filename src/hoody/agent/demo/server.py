@@ -16,9 +16,15 @@ DB = "/var/lib/demo-app/visits.db"
 
 os.makedirs(os.path.dirname(DB), exist_ok=True)
 db = _sqlite3.connect(DB, isolation_level=None)
+# Write-ahead log, synced at checkpoints: a visit is one append, not three fsyncs (a
+# counter may lose its last visits to a power cut, never to a restart or a crash).
+db.execute("PRAGMA journal_mode=WAL")
+db.execute("PRAGMA synchronous=NORMAL")
+db.execute("BEGIN IMMEDIATE")
 db.execute("CREATE TABLE IF NOT EXISTS visits (n INTEGER NOT NULL)")
 if db.execute("SELECT COUNT(*) FROM visits").fetchone()[0] == 0:
     db.execute("INSERT INTO visits VALUES (0)")
+db.execute("COMMIT")
 
 PAGE = (
     "<!doctype html><html><head><meta charset=utf-8><title>{tid}</title>"

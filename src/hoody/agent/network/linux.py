@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl.ndmsg import NTF_MASTER, NUD_NOARP, NUD_PERMANENT
 
 from hoody.agent.network import NetworkConfig
 from hoody.errors import HostError
@@ -37,6 +38,7 @@ from hoody.undo import Undo
 __all__ = ["LinuxNetwork"]
 
 NETNS_DIR = Path("/run/netns")
+_LOOPBACK = 1  # lo's index in every network namespace
 T = TypeVar("T")
 
 
@@ -79,6 +81,16 @@ def _mac_for(ip: str) -> str:
     return "02:68:" + ":".join(f"{b:02x}" for b in ipaddress.IPv4Address(ip).packed)
 
 
+def _get_link(ipr: IPRoute, name: str) -> Any | None:
+    """The link called `name`, or None. One lookup by name, not a dump of every link."""
+    try:
+        return ipr.link("get", ifname=name)[0]
+    except NetlinkError as exc:
+        if exc.code == errno.ENODEV:
+            return None
+        raise
+
+
 def _write_sysctl(key: str, value: str) -> None:
     Path("/proc/sys", *key.split(".")).write_text(value)
 
@@ -103,16 +115,23 @@ class LinuxNetwork:
 
     def ensure_bridge(self) -> None:
         cfg = self.config
+        # A fixed MAC: tenants hold it as the gateway's permanent neighbour entry, and a
+        # bridge without one takes its lowest port's, which changes as tenants come and go.
+        mac = _mac_for(str(cfg.gateway))
         with self._lock, IPRoute() as ipr:
-            found = ipr.link_lookup(ifname=cfg.bridge)
-            if not found:
+            bridge = _get_link(ipr, cfg.bridge)
+            if bridge is None:
                 try:
-                    ipr.link("add", ifname=cfg.bridge, kind="bridge")
+                    ipr.link("add", ifname=cfg.bridge, kind="bridge", address=mac)
                 except NetlinkError as exc:
                     if exc.code != errno.EEXIST:
                         raise HostError(f"cannot create bridge {cfg.bridge}: {exc}") from exc
-                found = ipr.link_lookup(ifname=cfg.bridge)
-            index = found[0]
+                bridge = _get_link(ipr, cfg.bridge)
+                if bridge is None:
+                    raise HostError(f"bridge {cfg.bridge} vanished as it was made; retry")
+            index = bridge["index"]
+            if bridge.get_attr("IFLA_ADDRESS") != mac:
+                ipr.link("set", index=index, address=mac)
             have = {
                 (a.get_attr("IFA_ADDRESS"), a["prefixlen"])
                 for a in ipr.get_addr(index=index, family=2)
@@ -141,17 +160,33 @@ class LinuxNetwork:
             if self._attached_with(tid, ip):
                 return path
             self.detach(tid)
+        host = self.host_link(tid)
         with Undo() as undo:
-            self._create_netns(path)
+            NETNS_DIR.mkdir(parents=True, exist_ok=True)
+            path.touch(exist_ok=False)
             undo.add(lambda: self._remove_netns(path), "remove netns")
-            self._add_veth(tid, ip, path)
-            undo.add(lambda: self._delete_link(self.host_link(tid)), "delete veth")
-            _in_netns(path, lambda: self._configure_inside(ip))
+            # The host end of an earlier attachment whose netns the kernel is still
+            # destroying would block the new pair's name: remove it first.
+            self._delete_link(host)
+            undo.add(lambda: self._delete_link(host), "delete veth")
+            try:
+                _on_thread(lambda: self._build_inside(path, host, ip))
+            except (OSError, NetlinkError) as exc:
+                raise HostError(f"cannot create the network of tenant {tid}: {exc}") from exc
+            self._plug_host_end(tid, host, ip)
+            undo.add(lambda: self._forget_neighbour(ip), "forget neighbour")
             undo.commit()
         return path
 
     def detach(self, tid: str) -> None:
-        self._delete_link(self.host_link(tid))
+        host = self.host_link(tid)
+        with IPRoute() as ipr:
+            link = _get_link(ipr, host)
+        if link is not None:
+            ip = link.get_attr("IFLA_IFALIAS")  # the address, noted when it was plugged
+            if ip:
+                self._forget_neighbour(ip)
+            self._delete_link(host)
         self._remove_netns(self._netns_path(tid))
 
     def list_attached(self) -> list[str]:
@@ -170,10 +205,10 @@ class LinuxNetwork:
 
         def read() -> str | None:
             with IPRoute() as ipr:
-                found = ipr.link_lookup(ifname="eth0")
-                if not found:
+                eth0 = _get_link(ipr, "eth0")
+                if eth0 is None:
                     return None
-                for addr in ipr.get_addr(index=found[0], family=2):
+                for addr in ipr.get_addr(index=eth0["index"], family=2):
                     return str(addr.get_attr("IFA_ADDRESS"))
             return None
 
@@ -191,27 +226,91 @@ class LinuxNetwork:
 
     def _attached_with(self, tid: str, ip: str) -> bool:
         with IPRoute() as ipr:
-            if not ipr.link_lookup(ifname=self.host_link(tid)):
+            if _get_link(ipr, self.host_link(tid)) is None:
                 return False
         return self.tenant_ip(tid) == ip
 
-    def _create_netns(self, path: Path) -> None:
-        NETNS_DIR.mkdir(parents=True, exist_ok=True)
-        path.touch(exist_ok=False)
-
-        def bind() -> None:
-            # A fresh thread unshares a new netns and pins it with a bind mount.
-            unshare(CLONE_NEWNET, str(path))
-            mount("/proc/thread-self/ns/net", path, None, MS_BIND, None)
-            _write_sysctl("net.ipv4.ip_unprivileged_port_start", "0")
-            _write_sysctl("net.ipv6.conf.all.disable_ipv6", "1")
-            _write_sysctl("net.ipv6.conf.default.disable_ipv6", "1")
-
+    def _build_inside(self, path: Path, host: str, ip: str) -> None:
+        """On a fresh thread: a new netns pinned at `path`, the veth pair made from
+        inside it (eth0 here, `host` born in the agent's netns: moving a link between
+        namespaces afterwards waits for an RCU grace period, ~17 ms here), and eth0
+        configured: address, up, default route, and the gateway's MAC fixed so the
+        tenant's first packets wait for no ARP."""
+        cfg = self.config
+        unshare(CLONE_NEWNET, str(path))
+        mount("/proc/thread-self/ns/net", path, None, MS_BIND, None)
+        _write_sysctl("net.ipv4.ip_unprivileged_port_start", "0")
+        _write_sysctl("net.ipv6.conf.all.disable_ipv6", "1")
+        _write_sysctl("net.ipv6.conf.default.disable_ipv6", "1")
+        agent_netns = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)  # the process's
         try:
-            _on_thread(bind)
-        except OSError as exc:
-            self._remove_netns(path)
-            raise HostError(f"cannot create network namespace {path}: {exc}") from exc
+            with IPRoute() as ipr:
+                peer = {"ifname": host, "net_ns_fd": agent_netns}
+                try:
+                    ipr.link("add", ifname="eth0", kind="veth", address=_mac_for(ip), peer=peer)
+                except NetlinkError as exc:
+                    if exc.code != errno.EEXIST:
+                        raise
+                    raise HostError(
+                        f"link {host} is in use by another tenant's attachment"
+                    ) from exc
+                eth0 = ipr.link("get", ifname="eth0")[0]["index"]
+                ipr.addr("add", index=eth0, address=ip, prefixlen=cfg.network.prefixlen)
+                ipr.link("set", index=eth0, state="up")
+                ipr.link("set", index=_LOOPBACK, state="up")
+                gateway = str(cfg.gateway)
+                ipr.neigh(
+                    "replace",
+                    dst=gateway,
+                    lladdr=_mac_for(gateway),
+                    ifindex=eth0,
+                    state=NUD_PERMANENT,
+                )
+                ipr.route("add", dst="default", gateway=gateway)
+        finally:
+            os.close(agent_netns)
+
+    def _plug_host_end(self, tid: str, host: str, ip: str) -> None:
+        """Enslave the host end to the bridge as a port that carries only this tenant's
+        frames, then bring it up.
+
+        No flooding and no learning: the bridge sends a frame to this port only when it
+        is addressed to the tenant's MAC (a static FDB entry), so a tenant in promiscuous
+        mode sees nothing of its neighbours' traffic. The host knows the tenant's MAC
+        for good (a permanent neighbour entry), so it never broadcasts ARP to tenants.
+        """
+        with IPRoute() as ipr:
+            bridge = _get_link(ipr, self.config.bridge)
+            if bridge is None:
+                raise HostError(
+                    f"bridge {self.config.bridge} is missing; restart the agent "
+                    "(`hoody node serve`) to recreate it"
+                )
+            link = _get_link(ipr, host)
+            if link is None:
+                raise HostError(f"veth {host} of tenant {tid} vanished while it was made")
+            index, mac = link["index"], _mac_for(ip)
+            _write_sysctl(f"net.ipv6.conf.{host}.disable_ipv6", "1")
+            ipr.link("set", index=index, master=bridge["index"], ifalias=ip)
+            ipr.brport(
+                "set",
+                index=index,
+                isolated=1,
+                learning=0,
+                unicast_flood=0,
+                mcast_flood=0,
+                bcast_flood=0,
+            )
+            ipr.fdb("add", ifindex=index, lladdr=mac, state=NUD_NOARP, flags=NTF_MASTER)
+            ipr.neigh("replace", dst=ip, lladdr=mac, ifindex=bridge["index"], state=NUD_PERMANENT)
+            ipr.link("set", index=index, state="up")
+
+    def _forget_neighbour(self, ip: str) -> None:
+        with IPRoute() as ipr:
+            bridge = _get_link(ipr, self.config.bridge)
+            if bridge is not None:
+                with contextlib.suppress(NetlinkError):
+                    ipr.neigh("del", dst=ip, ifindex=bridge["index"])
 
     def _remove_netns(self, path: Path) -> None:
         with contextlib.suppress(OSError):
@@ -219,51 +318,6 @@ class LinuxNetwork:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
 
-    def _add_veth(self, tid: str, ip: str, netns: Path) -> None:
-        host = self.host_link(tid)
-        with IPRoute() as ipr:
-            bridge = ipr.link_lookup(ifname=self.config.bridge)
-            if not bridge:
-                raise HostError(
-                    f"bridge {self.config.bridge} is missing; restart the agent "
-                    "(`hoody node serve`) to recreate it"
-                )
-            # The peer is born inside the netns as eth0: moving a link between
-            # namespaces afterwards waits for an RCU grace period (~17 ms here).
-            fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
-            peer = {"ifname": "eth0", "net_ns_fd": fd, "address": _mac_for(ip)}
-            try:
-                try:
-                    ipr.link("add", ifname=host, kind="veth", peer=peer)
-                except NetlinkError as exc:
-                    if exc.code != errno.EEXIST:
-                        raise
-                    # The host end of a previous attachment whose netns is still
-                    # being destroyed by the kernel: remove it and try once more.
-                    self._delete_link(host)
-                    ipr.link("add", ifname=host, kind="veth", peer=peer)
-            except NetlinkError as exc:
-                raise HostError(f"cannot create veth {host} for tenant {tid}: {exc}") from exc
-            finally:
-                os.close(fd)
-            index = ipr.link_lookup(ifname=host)[0]
-            _write_sysctl(f"net.ipv6.conf.{host}.disable_ipv6", "1")
-            ipr.link("set", index=index, master=bridge[0])
-            ipr.brport("set", index=index, isolated=1, learning=0)
-            ipr.link("set", index=index, state="up")
-
-    def _configure_inside(self, ip: str) -> None:
-        cfg = self.config
-        with IPRoute() as ipr:
-            index = ipr.link_lookup(ifname="eth0")[0]
-            ipr.addr("add", index=index, address=ip, prefixlen=cfg.network.prefixlen)
-            ipr.link("set", index=index, state="up")
-            ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
-            ipr.route("add", dst="default", gateway=str(cfg.gateway))
-
     def _delete_link(self, name: str) -> None:
-        with IPRoute() as ipr:
-            found = ipr.link_lookup(ifname=name)
-            if found:
-                with contextlib.suppress(NetlinkError):
-                    ipr.link("del", index=found[0])
+        with IPRoute() as ipr, contextlib.suppress(NetlinkError):  # already gone
+            ipr.link("del", ifname=name)

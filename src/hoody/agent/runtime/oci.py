@@ -161,6 +161,7 @@ class OciRuntime:
                 "`nsenter` is not installed; run `make setup` or `apt-get install util-linux`"
             )
         self.nsenter = nsenter
+        self._init_cache: dict[Path, tuple[tuple[int, int, int], tuple[int, int]]] = {}
         self.caps = RuntimeCaps(
             name=Path(self.binary).name,
             cgroup=cgroup,
@@ -265,8 +266,7 @@ class OciRuntime:
         if self.caps.name == "runc":
             directory = self.root / tid
             try:
-                data = json.loads((directory / "state.json").read_text())
-                pid, start = int(data["init_process_pid"]), int(data["init_process_start"])
+                pid, start = self._init_process(directory / "state.json")
             except FileNotFoundError:
                 if not directory.exists():
                     return ContainerState("absent")
@@ -279,6 +279,20 @@ class OciRuntime:
                     return ContainerState("stopped")
                 return ContainerState("running", pid)
         return self._state_cli(tid)
+
+    def _init_process(self, path: Path) -> tuple[int, int]:
+        """(pid, start time) of the container's init from runc's state.json (~10 KB,
+        rewritten on every state change): parsed again only when the file changed,
+        since the supervisor asks for every tenant twice a second."""
+        st = path.stat()
+        key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        cached = self._init_cache.get(path)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        data = json.loads(path.read_text())
+        found = int(data["init_process_pid"]), int(data["init_process_start"])
+        self._init_cache[path] = (key, found)
+        return found
 
     def _state_cli(self, tid: str) -> ContainerState:
         result = proc.run(self._cli("state", tid), check=False, timeout=_RUNTIME_TIMEOUT)
@@ -317,6 +331,7 @@ class OciRuntime:
 
     def _delete(self, tid: str) -> None:
         """Remove the runtime's container (killing what is left) and its leaf cgroup."""
+        self._init_cache.pop(self.root / tid / "state.json", None)
         result = proc.run(
             self._cli("delete", "--force", tid), check=False, timeout=_RUNTIME_TIMEOUT
         )

@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from hoody.agent.storage import StorageCaps, StorageMode, TemplateVersionRef
-from hoody.agent.storage.pool import is_btrfs, mounts
+from hoody.agent.storage.pool import is_btrfs
 from hoody.agent.storage.tree import apply_upper, shift_ownership
 from hoody.errors import Conflict, HoodyError, HostError, InvalidInput, NotFound
 from hoody.proc import run_fed, stream_out
@@ -219,7 +219,11 @@ def set_qgroup_limit(path: Path, *, referenced: int | None, exclusive: int | Non
 
 
 def mounted_at(path: Path) -> bool:
-    return path in {m.target for m in mounts()}
+    """Whether a filesystem is mounted at `path`. Tenant roots are overlay or a btrfs
+    subvolume, each with a device number of its own, so the device (or inode) change
+    from the parent tells, without reading the mount table: that grows with every
+    tenant and was parsed on every copy."""
+    return os.path.ismount(path)
 
 
 # --- the driver -----------------------------------------------------------------
