@@ -6,6 +6,7 @@ import secrets
 
 from hoody.agent.config import NodeConfig
 from hoody.agent.engine import Node
+from hoody.agent.host import tune_host
 from hoody.agent.network.firewall import NftFirewall
 from hoody.agent.network.linux import LinuxNetwork
 from hoody.agent.runtime.oci import OciRuntime
@@ -28,8 +29,10 @@ def init_node(config: NodeConfig) -> None:
 
 
 def build_node(config: NodeConfig) -> Node:
-    """A Node on this host's real drivers. The pool must exist (`init_node`)."""
+    """A Node on this host's real drivers, the host tuned for many tenants
+    (`tune_host`). The pool must exist (`init_node`)."""
     ensure_pool(config.pool, config.pool_image, config.pool_size)
+    tune_host()
     run = config.node_run_dir
     return Node(
         config=config,
