@@ -23,7 +23,7 @@ from typing import IO, Any
 
 from hoody.errors import CommandFailed, HostError, MissingDependency
 
-__all__ = ["Result", "require", "run", "run_fed", "stream_out", "wait"]
+__all__ = ["Result", "exited_within", "require", "run", "run_fed", "stream_out", "wait"]
 
 # Debian package that provides each program, for the "install it" hint.
 _PACKAGES = {
@@ -110,26 +110,31 @@ def run(
     return result
 
 
+def exited_within(pidfd: int, timeout: float) -> bool:
+    """Whether the process behind `pidfd` exits within `timeout` s. A pidfd turns
+    readable the moment its process exits, child of ours or not, reaped or not."""
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    return bool(poller.poll(max(0.0, timeout) * 1000))
+
+
 def wait(proc: subprocess.Popen[Any], timeout: float | None = None) -> int:
     """Wait for `proc` to exit and return its exit code; raise subprocess.TimeoutExpired
     after `timeout` s (the process is left running: the caller decides its fate).
 
     Popen.wait(timeout) polls with sleeps that double up to 50 ms, so a command that
-    takes 33 ms is seen done only at 63 ms; a pidfd turns readable the moment it exits.
+    takes 33 ms is seen done only at 63 ms; a pidfd says at once.
     """
     if proc.returncode is None and timeout is not None:
         try:
             fd = os.pidfd_open(proc.pid)
         except ProcessLookupError:  # already reaped by someone: Popen.wait copes
-            fd = -1
-        if fd >= 0:
-            try:
-                poller = select.poll()
-                poller.register(fd, select.POLLIN)
-                if not poller.poll(max(0.0, timeout) * 1000):
-                    raise subprocess.TimeoutExpired(proc.args, timeout)
-            finally:
-                os.close(fd)
+            return proc.wait()
+        try:
+            if not exited_within(fd, timeout):
+                raise subprocess.TimeoutExpired(proc.args, timeout)
+        finally:
+            os.close(fd)
     return proc.wait()
 
 

@@ -167,26 +167,18 @@ class LinuxNetwork:
             undo.add(lambda: self._remove_netns(path), "remove netns")
             # The host end of an earlier attachment whose netns the kernel is still
             # destroying would block the new pair's name: remove it first.
-            self._delete_link(host)
-            undo.add(lambda: self._delete_link(host), "delete veth")
+            self._unplug(host)
+            undo.add(lambda: self._unplug(host), "unplug veth")
             try:
                 _on_thread(lambda: self._build_inside(path, host, ip))
             except (OSError, NetlinkError) as exc:
                 raise HostError(f"cannot create the network of tenant {tid}: {exc}") from exc
             self._plug_host_end(tid, host, ip)
-            undo.add(lambda: self._forget_neighbour(ip), "forget neighbour")
             undo.commit()
         return path
 
     def detach(self, tid: str) -> None:
-        host = self.host_link(tid)
-        with IPRoute() as ipr:
-            link = _get_link(ipr, host)
-        if link is not None:
-            ip = link.get_attr("IFLA_IFALIAS")  # the address, noted when it was plugged
-            if ip:
-                self._forget_neighbour(ip)
-            self._delete_link(host)
+        self._unplug(self.host_link(tid))
         self._remove_netns(self._netns_path(tid))
 
     def list_attached(self) -> list[str]:
@@ -246,14 +238,7 @@ class LinuxNetwork:
         try:
             with IPRoute() as ipr:
                 peer = {"ifname": host, "net_ns_fd": agent_netns}
-                try:
-                    ipr.link("add", ifname="eth0", kind="veth", address=_mac_for(ip), peer=peer)
-                except NetlinkError as exc:
-                    if exc.code != errno.EEXIST:
-                        raise
-                    raise HostError(
-                        f"link {host} is in use by another tenant's attachment"
-                    ) from exc
+                ipr.link("add", ifname="eth0", kind="veth", address=_mac_for(ip), peer=peer)
                 eth0 = ipr.link("get", ifname="eth0")[0]["index"]
                 ipr.addr("add", index=eth0, address=ip, prefixlen=cfg.network.prefixlen)
                 ipr.link("set", index=eth0, state="up")
@@ -305,12 +290,19 @@ class LinuxNetwork:
             ipr.neigh("replace", dst=ip, lladdr=mac, ifindex=bridge["index"], state=NUD_PERMANENT)
             ipr.link("set", index=index, state="up")
 
-    def _forget_neighbour(self, ip: str) -> None:
+    def _unplug(self, host: str) -> None:
+        """Delete the host end `host` (its netns peer goes with it) and the host's
+        neighbour entry for the tenant, found from the link's alias and bridge."""
         with IPRoute() as ipr:
-            bridge = _get_link(ipr, self.config.bridge)
-            if bridge is not None:
-                with contextlib.suppress(NetlinkError):
-                    ipr.neigh("del", dst=ip, ifindex=bridge["index"])
+            link = _get_link(ipr, host)
+            if link is None:
+                return
+            ip, bridge = link.get_attr("IFLA_IFALIAS"), link.get_attr("IFLA_MASTER")
+            if ip and bridge:
+                with contextlib.suppress(NetlinkError):  # never made, or gone meanwhile
+                    ipr.neigh("del", dst=ip, ifindex=bridge)
+            with contextlib.suppress(NetlinkError):
+                ipr.link("del", index=link["index"])
 
     def _remove_netns(self, path: Path) -> None:
         with contextlib.suppress(OSError):

@@ -24,7 +24,6 @@ import contextlib
 import ctypes
 import json
 import os
-import select
 import shutil
 import signal
 import stat
@@ -126,8 +125,8 @@ def _proc_start(pid: int) -> int | None:
 def _wait_gone(pid: int, start: int, timeout: float) -> bool:
     """Wait until the process (pid, start) has exited; True if it did within timeout.
 
-    Polls a pidfd, which turns readable the moment the process exits, even though it
-    is not our child and may linger as a zombie until its reaper gets to it.
+    The pid is not our child and may linger as a zombie until its reaper gets to it:
+    its pidfd says when it exited.
     """
     try:
         fd = os.pidfd_open(pid)
@@ -136,9 +135,7 @@ def _wait_gone(pid: int, start: int, timeout: float) -> bool:
     try:
         if _proc_start(pid) != start:  # exited, or the pid was reused before we opened it
             return True
-        poller = select.poll()
-        poller.register(fd, select.POLLIN)
-        return bool(poller.poll(max(0.0, timeout) * 1000))
+        return proc.exited_within(fd, timeout)
     finally:
         os.close(fd)
 
