@@ -7,13 +7,15 @@ repository), keyed by suite and package list, so only the first build pays ~40 s
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
+import time
 from importlib import resources
 from pathlib import Path
 
 from hoody.agent.engine import TemplateSource
-from hoody.errors import InvalidInput, NotFound
+from hoody.errors import CommandFailed, InvalidInput, NotFound
 from hoody.proc import run
 
 __all__ = [
@@ -24,6 +26,8 @@ __all__ = [
     "dir_source",
     "tar_source",
 ]
+
+log = logging.getLogger(__name__)
 
 CACHE_DIR = Path(os.environ.get("HOODY_CACHE_DIR", "/var/cache/hoody"))
 DEMO_NAME = "demo-app"
@@ -73,7 +77,7 @@ def debootstrap_tarball(suite: str = "bookworm", include: tuple[str, ...] = ()) 
         argv = ["debootstrap", "--variant=minbase"]
         if include:
             argv.append("--include=" + ",".join(include))
-        run([*argv, suite, str(work)], timeout=1800)
+        _debootstrap([*argv, suite, str(work)], work)
         # Trim what a container never uses: package caches and docs.
         for sub in (
             "var/cache/apt/archives",
@@ -89,6 +93,22 @@ def debootstrap_tarball(suite: str = "bookworm", include: tuple[str, ...] = ()) 
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return tarball
+
+
+def _debootstrap(argv: list[str], work: Path, attempts: int = 3) -> None:
+    """Run debootstrap, retrying a failed download: the mirror answers "Failed getting
+    release file" now and then (seen twice in a row on a fresh machine), and a test run
+    or `make demo` should not fail on one dropped fetch."""
+    for attempt in range(1, attempts + 1):
+        try:
+            run(argv, timeout=1800)
+            return
+        except CommandFailed as exc:
+            if attempt == attempts or "Failed getting" not in (exc.stderr + exc.stdout):
+                raise
+            log.warning("debootstrap fetch failed (attempt %d of %d); retrying", attempt, attempts)
+            shutil.rmtree(work, ignore_errors=True)
+            time.sleep(2.0 * attempt)
 
 
 def debootstrap_source(suite: str = "bookworm", include: tuple[str, ...] = ()) -> TemplateSource:
