@@ -140,3 +140,93 @@ def test_firewall_changes_are_one_atomic_script(firewall: NftFirewall) -> None:
     with pytest.raises(Exception, match="nftables refused"):
         firewall._nft(script)
     assert firewall.list_tenants() == []
+
+
+# --- past the bridge-port ceiling ------------------------------------------------------
+# A Linux bridge holds at most 1,023 ports. With 4 addresses per bridge, the contract's
+# tenants (.10, .11) sit on the third bridge, and a handful of tenants spans several.
+
+
+@pytest.fixture(scope="class")
+def small_bridges() -> Iterator[NetworkConfig]:
+    cfg = NetworkConfig(name="tnb", subnet=_free_subnet(), ports_per_bridge=4)
+    yield cfg
+    assert "tnb" not in run(["ip", "-o", "link"]).stdout
+    assert not any(n.startswith("tnb-") for n in run(["ip", "netns"]).stdout.split())
+    assert "inet tnb" not in run(["nft", "list", "tables"]).stdout
+
+
+class TestLinuxNetworkManyBridges(NetworkContract):
+    @pytest.fixture
+    def config(self, small_bridges: NetworkConfig) -> NetworkConfig:
+        return small_bridges
+
+    def test_tenants_on_other_bridges_answer_and_stay_isolated(
+        self, network: LinuxNetwork, firewall: NftFirewall, reach: Reach
+    ) -> None:
+        from hoody.agent.spec import EgressRule, FirewallPolicy, IngressRule
+
+        # .2 on the first bridge (with the gateway), .5 on the second, .13 on the fourth.
+        first = self.tenant(network, firewall, "a", 2)
+        second = self.tenant(
+            network,
+            firewall,
+            "b",
+            5,
+            FirewallPolicy(
+                egress=(
+                    EgressRule("allow", f"{first}/32", 8080),
+                    EgressRule("allow", f"{self.ip(network, 13)}/32", 8080),
+                )
+            ),
+        )
+        self.tenant(
+            network,
+            firewall,
+            "c",
+            13,
+            FirewallPolicy(ingress=(IngressRule(8080), IngressRule(8080, "tcp", f"{second}/32"))),
+        )
+        links = run(["ip", "-o", "link", "show", "type", "bridge"]).stdout
+        assert "tnb-b1:" in links and "tnb-b3:" in links and "tnb-b2:" not in links
+        masters = {
+            tid: run(["ip", "-o", "link", "show", network.host_link(tid)]).stdout
+            for tid in ("a", "b", "c")
+        }
+        assert "master tnbbr " in masters["a"]
+        assert "master tnb-b1 " in masters["b"]
+        assert "master tnb-b3 " in masters["c"]
+        for tid in ("a", "b", "c"):
+            assert reach("node", tid, 8080)
+            assert not reach("node", tid, 9090)
+            assert not reach(tid, "node", 8080)
+        # Across bridges the firewall decides exactly as on one: b may reach c (rules on
+        # both sides), nothing else (b's egress allows a, but a's ingress does not admit b).
+        assert reach("b", "c", 8080)
+        assert not reach("c", "b", 8080)
+        assert not reach("b", "a", 8080)
+        assert not reach("a", "c", 8080)
+        assert not reach("c", "a", 8080)
+
+    def test_a_port_past_the_first_bridge_carries_only_its_tenants_frames(
+        self, network: LinuxNetwork, firewall: NftFirewall
+    ) -> None:
+        from hoody.agent.spec import FirewallPolicy
+
+        # Two tenants on one extra bridge (.8 and .9: bridge 2).
+        base = network.config.network.network_address
+        a, b = str(base + 8), str(base + 9)
+        network.attach("ta", a)
+        network.attach("tb", b)
+        firewall.apply_tenant("ta", a, FirewallPolicy())
+        with _socket_in(network, "ta") as server:
+            server.bind((a, 8080))
+            server.listen()
+            before = _tx_packets(network.host_link("tb"))
+            for _ in range(20):
+                with socket.create_connection((a, 8080), timeout=2):
+                    server.accept()[0].close()
+            assert _tx_packets(network.host_link("tb")) == before
+        assert "PERMANENT" in run(["ip", "neigh", "show", a, "dev", "tnb-b2"]).stdout
+        network.detach("ta")
+        assert run(["ip", "neigh", "show", a, "dev", "tnb-b2"]).stdout.strip() == ""

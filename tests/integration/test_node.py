@@ -208,6 +208,46 @@ def test_a_rule_can_let_one_tenant_reach_another(scratch: ScratchNode) -> None:
             scratch.client.delete(t["id"])
 
 
+def test_tenants_past_a_bridges_port_ceiling_answer_and_stay_isolated() -> None:
+    # A Linux bridge holds at most 1,023 ports; a node puts each block of addresses on
+    # a bridge of its own. With 4 addresses per bridge the first bridge holds .2 and .3
+    # (.0 and the gateway .1 are in its block), so the third tenant is on the second.
+    from hoody.bench.scratch import scratch_node
+
+    with scratch_node("pb", ports_per_bridge=4) as node:
+        node.demo_template()
+        subnet = node.node.config.subnet
+        first = node.client.copy("demo-app")
+        # Admits any tenant that is itself allowed out to it.
+        second = node.client.copy(
+            "demo-app", firewall={"ingress": [{"port": 8080}, {"port": 8080, "source": subnet}]}
+        )
+        rest = [node.client.copy("demo-app") for _ in range(3)]
+        past = rest[-1]  # .6, with .4 and .5 as neighbours on the second bridge
+        prober = node.client.copy(  # .7: may go out to any tenant's 8080
+            "demo-app", firewall={"egress": [{"action": "allow", "cidr": subnet, "port": 8080}]}
+        )
+        config = node.node.config.network
+        assert config.bridge_index(first["ip"]) == 0
+        assert config.bridge_index(past["ip"]) == config.bridge_index(prober["ip"]) == 1
+        bridges = run(["ip", "-o", "link", "show", "type", "bridge"]).stdout
+        assert f"{config.bridge_name(1)}:" in bridges
+        for t in (first, second, *rest, prober):
+            wait_http_ok(t["url"])
+        assert httpx.get(past["url"], timeout=5).status_code == 200, "the node reaches it"
+        gateway = str(config.gateway)
+        # Isolated from neighbours on its own bridge and on the first, and from the host.
+        for other in (first, second, rest[0], rest[1]):
+            assert not can_connect(node, past["id"], other["ip"], 8080), other["ip"]
+            assert not can_connect(node, other["id"], past["ip"], 8080), other["ip"]
+        assert not can_connect(node, past["id"], gateway, int(node.url.rpartition(":")[2]))
+        # Across bridges the firewall decides as on one: the prober reaches only the
+        # tenant that admits it; one without an egress rule reaches nobody.
+        assert can_connect(node, prober["id"], second["ip"], 8080)
+        assert not can_connect(node, prober["id"], past["ip"], 8080)
+        assert not can_connect(node, past["id"], second["ip"], 8080)
+
+
 def _leftovers(scratch: ScratchNode, tid: str) -> list[str]:
     config = scratch.node.config
     found = []

@@ -41,6 +41,9 @@ class NodeConfig:
     # Where the fleet's routers connect from when they are not on this server: a
     # tenant's "node" ingress rules admit these too (`hoody node init --allow-router`).
     routers: tuple[str, ...] = ()
+    # Tenants per Linux bridge (a bridge holds at most 1,023 ports): past it the next
+    # block of addresses goes on a new bridge. A power of two, 4 to 512.
+    ports_per_bridge: int = 512
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[a-z][a-z0-9]{0,5}", self.name):
@@ -61,7 +64,7 @@ class NodeConfig:
                     f"router source {cidr!r} is invalid; give an IPv4 CIDR like 192.0.2.0/24"
                 ) from exc
         try:
-            NetworkConfig(self.name, self.subnet).network.hosts()
+            self.network.network.hosts()
         except ValueError as exc:
             raise InvalidInput(
                 f"subnet {self.subnet!r} is invalid; give an IPv4 CIDR like 10.88.0.0/16"
@@ -69,7 +72,12 @@ class NodeConfig:
 
     @property
     def network(self) -> NetworkConfig:
-        return NetworkConfig(name=self.name, subnet=self.subnet, routers=self.routers)
+        return NetworkConfig(
+            name=self.name,
+            subnet=self.subnet,
+            routers=self.routers,
+            ports_per_bridge=self.ports_per_bridge,
+        )
 
     @property
     def node_run_dir(self) -> Path:

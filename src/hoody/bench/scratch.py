@@ -113,7 +113,11 @@ def _remove_cgroup_parent(parent: str) -> None:
 
 @contextlib.contextmanager
 def scratch_config(
-    prefix: str = "hs", storage_mode: str = "overlay", pool_size: str = "6G"
+    prefix: str = "hs",
+    storage_mode: str = "overlay",
+    pool_size: str = "6G",
+    *,
+    ports_per_bridge: int = 512,
 ) -> Iterator[NodeConfig]:
     """An initialised node config (pool, dirs) under /var/tmp; everything removed on exit."""
     name = prefix[:2] + secrets.token_hex(2)
@@ -129,6 +133,7 @@ def scratch_config(
         subnet=_free_subnet(),
         storage_mode=storage_mode,
         listen=f"127.0.0.1:{free_port()}",
+        ports_per_bridge=ports_per_bridge,
     )
     try:
         init_node(config)
@@ -181,13 +186,16 @@ def scratch_node(
     pool_size: str = "6G",
     *,
     process: bool = False,
+    ports_per_bridge: int = 512,
 ) -> Iterator[ScratchNode]:
     """A real node, served over HTTP on loopback, removed entirely on exit.
 
     `process`: run the agent as its own process (benchmarks), not a thread of this one;
     `ScratchNode.node` then only serves to make templates and read state.
     """
-    with scratch_config(prefix, storage_mode, pool_size) as config:
+    with scratch_config(
+        prefix, storage_mode, pool_size, ports_per_bridge=ports_per_bridge
+    ) as config:
         token = config.token_path.read_text().strip()
         node = build_node(config)
         try:

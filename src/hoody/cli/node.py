@@ -88,6 +88,13 @@ def init(
         list[str] | None,
         typer.Option(help="CIDR the fleet's router connects from (repeatable)."),
     ] = None,
+    ports_per_bridge: Annotated[
+        int,
+        typer.Option(
+            help="Tenants per Linux bridge (a power of two, 4 to 512); more bridges "
+            "are made as tenants arrive."
+        ),
+    ] = 512,
     state_dir: StateDir = DEFAULT_STATE_DIR,
     as_json: JsonOpt = False,
 ) -> None:
@@ -107,6 +114,7 @@ def init(
         storage_mode=storage,
         listen=listen,
         routers=tuple(allow_router or ()),
+        ports_per_bridge=ports_per_bridge,
     )
     init_node(config)
     out = {

@@ -4,8 +4,9 @@ per change.
     table inet <name>
       map egress  { ipv4_addr : verdict }   tenant address -> goto e-<tid>
       map ingress { ipv4_addr : verdict }   tenant address -> goto i-<tid>
-      chain forward     established -> accept; from the bridge -> @egress, else drop;
-                        to the bridge -> @ingress, else drop
+      chain forward     established -> accept; from a bridge -> @egress, else drop;
+                        to a bridge -> @ingress, else drop  (every rule about "the
+                        bridge" is written twice: <name>br and <name>-b*, the others)
       chain deliver     after an egress allow: to the bridge -> @ingress, else accept
       chain output      from this host to the bridge -> @ingress; to no tenant: TCP
                         reset (the router fails fast for a tenant just deleted)
@@ -86,49 +87,65 @@ def render_base(config: NetworkConfig) -> str:
     """The nft script that creates the node table, its maps and base chains.
 
     Base chains are flushed and rebuilt each time; tenant chains and maps are kept.
+    Every rule about the bridge is written for the first bridge and for the others
+    (`<name>-b*`), so a tenant past the first bridge's ports is held to the same rules.
     """
-    t, br, net = f"inet {config.table}", config.bridge, config.subnet
+    t, net = f"inet {config.table}", config.subnet
+    bridges = (config.bridge, f'"{config.extra_bridge_glob}"')
+
+    def each(template: str) -> str:
+        return "".join(f"add rule {t} {template.format(br=br)}\n" for br in bridges)
+
     nat = (
-        f"add rule {t} postrouting ip saddr {net} oifname != {br} masquerade\n"
+        f"add rule {t} postrouting ip saddr {net} "
+        + " ".join(f"oifname != {br}" for br in bridges)
+        + " masquerade\n"
         if config.nat
         else ""
     )
     routers = (
         f"add element {t} routers {{ {', '.join(config.routers)} }}\n" if config.routers else ""
     )
-    return f"""add table {t}
+    return (
+        f"""add table {t}
 add set {t} routers {{ type ipv4_addr ; flags interval ; }}
 flush set {t} routers
 {routers}add map {t} egress {{ type ipv4_addr : verdict ; }}
 add map {t} ingress {{ type ipv4_addr : verdict ; }}
 add chain {t} deliver
 flush chain {t} deliver
-add rule {t} deliver oifname {br} ip daddr vmap @ingress
-add rule {t} deliver oifname {br} drop
-add rule {t} deliver accept
+"""
+        + each("deliver oifname {br} ip daddr vmap @ingress")
+        + each("deliver oifname {br} drop")
+        + f"""add rule {t} deliver accept
 add chain {t} forward {{ type filter hook forward priority filter ; policy accept ; }}
 flush chain {t} forward
-add rule {t} forward iifname {br} meta nfproto ipv6 drop
-add rule {t} forward oifname {br} meta nfproto ipv6 drop
-add rule {t} forward ct state established,related accept
+"""
+        + each("forward iifname {br} meta nfproto ipv6 drop")
+        + each("forward oifname {br} meta nfproto ipv6 drop")
+        + f"""add rule {t} forward ct state established,related accept
 add rule {t} forward ct state invalid drop
-add rule {t} forward iifname {br} ip saddr vmap @egress
-add rule {t} forward iifname {br} drop
-add rule {t} forward oifname {br} ip daddr vmap @ingress
-add rule {t} forward oifname {br} drop
-add chain {t} output {{ type filter hook output priority filter ; policy accept ; }}
+"""
+        + each("forward iifname {br} ip saddr vmap @egress")
+        + each("forward iifname {br} drop")
+        + each("forward oifname {br} ip daddr vmap @ingress")
+        + each("forward oifname {br} drop")
+        + f"""add chain {t} output {{ type filter hook output priority filter ; policy accept ; }}
 flush chain {t} output
-add rule {t} output oifname {br} ct state established,related accept
-add rule {t} output oifname {br} ip daddr vmap @ingress
-add rule {t} output oifname {br} meta l4proto tcp reject with tcp reset
-add rule {t} output oifname {br} drop
-add chain {t} input {{ type filter hook input priority filter ; policy accept ; }}
+"""
+        + each("output oifname {br} ct state established,related accept")
+        + each("output oifname {br} ip daddr vmap @ingress")
+        + each("output oifname {br} meta l4proto tcp reject with tcp reset")
+        + each("output oifname {br} drop")
+        + f"""add chain {t} input {{ type filter hook input priority filter ; policy accept ; }}
 flush chain {t} input
-add rule {t} input iifname {br} ct state established,related accept
-add rule {t} input iifname {br} drop
-add chain {t} postrouting {{ type nat hook postrouting priority srcnat ; }}
+"""
+        + each("input iifname {br} ct state established,related accept")
+        + each("input iifname {br} drop")
+        + f"""add chain {t} postrouting {{ type nat hook postrouting priority srcnat ; }}
 flush chain {t} postrouting
 {nat}"""
+    )
 
 
 class NftFirewall:

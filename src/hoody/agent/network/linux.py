@@ -1,10 +1,12 @@
 """The real network driver: a Linux bridge, one netns + veth pair per tenant, via netlink.
 
-Layout for a node network named `hoody` on 10.88.0.0/16:
+Layout for a node network named `hoody` on 10.88.0.0/16 (512 ports per bridge):
 
     host: hoodybr 10.88.0.1/16 (proxy_arp + proxy_arp_pvlan, redirects off)
           └─ hoody<8 hex> (veth, isolated bridge port) ──┐
     /run/netns/hoody-<tid>:  eth0 10.88.x.y/16, lo, default via 10.88.0.1
+    host: hoody-b1 10.88.0.1/32, route 10.88.2.0/23 dev hoody-b1 (same flags)
+          └─ tenants 10.88.2.0 - 10.88.3.255; hoody-b2 the next 512, and so on
 
 Isolated ports cannot talk to each other at layer 2; the bridge answers their ARP
 with its own address, so tenant-to-tenant packets are routed through the host and the
@@ -39,6 +41,7 @@ __all__ = ["LinuxNetwork"]
 
 NETNS_DIR = Path("/run/netns")
 _LOOPBACK = 1  # lo's index in every network namespace
+_SCOPE_LINK = 253
 T = TypeVar("T")
 
 
@@ -114,43 +117,64 @@ class LinuxNetwork:
     # --- bridge ---------------------------------------------------------------------
 
     def ensure_bridge(self) -> None:
+        self._ensure_bridge(0)
+        NETNS_DIR.mkdir(parents=True, exist_ok=True)
+
+    def _ensure_bridge(self, index: int) -> int:
+        """Bridge `index` up with the gateway address; returns its link index.
+
+        Bridge 0 holds the gateway with the subnet's prefix (so the subnet's route);
+        bridge k > 0 holds the gateway as a /32 (the host answers tenants there from
+        the same address and MAC) and a route for its block of addresses.
+        """
         cfg = self.config
+        name = cfg.bridge_name(index)
         # A fixed MAC: tenants hold it as the gateway's permanent neighbour entry, and a
         # bridge without one takes its lowest port's, which changes as tenants come and go.
         mac = _mac_for(str(cfg.gateway))
         with self._lock, IPRoute() as ipr:
-            bridge = _get_link(ipr, cfg.bridge)
+            bridge = _get_link(ipr, name)
             if bridge is None:
                 try:
-                    ipr.link("add", ifname=cfg.bridge, kind="bridge", address=mac)
+                    ipr.link("add", ifname=name, kind="bridge", address=mac)
                 except NetlinkError as exc:
                     if exc.code != errno.EEXIST:
-                        raise HostError(f"cannot create bridge {cfg.bridge}: {exc}") from exc
-                bridge = _get_link(ipr, cfg.bridge)
+                        raise HostError(f"cannot create bridge {name}: {exc}") from exc
+                bridge = _get_link(ipr, name)
                 if bridge is None:
-                    raise HostError(f"bridge {cfg.bridge} vanished as it was made; retry")
-            index = bridge["index"]
+                    raise HostError(f"bridge {name} vanished as it was made; retry")
+            link = int(bridge["index"])
             if bridge.get_attr("IFLA_ADDRESS") != mac:
-                ipr.link("set", index=index, address=mac)
+                ipr.link("set", index=link, address=mac)
             have = {
                 (a.get_attr("IFA_ADDRESS"), a["prefixlen"])
-                for a in ipr.get_addr(index=index, family=2)
+                for a in ipr.get_addr(index=link, family=2)
             }
-            want = (str(cfg.gateway), cfg.network.prefixlen)
+            want = (str(cfg.gateway), cfg.network.prefixlen if index == 0 else 32)
             if want not in have:
-                ipr.addr("add", index=index, address=want[0], prefixlen=want[1])
-            ipr.link("set", index=index, state="up")
+                ipr.addr("add", index=link, address=want[0], prefixlen=want[1])
+            ipr.link("set", index=link, state="up")
+            if index > 0:
+                block = cfg.bridge_block(index)
+                ipr.route(
+                    "replace",
+                    dst=str(block.network_address),
+                    dst_len=block.prefixlen,
+                    oif=link,
+                    scope=_SCOPE_LINK,
+                    prefsrc=str(cfg.gateway),
+                )
         for key, value in (
             ("net.ipv4.ip_forward", "1"),
-            (f"net.ipv4.conf.{cfg.bridge}.proxy_arp", "1"),
-            (f"net.ipv4.conf.{cfg.bridge}.proxy_arp_pvlan", "1"),
-            (f"net.ipv4.conf.{cfg.bridge}.send_redirects", "0"),
+            (f"net.ipv4.conf.{name}.proxy_arp", "1"),
+            (f"net.ipv4.conf.{name}.proxy_arp_pvlan", "1"),
+            (f"net.ipv4.conf.{name}.send_redirects", "0"),
             # Proxy ARP replies are delayed up to 0.8 s by default: answer at once.
-            (f"net.ipv4.neigh.{cfg.bridge}.proxy_delay", "0"),
-            (f"net.ipv6.conf.{cfg.bridge}.disable_ipv6", "1"),
+            (f"net.ipv4.neigh.{name}.proxy_delay", "0"),
+            (f"net.ipv6.conf.{name}.disable_ipv6", "1"),
         ):
             _write_sysctl(key, value)
-        NETNS_DIR.mkdir(parents=True, exist_ok=True)
+        return link
 
     # --- tenants --------------------------------------------------------------------
 
@@ -212,7 +236,14 @@ class LinuxNetwork:
     def teardown(self) -> None:
         for tid in self.list_attached():
             self.detach(tid)
-        self._delete_link(self.config.bridge)
+        with IPRoute() as ipr:
+            extra = [
+                str(link.get_attr("IFLA_IFNAME"))
+                for link in ipr.get_links()
+                if self.config.is_extra_bridge(str(link.get_attr("IFLA_IFNAME")))
+            ]
+        for name in [*extra, self.config.bridge]:
+            self._delete_link(name)  # a bridge's block route goes with it
 
     # --- steps ----------------------------------------------------------------------
 
@@ -264,11 +295,17 @@ class LinuxNetwork:
         mode sees nothing of its neighbours' traffic. The host knows the tenant's MAC
         for good (a permanent neighbour entry), so it never broadcasts ARP to tenants.
         """
+        which = self.config.bridge_index(ip)
         with IPRoute() as ipr:
-            bridge = _get_link(ipr, self.config.bridge)
+            bridge = _get_link(ipr, self.config.bridge_name(which))
+            if bridge is None and which > 0 and _get_link(ipr, self.config.bridge) is not None:
+                # Past the first bridge's block: its bridge is made by the first tenant
+                # that needs it (on a network whose first bridge is up).
+                self._ensure_bridge(which)
+                bridge = _get_link(ipr, self.config.bridge_name(which))
             if bridge is None:
                 raise HostError(
-                    f"bridge {self.config.bridge} is missing; restart the agent "
+                    f"bridge {self.config.bridge_name(which)} is missing; restart the agent "
                     "(`hoody node serve`) to recreate it"
                 )
             link = _get_link(ipr, host)
