@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(runc crun btrfs-progs nftables iproute2 debootstrap python3 python3-venv
               util-linux mount procps psmisc curl postgresql
-              nginx-light wrk chromium fonts-dejavu-core openssl)
+              nginx-light wrk chromium fonts-dejavu-core openssl tini lxcfs)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

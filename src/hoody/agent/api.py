@@ -6,7 +6,8 @@ errors are rendered once, as `{"error": {"code", "message"}}` with their status.
 
     GET    /v1/node                         node facts, headroom, KSM
     GET    /v1/templates                    template versions
-    POST   /v1/templates                    {name, source, args, env, port, limits, firewall, ksm}
+    POST   /v1/templates                    {name, source, args, env, port, limits, firewall,
+                                             ksm, init}
     DELETE /v1/templates/{name}[/{version}]
     GET    /v1/templates/{name}/{version}/send?parent=P   the version as a stream
     POST   /v1/templates/{name}/{version}/receive         body: such a stream; header
@@ -113,6 +114,7 @@ def _record(name: str, version: int, raw: str | None) -> TemplateRecord:
             limits=Limits.from_json(data.get("limits")),
             firewall=FirewallPolicy.from_json(data.get("firewall")),
             ksm=bool(data.get("ksm", False)),
+            init=bool(data.get("init", True)),
         )
     except (ValueError, TypeError, AttributeError) as exc:
         raise InvalidInput(
@@ -187,6 +189,7 @@ def create_app(node: Node, token: str, *, supervise_every: float = 0.5) -> Starl
             limits=_opt(data, "limits", dict),
             firewall=_opt(data, "firewall", dict),
             ksm=bool(_opt(data, "ksm", bool)),
+            init=_opt(data, "init", bool) is not False,
         )
         return rec.to_json()
 

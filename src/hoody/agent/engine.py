@@ -93,11 +93,13 @@ class Node:
         limits: dict[str, Any] | None = None,
         firewall: dict[str, Any] | None = None,
         ksm: bool = False,
+        init: bool = True,
     ) -> TemplateRecord:
         """Make the next version of template `name` from `source`.
 
         The version's defaults (entrypoint, env, limits, firewall, KSM) are copied to
-        each tenant made from it and can be overridden per tenant.
+        each tenant made from it and can be overridden per tenant. `init=False` says
+        the entrypoint is an init itself (systemd, s6, tini): no init goes in front.
         """
         check_name(name)
         if not 1 <= port <= 65535:
@@ -113,6 +115,7 @@ class Node:
             limits=Limits.from_json(limits),
             firewall=FirewallPolicy.from_json(firewall),
             ksm=ksm,
+            init=init,
         )
         ref = TemplateVersionRef(name, version)
         with Undo() as undo:
@@ -148,6 +151,7 @@ class Node:
             limits=tenant.limits,
             firewall=tenant.firewall,
             ksm=tenant.ksm,
+            init=tenant.init,
         )
         ref = TemplateVersionRef(name, version)
         with self._lock(tid), Undo() as undo:
@@ -269,6 +273,7 @@ class Node:
             firewall=FirewallPolicy.from_json(firewall) if firewall else tmpl.firewall,
             ksm=tmpl.ksm,
             metadata=dict(metadata or {}),
+            init=tmpl.init,
         )
         with self._lock(tid), Undo() as undo:
             rec = self.store.reserve_tenant(rec, self.config.network.network)
@@ -338,6 +343,7 @@ class Node:
             uid_base=self.config.uid_base,
             uid_size=self.config.uid_size,
             ksm=rec.ksm and self.runtime.caps.memory_merge,
+            init=rec.init,
         )
 
     def _new_id(self, template: str) -> str:

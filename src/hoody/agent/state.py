@@ -61,6 +61,8 @@ class TemplateRecord:
     limits: Limits = field(default_factory=Limits)
     firewall: FirewallPolicy = field(default_factory=FirewallPolicy)
     ksm: bool = False
+    # The node's init runs as PID 1 in front of `args`; False: `args` is an init.
+    init: bool = True
 
     def config_json(self) -> str:
         return json.dumps(
@@ -71,6 +73,7 @@ class TemplateRecord:
                 "limits": self.limits.to_json(),
                 "firewall": self.firewall.to_json(),
                 "ksm": self.ksm,
+                "init": self.init,
             }
         )
 
@@ -95,6 +98,7 @@ class TemplateRecord:
             limits=Limits.from_json(cfg["limits"]),
             firewall=FirewallPolicy.from_json(cfg["firewall"]),
             ksm=cfg["ksm"],
+            init=cfg.get("init", True),
         )
 
 
@@ -116,6 +120,7 @@ class TenantRecord:
     firewall: FirewallPolicy
     ksm: bool
     metadata: dict[str, Any]
+    init: bool = True
 
     def config_json(self) -> str:
         return json.dumps(
@@ -126,6 +131,7 @@ class TenantRecord:
                 "limits": self.limits.to_json(),
                 "firewall": self.firewall.to_json(),
                 "ksm": self.ksm,
+                "init": self.init,
                 "metadata": self.metadata,
             }
         )
@@ -166,6 +172,7 @@ class TenantRecord:
             firewall=FirewallPolicy.from_json(cfg["firewall"]),
             ksm=cfg["ksm"],
             metadata=cfg.get("metadata", {}),
+            init=cfg.get("init", True),
         )
 
 

@@ -212,6 +212,13 @@ def template_create(
     env: Annotated[list[str] | None, typer.Option(help="KEY=VALUE, repeatable.")] = None,
     port: Annotated[int, typer.Option(help="The tenant's HTTP port.")] = 8080,
     ksm: Annotated[bool, typer.Option(help="Merge memory among this template's tenants.")] = False,
+    init: Annotated[
+        bool,
+        typer.Option(
+            help="Run a minimal init (tini) as PID 1 in front of the entrypoint; "
+            "--no-init when the entrypoint is an init itself."
+        ),
+    ] = True,
     cpu: CpuOpt = None,
     memory: MemOpt = None,
     pids: PidsOpt = None,
@@ -254,6 +261,7 @@ def template_create(
             env=key_values(env, "env") or None,
             port=port,
             ksm=ksm or None,
+            init=None if init else False,
             limits=limits(cpu, memory, pids, disk),
             firewall=firewall(firewall_json),
         )

@@ -5,7 +5,13 @@ from pathlib import Path
 from typing import Any
 
 from hoody.agent.runtime import ContainerSpec, RuntimeCaps
-from hoody.agent.runtime.bundle import DENIED_SYSCALLS, oci_config, seccomp_profile
+from hoody.agent.runtime.bundle import (
+    DENIED_SYSCALLS,
+    INIT_PATH,
+    HostParts,
+    oci_config,
+    seccomp_profile,
+)
 from hoody.agent.spec import Limits
 
 CAPS = RuntimeCaps(name="runc", cgroup="v1", memory_merge=False)
@@ -71,6 +77,37 @@ def test_process() -> None:
     assert env["HOME"] == "/root"
     assert env["PORT"] == "8080"
     assert "/usr/bin" in env["PATH"].split(":")
+
+
+def with_host(host: HostParts, **changes: Any) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "tid": "shop-abc123",
+        "rootfs": Path("/r"),
+        "args": ("python3", "app.py"),
+        "limits": Limits(),
+        "netns": Path("/run/netns/x"),
+        "log_path": Path("/l"),
+        **changes,
+    }
+    return oci_config(ContainerSpec(**fields), "hoody-n1", CAPS, host)
+
+
+def test_the_hosts_init_runs_in_front_of_the_entrypoint_read_only() -> None:
+    cfg = with_host(HostParts(init=Path("/usr/bin/tini-static")))
+    assert cfg["process"]["args"] == [INIT_PATH, "--", "python3", "app.py"]
+    mount = next(m for m in cfg["mounts"] if m["destination"] == INIT_PATH)
+    assert mount["source"] == "/usr/bin/tini-static"
+    assert {"bind", "ro", "nosuid", "nodev"} <= set(mount["options"])
+    assert INIT_PATH.startswith("/dev/"), "on the /dev tmpfs: nothing left on the tenant's disk"
+
+
+def test_no_init_when_the_entrypoint_is_one_or_the_host_has_none() -> None:
+    for cfg in (
+        with_host(HostParts(init=Path("/usr/bin/tini-static")), init=False),
+        with_host(HostParts()),
+    ):
+        assert cfg["process"]["args"] == ["python3", "app.py"]
+        assert INIT_PATH not in [m["destination"] for m in cfg["mounts"]]
 
 
 def test_env_of_the_template_overrides_defaults() -> None:

@@ -69,7 +69,10 @@ def test_template_versions() -> None:
     store.add_template(TemplateRecord("web", 2, time.time()))
     assert store.template("web").version == 2
     assert store.template("web", 1).ksm is True
+    assert store.template("web", 1).init is True, "an init unless the template says not"
     with pytest.raises(Conflict):
         store.add_template(TemplateRecord("web", 2, time.time()))
+    store.add_template(TemplateRecord("web", 3, time.time(), init=False))
+    assert store.template("web", 3).init is False
     with pytest.raises(NotFound, match="template ls"):
         store.template("nope")

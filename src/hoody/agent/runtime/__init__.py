@@ -56,6 +56,9 @@ class ContainerSpec:
     uid_base: int = 100000
     uid_size: int = 65536
     ksm: bool = False
+    # Run the node's minimal init (tini) as PID 1 in front of `args`, so orphans are
+    # reaped and signals forwarded; False when the template's entrypoint is an init.
+    init: bool = True
 
 
 @dataclass(frozen=True)

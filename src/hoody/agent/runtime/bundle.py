@@ -13,12 +13,19 @@ What the tenant gets, and why:
   the cgroup filesystem is not mounted at all;
 - the runc default masked and read-only /proc paths;
 - a seccomp denylist (see `seccomp_profile`);
-- cpu quota, memory without swap, and a pids cap in cgroup `/<cgroup_parent>/<tid>`.
+- cpu quota, memory without swap, and a pids cap in cgroup `/<cgroup_parent>/<tid>`;
+- a minimal init as PID 1 (the host's static tini, bind-mounted read-only at
+  /dev/init) in front of the entrypoint, unless the template says its entrypoint is
+  an init: an app as PID 1 reaps no orphans, and their zombies hold the pids quota
+  for good (a fork loop left 252); tini also forwards stop's SIGTERM to the app, which
+  as PID 1 would ignore it without a handler.
 """
 
 from __future__ import annotations
 
 import platform
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from hoody.agent.runtime import ContainerSpec, RuntimeCaps
@@ -27,14 +34,19 @@ __all__ = [
     "CAPABILITIES",
     "CPU_PERIOD_US",
     "DENIED_SYSCALLS",
+    "INIT_PATH",
     "MASKED_PATHS",
     "READONLY_PATHS",
+    "HostParts",
     "cgroups_path",
     "oci_config",
     "seccomp_profile",
 ]
 
 CPU_PERIOD_US = 100_000
+# Where the node's init appears inside a tenant: on the /dev tmpfs, so the mount point
+# leaves nothing on the tenant's disk.
+INIT_PATH = "/dev/init"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 # Docker's default set without CAP_NET_RAW. Inside the user namespace these only act on
@@ -184,6 +196,14 @@ def seccomp_profile(machine: str | None = None) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class HostParts:
+    """What the host lends every tenant, found once by the runtime (see oci.py)."""
+
+    # A static init (tini-static): reaps orphans and forwards signals as PID 1.
+    init: Path | None = None
+
+
 def cgroups_path(cgroup_parent: str, tid: str) -> str:
     """`/<parent>/<tid>`: absolute, so tenants land under the hierarchy root and not
     inside whatever cgroup the agent itself happens to run in (a relative path is
@@ -205,6 +225,15 @@ def _resources(spec: ContainerSpec) -> dict[str, Any]:
         # is stopped at its limit instead of pushing neighbours' pages to disk.
         "memory": {"limit": memory, "swap": memory},
         "pids": {"limit": limits.pids},
+    }
+
+
+def _bind_ro(source: Path, dest: str) -> dict[str, Any]:
+    return {
+        "destination": dest,
+        "type": "bind",
+        "source": str(source),
+        "options": ["bind", "ro", "nosuid", "nodev"],
     }
 
 
@@ -232,9 +261,22 @@ def _mounts() -> list[dict[str, Any]]:
     ]
 
 
-def oci_config(spec: ContainerSpec, cgroup_parent: str, caps: RuntimeCaps) -> dict[str, Any]:
+def oci_config(
+    spec: ContainerSpec, cgroup_parent: str, caps: RuntimeCaps, host: HostParts | None = None
+) -> dict[str, Any]:
     """The config.json for `spec`, as a JSON-able dict. Pure: no I/O, no host lookups
-    beyond the machine architecture for seccomp."""
+    beyond the machine architecture for seccomp.
+
+    With `spec.init` and `host.init`, the init runs as PID 1 with the entrypoint as
+    its only child; the caller refuses `spec.init` without an init on the host.
+    """
+    host = host or HostParts()
+    args = list(spec.args)
+    mounts = _mounts()
+    if spec.init and host.init is not None:
+        # "--": everything after it is the entrypoint, even words starting with "-".
+        args = [INIT_PATH, "--", *args]
+        mounts.append(_bind_ro(host.init, INIT_PATH))
     env = {"PATH": DEFAULT_PATH, "HOSTNAME": spec.tid, "HOME": "/root", **spec.env}
     namespaces: list[dict[str, str]] = [
         {"type": "pid"},
@@ -251,7 +293,7 @@ def oci_config(spec: ContainerSpec, cgroup_parent: str, caps: RuntimeCaps) -> di
         "process": {
             "terminal": False,
             "user": {"uid": 0, "gid": 0},
-            "args": list(spec.args),
+            "args": args,
             "env": [f"{k}={v}" for k, v in env.items()],
             "cwd": spec.cwd,
             "capabilities": {
@@ -267,7 +309,7 @@ def oci_config(spec: ContainerSpec, cgroup_parent: str, caps: RuntimeCaps) -> di
         },
         "root": {"path": str(spec.rootfs), "readonly": False},
         "hostname": spec.tid,
-        "mounts": _mounts(),
+        "mounts": mounts,
         "linux": {
             "uidMappings": ids,
             "gidMappings": ids,

@@ -41,12 +41,12 @@ from hoody.agent.runtime import (
     ExecResult,
     RuntimeCaps,
 )
-from hoody.agent.runtime.bundle import oci_config
+from hoody.agent.runtime.bundle import HostParts, oci_config
 from hoody.agent.spec import check_tenant_id
 from hoody.errors import CommandFailed, Conflict, HostError, MissingDependency, NotFound
 from hoody.undo import Undo
 
-__all__ = ["CGROUP_ROOT", "OciRuntime", "cgroup_version", "detect_runtime"]
+__all__ = ["CGROUP_ROOT", "OciRuntime", "cgroup_version", "detect_runtime", "find_init"]
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 PR_SET_MEMORY_MERGE = 67
@@ -71,6 +71,13 @@ def detect_runtime(cgroup: Literal["v1", "v2"] | None = None) -> str:
         if path:
             return path
     raise MissingDependency("no OCI runtime found; run `make setup` or `apt-get install runc`")
+
+
+def find_init() -> Path | None:
+    """The host's static tini (Debian `tini`), or None. Static because it runs on the
+    tenant's side of the mount, where the tenant's libc (or none) is what there is."""
+    path = shutil.which("tini-static")
+    return Path(path) if path else None
 
 
 # Resolved once in the parent: the child after fork only makes the call.
@@ -159,6 +166,7 @@ class OciRuntime:
             )
         self.nsenter = nsenter
         self._init_cache: dict[Path, tuple[tuple[int, int, int], tuple[int, int]]] = {}
+        self.host = HostParts(init=find_init())
         self.caps = RuntimeCaps(
             name=Path(self.binary).name,
             cgroup=cgroup,
@@ -187,6 +195,12 @@ class OciRuntime:
                 f"restart the tenant with `hoody start {tid}` to recreate its network"
             )
         _check_reachable(spec.rootfs, spec.uid_base)
+        if spec.init and self.host.init is None:
+            raise MissingDependency(
+                f"tenant {tid} needs an init, and tini-static is not installed; run "
+                "`make setup` or `apt-get install tini` (or, if the template's entrypoint "
+                "is an init itself, make the template with --no-init)"
+            )
         if spec.ksm:
             ksm.enable()  # ksmd scans only memory that opted in, so this exposes no one else
         bundle = self.bundle_dir / tid
@@ -194,7 +208,7 @@ class OciRuntime:
             self.bundle_dir.mkdir(parents=True, exist_ok=True)
             bundle.mkdir(exist_ok=True)
             undo.add(lambda: shutil.rmtree(bundle, ignore_errors=True), "remove bundle")
-            config = oci_config(spec, self.cgroup_parent, self.caps)
+            config = oci_config(spec, self.cgroup_parent, self.caps, self.host)
             (bundle / "config.json").write_text(json.dumps(config, indent=1) + "\n")
             pid_file = bundle / "init.pid"
             pid_file.unlink(missing_ok=True)
