@@ -33,6 +33,7 @@ from hoody.agent.runtime import ContainerSpec, RuntimeCaps
 __all__ = [
     "CAPABILITIES",
     "CPU_PERIOD_US",
+    "DEFAULT_PATH",
     "DENIED_SYSCALLS",
     "INIT_PATH",
     "MASKED_PATHS",

@@ -41,7 +41,7 @@ from hoody.agent.runtime import (
     ExecResult,
     RuntimeCaps,
 )
-from hoody.agent.runtime.bundle import HostParts, oci_config
+from hoody.agent.runtime.bundle import DEFAULT_PATH, HostParts, oci_config
 from hoody.agent.spec import check_tenant_id
 from hoody.errors import CommandFailed, Conflict, HostError, MissingDependency, NotFound
 from hoody.undo import Undo
@@ -195,12 +195,16 @@ class OciRuntime:
                 f"restart the tenant with `hoody start {tid}` to recreate its network"
             )
         _check_reachable(spec.rootfs, spec.uid_base)
-        if spec.init and self.host.init is None:
-            raise MissingDependency(
-                f"tenant {tid} needs an init, and tini-static is not installed; run "
-                "`make setup` or `apt-get install tini` (or, if the template's entrypoint "
-                "is an init itself, make the template with --no-init)"
-            )
+        if spec.init:
+            if self.host.init is None:
+                raise MissingDependency(
+                    f"tenant {tid} needs an init, and tini-static is not installed; run "
+                    "`make setup` or `apt-get install tini` (or, if the template's "
+                    "entrypoint is an init itself, make the template with --no-init)"
+                )
+            # The runtime now execs the init, which would fail on a missing entrypoint
+            # only after the start had succeeded: check it here, as the runtime would.
+            _check_entrypoint(spec)
         if spec.ksm:
             ksm.enable()  # ksmd scans only memory that opted in, so this exposes no one else
         bundle = self.bundle_dir / tid
@@ -447,6 +451,51 @@ def _check_reachable(rootfs: Path, uid: int) -> None:
                 f"rootfs {rootfs} is not reachable by tenant root (host uid {uid}): "
                 f"{directory} is mode {stat.filemode(st.st_mode)}; run `chmod o+x {directory}`"
             )
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+
+_SYS_OPENAT2 = 437  # the same number on every architecture
+_RESOLVE_IN_ROOT = 0x10  # "/" and ".." stop at the directory given: a chroot for one lookup
+_RESOLVE_NO_MAGICLINKS = 0x02
+
+
+def _executable_in(root: int, path: str) -> bool:
+    """Whether `path` names an executable regular file when looked up with `root` (an
+    open directory) as "/": symlinks in the tenant's files cannot lead the lookup out
+    into the host's."""
+    how = _OpenHow(os.O_PATH | os.O_CLOEXEC, 0, _RESOLVE_IN_ROOT | _RESOLVE_NO_MAGICLINKS)
+    fd = _libc.syscall(_SYS_OPENAT2, root, path.encode(), ctypes.byref(how), ctypes.sizeof(how))
+    if fd < 0:
+        return False
+    try:
+        st = os.fstat(fd)
+    finally:
+        os.close(fd)
+    return stat.S_ISREG(st.st_mode) and bool(st.st_mode & 0o111)
+
+
+def _check_entrypoint(spec: ContainerSpec) -> None:
+    """Raise HostError unless the entrypoint is an executable in the tenant's rootfs,
+    found as the runtime finds it (absolute, or on the tenant's PATH)."""
+    name = spec.args[0] if spec.args else ""
+    env_path = spec.env.get("PATH", DEFAULT_PATH)
+    if "/" in name:
+        candidates = [name if name.startswith("/") else f"{spec.cwd.rstrip('/')}/{name}"]
+    else:
+        candidates = [f"{d}/{name}" for d in env_path.split(":") if d]
+    root = os.open(spec.rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        if name and any(_executable_in(root, c) for c in candidates):
+            return
+    finally:
+        os.close(root)
+    raise HostError(
+        f"cannot start tenant {spec.tid}: its entrypoint {name!r} is not an executable "
+        "file in its filesystem; fix the template's command"
+    )
 
 
 def _says_absent(stderr: str) -> bool:
