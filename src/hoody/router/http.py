@@ -1,15 +1,31 @@
-"""HTTP/1.1 message heads and body framing, as the router needs them: pure functions
-over bytes, no I/O.
+"""HTTP/1.1 as the router reads it: requests through llhttp (httptools), response heads
+and body framing from tenants by the strict rules below. No I/O.
 
-Bodies are not decoded: a `Framer` only finds where a body ends, so the proxy passes
-chunked bodies (extensions, trailers and all) through byte for byte and knows when the
-next message starts. Anything that could let two parties disagree on where a message
-ends (both Content-Length and Transfer-Encoding, a bad length or chunk size) is refused.
+Requests come from anyone on the internet, so they are parsed by llhttp in its strict
+mode (the parser Node and uvicorn use): bare LF line ends, CR, NUL and other control
+characters in header values, obs-fold, Content-Length next to Transfer-Encoding,
+duplicate or malformed Content-Length, codings other than a final chunked all end in
+a `BadMessage` (400). On top of llhttp the router requires exactly one Host, HTTP/1.0
+or 1.1, no CONNECT, no body on an Upgrade request, and heads under `MAX_HEAD` (431).
+
+Request bodies are decoded by llhttp and re-framed by the proxy, so a tenant sees a
+body framed one way only, whatever tricks the client's chunk lines held.
+
+Responses come from tenants (less hostile, but tenants are customers' code): heads are
+checked line by line (CRLF only, no control characters, a three-digit status), a
+`Content-Length` next to `Transfer-Encoding` is dropped (RFC 9112 6.3), and a `Framer`
+finds where the body ends so the proxy passes it through byte for byte. llhttp is not
+used there because httptools cannot tell its response parser that a response answers
+a HEAD request (whose Content-Length announces no body).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from typing import Protocol
+
+import httptools
 
 __all__ = [
     "CHUNKED",
@@ -21,9 +37,9 @@ __all__ = [
     "BadMessage",
     "Framer",
     "Head",
-    "cookie_value",
-    "parse_head",
-    "request_framing",
+    "RequestEvents",
+    "RequestReader",
+    "parse_response_head",
     "response_framing",
 ]
 
@@ -47,9 +63,18 @@ HOP_BY_HOP = frozenset(
     }
 )
 
+_TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+# Field values: visible ASCII, obs-text, SP and HTAB (RFC 9110 5.5); nothing else.
+_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+
 
 class BadMessage(Exception):
-    """A message that is not HTTP/1.1 as the router accepts it (answered 400 or 502)."""
+    """A message that is not HTTP/1.1 as the router accepts it: answered with `status`
+    (400, or 431 for an oversize head) when a client sent it, 502 when a tenant did."""
+
+    def __init__(self, why: str, status: int = 400) -> None:
+        super().__init__(why)
+        self.status = status
 
 
 @dataclass(slots=True)
@@ -71,48 +96,181 @@ class Head:
         return {t.strip().lower() for t in value.split(b",")}
 
 
-def parse_head(raw: bytes) -> Head:
-    """A head from its bytes, up to and including the blank line."""
-    lines = raw.split(b"\r\n")
+class RequestEvents(Protocol):
+    """What a `RequestReader` tells its connection, in order, for each request."""
+
+    def on_request(self, head: Head, kind: int, keep: bool, upgrade: bool) -> None: ...
+
+    def on_body(self, data: bytes) -> None: ...
+
+    def on_end(self) -> None: ...
+
+
+class _Stop(Exception):
+    """Raised from a callback to stop llhttp: nothing after this request is read."""
+
+
+class RequestReader:
+    """Feeds a client's bytes to llhttp and reports requests to `events`.
+
+    `feed` raises `BadMessage` for anything malformed, and returns the bytes that
+    followed an Upgrade (or CONNECT) request's head, or None. After an upgrade, or
+    after a request that ends the connection (`Connection: close`, HTTP/1.0), the
+    reader takes nothing more (`stopped`); bytes fed later are ignored.
+    """
+
+    __slots__ = ("_events", "_fields", "_headers", "_idle", "_parser", "_size", "_url", "stopped")
+
+    def __init__(self, events: RequestEvents) -> None:
+        self._events = events
+        self._parser = httptools.HttpRequestParser(self)
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] | None = None  # None: not in a head
+        self._fields: dict[bytes, bytes] = {}
+        self._size = 0  # bytes of the head so far
+        self._idle = 0  # bytes fed since llhttp last produced a head, body or end
+        self.stopped = False
+
+    def feed(self, data: bytes) -> bytes | None:
+        if self.stopped:
+            return None
+        # However llhttp splits its callbacks, no more than MAX_HEAD bytes may arrive
+        # without a head, body bytes or a message end coming out: this bounds heads,
+        # chunk lines, trailers and floods of empty lines alike.
+        self._idle += len(data)
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            self.stopped = True
+            return data[upgrade.args[0] :]
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if isinstance(cause, _Stop):
+                return None
+            if cause is not None:
+                raise cause from None
+            raise BadMessage(f"malformed request ({exc})") from exc
+        except httptools.HttpParserError as exc:
+            raise BadMessage(f"malformed request ({exc})") from exc
+        if self._idle > MAX_HEAD:
+            if self._headers is not None:
+                raise BadMessage("request head over 64 KiB", 431)
+            raise BadMessage("chunk line or trailers over 64 KiB")
+        return None
+
+    # --- llhttp callbacks --------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = []
+        self._fields = {}
+        self._size = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._grow(len(url))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        headers = self._headers
+        if headers is None:
+            return  # a trailer: dropped (the body is re-framed without them)
+        self._grow(len(name) + len(value) + 4)
+        headers.append((name, value))
+        low = name.lower()
+        fields = self._fields
+        fields[low] = fields[low] + b", " + value if low in fields else value
+
+    def _grow(self, n: int) -> None:
+        self._size += n
+        if self._size > MAX_HEAD:
+            raise BadMessage("request head over 64 KiB", 431)
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        headers, fields = self._headers, self._fields
+        assert headers is not None
+        self._headers = None
+        self._idle = 0
+        version = parser.get_http_version()
+        if version not in ("1.1", "1.0"):
+            raise BadMessage(f"HTTP/{version} is not spoken here; use HTTP/1.1")
+        method = parser.get_method()
+        if method == b"CONNECT":
+            raise BadMessage("CONNECT is refused: this is not a forward proxy")
+        hosts = sum(1 for name, _ in headers if name.lower() == b"host")
+        if hosts != 1:
+            raise BadMessage("a request needs exactly one Host header")
+        kind = NONE
+        te = fields.get(b"transfer-encoding")
+        if te is not None:
+            if te.strip().lower() != b"chunked":
+                raise BadMessage("Transfer-Encoding other than chunked")
+            kind = CHUNKED
+        elif fields.get(b"content-length", b"0") != b"0":
+            kind = LENGTH
+        upgrade = parser.should_upgrade()
+        if upgrade and kind != NONE:
+            raise BadMessage("an Upgrade request carries no body")
+        head = Head([method, self._url, b"HTTP/" + version.encode()], headers, fields)
+        self._events.on_request(head, kind, parser.should_keep_alive(), upgrade)
+
+    def on_body(self, data: bytes) -> None:
+        self._idle = 0
+        self._events.on_body(data)
+
+    def on_message_complete(self) -> None:
+        self._idle = 0
+        keep = self._parser.should_keep_alive()
+        self._events.on_end()
+        if not keep and not self._parser.should_upgrade():
+            self.stopped = True
+            raise _Stop
+
+
+def parse_response_head(raw: bytes) -> Head:
+    """A tenant's response head from its bytes, up to and including the blank line.
+
+    Raises BadMessage for anything but `HTTP/1.x NNN reason` and `name: value` lines
+    ended by CRLF, with token names and no control characters; drops Content-Length
+    when Transfer-Encoding is present (RFC 9112 6.3: a sender must not send both)."""
+    lines = raw[:-4].split(b"\r\n")
     start = lines[0].split(b" ", 2)
-    if len(start) < 2:
-        raise BadMessage("malformed start line")
+    if (
+        len(start) < 2
+        or start[0] not in (b"HTTP/1.1", b"HTTP/1.0")
+        or len(start[1]) != 3
+        or not start[1].isdigit()
+        or (len(start) == 3 and _BAD_VALUE.search(start[2]))
+    ):
+        raise BadMessage("malformed status line", 502)
+    if len(start) == 2:
+        start.append(b"")
     headers = []
     fields: dict[bytes, bytes] = {}
     for line in lines[1:]:
-        if not line:
-            continue
         name, sep, value = line.partition(b":")
-        if not sep or not name or name != name.strip() or b"\n" in line:
-            raise BadMessage("malformed header line")
-        value = value.strip()
+        if not sep or not _TOKEN.match(name):
+            raise BadMessage("malformed header line", 502)
+        value = value.strip(b" \t")
+        if _BAD_VALUE.search(value):
+            raise BadMessage(f"control character in header {name.decode('latin-1')}", 502)
         headers.append((name, value))
         low = name.lower()
         fields[low] = fields[low] + b", " + value if low in fields else value
+    if b"transfer-encoding" in fields and b"content-length" in fields:
+        headers = [(k, v) for k, v in headers if k.lower() != b"content-length"]
+        del fields[b"content-length"]
     return Head(start, headers, fields)
 
 
 def _length(head: Head) -> int:
     length = head.get(b"content-length")
     assert length is not None
-    if not length.isdigit() or len(length) > 15:
-        raise BadMessage("bad Content-Length")
-    return int(length)
-
-
-def request_framing(head: Head) -> tuple[int, int]:
-    """(framing, length) of a request body: NONE, LENGTH or CHUNKED."""
-    te = head.get(b"transfer-encoding")
-    if te is not None:
-        if head.get(b"content-length") is not None:
-            raise BadMessage("both Content-Length and Transfer-Encoding")
-        if te.strip().lower() != b"chunked":
-            raise BadMessage("unsupported Transfer-Encoding (only chunked)")
-        return CHUNKED, 0
-    if head.get(b"content-length") is not None:
-        length = _length(head)
-        return (LENGTH, length) if length else (NONE, 0)
-    return NONE, 0
+    values = {v.strip() for v in length.split(b",")}  # "5, 5" is one length
+    value = values.pop()
+    if values or not value.isdigit() or len(value) > 15:
+        raise BadMessage("bad Content-Length", 502)
+    return int(value)
 
 
 def response_framing(head: Head, method: bytes) -> tuple[int, int]:
@@ -132,7 +290,7 @@ def response_framing(head: Head, method: bytes) -> tuple[int, int]:
 
 
 class Framer:
-    """Finds the end of one body in the bytes that follow its head.
+    """Finds the end of one response body in the bytes that follow its head.
 
     `feed(data)` returns how many leading bytes of `data` belong to the body and sets
     `done` at its last byte; what follows is the next message. CLOSE bodies end only
@@ -176,42 +334,26 @@ class Framer:
             if newline < 0:
                 self.line += data[pos:]
                 if len(self.line) > _MAX_LINE:
-                    raise BadMessage("chunk line too long")
+                    raise BadMessage("chunk line too long", 502)
                 return end
             line = self.line + data[pos : newline + 1]
             self.line = b""
             pos = newline + 1
-            if not line.endswith(b"\r\n"):
-                raise BadMessage("chunk line without CRLF")
+            if not line.endswith(b"\r\n") or b"\r" in line[:-2]:
+                raise BadMessage("chunk line without CRLF", 502)
             self._line(line[:-2])
         return pos
 
     def _line(self, line: bytes) -> None:
         if self.state == self._SIZE:
-            size = line.split(b";", 1)[0].strip()
+            size = line.split(b";", 1)[0].strip(b" \t")
             if not size or len(size) > 15 or size.strip(b"0123456789abcdefABCDEF"):
-                raise BadMessage("bad chunk size")
+                raise BadMessage("bad chunk size", 502)
             self.remaining = int(size, 16)
             self.state = self._DATA if self.remaining else self._TRAILER
         elif self.state == self._DATA_END:
             if line:
-                raise BadMessage("chunk data longer than its size")
+                raise BadMessage("chunk data longer than its size", 502)
             self.state = self._SIZE
         elif not line:  # the blank line after the trailers
             self.done = True
-
-
-def cookie_value(head: Head, name: bytes) -> tuple[bytes | None, bytes | None]:
-    """(value of cookie `name`, the Cookie header without it)."""
-    found, rest = None, []
-    for key, value in head.headers:
-        if key.lower() != b"cookie":
-            continue
-        for part in value.split(b";"):
-            part = part.strip()
-            k, _, v = part.partition(b"=")
-            if k == name:
-                found = v
-            elif part:
-                rest.append(part)
-    return found, (b"; ".join(rest) if rest else None)
