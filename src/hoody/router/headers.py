@@ -28,6 +28,7 @@ from hoody.router.http import HOP_BY_HOP, BadMessage, Head
 __all__ = [
     "Hosts",
     "client_response",
+    "forwarded",
     "is_hoody_cookie",
     "origin_target",
     "split_cookies",
@@ -37,6 +38,7 @@ __all__ = [
 # Never dropped because a Connection header named them: they frame the message.
 _FRAMING = frozenset({b"host", b"content-length", b"transfer-encoding"})
 _SKIP_REQUEST = HOP_BY_HOP | {b"host", b"cookie", b"forwarded", b"x-real-ip"}
+_PASSES: dict[bytes, bool] = {}  # request header name (as spelled) → goes to the tenant
 _HOST = re.compile(rb"^(\[[0-9a-f:.]+\]|[a-z0-9.-]{1,253})(?::([0-9]{1,5}))?$")
 _LABEL = re.compile(rb"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 
@@ -137,31 +139,51 @@ def _named(head: Head) -> frozenset[bytes]:
     return frozenset(head.tokens(b"connection") - _FRAMING)
 
 
+def _passes(name: bytes) -> bool:
+    low = name.lower()
+    ok = not (low in _SKIP_REQUEST or b"_" in low or low.startswith(b"x-forwarded-"))
+    if len(_PASSES) < 1024:  # header names as sent, remembered: most clients send few
+        _PASSES[name] = ok
+    return ok
+
+
+def forwarded(host: bytes, client_ip: bytes, proto: bytes) -> bytes:
+    """The router's forwarding header lines for a request from `client_ip` to `host`
+    (a connection computes them once per host)."""
+    node = b'"[' + client_ip + b']"' if b":" in client_ip else client_ip
+    return b"\r\n".join(
+        (
+            b"X-Forwarded-For: " + client_ip,
+            b"X-Forwarded-Proto: " + proto,
+            b"X-Forwarded-Host: " + host,
+            b"X-Real-IP: " + client_ip,
+            b"Forwarded: for=" + node + b';host="' + host + b'";proto=' + proto,
+        )
+    )
+
+
 def tenant_request(
     head: Head,
     target: bytes,
     host: bytes,
-    client_ip: bytes,
-    proto: bytes,
+    forwarding: bytes,
     cookies: bytes | None,
     upgrade: bool,
 ) -> bytes:
-    """The request head as the tenant gets it (see the module docstring)."""
+    """The request head as the tenant gets it (see the module docstring); `forwarding`
+    comes from `forwarded`."""
     lines = [head.start[0] + b" " + target + b" HTTP/1.1", b"Host: " + host]
     named = _named(head)
+    passes = _PASSES
     for key, value in head.headers:
-        low = key.lower()
-        if low in _SKIP_REQUEST or low in named or b"_" in low or low.startswith(b"x-forwarded-"):
-            continue
-        lines.append(key + b": " + value)
+        ok = passes.get(key)
+        if ok is None:
+            ok = _passes(key)
+        if ok and (not named or key.lower() not in named):
+            lines.append(key + b": " + value)
     if cookies:
         lines.append(b"Cookie: " + cookies)
-    node = b'"[' + client_ip + b']"' if b":" in client_ip else client_ip
-    lines.append(b"X-Forwarded-For: " + client_ip)
-    lines.append(b"X-Forwarded-Proto: " + proto)
-    lines.append(b"X-Forwarded-Host: " + host)
-    lines.append(b"X-Real-IP: " + client_ip)
-    lines.append(b"Forwarded: for=" + node + b';host="' + host + b'";proto=' + proto)
+    lines.append(forwarding)
     if upgrade:
         lines.append(b"Connection: Upgrade")
         lines.append(b"Upgrade: " + (head.fields.get(b"upgrade") or b""))

@@ -42,24 +42,35 @@ from typing import Any, cast
 from hoody import claims
 from hoody.errors import HoodyError
 from hoody.router import pages
-from hoody.router.headers import Hosts, origin_target, split_cookies, tenant_request
+from hoody.router.headers import Hosts, forwarded, origin_target, split_cookies, tenant_request
 from hoody.router.http import CHUNKED, MAX_HEAD, NONE, BadMessage, Head, RequestReader
 from hoody.router.table import Route, RouteTable
 from hoody.router.upstream import Pool, UpstreamConnection
 
-__all__ = ["CLAIM_PATH", "COOKIE", "SECURE_COOKIE", "Router"]
+__all__ = ["CLAIM_PATH", "COOKIE", "SECURE_COOKIE", "Limits", "Router"]
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How long a router waits and how many connections it takes; the defaults suit
+    the internet. Times are seconds, checked once a second."""
+
+    head: float = 10.0  # a request head arrives whole within this, from its first byte
+    idle: float = 75.0  # a keep-alive connection with nothing asked is closed
+    body_idle: float = 30.0  # a request body that stops for this long ends the request
+    upstream: float = 60.0  # a tenant starts its answer (or goes on with it) within this
+    tunnel_idle: float = 600.0  # a WebSocket (any upgraded pipe) silent both ways
+    connections: int = 10_000  # client connections in all
+    per_client: int = 256  # client connections from one address
+
 
 COOKIE = "hoody_session"
 # Under TLS: browsers accept a `__Host-` cookie only if it is Secure, host-only and
 # for Path=/, so no sibling tenant or parent domain can set one in its place.
 SECURE_COOKIE = "__Host-" + COOKIE
 CLAIM_PATH = "/_hoody/claim"
-# A client connection with no request in flight is closed after this long.
-IDLE_TIMEOUT = 75.0
-# A tenant must start its answer this long after the request (or its last byte).
-UPSTREAM_TIMEOUT = 60.0
 # Tenants are on this node or a neighbour: a connection that takes longer is not coming.
 CONNECT_TIMEOUT = 2.0
 SESSION_CACHE = 10_000
@@ -123,7 +134,13 @@ class ClientConnection(asyncio.Protocol):
         self.parsing: _Request | None = None  # the one whose bytes the reader is on
         self.failure: BadMessage | None = None  # answered once the queue is done
         self.early = bytearray()  # bytes after an Upgrade request's head
-        self.last = self.loop.time()
+        self.last = self.loop.time()  # the last answer ended (or the connection began)
+        self.active = self.last  # the last byte from the client (either way in a tunnel)
+        self.head_since: float | None = None  # a request head began arriving
+        self.tunnel_route: Route | None = None
+        self.session: bytes | None = None  # the session cookie the request came with
+        self.counted = False
+        self.forwarding = (b"", b"")  # (host, forwarding header lines for it)
         self.keep = True
         self.version = b"HTTP/1.1"
         self.upstream: UpstreamConnection | None = None
@@ -142,12 +159,33 @@ class ClientConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         peer = transport.get_extra_info("peername")
-        self.client_ip = peer[0].encode() if isinstance(peer, tuple) else b""
-        self.router.connections.add(self)
+        self.client_ip = ip = peer[0].encode() if isinstance(peer, tuple) else b""
+        router = self.router
+        limits = router.limits
+        held = router.per_client.get(ip, 0)
+        if len(router.connections) >= limits.connections or held >= limits.per_client:
+            why = "this address has" if held >= limits.per_client else "the router has"
+            log.warning("refused a connection from %s: %s too many open", ip.decode(), why)
+            self.closed = True
+            _write(
+                self.transport,
+                pages.response(503, "Too many connections", f"{why} too many open.", close=True),
+            )
+            self.transport.close()
+            return
+        router.per_client[ip] = held + 1
+        router.connections.add(self)
+        self.counted = True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self.router.connections.discard(self)
+        router = self.router
+        if self.counted:
+            self.counted = False
+            router.connections.discard(self)
+            held = router.per_client.pop(self.client_ip, 1) - 1
+            if held > 0:
+                router.per_client[self.client_ip] = held
         if self.task is not None:
             self.task.cancel()
             self.task = None
@@ -159,7 +197,9 @@ class ClientConnection(asyncio.Protocol):
         self.queue.clear()
 
     def data_received(self, data: bytes) -> None:
-        self.last = self.loop.time()
+        if self.closed:
+            return
+        self.active = self.loop.time()
         tunnel = self.tunnel
         if tunnel is not None:
             _write(tunnel.transport, data)
@@ -214,7 +254,11 @@ class ClientConnection(asyncio.Protocol):
 
     # --- the reader's events (http.RequestEvents) ----------------------------------------
 
+    def on_begin(self) -> None:
+        self.head_since = self.loop.time()
+
     def on_request(self, head: Head, kind: int, keep: bool, upgrade: bool) -> None:
+        self.head_since = None
         expects = kind != NONE and (head.get(b"expect") or b"").lower() == b"100-continue"
         req = _Request(head, kind, keep, upgrade, expects)
         self.parsing = req
@@ -285,6 +329,7 @@ class ClientConnection(asyncio.Protocol):
             cookie = sessions[0] if sessions else None
         else:
             others = None
+        self.session = cookie
         if target.split(b"?", 1)[0] == _CLAIM_PATH:
             req.drop = True
             self._later(self._claim(route, target))
@@ -301,7 +346,9 @@ class ClientConnection(asyncio.Protocol):
                 f"{route.cid} is {route.state or 'not placed yet'}; it answers again once started.",
             )
             return
-        out = tenant_request(head, target, host, self.client_ip, router.proto, others, req.upgrade)
+        if self.forwarding[0] != host:
+            self.forwarding = (host, forwarded(host, self.client_ip, router.proto))
+        out = tenant_request(head, target, host, self.forwarding[1], others, req.upgrade)
         self.pending = _Pending(out, route, head.start[0], req.upgrade, retry=req.kind == NONE)
         up = router.pool.take(route.upstream)
         if up is None:
@@ -491,7 +538,7 @@ class ClientConnection(asyncio.Protocol):
         self._answer(502, "Tenant not answering", f"{cid} dropped the request.", keep=False)
 
     def _bad(self, exc: BadMessage) -> None:
-        title = "Request head too large" if exc.status == 431 else "Bad request"
+        title = {408: "Too slow", 431: "Request head too large"}.get(exc.status, "Bad request")
         if self.transport is not None:
             _write(self.transport, pages.response(exc.status, title, str(exc), close=True))
         self._close()
@@ -519,23 +566,45 @@ class ClientConnection(asyncio.Protocol):
             self.transport.close()
 
     def check(self, now: float) -> None:
-        """Time limits, checked by the router's sweeper once a second."""
-        if self.closed or self.tunnel is not None:
+        """Time limits (`Limits`), checked by the router's sweeper once a second."""
+        if self.closed:
+            return
+        router = self.router
+        limits = router.limits
+        tunnel = self.tunnel
+        if tunnel is not None:
+            route = self.tunnel_route
+            if route is not None and not router.still_allowed(route, self.session):
+                log.info("closing a tunnel to %s: its session no longer holds", route.cid)
+            elif now - self.active <= limits.tunnel_idle:
+                return
+            tunnel.transport.close()
+            self._close()
+            return
+        current = self.current
+        if current is None:
+            if self.queue:
+                return
+            if self.head_since is not None:
+                if now - self.head_since > limits.head:
+                    self._bad(BadMessage("the request head did not arrive in time", 408))
+            elif now - self.last > limits.idle:
+                self._close()
+            return
+        if not current.complete and not self.paused and now - self.active > limits.body_idle:
+            self._abort(BadMessage("the request body stopped arriving", 408))
             return
         up = self.upstream
-        if self.current is not None:
-            if (
-                up is not None
-                and not up.answered
-                and now - max(up.since, self.last) > (UPSTREAM_TIMEOUT)
-            ):
-                up.client = None
-                up.transport.close()
-                self.upstream = None
-                cid = self.pending.route.cid if self.pending else "the tenant"
+        if up is not None and now - max(up.since, self.active) > limits.upstream:
+            cid = self.pending.route.cid if self.pending else "the tenant"
+            up.client = None
+            up.transport.close()
+            self.upstream = None
+            if up.answered:
+                log.info("tenant %s stopped in the middle of an answer", cid)
+                self._close()
+            else:
                 self._answer(504, "Tenant too slow", f"{cid} did not answer in time.", keep=False)
-        elif now - self.last > IDLE_TIMEOUT:
-            self._close()
 
 
 class Router:
@@ -550,8 +619,11 @@ class Router:
         *,
         secure: bool = False,
         refresh: Callable[[], Awaitable[None]] | None = None,
+        limits: Limits | None = None,
     ) -> None:
         self.table = table
+        self.limits = limits or Limits()
+        self.per_client: dict[bytes, int] = {}
         self.refresh = refresh
         self.domain = domain.lower().strip(".")
         self.exchange = exchange
@@ -611,6 +683,17 @@ class Router:
         """(cid or None, the Host its tenant gets); raises BadMessage for a malformed
         Host."""
         return self.hosts.lookup(host)
+
+    def still_allowed(self, route: Route, cookie: bytes | None) -> bool:
+        """Whether a tunnel opened to `route` with session `cookie` may stay open: the
+        tenant is still routed and running, and (if private) the session still holds
+        (not revoked, not expired, its key not retired)."""
+        now = self.table.routes.get(route.cid)
+        if now is None or now.state != "running" or now.upstream != route.upstream:
+            return False
+        if now.public:
+            return True
+        return now.generation == route.generation and self.refusal(now, cookie) is None
 
     def unknown(self, cid: str | None) -> str:
         if cid is None:

@@ -53,7 +53,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.reusable = False
         self.reused = False
         self.uses = 0
-        self.since = 0.0  # when the request was sent (loop time)
+        self.since = 0.0  # the request was sent or the tenant last sent a byte (loop time)
         self.idle_since = 0.0  # when it was pooled (monotonic)
         self.tunnel = False
         self.eof = False
@@ -92,8 +92,10 @@ class UpstreamConnection(asyncio.Protocol):
             self.transport.close()  # a pooled connection speaking out of turn
             return
         if self.tunnel:
+            client.active = client.loop.time()
             _write(client.transport, data)
             return
+        self.since = client.loop.time()  # the tenant is still answering
         framer = self.framer
         if framer is not None:
             try:
@@ -231,6 +233,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.answered = True
         client.upstream = None
         client.tunnel = self
+        client.tunnel_route = client.pending.route if client.pending else None
         client.keep = False
         _write(client.transport, head)
         if self.buffer:
