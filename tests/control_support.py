@@ -100,7 +100,9 @@ class World:
 
     def heartbeat(self, name: str) -> dict[str, Any]:
         agent = self.agents[name]
-        return self.fleet.heartbeat(self.admin, name, agent.headroom(), agent.template_list())
+        headroom = agent.headroom()
+        usage = headroom.pop("templates")
+        return self.fleet.heartbeat(self.admin, name, headroom, agent.template_list(), usage)
 
 
 def make_world(

@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 
 from hoody.agent.client import AgentClient
+from hoody.agent.usage import TenantUse, learn, node_figures, parse_reserve, reserve_bytes
 from hoody.errors import Conflict, HoodyError, HostError, InvalidInput, NotFound, Unauthorized
 
 __all__ = ["FakeAgent", "fake_agents"]
@@ -45,6 +46,11 @@ class FakeAgent:
         self.url = f"http://{name}.agent.invalid"
         self.memory_total = memory_total
         self.disk_free = disk_free
+        self.overcommit = 1.0
+        self.memory_reserve = "auto"
+        # What each tenant uses (working set, bytes); tests set it, else `default_use`.
+        self.used: dict[str, int] = {}
+        self.default_use = 8 << 20
         self.subnet = subnet
         self.down = False
         self.fail_copy: HoodyError | None = None
@@ -77,14 +83,46 @@ class FakeAgent:
         with self._lock:
             return [dict(t) for t in self.templates.values()]
 
+    def _uses(self) -> list[TenantUse]:
+        uses = []
+        for t in self.tenants.values():
+            running = t["desired"] == "running"
+            request = t["limits"].get("memory_request_mib")
+            uses.append(
+                TenantUse(
+                    t["id"],
+                    t["template"],
+                    t["version"],
+                    running,
+                    int(t["limits"]["memory_mib"]) << 20,
+                    int(request) << 20 if request else None,
+                    self.used.get(t["id"], self.default_use) if running else 0,
+                    1 << 20,
+                )
+            )
+        return uses
+
     def headroom(self) -> dict[str, Any]:
+        """As the real agent reports it (hoody.agent.node_info.headroom), figures from
+        the same pure functions over what the tenants are said to use."""
         with self._lock:
             promised = sum(
                 t["limits"]["memory_mib"] << 20
                 for t in self.tenants.values()
                 if t["desired"] == "running"
             )
+            uses = self._uses()
+            learned = learn(uses)
+            figures = node_figures(
+                uses,
+                memory_total=self.memory_total,
+                overcommit=self.overcommit,
+                reserve=reserve_bytes(self.memory_reserve, self.memory_total),
+                learned=learned,
+            )
             return {
+                **figures,
+                "templates": [u.to_json() for u in learned.values()],
                 "tenants": len(self.tenants),
                 "running": sum(1 for t in self.tenants.values() if t["state"] == "running"),
                 "memory_total_bytes": self.memory_total,
@@ -155,6 +193,18 @@ class FakeAgent:
         data = json.loads(request.content) if request.content else {}
         if path == "/v1/node" and method == "GET":
             return 200, {"name": self.name, "headroom": self.headroom()}
+        if path == "/v1/node" and method == "PATCH":
+            with self._lock:
+                if data.get("overcommit") is not None:
+                    self.overcommit = float(data["overcommit"])
+                if data.get("memory_reserve") is not None:
+                    self.memory_reserve = parse_reserve(data["memory_reserve"])
+            return 200, {
+                "name": self.name,
+                "overcommit": self.overcommit,
+                "memory_reserve": self.memory_reserve,
+                "headroom": self.headroom(),
+            }
         if path == "/v1/templates" and method == "GET":
             return 200, self.template_list()
         if m := re.fullmatch(r"/v1/templates/([^/]+)/(\d+)/receive", path):

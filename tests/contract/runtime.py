@@ -79,3 +79,14 @@ class RuntimeContract:
         assert events["oom_kill"] == 0
         assert all(isinstance(v, int) for v in events.values())
         assert runtime.memory_events("ct-nobody") == dict.fromkeys(EVENT_KEYS, 0)
+
+    def test_working_set_is_what_a_running_tenant_uses(
+        self, runtime: Runtime, make_spec: MakeSpec
+    ) -> None:
+        runtime.start(make_spec("ct-ws"))
+        used = runtime.working_set("ct-ws")
+        # Something (its init at least), and within its limit.
+        assert 0 < used <= make_spec("ct-ws").limits.memory_mib << 20
+        assert runtime.working_set("ct-nobody") == 0
+        runtime.stop("ct-ws", timeout=0)
+        assert runtime.working_set("ct-ws") == 0

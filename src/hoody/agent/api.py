@@ -39,7 +39,7 @@ from starlette.routing import Route
 
 from hoody.agent import templates
 from hoody.agent.engine import Node, TemplateSource
-from hoody.agent.node_info import node_info
+from hoody.agent.node_info import configure, node_info
 from hoody.agent.spec import FirewallPolicy, Limits
 from hoody.agent.state import TemplateRecord
 from hoody.errors import HoodyError, HostError, InvalidInput, Unauthorized
@@ -169,6 +169,20 @@ def create_app(node: Node, token: str, *, supervise_every: float = 0.5) -> Starl
 
     async def get_node(request: Request) -> Any:
         return await _call(node_info, node)
+
+    async def set_node(request: Request) -> Any:
+        data = await _body(request)
+        unknown = set(data) - {"overcommit", "memory_reserve"}
+        if unknown:
+            raise InvalidInput(
+                f"unknown node setting {sorted(unknown)[0]!r}; use overcommit, memory_reserve"
+            )
+        return await _call(
+            configure,
+            node,
+            overcommit=_opt(data, "overcommit", (int, float)),
+            memory_reserve=_opt(data, "memory_reserve", str),
+        )
 
     async def list_templates(request: Request) -> Any:
         return [t.to_json() for t in await _call(node.store.templates)]
@@ -348,6 +362,7 @@ def create_app(node: Node, token: str, *, supervise_every: float = 0.5) -> Starl
 
     routes = [
         Route("/v1/node", guarded(get_node)),
+        Route("/v1/node", guarded(set_node), methods=["PATCH"]),
         Route("/v1/templates", guarded(list_templates)),
         Route("/v1/templates", guarded(create_template, 201), methods=["POST"]),
         Route("/v1/templates/{name}", guarded(delete_template), methods=["DELETE"]),

@@ -108,6 +108,16 @@ class AgentClient:
         result: dict[str, Any] = self._req("GET", "/v1/node")
         return result
 
+    def configure_node(
+        self, *, overcommit: float | None = None, memory_reserve: str | None = None
+    ) -> dict[str, Any]:
+        """Change the node's placement settings; returns the node's info."""
+        body = {"overcommit": overcommit, "memory_reserve": memory_reserve}
+        result: dict[str, Any] = self._req(
+            "PATCH", "/v1/node", json={k: v for k, v in body.items() if v is not None}
+        )
+        return result
+
     def templates(self) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = self._req("GET", "/v1/templates")
         return result

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from hoody.agent.network import NetworkConfig
+from hoody.agent.usage import parse_reserve
 from hoody.errors import InvalidInput, NotFound
 
 __all__ = ["DEFAULT_STATE_DIR", "NodeConfig"]
@@ -44,8 +45,21 @@ class NodeConfig:
     # Tenants per Linux bridge (a bridge holds at most 1,023 ports): past it the next
     # block of addresses goes on a new bridge. A power of two, 4 to 512.
     ports_per_bridge: int = 512
+    # Placement: this node takes tenants while the sum of max(request, measured use)
+    # plus the reserve stays within its memory times `overcommit` (hoody.agent.usage
+    # says why 1.0 and `auto`, 10 % of memory and at least 1 GiB).
+    overcommit: float = 1.0
+    memory_reserve: str = "auto"
 
     def __post_init__(self) -> None:
+        over = self.overcommit
+        if isinstance(over, bool) or not isinstance(over, int | float) or not 0.1 <= over <= 20:
+            raise InvalidInput(
+                f"overcommit {over!r} is invalid; give a ratio from 0.1 to 20 "
+                "(1.0: never count more memory than the node has)"
+            )
+        object.__setattr__(self, "overcommit", float(over))
+        parse_reserve(self.memory_reserve)
         if not re.fullmatch(r"[a-z][a-z0-9]{0,5}", self.name):
             raise InvalidInput(
                 f"node name {self.name!r} is invalid; use 1-6 lowercase letters and digits, "

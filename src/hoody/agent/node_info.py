@@ -1,15 +1,21 @@
-"""What a node tells about itself: capabilities, headroom and KSM, for the CLI and fleet."""
+"""What a node tells about itself: capabilities, headroom (what its tenants use and
+what it can still take, see hoody.agent.usage) and KSM, for the CLI and fleet."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import weakref
 from typing import Any
 
 from hoody.agent import ksm
 from hoody.agent.engine import Node
+from hoody.agent.usage import DiskCache, TenantUse, learn, node_figures, request_of, reserve_bytes
 
-__all__ = ["headroom", "node_info"]
+__all__ = ["configure", "headroom", "measure", "node_info"]
+
+_MIB = 1 << 20
+_disk_caches: weakref.WeakKeyDictionary[Node, DiskCache] = weakref.WeakKeyDictionary()
 
 
 def _meminfo() -> dict[str, int]:
@@ -21,25 +27,103 @@ def _meminfo() -> dict[str, int]:
     return out
 
 
+def measure(node: Node) -> list[TenantUse]:
+    """Every tenant (but those being deleted) as measured now: working set of the
+    running ones, own disk bytes (re-read every 30 s), limit and explicit request."""
+    cache = _disk_caches.get(node)
+    if cache is None:
+        cache = _disk_caches[node] = DiskCache()
+    uses = []
+    for t in node.tenants():
+        if t.status == "deleting":
+            continue
+        running = t.desired == "running"
+        request = t.limits.memory_request_mib
+        uses.append(
+            TenantUse(
+                tid=t.id,
+                template=t.template,
+                version=t.version,
+                running=running,
+                limit=t.limits.memory_mib * _MIB,
+                request=request * _MIB if request is not None else None,
+                memory=node.runtime.working_set(t.id) if t.status == "running" else 0,
+                disk=cache.get(t.id, node.storage.tenant_usage),
+            )
+        )
+    cache.keep(u.tid for u in uses)
+    return uses
+
+
 def headroom(node: Node) -> dict[str, Any]:
-    """Memory free after the limits already promised, CPU, disk and tenant count."""
-    tenants = [t for t in node.tenants() if t.status != "deleting"]
+    """What the node has and what its tenants use: memory (total, requested, measured,
+    committed, reserve, overcommit, free), CPU, disk, tenant count, and per template
+    version what its running tenants use (`templates`, for learned requests)."""
+    uses = measure(node)
     mem = _meminfo()
-    promised = sum(t.limits.memory_mib for t in tenants if t.desired == "running") << 20
+    total = mem.get("MemTotal", 0)
+    learned = learn(uses)
+    promised = sum(u.limit for u in uses if u.running)
     disk = shutil.disk_usage(node.config.pool) if node.config.pool.exists() else None
+    tenants = node.tenants()
+    figures = node_figures(
+        uses,
+        memory_total=total,
+        overcommit=node.config.overcommit,
+        reserve=reserve_bytes(node.config.memory_reserve, total),
+        learned=learned,
+    )
+    templates = []
+    for t in node.store.templates():
+        known = learned.get((t.name, t.version))
+        request = t.limits.memory_request_mib
+        probe = TenantUse("", t.name, t.version, True, t.limits.memory_mib * _MIB, None, 0, 0)
+        templates.append(
+            {
+                "name": t.name,
+                "version": t.version,
+                "tenants": known.tenants if known else 0,
+                "memory_p90_bytes": known.memory_p90 if known else 0,
+                "disk_p90_bytes": known.disk_p90 if known else 0,
+                "memory_request_bytes": request * _MIB
+                if request is not None
+                else request_of(probe, learned),
+                "request_source": "template"
+                if request is not None
+                else ("learned" if known else "limit"),
+            }
+        )
     return {
-        "tenants": len(tenants),
+        "tenants": len(uses),
         "running": sum(1 for t in tenants if t.status == "running"),
-        "memory_total_bytes": mem.get("MemTotal", 0),
+        "memory_total_bytes": total,
         "memory_available_bytes": mem.get("MemAvailable", 0),
         "memory_promised_bytes": promised,
-        "memory_headroom_bytes": max(0, mem.get("MemTotal", 0) - promised),
+        "memory_headroom_bytes": max(0, figures["memory_free_bytes"]),
+        **figures,
         "cpus": os.cpu_count() or 1,
         "cpu_promised": round(sum(t.limits.cpu for t in tenants if t.desired == "running"), 2),
         "load_1m": os.getloadavg()[0],
         "disk_total_bytes": disk.total if disk else 0,
         "disk_free_bytes": disk.free if disk else 0,
+        "templates": templates,
     }
+
+
+def configure(
+    node: Node, *, overcommit: float | None = None, memory_reserve: str | None = None
+) -> dict[str, Any]:
+    """Change the node's placement settings (saved in node.json); returns node_info."""
+    changes: dict[str, Any] = {}
+    if overcommit is not None:
+        changes["overcommit"] = overcommit
+    if memory_reserve is not None:
+        changes["memory_reserve"] = memory_reserve
+    if changes:
+        config = node.config.with_(**changes)  # validates
+        config.save()
+        node.config = config
+    return node_info(node)
 
 
 def node_info(node: Node) -> dict[str, Any]:
@@ -56,6 +140,8 @@ def node_info(node: Node) -> dict[str, Any]:
             "modes": list(node.storage.caps.modes),
             "disk_limit": node.storage.caps.disk_limit,
         },
+        "overcommit": node.config.overcommit,
+        "memory_reserve": node.config.memory_reserve,
         "headroom": headroom(node),
         "ksm": ksm.stats(),
     }

@@ -45,14 +45,23 @@ def check_name(value: str, what: str = "template name") -> str:
     return value
 
 
+_LIMIT_KEYS = ("cpu", "memory_mib", "pids", "disk_mib", "memory_request_mib")
+
+
 @dataclass(frozen=True)
 class Limits:
-    """Per-tenant quotas. cpu is in cores (0.5 = half a core)."""
+    """Per-tenant quotas. cpu is in cores (0.5 = half a core).
+
+    `memory_request_mib` is not a cap: it is the steady use placement counts for the
+    tenant (a limit is what it may reach, a request what it is expected to use). None:
+    learned from what the template's running tenants use (see hoody.agent.usage).
+    """
 
     cpu: float = 1.0
     memory_mib: int = 256
     pids: int = 256
     disk_mib: int = 1024
+    memory_request_mib: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.cpu, int | float) or not 0.01 <= self.cpu <= 1024:
@@ -70,18 +79,35 @@ class Limits:
                     f"{name} limit {value!r} is invalid; "
                     f"give a whole number between {low} and {high}"
                 )
+        request = self.memory_request_mib
+        if request is not None:
+            if isinstance(request, bool) or not isinstance(request, int) or request < 1:
+                raise InvalidInput(
+                    f"memory request {request!r} is invalid; give whole MiB, 1 or more"
+                )
+            if request > self.memory_mib:
+                raise InvalidInput(
+                    f"memory request {request} MiB is above the memory limit "
+                    f"{self.memory_mib} MiB; a request is expected use, at most the limit"
+                )
 
     def merged(self, overrides: dict[str, Any] | None) -> Limits:
         """These limits with `overrides` applied; unknown keys are refused."""
         if not overrides:
             return self
-        unknown = set(overrides) - {"cpu", "memory_mib", "pids", "disk_mib"}
+        unknown = set(overrides) - set(_LIMIT_KEYS)
         if unknown:
             raise InvalidInput(
-                f"unknown limit {sorted(unknown)[0]!r}; "
-                "known limits are cpu, memory_mib, pids, disk_mib"
+                f"unknown limit {sorted(unknown)[0]!r}; known limits are {', '.join(_LIMIT_KEYS)}"
             )
-        return replace(self, **overrides)
+        changes = {k: v for k, v in overrides.items() if v is not None or k == "memory_request_mib"}
+        inherited = self.memory_request_mib
+        memory = changes.get("memory_mib", self.memory_mib)
+        if "memory_request_mib" not in changes and inherited is not None and inherited > memory:
+            # A copy that lowers the limit below its template's request: the request
+            # can be no more than the new limit.
+            changes["memory_request_mib"] = memory
+        return replace(self, **changes)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

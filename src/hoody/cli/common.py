@@ -19,6 +19,7 @@ __all__ = [
     "JsonOpt",
     "MemOpt",
     "PidsOpt",
+    "RequestOpt",
     "console",
     "emit",
     "firewall",
@@ -31,6 +32,14 @@ console = Console()
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 CpuOpt = Annotated[float | None, typer.Option(help="CPU limit in cores, e.g. 0.5.")]
 MemOpt = Annotated[int | None, typer.Option("--memory", help="Memory limit in MiB.")]
+RequestOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--memory-request",
+        help="Memory placement counts, in MiB (expected use; default: learned from "
+        "the template's running tenants).",
+    ),
+]
 PidsOpt = Annotated[int | None, typer.Option(help="Process limit.")]
 DiskOpt = Annotated[int | None, typer.Option("--disk", help="Disk limit in MiB.")]
 
@@ -71,9 +80,19 @@ def key_values(items: list[str] | None, what: str) -> dict[str, str]:
 
 
 def limits(
-    cpu: float | None, memory: int | None, pids: int | None, disk: int | None
+    cpu: float | None,
+    memory: int | None,
+    pids: int | None,
+    disk: int | None,
+    memory_request: int | None = None,
 ) -> dict[str, Any] | None:
-    given = {"cpu": cpu, "memory_mib": memory, "pids": pids, "disk_mib": disk}
+    given = {
+        "cpu": cpu,
+        "memory_mib": memory,
+        "pids": pids,
+        "disk_mib": disk,
+        "memory_request_mib": memory_request,
+    }
     return {k: v for k, v in given.items() if v is not None} or None
 
 

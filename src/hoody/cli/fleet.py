@@ -214,7 +214,9 @@ def _gib(value: Any) -> str:
 
 @nodes_app.callback()
 def nodes(ctx: typer.Context, as_json: JsonOpt = False) -> None:
-    """List nodes with state and headroom."""
+    """List nodes: state, memory as placement counts it (capacity = memory x
+    overcommit; requested and measured by its tenants; the host reserve; what is
+    free), disk, and how many more tenants of each template it can take."""
     if ctx.invoked_subcommand is not None:
         return
     with Client() as client:
@@ -224,17 +226,53 @@ def nodes(ctx: typer.Context, as_json: JsonOpt = False) -> None:
         return
     now = time.time()
     for row in rows:
-        h = row.get("headroom") or {}
+        c = row["capacity"]
         row["tenants"] = row["containers"]
-        row["memory free"] = _gib(h.get("memory_headroom_bytes"))
-        row["disk free"] = _gib(h.get("disk_free_bytes"))
-        row["cpus"] = int(h.get("cpus") or 0)
+        row["capacity "] = f"{_gib(c['memory_capacity_bytes'])} (x{c['overcommit']:g})"
+        row["requested"] = _gib(c["memory_requested_bytes"])
+        row["measured"] = _gib(c["memory_measured_bytes"])
+        row["reserve"] = _gib(c["memory_reserve_bytes"])
+        row["memory free"] = _gib(c["memory_free_bytes"])
+        row["disk free"] = _gib(c["disk_free_bytes"])
+        row["more tenants"] = ", ".join(
+            f"{e['template']} {e['further_tenants']}" for e in row["estimates"]
+        )
         row["heartbeat"] = f"{now - row['last_heartbeat']:.0f} s ago"
     emit(
         rows,
         False,
-        ["name", "state", "url", "tenants", "memory free", "disk free", "cpus", "heartbeat"],
+        [
+            "name",
+            "state",
+            "tenants",
+            "capacity ",
+            "requested",
+            "measured",
+            "reserve",
+            "memory free",
+            "disk free",
+            "more tenants",
+            "heartbeat",
+        ],
     )
+
+
+@nodes_app.command("set")
+def node_set(
+    name: str,
+    overcommit: Annotated[
+        float | None, typer.Option(help="Placement counts up to memory x this.")
+    ] = None,
+    reserve: Annotated[
+        str | None,
+        typer.Option(help="Memory kept for the host: 2G, 512M, 10%, or auto (10 %, >= 1 GiB)."),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Change node NAME's overcommit ratio and host memory reserve."""
+    with Client() as client:
+        rec = client.set_node(name, overcommit=overcommit, reserve=reserve)
+    emit(rec if as_json else {"name": rec["name"], **rec["capacity"]}, as_json)
 
 
 def _node_verb(verb: str, doc: str) -> None:

@@ -26,6 +26,7 @@ from hoody.cli.common import (
     JsonOpt,
     MemOpt,
     PidsOpt,
+    RequestOpt,
     emit,
     firewall,
     key_values,
@@ -95,6 +96,16 @@ def init(
             "are made as tenants arrive."
         ),
     ] = 512,
+    overcommit: Annotated[
+        float,
+        typer.Option(
+            help="Placement counts up to memory x this (requests and measured use, not limits)."
+        ),
+    ] = 1.0,
+    reserve: Annotated[
+        str,
+        typer.Option(help="Memory kept for the host: 2G, 512M, 10%, or auto (10 %, >= 1 GiB)."),
+    ] = "auto",
     state_dir: StateDir = DEFAULT_STATE_DIR,
     as_json: JsonOpt = False,
 ) -> None:
@@ -115,6 +126,8 @@ def init(
         listen=listen,
         routers=tuple(allow_router or ()),
         ports_per_bridge=ports_per_bridge,
+        overcommit=overcommit,
+        memory_reserve=reserve,
     )
     init_node(config)
     out = {
@@ -191,6 +204,33 @@ def serve(
             stop.set()
 
 
+@app.command("set")
+def set_settings(
+    overcommit: Annotated[
+        float | None, typer.Option(help="Placement counts up to memory x this.")
+    ] = None,
+    reserve: Annotated[
+        str | None,
+        typer.Option(help="Memory kept for the host: 2G, 512M, 10%, or auto (10 %, >= 1 GiB)."),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Change this node's placement settings (saved; its heartbeats carry them)."""
+    if overcommit is None and reserve is None:
+        raise InvalidInput("give --overcommit RATIO and/or --reserve SIZE")
+    with agent() as client:
+        info = client.configure_node(overcommit=overcommit, memory_reserve=reserve)
+    h = info["headroom"]
+    out = {
+        "overcommit": info["overcommit"],
+        "reserve": info["memory_reserve"],
+        "memory_reserve_bytes": h.get("memory_reserve_bytes"),
+        "memory_capacity_bytes": h.get("memory_capacity_bytes"),
+        "memory_free_bytes": h.get("memory_free_bytes"),
+    }
+    emit(out, as_json)
+
+
 @app.command()
 def info(as_json: JsonOpt = False) -> None:
     """Capabilities, headroom and KSM profit of the local node."""
@@ -221,6 +261,7 @@ def template_create(
     ] = True,
     cpu: CpuOpt = None,
     memory: MemOpt = None,
+    memory_request: RequestOpt = None,
     pids: PidsOpt = None,
     disk: DiskOpt = None,
     firewall_json: Annotated[
@@ -262,7 +303,7 @@ def template_create(
             port=port,
             ksm=ksm or None,
             init=None if init else False,
-            limits=limits(cpu, memory, pids, disk),
+            limits=limits(cpu, memory, pids, disk, memory_request),
             firewall=firewall(firewall_json),
         )
     emit(rec, as_json, ["name", "version", "args", "port", "ksm"])
@@ -296,6 +337,7 @@ def copy(
     mode: Annotated[str | None, typer.Option(help="Storage: overlay or snapshot.")] = None,
     cpu: CpuOpt = None,
     memory: MemOpt = None,
+    memory_request: RequestOpt = None,
     pids: PidsOpt = None,
     disk: DiskOpt = None,
     firewall_json: Annotated[
@@ -311,7 +353,7 @@ def copy(
             version=version,
             env=key_values(env, "env") or None,
             mode=mode,
-            limits=limits(cpu, memory, pids, disk),
+            limits=limits(cpu, memory, pids, disk, memory_request),
             firewall=firewall(firewall_json),
         )
     emit(rec, as_json, TENANT_COLUMNS)

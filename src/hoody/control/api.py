@@ -201,7 +201,13 @@ async def heartbeat(f: Fleet, c: Call) -> Any:
         c.path("name"),
         body.headroom,
         templates if body.templates is not None else None,
+        [u.model_dump() for u in body.usage] if body.usage is not None else None,
     )
+
+
+async def set_node(f: Fleet, c: Call) -> Any:
+    body: m.NodeSettingsBody = c.body
+    return await run(f.set_node, c.who, c.path("name"), body.overcommit, body.reserve)
 
 
 async def list_projects(f: Fleet, c: Call) -> Any:
@@ -414,6 +420,17 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "nodes",
         response=m.NodeOut,
         many=True,
+    ),
+    Endpoint(
+        "PATCH",
+        "/nodes/{name}",
+        set_node,
+        "Set a node's overcommit ratio and host memory reserve (admin)",
+        "nodes",
+        body=m.NodeSettingsBody,
+        response=m.NodeOut,
+        params=(_NAME,),
+        errors=(400, 401, 403, 404, 500),
     ),
     Endpoint(
         "POST",

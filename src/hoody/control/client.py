@@ -130,12 +130,16 @@ class Client:
         idempotency_key: str | None = None,
         project: int | None = None,
         strategy: str | None = None,
+        memory_request_mib: int | None = None,
     ) -> dict[str, Any]:
         """Create a container; the same `idempotency_key` always returns the same one.
 
         `project` (admin tokens only; default: the client's `project`) is the project
-        the container belongs to.
+        the container belongs to. `memory_request_mib` is the memory placement counts
+        for it (default: its template's, else learned from the template's tenants).
         """
+        if memory_request_mib is not None:
+            limits = {**(limits or {}), "memory_request_mib": memory_request_mib}
         body = _clean(
             {
                 "name": name,
@@ -254,12 +258,26 @@ class Client:
         return result
 
     def heartbeat(
-        self, name: str, headroom: dict[str, Any], templates: list[dict[str, Any]] | None = None
+        self,
+        name: str,
+        headroom: dict[str, Any],
+        templates: list[dict[str, Any]] | None = None,
+        usage: list[dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
         body: dict[str, Any] = {"headroom": headroom}
         if templates is not None:
             body["templates"] = templates
+        if usage is not None:
+            body["usage"] = usage
         result: dict[str, Any] = self._req("POST", f"/nodes/{name}/heartbeat", json=body)
+        return result
+
+    def set_node(
+        self, name: str, *, overcommit: float | None = None, reserve: str | None = None
+    ) -> dict[str, Any]:
+        """Change node `name`'s overcommit ratio and host memory reserve (admin)."""
+        body = _clean({"overcommit": overcommit, "reserve": reserve})
+        result: dict[str, Any] = self._req("PATCH", f"/nodes/{name}", json=body)
         return result
 
     def cordon(self, name: str) -> dict[str, Any]:

@@ -26,13 +26,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from hoody.agent.spec import FirewallPolicy, Limits, check_name, check_tenant_id
+from hoody.control import capacity
 from hoody.control.auth import Principal
-from hoody.control.base import LIVE, FleetBase, check_int, check_text, num
+from hoody.control.base import FleetBase, check_int, check_text
 from hoody.control.claims import tenant_url
 from hoody.control.db import (
     Container,
@@ -151,7 +152,9 @@ class Containers(FleetBase):
             check_tenant_id(name)
         if version is not None:
             check_int(version, "version")
-        Limits().merged(limits)  # validates; the agent merges them with the template's
+        # Validates each value; the request against the limit is checked once the
+        # template's limits are known (reserve), and the agent merges them again.
+        Limits(memory_mib=1 << 22).merged(limits)
         if firewall is not None:
             FirewallPolicy.from_json(firewall)
         if env is not None and not all(
@@ -315,11 +318,18 @@ class Containers(FleetBase):
             if ver is None:
                 which = f"version {body['version']}" if body.get("version") else "any version"
                 raise NotFound(f"template {template} has no {which} on any node yet")
-            limits = {**(ver.limits or {}), **(body.get("limits") or {})}
+            asked = body.get("limits") or {}
+            limits = {k: v for k, v in {**(ver.limits or {}), **asked}.items() if v is not None}
             memory = int(limits.get("memory_mib", self.settings.default_memory_mib))
             disk = int(limits.get("disk_mib", self.settings.default_disk_mib))
-            placement, nodes = self._place(
-                s, ver, template, memory, disk, strategy, unreachable or set()
+            request_mib = limits.get("memory_request_mib")
+            if request_mib is not None and request_mib > memory:
+                raise InvalidInput(
+                    f"memory request {request_mib:g} MiB is above the memory limit {memory} "
+                    "MiB; a request is the expected use, at most the limit"
+                )
+            placement, nodes, request, source = self._place(
+                s, ver, template, memory, asked, strategy, unreachable or set()
             )
             cid = body.get("name") or self._new_id(s, template)
             if s.scalar(select(Container.seq).where(Container.id == cid)) is not None:
@@ -334,6 +344,11 @@ class Containers(FleetBase):
                     state="creating",
                     placement=placement.explanation,
                     memory_mib=memory,
+                    # Explicit requests only: a learned one is looked up again
+                    # each time (capacity.pending), as it is learned better.
+                    memory_request_mib=-(-request // (1 << 20))
+                    if source in ("asked", "template")
+                    else 0,
                     disk_mib=disk,
                     limits=limits,
                     meta=body.get("metadata") or {},
@@ -389,10 +404,13 @@ class Containers(FleetBase):
         ver: TemplateVersion,
         template: str,
         memory: int,
-        disk: int,
+        asked: dict[str, Any],
         strategy: Strategy | None,
         unreachable: set[str],
-    ) -> tuple[Placement, dict[str, Node]]:
+    ) -> tuple[Placement, dict[str, Node], int, str]:
+        """Place a copy of `ver` (limit `memory` MiB, `asked` its own limits); returns
+        the placement, the nodes by name, the memory (bytes) counted for it and where
+        that figure came from (asked, template, learned, limit)."""
         q = select(Node).order_by(Node.id)
         if self.store.is_postgres:
             # Serialises placements that could pick the same nodes, across processes;
@@ -406,47 +424,26 @@ class Containers(FleetBase):
                 )
             ).all()
         )
-        promised = {
-            node: (int(count), int(mem), int(pending_disk))
-            for node, count, mem, pending_disk in s.execute(
-                select(
-                    Container.node,
-                    func.count(),
-                    func.coalesce(func.sum(Container.memory_mib), 0),
-                    func.coalesce(
-                        func.sum(Container.disk_mib).filter(Container.state == "creating"), 0
-                    ),
-                )
-                .where(Container.state.in_(LIVE))
-                .group_by(Container.node)
-            )
-        }
-        views = []
+        known = capacity.learned(nodes.values(), template, ver.version)
+        request, source = capacity.resolve_request(asked, ver.limits, known, memory)
+        need = capacity.disk_need(known)
+        pending = capacity.pending(s, nodes, self.clock())
+        views: list[NodeView] = []
         for node in nodes.values():
-            h = node.headroom or {}
-            count, mem_mib, pending_disk = promised.get(node.name, (0, 0, 0))
-            # The agent's own promise counts tenants made without the control plane;
-            # ours counts placements it has not made yet. Neither double-counts the
-            # other's share if we take the larger of the two.
-            agent_promised = num(h.get("memory_promised_bytes"))
+            mine = pending.get(node.name, capacity.Pending())
             views.append(
-                NodeView(
-                    name=node.name,
-                    health="down" if node.name in unreachable else node.health,
-                    cordon=node.cordon,
+                capacity.node_view(
+                    node,
+                    mine,
                     has_template=replicas.get(node.id) == "ready",
-                    memory_total=int(
-                        num(h.get("memory_total_bytes")) * self.settings.memory_overcommit
-                    ),
-                    memory_promised=max(agent_promised, mem_mib << 20),
-                    disk_free=max(0, num(h.get("disk_free_bytes")) - (pending_disk << 20)),
-                    tenants=max(int(num(h.get("tenants"))), count),
-                    max_tenants=int(h["max_tenants"]) if num(h.get("max_tenants")) else None,
+                    default_overcommit=self.settings.memory_overcommit,
+                    healthy=node.name not in unreachable,
+                    pending_disk=mine.creating * need,
                 )
             )
-        req = Request(template, ver.version, memory, disk)
+        req = Request(template, ver.version, memory, request, source, need)
         try:
-            return place(views, req, strategy or self.settings.strategy), nodes
+            return place(views, req, strategy or self.settings.strategy), nodes, request, source
         except Exhausted as exc:
             # Nodes that will hold the version soon: receiving it, or lacking it while
             # a node that is up holds it (the replicator starts sending it within a second).

@@ -184,6 +184,9 @@ class Container(Base):
     url: Mapped[str] = mapped_column(String(300), default="")
     placement: Mapped[str] = mapped_column(Text, default="")
     memory_mib: Mapped[int] = mapped_column(Integer)
+    # Its explicit memory request (its own or its template's), 0 when it has none and
+    # placement counts what its template's tenants are learned to use (capacity.py).
+    memory_request_mib: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     disk_mib: Mapped[int] = mapped_column(Integer)
     limits: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)

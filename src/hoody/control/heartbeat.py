@@ -61,12 +61,15 @@ def heartbeat_loop(
                     token = joined.get("token") or join_token_or_node_token
                     node = Client(control_url, token, transport=transport, timeout=10)
                     log.info("joined %s as node %s", control_url, node_name)
-                headroom = get_headroom() if get_headroom else agent.node()["headroom"]
+                headroom = dict(get_headroom() if get_headroom else agent.node()["headroom"])
+                # Nested, so it travels beside the flat numbers (what each template
+                # version's tenants use: the fleet learns requests from it).
+                usage = headroom.pop("templates", None)
                 templates = [
                     {"name": t["name"], "version": t["version"], "limits": t.get("limits")}
                     for t in (get_templates() if get_templates else agent.templates())
                 ]
-                node.heartbeat(node_name, headroom, templates)
+                node.heartbeat(node_name, headroom, templates, usage)
             except (Unauthorized, NotFound) as exc:
                 log.warning("heartbeat refused (%s); joining again", exc.message)
                 if node is not None:

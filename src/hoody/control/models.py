@@ -26,7 +26,9 @@ __all__ = [
     "JoinBody",
     "JoinOut",
     "LimitsBody",
+    "NodeCapacityOut",
     "NodeOut",
+    "NodeSettingsBody",
     "OperationOut",
     "ProjectBody",
     "ProjectOut",
@@ -34,8 +36,10 @@ __all__ = [
     "RouteTableOut",
     "SessionOut",
     "SnapshotBody",
+    "TemplateEstimateOut",
     "TemplateOut",
     "TemplateRef",
+    "TemplateUsageIn",
     "TokenBody",
     "TokenOut",
     "WhoamiOut",
@@ -55,6 +59,13 @@ class LimitsBody(_Body):
     memory_mib: int | None = Field(None, ge=16, le=1 << 22)
     pids: int | None = Field(None, ge=8, le=1 << 22)
     disk_mib: int | None = Field(None, ge=16, le=1 << 24)
+    memory_request_mib: int | None = Field(
+        None,
+        ge=1,
+        le=1 << 22,
+        description="Memory placement counts for it (expected use, at most memory_mib); "
+        "default: its template's, else learned from the template's running tenants.",
+    )
 
 
 class CopyBody(_Body):
@@ -97,16 +108,47 @@ class TemplateRef(BaseModel):
 
     name: str = Field(max_length=63)
     version: int = Field(ge=1, le=INT_MAX)
-    limits: dict[str, float] | None = None
+    limits: dict[str, float | None] | None = None
+
+
+class TemplateUsageIn(BaseModel):
+    """What one template version's running tenants use on a node."""
+
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+
+    name: str = Field(max_length=63)
+    version: int = Field(ge=1, le=INT_MAX)
+    tenants: int = Field(0, ge=0, le=INT_MAX, description="Running tenants measured.")
+    memory_p90_bytes: int = Field(0, ge=0, le=1 << 60, description="p90 of their working set.")
+    disk_p90_bytes: int = Field(0, ge=0, le=1 << 60, description="p90 of their own disk bytes.")
+    memory_request_bytes: int = Field(0, ge=0, le=1 << 60)
+    request_source: str = Field("limit", max_length=16)
 
 
 class HeartbeatBody(_Body):
     headroom: dict[str, float] = Field(
         default_factory=dict,
-        description="memory_total_bytes, memory_promised_bytes, disk_free_bytes, tenants…",
+        description="memory_total_bytes, overcommit, memory_reserve_bytes, "
+        "memory_requested_bytes, memory_measured_bytes, memory_committed_bytes, "
+        "disk_free_bytes, tenants…",
     )
     templates: list[TemplateRef] | None = Field(
         None, description="Template versions on the node; omitted: unchanged."
+    )
+    usage: list[TemplateUsageIn] | None = Field(
+        None, description="Per template version, what its running tenants use."
+    )
+
+
+class NodeSettingsBody(_Body):
+    overcommit: float | None = Field(
+        None, ge=0.1, le=20, description="Memory x this is what placement may count."
+    )
+    reserve: str | None = Field(
+        None,
+        max_length=32,
+        description="Memory kept for the host: a size (2G, 512M), a share (10%) or auto "
+        "(10 %, at least 1 GiB).",
     )
 
 
@@ -167,6 +209,38 @@ class TemplateOut(BaseModel):
     versions: list[VersionOut]
 
 
+class NodeCapacityOut(BaseModel):
+    """A node's figures as placement uses them (bytes)."""
+
+    memory_total_bytes: int
+    overcommit: float
+    memory_capacity_bytes: int = Field(description="memory_total_bytes x overcommit.")
+    memory_reserve_bytes: int = Field(description="Kept for the host; never given out.")
+    memory_requested_bytes: int = Field(description="Sum of its tenants' requests.")
+    memory_measured_bytes: int = Field(description="Sum of its tenants' working sets.")
+    memory_committed_bytes: int = Field(
+        description="Sum over its tenants of max(request, measured), copies being made "
+        "included: what placement counts."
+    )
+    memory_free_bytes: int = Field(description="capacity - reserve - committed.")
+    disk_total_bytes: int
+    disk_free_bytes: int
+    disk_margin_bytes: int = Field(description="Disk kept free for tenants to grow.")
+
+
+class TemplateEstimateOut(BaseModel):
+    template: str
+    version: int
+    memory_request_bytes: int = Field(description="What placement counts for one more.")
+    request_source: str = Field(
+        description="template (its version's request), learned (p90 of the working set "
+        "of its running tenants), or limit (none measured yet)."
+    )
+    disk_bytes: int = Field(description="Disk one more is expected to use.")
+    further_tenants: int = Field(description="How many more this node can take now.")
+    limited_by: str = Field(description="memory, disk or tenants")
+
+
 class NodeOut(BaseModel):
     name: str
     url: str
@@ -176,7 +250,11 @@ class NodeOut(BaseModel):
     last_heartbeat: float
     headroom: dict[str, Any]
     containers: int
-    memory_promised_mib: int
+    memory_promised_mib: int = Field(description="Sum of its tenants' memory limits.")
+    capacity: NodeCapacityOut
+    estimates: list[TemplateEstimateOut] = Field(
+        description="Per template version it holds: how many more tenants it can take."
+    )
 
 
 class JoinOut(BaseModel):

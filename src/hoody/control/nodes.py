@@ -11,9 +11,10 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from hoody.agent.spec import check_name
-from hoody.control import auth
+from hoody.agent.usage import parse_reserve
+from hoody.control import auth, capacity
 from hoody.control.auth import Principal
-from hoody.control.base import LIVE, FleetBase, check_text, op_json
+from hoody.control.base import LIVE, FleetBase, check_text, num, op_json
 from hoody.control.db import Container, Node, Template, TemplateReplica, TemplateVersion, Token
 from hoody.errors import Conflict, Forbidden, InvalidInput
 
@@ -85,11 +86,16 @@ class Nodes(FleetBase):
         name: str,
         headroom: dict[str, Any],
         templates: list[dict[str, Any]] | None = None,
+        usage: list[dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
-        """Record that node `name` is alive, its headroom, and (if given) the template
-        versions it holds. Only the node's own token or an admin token may send it."""
+        """Record that node `name` is alive, its headroom, what its tenants use per
+        template version (`usage`, kept as headroom["templates"]), and (if given) the
+        template versions it holds. Only the node's own token or an admin token may
+        send it."""
         if not (who.is_admin or (who.scope == "node" and who.node == name)):
             raise Forbidden(f"only node {name}'s own token may send its heartbeats")
+        if usage is not None:
+            headroom = {**headroom, "templates": usage}
         with self.store.write() as s:
             node = self._node(s, name)
             if node.health != "up":
@@ -174,6 +180,26 @@ class Nodes(FleetBase):
         with self.store.read() as s:
             return [self._node_json(s, n) for n in s.scalars(select(Node).order_by(Node.name))]
 
+    def set_node(
+        self, who: Principal, name: str, overcommit: float | None, reserve: str | None
+    ) -> dict[str, Any]:
+        """Change node `name`'s overcommit ratio and host memory reserve: the node
+        keeps them (its agent saves them) and reports them in every heartbeat."""
+        who.require_admin()
+        if reserve is not None:
+            parse_reserve(reserve)
+        if overcommit is not None and not 0.1 <= overcommit <= 20:
+            raise InvalidInput(f"overcommit {overcommit!r} is invalid; give a ratio from 0.1 to 20")
+        with self.store.read() as s:
+            node = self._node(s, name)
+            url, token = node.url, node.agent_token
+        info = self._agent(url, token).configure_node(overcommit=overcommit, memory_reserve=reserve)
+        with self.store.write() as s:
+            node = self._node(s, name)
+            if isinstance(info.get("headroom"), dict):
+                node.headroom = info["headroom"]
+            return self._node_json(s, node)
+
     def set_cordon(self, who: Principal, name: str, cordon: str) -> dict[str, Any]:
         """cordon: none (uncordon), cordoned (no new tenants), draining (cordoned, and
         its tenants are to move away; returns the drain operation)."""
@@ -194,6 +220,36 @@ class Nodes(FleetBase):
                 Container.node == node.name, Container.state.in_(LIVE)
             )
         ).one()
+        mine = capacity.pending(s, {node.name: node}, self.clock()).get(
+            node.name, capacity.Pending()
+        )
+        view = capacity.node_view(
+            node,
+            mine,
+            has_template=True,
+            default_overcommit=self.settings.memory_overcommit,
+            pending_disk=mine.creating * capacity.DEFAULT_DISK_NEED,
+        )
+        everyone = list(s.scalars(select(Node)))
+        estimates = []
+        for tmpl, version, limits in self._newest_ready(s, node):
+            known = capacity.learned(everyone, tmpl, version)
+            limit_mib = num((limits or {}).get("memory_mib")) or self.settings.default_memory_mib
+            request, source = capacity.resolve_request(None, limits, known, limit_mib)
+            disk = capacity.disk_need(known)
+            further, limited_by = capacity.estimate(view, request, disk)
+            estimates.append(
+                {
+                    "template": tmpl,
+                    "version": version,
+                    "memory_request_bytes": request,
+                    "request_source": source,
+                    "disk_bytes": disk,
+                    "further_tenants": further,
+                    "limited_by": limited_by,
+                }
+            )
+        disk_total = num((node.headroom or {}).get("disk_total_bytes"))
         return {
             "name": node.name,
             "url": node.url,
@@ -204,4 +260,20 @@ class Nodes(FleetBase):
             "headroom": node.headroom,
             "containers": int(count),
             "memory_promised_mib": int(memory),
+            "capacity": capacity.capacity_json(view, disk_total),
+            "estimates": estimates,
         }
+
+    @staticmethod
+    def _newest_ready(s: Session, node: Node) -> list[tuple[str, int, dict[str, Any]]]:
+        """(template, version, limits) of the newest version of each template the node
+        holds ready."""
+        rows = s.execute(
+            select(Template.name, TemplateVersion.version, TemplateVersion.limits)
+            .join(TemplateVersion, TemplateVersion.template_id == Template.id)
+            .join(TemplateReplica, TemplateReplica.version_id == TemplateVersion.id)
+            .where(TemplateReplica.node_id == node.id, TemplateReplica.state == "ready")
+            .order_by(Template.name, TemplateVersion.version)
+        ).all()
+        newest = {name: (version, limits or {}) for name, version, limits in rows}
+        return [(name, v, lim) for name, (v, lim) in sorted(newest.items())]

@@ -111,6 +111,17 @@ def test_top_level_verbs_go_through_the_control_plane(
     assert [v["version"] for v in hoody("templates")[0]["versions"]] == [1, 2]
     assert hoody("nodes", "cordon", "n1")["state"] == "cordoned"
     assert {n["name"]: n["state"] for n in hoody("nodes")} == {"n1": "cordoned", "n2": "up"}
+    made_req = hoody("copy", "demo", "--version", "1", "--memory-request", "32")
+    assert made_req["limits"]["memory_request_mib"] == 32
+    assert "32 MiB request (asked)" in made_req["placement"]
+    assert hoody("nodes", "set", "n2", "--overcommit", "1.5")["capacity"]["overcommit"] == 1.5
+    assert w.agents["n2"].overcommit == 1.5, "the node keeps its own setting"
+    table = cli.invoke(app, ["nodes"], env={"COLUMNS": "240"})
+    assert table.exit_code == 0, table.output
+    assert "n2" in table.output and "(x1.5)" in table.output
+    (n2,) = [n for n in hoody("nodes") if n["name"] == "n2"]
+    assert n2["estimates"][0]["template"] == "demo" and n2["estimates"][0]["further_tenants"] > 0
+    hoody("rm", made_req["id"])
     assert hoody("rm", "web-1", again["id"]) == [
         {"id": "web-1", "deleted": True, "existed": True},
         {"id": again["id"], "deleted": True, "existed": True},

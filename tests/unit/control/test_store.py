@@ -91,7 +91,8 @@ def test_down_cordoned_and_full_nodes_get_no_tenants(store: Store) -> None:
     now = [1000.0]
     w = make_world(
         store,
-        nodes={"n1": {}, "n2": {}, "n3": {"memory_total": 512 << 20}},
+        # n3: 1 GiB, half of it the host's reserve (auto, on a small node)
+        nodes={"n1": {}, "n2": {}, "n3": {"memory_total": 1 << 30}},
         settings=Settings(heartbeat_timeout=10),
         clock=lambda: now[0],
     )
@@ -104,7 +105,7 @@ def test_down_cordoned_and_full_nodes_get_no_tenants(store: Store) -> None:
     c = w.fleet.copy(w.project, "demo")
     assert c["node"] == "n3"
     assert "n1 (down" in c["placement"] and "n2 (cordoned)" in c["placement"]
-    w.fleet.copy(w.project, "demo")  # n3 now holds 512 MiB: full
+    w.fleet.copy(w.project, "demo")  # n3 now counts 512 MiB (not measured yet): full
     with pytest.raises(Exhausted, match="n3: full"):
         w.fleet.copy(w.project, "demo")
     w.heartbeat("n1")  # back up

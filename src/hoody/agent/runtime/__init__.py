@@ -115,3 +115,8 @@ class Runtime(Protocol):
     def memory_events(self, tid: str) -> dict[str, int]:
         """Counters of the tenant's cgroup, one per EVENT_KEYS entry; all zero when
         the tenant has no cgroup (stopped or absent)."""
+
+    def working_set(self, tid: str) -> int:
+        """Bytes the tenant uses that the kernel could not simply drop: its cgroup's
+        memory usage minus inactive file cache (what kubelet calls the working set).
+        0 when it has no cgroup. Placement counts this, not the limit."""

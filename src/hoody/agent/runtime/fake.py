@@ -37,6 +37,7 @@ class FakeRuntime:
         self.responses = dict(responses or {})
         self.containers: dict[str, _Container] = {}
         self.fail_start: set[str] = set()  # tids whose next start fails like runc would
+        self.used: dict[str, int] = {}  # working set by tid (tests set what tenants use)
         self._pids = itertools.count(10_000)
         self._lock = threading.Lock()
 
@@ -103,6 +104,14 @@ class FakeRuntime:
     def list(self) -> list[str]:
         with self._lock:
             return sorted(self.containers)
+
+    def working_set(self, tid: str) -> int:
+        """`used[tid]` while it runs (tests set it), else 8 MiB; 0 when not running."""
+        with self._lock:
+            current = self.containers.get(tid)
+            if current is None or not current.running:
+                return 0
+            return self.used.get(tid, 8 << 20)
 
     def memory_events(self, tid: str) -> dict[str, int]:
         events = dict.fromkeys(EVENT_KEYS, 0)

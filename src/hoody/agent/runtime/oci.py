@@ -425,6 +425,22 @@ class OciRuntime:
         events["pids"] = _number(pids / "pids.current")
         return events
 
+    def working_set(self, tid: str) -> int:
+        """usage - inactive file cache: v2 memory.current and memory.stat
+        `inactive_file`; v1 memory.usage_in_bytes and `total_inactive_file` (the
+        tenant's cgroup and any below it). Two small reads per tenant."""
+        check_tenant_id(tid)
+        rel = Path(self.cgroup_parent) / tid
+        if self.caps.cgroup == "v2":
+            memory, usage_file, inactive = CGROUP_ROOT / rel, "memory.current", "inactive_file"
+        else:
+            memory = CGROUP_ROOT / "memory" / rel
+            usage_file, inactive = "memory.usage_in_bytes", "total_inactive_file"
+        usage = _number(memory / usage_file)
+        if not usage:
+            return 0
+        return max(0, usage - _keyed(memory / "memory.stat").get(inactive, 0))
+
     def remove_cgroup_parent(self) -> None:
         """rmdir this node's (empty) parent cgroup in every hierarchy the runtime made it
         in; call after the last tenant is gone. Busy or absent directories are left."""
