@@ -16,11 +16,15 @@ from typing import Any
 import httpx
 
 from hoody.agent import ksm
-from hoody.bench.provision import wait_http_ok
+from hoody.agent.templates import DEMO_ARGS, DEMO_NAME
+from hoody.bench.fleet import scratch_fleet
+from hoody.bench.provision import _everywhere, wait_http_ok
 from hoody.bench.scratch import scratch_node
+from hoody.control.client import Client
+from hoody.errors import HoodyError
 from hoody.proc import run
 
-__all__ = ["density", "memory_in_use"]
+__all__ = ["density", "density_api", "memory_in_use"]
 
 _FIELDS = (
     "AnonPages",
@@ -101,3 +105,77 @@ def density(
             "ksm_profit_mib": round(ksm1["profit_mib"] - (ksm0["profit_mib"] if use_ksm else 0), 2),
             "ksmd_cpu_seconds": round(ksm1["ksmd_cpu_seconds"] - ksm0["ksmd_cpu_seconds"], 2),
         }
+
+
+def density_api(count: int = 50, storage: str = "overlay", concurrency: int = 4) -> dict[str, Any]:
+    """As `density`, but every tenant is a copy through the control plane's API onto a
+    fleet of one node (placement, the database and the agent all in the path), with
+    demo-app's default limits (256 MiB). The growth of memory counts the control plane
+    and agent processes too. Reports how many copies placement accepted and the node's
+    figures afterwards (committed, measured, and the estimate of further tenants)."""
+    with scratch_fleet(1, pool_size="20G", storage_mode=storage) as fleet:
+        node = fleet.nodes[0]
+        with node.client() as agent:
+            agent.create_template(DEMO_NAME, {"demo": True}, args=DEMO_ARGS)
+        deadline = time.monotonic() + 120
+        while not _everywhere(fleet.admin.templates(), DEMO_NAME, 1):  # its next heartbeat
+            if time.monotonic() > deadline:
+                raise TimeoutError("the control plane did not learn of demo-app within 120 s")
+            time.sleep(0.2)
+        project = fleet.admin.create_project("density")["id"]
+        token = fleet.admin.create_token("project", project_id=project)["token"]
+        with Client(fleet.url, token, timeout=600) as client:
+            warm = client.copy(DEMO_NAME)
+            wait_http_ok(warm["url"])
+            client.delete(warm["id"])
+            time.sleep(1)
+            mem0, disk0 = memory_in_use(), _pool_used(node.config.pool)
+            started = time.monotonic()
+            urls: list[str] = []
+            refused: list[str] = []
+
+            def one(_: int) -> str | None:
+                try:
+                    return str(client.copy(DEMO_NAME)["url"])
+                except HoodyError as exc:
+                    refused.append(exc.message)
+                    return None
+
+            with ThreadPoolExecutor(concurrency) as pool:
+                urls = [u for u in pool.map(one, range(count)) if u]
+            copied = time.monotonic() - started
+            for url in urls:
+                wait_http_ok(url, timeout=60)
+            time.sleep(5)
+            answering = 0
+            with httpx.Client(timeout=2.0) as http:
+                for url in urls:
+                    with contextlib.suppress(httpx.HTTPError):
+                        answering += http.get(url).status_code == 200
+            mem1, disk1 = memory_in_use(), _pool_used(node.config.pool)
+        time.sleep(3)  # a heartbeat with every tenant measured
+        state = fleet.admin.nodes()[0]
+    mib = 1 << 20
+    cap = state["capacity"]
+    return {
+        "benchmark": "density",
+        "through": "api",
+        "storage": storage,
+        "tenants": count,
+        "accepted": len(urls),
+        "answering": answering,
+        "refused": refused[:3],
+        "marginal_memory_mib": round((mem1 - mem0) / max(1, len(urls)) / mib, 2),
+        "marginal_disk_mib": round((disk1 - disk0) / max(1, len(urls)) / mib, 3),
+        "copy_seconds": round(copied, 1),
+        "node": {
+            "memory_total_mib": cap["memory_total_bytes"] // mib,
+            "overcommit": cap["overcommit"],
+            "memory_reserve_mib": cap["memory_reserve_bytes"] // mib,
+            "memory_requested_mib": cap["memory_requested_bytes"] // mib,
+            "memory_measured_mib": cap["memory_measured_bytes"] // mib,
+            "memory_committed_mib": cap["memory_committed_bytes"] // mib,
+            "memory_free_mib": cap["memory_free_bytes"] // mib,
+            "estimates": state["estimates"],
+        },
+    }

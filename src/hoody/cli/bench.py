@@ -42,12 +42,27 @@ def density(
     count: Annotated[int, typer.Option(help="Idle tenants to run.")] = 50,
     storage: Annotated[str, typer.Option(help="overlay or snapshot")] = "overlay",
     ksm: Annotated[bool, typer.Option(help="Let the template opt in to KSM.")] = False,
+    through: Annotated[
+        str,
+        typer.Option(
+            help="node: copies straight to one agent; api: through a control plane "
+            "(placement included) with one node."
+        ),
+    ] = "node",
+    concurrency: Annotated[int, typer.Option(help="Copies in flight (--through api).")] = 4,
     as_json: JsonOpt = True,
 ) -> None:
     """Marginal memory and disk per idle demo-app tenant."""
     from hoody.bench.density import density as run
+    from hoody.bench.density import density_api
 
-    typer.echo(json.dumps(run(count, storage, ksm), indent=2))
+    if through == "api":
+        result = density_api(count, storage, concurrency)
+    elif through == "node":
+        result = run(count, storage, ksm)
+    else:
+        raise typer.BadParameter(f"--through {through!r} is unknown; use node or api")
+    typer.echo(json.dumps(result, indent=2))
 
 
 @app.command()
