@@ -3,15 +3,20 @@ to itself, its neighbours or the host, and what stops it (issue #10)."""
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 
 from hoody.agent.templates import DEMO_ARGS, demo_source
 from hoody.bench.provision import wait_http_ok
 from hoody.bench.scratch import ScratchNode
+
+EPERM, ENOSYS = 1, 38
 
 
 def py(scratch: ScratchNode, tid: str, code: str, timeout: float = 60) -> dict[str, Any]:
@@ -108,3 +113,85 @@ def test_stop_is_graceful_the_app_gets_sigterm(scratch: ScratchNode) -> None:
     finally:
         scratch.client.delete(tid)
         scratch.node.delete_template("trapper")
+
+
+# x86_64 numbers of calls the filter refuses: kernel attack surface (bpf, io_uring,
+# userfaultfd, perf, keyrings, the mount API), another namespace (setns), the host's
+# log and accounting, and one call no list names (getpmsg: the default answers).
+REFUSED = {
+    "keyctl": 250,
+    "add_key": 248,
+    "request_key": 249,
+    "bpf": 321,
+    "perf_event_open": 298,
+    "io_uring_setup": 425,
+    "userfaultfd": 323,
+    "mount": 165,
+    "open_tree": 428,
+    "fsopen": 430,
+    "setns": 308,
+    "kcmp": 312,
+    "modify_ldt": 154,
+    "syslog": 103,
+    "acct": 163,
+    "getpmsg": 181,
+}
+SYSCALLS = (
+    "import ctypes, json, sys\n"
+    "libc = ctypes.CDLL(None, use_errno=True)\n"
+    "def errno_of(nr, *args):\n"
+    "    ctypes.set_errno(0)\n"
+    "    libc.syscall(nr, *args)\n"
+    "    return ctypes.get_errno()\n"
+    "out = {name: errno_of(nr, 0, 0, 0, 0, 0) for name, nr in json.loads(sys.argv[1]).items()}\n"
+    "out['unshare(CLONE_NEWUSER)'] = errno_of(272, 0x10000000)\n"
+    "out['clone3'] = errno_of(435, 0, 0)\n"
+    "out['unknown 1000'] = errno_of(1000)\n"
+    "print(json.dumps(out))\n"
+)
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="syscall numbers are x86_64's")
+def test_refused_syscalls_fail_with_eperm(scratch: ScratchNode, copy: Any) -> None:
+    rec = copy()
+    result = scratch.client.exec(
+        rec["id"], ["/usr/bin/python3", "-c", SYSCALLS, json.dumps(REFUSED)]
+    )
+    assert result["exit_code"] == 0, result
+    errnos = json.loads(result["stdout"])
+    assert {k: v for k, v in errnos.items() if k in REFUSED} == dict.fromkeys(REFUSED, EPERM)
+    assert errnos["unshare(CLONE_NEWUSER)"] == EPERM, "no nested user namespace"
+    # clone3's flags cannot be checked: ENOSYS sends glibc back to clone, which can.
+    assert errnos["clone3"] == ENOSYS
+    assert errnos["unknown 1000"] == ENOSYS
+    nested = scratch.client.exec(rec["id"], ["unshare", "--user", "true"])
+    assert nested["exit_code"] != 0
+
+
+WORKLOAD = (
+    "import os, socket, sqlite3, subprocess, threading, time, mmap, select, json\n"
+    "t = threading.Thread(target=time.sleep, args=(0.01,)); t.start(); t.join()\n"
+    "out = subprocess.run(['/bin/sh', '-c', 'echo hi | tr a-z A-Z; ls / | wc -l'],\n"
+    "                     capture_output=True, text=True, check=True).stdout.split()\n"
+    "db = sqlite3.connect('/root/t.db'); db.execute('pragma journal_mode=wal')\n"
+    "db.execute('create table if not exists t(x)'); db.execute('insert into t values (1)')\n"
+    "db.commit()\n"
+    "a, b = socket.socketpair(); a.send(b'x'); select.select([b], [], [], 1)\n"
+    "m = mmap.mmap(-1, 4096); m[:1] = b'y'\n"
+    "print(json.dumps({'shell': out[0], 'rows': db.execute('select count(*) from t')\n"
+    "                  .fetchone()[0], 'socket': b.recv(1).decode(), 'pid': os.getpid()}))\n"
+)
+
+
+def test_the_app_and_a_shell_still_work_under_the_allowlist(
+    scratch: ScratchNode, copy: Any
+) -> None:
+    rec = copy()
+    assert httpx.get(rec["url"] + "api/visits", timeout=5).json()["visits"] == 1
+    result = py(scratch, rec["id"], WORKLOAD)
+    assert result["exit_code"] == 0, result
+    assert json.loads(result["stdout"])["shell"] == "HI"
+    shell = scratch.client.exec(
+        rec["id"], ["/bin/sh", "-c", "cd /tmp && echo x > f && cat f && rm f && id -u"]
+    )
+    assert shell["exit_code"] == 0 and shell["stdout"].split() == ["x", "0"], shell

@@ -6,6 +6,7 @@ from typing import Any
 
 from hoody.agent.runtime import ContainerSpec, RuntimeCaps
 from hoody.agent.runtime.bundle import (
+    ALLOWED_SYSCALLS,
     DENIED_SYSCALLS,
     INIT_PATH,
     HostParts,
@@ -161,24 +162,42 @@ def test_masked_and_read_only_paths() -> None:
     )
 
 
-def test_seccomp_denies_the_dangerous_calls_with_eperm() -> None:
+def test_seccomp_is_an_allowlist_answering_eperm() -> None:
     profile = config()["linux"]["seccomp"]
     assert profile == seccomp_profile()
-    assert profile["defaultAction"] == "SCMP_ACT_ALLOW"
-    denied = profile["syscalls"][0]
-    assert denied["action"] == "SCMP_ACT_ERRNO" and denied["errnoRet"] == 1
-    for name in ("kexec_load", "init_module", "bpf", "mount", "keyctl", "setns", "io_uring_setup"):
-        assert name in denied["names"]
+    assert profile["defaultAction"] == "SCMP_ACT_ERRNO"
+    assert profile["defaultErrnoRet"] == 1  # EPERM
+    allowed = profile["syscalls"][0]
+    assert allowed["action"] == "SCMP_ACT_ALLOW" and "args" not in allowed
+    assert {"read", "write", "openat", "execve", "futex", "epoll_pwait", "accept4"} <= set(
+        allowed["names"]
+    )
+    assert len(set(ALLOWED_SYSCALLS)) == len(ALLOWED_SYSCALLS)
+
+
+def test_seccomp_never_allows_the_denied_calls() -> None:
     assert len(set(DENIED_SYSCALLS)) == len(DENIED_SYSCALLS)
+    assert not set(DENIED_SYSCALLS) & set(ALLOWED_SYSCALLS)
+    named = {n for rule in seccomp_profile("x86_64")["syscalls"] for n in rule["names"]}
+    assert not set(DENIED_SYSCALLS) & named
+    for name in ("kexec_load", "init_module", "bpf", "mount", "keyctl", "add_key", "setns"):
+        assert name in DENIED_SYSCALLS
+    for name in ("io_uring_setup", "userfaultfd", "perf_event_open", "open_tree", "fsopen"):
+        assert name in DENIED_SYSCALLS
 
 
-def test_seccomp_blocks_nested_user_namespaces_only() -> None:
+def test_seccomp_lets_clone_and_unshare_pass_without_namespace_flags_only() -> None:
     rules = {r["names"][0]: r for r in seccomp_profile("x86_64")["syscalls"][1:]}
-    assert rules["unshare"]["args"] == [
-        {"index": 0, "value": 0x10000000, "valueTwo": 0x10000000, "op": "SCMP_CMP_MASKED_EQ"}
+    masked = rules["clone"]["args"][0]
+    assert masked["op"] == "SCMP_CMP_MASKED_EQ" and masked["valueTwo"] == 0
+    assert masked["value"] & 0x10000000, "CLONE_NEWUSER: no nested user namespace"
+    assert masked["value"] == 0x7E020000  # every CLONE_NEW* flag clone can carry
+    assert rules["unshare"]["args"][0]["value"] == 0x7E020000 | 0x80  # and CLONE_NEWTIME
+    assert rules["clone"]["action"] == rules["unshare"]["action"] == "SCMP_ACT_ALLOW"
+    assert rules["clone3"] == {"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38}
+    assert rules["socket"]["args"] == [
+        {"index": 0, "value": 40, "valueTwo": 0, "op": "SCMP_CMP_NE"}  # no AF_VSOCK
     ]
-    assert rules["clone"]["args"] == rules["unshare"]["args"]
-    assert rules["clone3"]["errnoRet"] == 38  # ENOSYS: glibc falls back to clone
 
 
 def test_seccomp_covers_every_abi_of_the_machine() -> None:

@@ -12,7 +12,8 @@ What the tenant gets, and why:
   does not own the (pre-created) network namespace, and a tenant needs nothing there;
   the cgroup filesystem is not mounted at all;
 - the runc default masked and read-only /proc paths;
-- a seccomp denylist (see `seccomp_profile`);
+- a seccomp allowlist answering EPERM to everything else, anchored on Docker's
+  default profile (see `seccomp.py`);
 - cpu quota, memory without swap, and a pids cap in cgroup `/<cgroup_parent>/<tid>`;
 - a minimal init as PID 1 (the host's static tini, bind-mounted read-only at
   /dev/init) in front of the entrypoint, unless the template says its entrypoint is
@@ -23,14 +24,15 @@ What the tenant gets, and why:
 
 from __future__ import annotations
 
-import platform
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hoody.agent.runtime import ContainerSpec, RuntimeCaps
+from hoody.agent.runtime.seccomp import ALLOWED_SYSCALLS, DENIED_SYSCALLS, seccomp_profile
 
 __all__ = [
+    "ALLOWED_SYSCALLS",
     "CAPABILITIES",
     "CPU_PERIOD_US",
     "DEFAULT_PATH",
@@ -89,112 +91,6 @@ READONLY_PATHS = (
     "/proc/sys",
     "/proc/sysrq-trigger",
 )
-
-# Seccomp: default ALLOW with a denylist answering EPERM, not Docker's ERRNO-default
-# allowlist. The kernel's own checks already refuse most privileged calls to a tenant
-# (no CAP_SYS_ADMIN, user namespace); the denylist removes kernel attack surface an
-# unprivileged process could still reach (bpf, io_uring, userfaultfd, perf, keyrings,
-# the new mount API, nested user namespaces) and the calls that make no sense in a
-# tenant. A denylist keeps working when a newer libc starts using a new syscall, which
-# an allowlist pinned to one runtime version would break with an obscure EPERM.
-DENIED_SYSCALLS = (
-    "_sysctl",
-    "acct",
-    "add_key",
-    "adjtimex",
-    "bpf",
-    "clock_adjtime",
-    "clock_adjtime64",
-    "clock_settime",
-    "clock_settime64",
-    "create_module",
-    "delete_module",
-    "finit_module",
-    "fsconfig",
-    "fsmount",
-    "fsopen",
-    "fspick",
-    "get_kernel_syms",
-    "init_module",
-    "io_uring_enter",
-    "io_uring_register",
-    "io_uring_setup",
-    "ioperm",
-    "iopl",
-    "kcmp",
-    "kexec_file_load",
-    "kexec_load",
-    "keyctl",
-    "lookup_dcookie",
-    "mount",
-    "mount_setattr",
-    "move_mount",
-    "nfsservctl",
-    "open_by_handle_at",
-    "open_tree",
-    "perf_event_open",
-    "pivot_root",
-    "query_module",
-    "quotactl",
-    "quotactl_fd",
-    "reboot",
-    "request_key",
-    "setns",
-    "settimeofday",
-    "stime",
-    "swapoff",
-    "swapon",
-    "syslog",
-    "sysfs",
-    "umount",
-    "umount2",
-    "uselib",
-    "userfaultfd",
-    "ustat",
-    "vm86",
-    "vm86old",
-)
-
-_CLONE_NEWUSER = 0x10000000
-_EPERM = 1
-_ENOSYS = 38
-
-# Architectures a process on this machine can issue syscalls in; the filter must cover
-# all of them or the 32-bit entry points would bypass it.
-_SECCOMP_ARCHES = {
-    "x86_64": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
-    "aarch64": ["SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM"],
-}
-
-
-def seccomp_profile(machine: str | None = None) -> dict[str, Any]:
-    """The OCI `linux.seccomp` section: allow by default, deny `DENIED_SYSCALLS`.
-
-    Also denies unshare/clone with CLONE_NEWUSER (a nested user namespace hands the
-    tenant a full capability set over fresh namespaces: the door to most container
-    escapes), and answers clone3 with ENOSYS because its flags live in memory seccomp
-    cannot read; glibc then falls back to clone, which the rule above can check.
-    """
-    arch = machine or platform.machine()
-    newuser = [
-        {
-            "index": 0,
-            "value": _CLONE_NEWUSER,
-            "valueTwo": _CLONE_NEWUSER,
-            "op": "SCMP_CMP_MASKED_EQ",
-        }
-    ]
-    return {
-        "defaultAction": "SCMP_ACT_ALLOW",
-        "architectures": _SECCOMP_ARCHES.get(arch, []),
-        "syscalls": [
-            {"names": list(DENIED_SYSCALLS), "action": "SCMP_ACT_ERRNO", "errnoRet": _EPERM},
-            {"names": ["unshare"], "action": "SCMP_ACT_ERRNO", "errnoRet": _EPERM, "args": newuser},
-            # clone's flags are argument 0 on x86 and arm (argument 1 only on s390).
-            {"names": ["clone"], "action": "SCMP_ACT_ERRNO", "errnoRet": _EPERM, "args": newuser},
-            {"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": _ENOSYS},
-        ],
-    }
 
 
 @dataclass(frozen=True)
