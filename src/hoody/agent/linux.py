@@ -41,6 +41,9 @@ def build_node(config: NodeConfig) -> Node:
         network=LinuxNetwork(config.network),
         firewall=NftFirewall(config.network),
         runtime=OciRuntime(
-            root=run / "runc", bundle_dir=run / "bundles", cgroup_parent=config.cgroup_parent
+            root=run / "runc",
+            bundle_dir=run / "bundles",
+            cgroup_parent=config.cgroup_parent,
+            pool=config.pool,
         ),
     )

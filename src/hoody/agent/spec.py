@@ -45,12 +45,13 @@ def check_name(value: str, what: str = "template name") -> str:
     return value
 
 
-_LIMIT_KEYS = ("cpu", "memory_mib", "pids", "disk_mib", "memory_request_mib")
+_LIMIT_KEYS = ("cpu", "memory_mib", "pids", "disk_mib", "memory_request_mib", "io_mbps", "iops")
 
 
 @dataclass(frozen=True)
 class Limits:
-    """Per-tenant quotas. cpu is in cores (0.5 = half a core).
+    """Per-tenant quotas. cpu is in cores (0.5 = half a core); io_mbps (MiB/s) and
+    iops cap the tenant's reads and its writes each, on the devices under the pool.
 
     `memory_request_mib` is not a cap: it is the steady use placement counts for the
     tenant (a limit is what it may reach, a request what it is expected to use). None:
@@ -62,6 +63,8 @@ class Limits:
     pids: int = 256
     disk_mib: int = 1024
     memory_request_mib: int | None = None
+    io_mbps: int = 100
+    iops: int = 1000
 
     def __post_init__(self) -> None:
         if not isinstance(self.cpu, int | float) or not 0.01 <= self.cpu <= 1024:
@@ -72,6 +75,8 @@ class Limits:
             ("memory_mib", 16, 1 << 22),
             ("pids", 8, 1 << 22),
             ("disk_mib", 16, 1 << 24),
+            ("io_mbps", 1, 1 << 20),
+            ("iops", 10, 1 << 24),
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:

@@ -16,6 +16,8 @@ from hoody.errors import InvalidInput
 __all__ = [
     "CpuOpt",
     "DiskOpt",
+    "IoMbpsOpt",
+    "IopsOpt",
     "JsonOpt",
     "MemOpt",
     "PidsOpt",
@@ -42,6 +44,12 @@ RequestOpt = Annotated[
 ]
 PidsOpt = Annotated[int | None, typer.Option(help="Process limit.")]
 DiskOpt = Annotated[int | None, typer.Option("--disk", help="Disk limit in MiB.")]
+IoMbpsOpt = Annotated[
+    int | None, typer.Option("--io-mbps", help="Disk read and write bandwidth limit, MiB/s each.")
+]
+IopsOpt = Annotated[
+    int | None, typer.Option("--iops", help="Disk read and write operations per second, each.")
+]
 
 
 def emit(data: Any, as_json: bool, columns: list[str] | None = None, title: str = "") -> None:
@@ -85,6 +93,8 @@ def limits(
     pids: int | None,
     disk: int | None,
     memory_request: int | None = None,
+    io_mbps: int | None = None,
+    iops: int | None = None,
 ) -> dict[str, Any] | None:
     given = {
         "cpu": cpu,
@@ -92,6 +102,8 @@ def limits(
         "pids": pids,
         "disk_mib": disk,
         "memory_request_mib": memory_request,
+        "io_mbps": io_mbps,
+        "iops": iops,
     }
     return {k: v for k, v in given.items() if v is not None} or None
 

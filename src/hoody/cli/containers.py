@@ -15,6 +15,8 @@ import typer
 from hoody.cli.common import (
     CpuOpt,
     DiskOpt,
+    IoMbpsOpt,
+    IopsOpt,
     JsonOpt,
     MemOpt,
     PidsOpt,
@@ -54,6 +56,8 @@ def copy(
     memory_request: RequestOpt = None,
     pids: PidsOpt = None,
     disk: DiskOpt = None,
+    io_mbps: IoMbpsOpt = None,
+    iops: IopsOpt = None,
     firewall_json: Annotated[
         str | None, typer.Option("--firewall", help="Firewall policy as JSON.")
     ] = None,
@@ -65,7 +69,7 @@ def copy(
             template,
             name=name,
             version=version,
-            limits=limits(cpu, memory, pids, disk, memory_request),
+            limits=limits(cpu, memory, pids, disk, memory_request, io_mbps, iops),
             env=key_values(env, "env") or None,
             firewall=firewall(firewall_json),
             metadata=key_values(metadata, "metadata") or None,

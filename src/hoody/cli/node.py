@@ -23,6 +23,8 @@ from hoody.agent.config import DEFAULT_STATE_DIR, NodeConfig
 from hoody.cli.common import (
     CpuOpt,
     DiskOpt,
+    IoMbpsOpt,
+    IopsOpt,
     JsonOpt,
     MemOpt,
     PidsOpt,
@@ -264,6 +266,8 @@ def template_create(
     memory_request: RequestOpt = None,
     pids: PidsOpt = None,
     disk: DiskOpt = None,
+    io_mbps: IoMbpsOpt = None,
+    iops: IopsOpt = None,
     firewall_json: Annotated[
         str | None, typer.Option("--firewall", help="Firewall policy as JSON.")
     ] = None,
@@ -303,7 +307,7 @@ def template_create(
             port=port,
             ksm=ksm or None,
             init=None if init else False,
-            limits=limits(cpu, memory, pids, disk, memory_request),
+            limits=limits(cpu, memory, pids, disk, memory_request, io_mbps, iops),
             firewall=firewall(firewall_json),
         )
     emit(rec, as_json, ["name", "version", "args", "port", "ksm"])
@@ -340,6 +344,8 @@ def copy(
     memory_request: RequestOpt = None,
     pids: PidsOpt = None,
     disk: DiskOpt = None,
+    io_mbps: IoMbpsOpt = None,
+    iops: IopsOpt = None,
     firewall_json: Annotated[
         str | None, typer.Option("--firewall", help="Firewall policy as JSON.")
     ] = None,
@@ -353,7 +359,7 @@ def copy(
             version=version,
             env=key_values(env, "env") or None,
             mode=mode,
-            limits=limits(cpu, memory, pids, disk, memory_request),
+            limits=limits(cpu, memory, pids, disk, memory_request, io_mbps, iops),
             firewall=firewall(firewall_json),
         )
     emit(rec, as_json, TENANT_COLUMNS)

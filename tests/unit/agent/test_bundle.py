@@ -111,6 +111,22 @@ def test_no_init_when_the_entrypoint_is_one_or_the_host_has_none() -> None:
         assert INIT_PATH not in [m["destination"] for m in cfg["mounts"]]
 
 
+def test_io_limits_apply_to_every_disk_under_the_pool() -> None:
+    limits = Limits(io_mbps=20, iops=500)
+    cfg = with_host(HostParts(block_devices=((7, 3), (8, 0))), limits=limits)
+    block = cfg["linux"]["resources"]["blockIO"]
+    rates = {
+        key: [(d["major"], d["minor"], d["rate"]) for d in value] for key, value in block.items()
+    }
+    assert rates == {
+        "throttleReadBpsDevice": [(7, 3, 20 << 20), (8, 0, 20 << 20)],
+        "throttleWriteBpsDevice": [(7, 3, 20 << 20), (8, 0, 20 << 20)],
+        "throttleReadIOPSDevice": [(7, 3, 500), (8, 0, 500)],
+        "throttleWriteIOPSDevice": [(7, 3, 500), (8, 0, 500)],
+    }
+    assert "blockIO" not in with_host(HostParts())["linux"]["resources"]
+
+
 def test_env_of_the_template_overrides_defaults() -> None:
     env = dict(e.split("=", 1) for e in config(env={"PATH": "/app/bin"})["process"]["env"])
     assert env["PATH"] == "/app/bin"

@@ -26,6 +26,11 @@ def test_limits_merge_and_validate() -> None:
         Limits(cpu=0)
     with pytest.raises(InvalidInput, match="pids"):
         Limits(pids=True)  # bools are not counts
+    assert base.merged({"io_mbps": 20, "iops": 300}).to_json()["io_mbps"] == 20
+    with pytest.raises(InvalidInput, match="io_mbps limit 0 is invalid"):
+        base.merged({"io_mbps": 0})  # a cap, not a way to turn the disk off
+    with pytest.raises(InvalidInput, match="iops"):
+        Limits(iops=2.5)  # type: ignore[arg-type]
 
 
 def test_firewall_round_trips_through_json() -> None:

@@ -42,6 +42,7 @@ from hoody.agent.runtime import (
     RuntimeCaps,
 )
 from hoody.agent.runtime.bundle import DEFAULT_PATH, HostParts, oci_config
+from hoody.agent.runtime.devices import backing_devices
 from hoody.agent.spec import check_tenant_id
 from hoody.errors import CommandFailed, Conflict, HostError, MissingDependency, NotFound
 from hoody.undo import Undo
@@ -152,8 +153,16 @@ class OciRuntime:
     (tests, the demo, benchmarks) on one host never see each other's containers."""
 
     def __init__(
-        self, root: Path, bundle_dir: Path, cgroup_parent: str, binary: str | None = None
+        self,
+        root: Path,
+        bundle_dir: Path,
+        cgroup_parent: str,
+        binary: str | None = None,
+        *,
+        pool: Path | None = None,
     ) -> None:
+        """`pool`: the directory tenants' files live under; the disks beneath it get
+        each tenant's I/O limits (none when not given)."""
         cgroup = cgroup_version()
         self.binary = binary or detect_runtime(cgroup)
         self.root = Path(root)
@@ -166,7 +175,9 @@ class OciRuntime:
             )
         self.nsenter = nsenter
         self._init_cache: dict[Path, tuple[tuple[int, int, int], tuple[int, int]]] = {}
-        self.host = HostParts(init=find_init())
+        self.host = HostParts(
+            init=find_init(), block_devices=backing_devices(pool) if pool is not None else ()
+        )
         self.caps = RuntimeCaps(
             name=Path(self.binary).name,
             cgroup=cgroup,
