@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,7 @@ import httpx
 import pytest
 
 from hoody.agent.runtime.devices import backing_devices
+from hoody.agent.runtime.lxcfs import PROC_FILES, Lxcfs
 from hoody.agent.templates import DEMO_ARGS, demo_source
 from hoody.bench.provision import wait_http_ok
 from hoody.bench.scratch import ScratchNode
@@ -239,3 +241,62 @@ def test_a_tenant_writing_flat_out_is_held_to_its_io_limit(scratch: ScratchNode,
     if cgroup.exists():  # cgroup v1: one `major:minor bytes` rule per disk
         rules = (cgroup / "blkio.throttle.write_bps_device").read_text().split("\n")
         assert sorted(r for r in rules if r) == sorted(f"{d} {8 << 20}" for d in disks)
+
+
+VIEW = (
+    "import json, os\n"
+    "meminfo = dict(line.split(':', 1) for line in open('/proc/meminfo'))\n"
+    "cpuinfo = open('/proc/cpuinfo').read().count('processor\\t')\n"
+    "stat = [l for l in open('/proc/stat') if l.startswith('cpu') and l[3].isdigit()]\n"
+    "print(json.dumps({'mem_kib': int(meminfo['MemTotal'].split()[0]), 'cpuinfo': cpuinfo,\n"
+    "    'stat': len(stat), 'cpu_count': os.cpu_count(),\n"
+    "    'uptime': float(open('/proc/uptime').read().split()[0]),\n"
+    "    'loadavg': open('/proc/loadavg').read().split()[:3]}))\n"
+)
+
+
+def test_a_tenant_sees_its_own_memory_limit_and_cpus(scratch: ScratchNode, copy: Any) -> None:
+    host_uptime = float(Path("/proc/uptime").read_text().split()[0])
+    host_cpus = os.cpu_count() or 1
+    for cpu, memory in ((1.0, 128), (0.5, 96)):
+        rec = copy(limits={"cpu": cpu, "memory_mib": memory})
+        view = json.loads(py(scratch, rec["id"], VIEW)["stdout"])
+        assert view["mem_kib"] == memory * 1024, view
+        # As many CPUs as the quota, rounded up (never more than the host has).
+        assert view["cpuinfo"] == view["stat"] == view["cpu_count"] == 1, view
+        assert view["uptime"] < host_uptime, "the tenant's uptime, not the host's"
+        assert len(view["loadavg"]) == 3
+    if host_cpus >= 2:
+        rec = copy(limits={"cpu": 2.0})
+        assert json.loads(py(scratch, rec["id"], VIEW)["stdout"])["cpuinfo"] == 2
+
+
+def test_the_nodes_lxcfs_restarts_when_it_dies_and_leaves_nothing(tmp_path: Path) -> None:
+    lxcfs = Lxcfs(tmp_path / "lxcfs")
+    try:
+        files = lxcfs.ensure()
+        assert [f.name for f in files] == list(PROC_FILES)
+        assert "MemTotal" in files[PROC_FILES.index("meminfo")].read_text()
+        first = int(lxcfs.pidfile.read_text())
+        os.kill(first, signal.SIGKILL)  # a crash: its mount is left dead
+        deadline = time.monotonic() + 5
+        while Path(f"/proc/{first}/comm").exists() and time.monotonic() < deadline:
+            lxcfs.ensure()  # reaps it once it is gone
+            time.sleep(0.05)
+        files = lxcfs.ensure()
+        assert "MemTotal" in files[PROC_FILES.index("meminfo")].read_text()
+        assert int(lxcfs.pidfile.read_text()) != first
+    finally:
+        lxcfs.stop()
+    mounts = Path("/proc/self/mountinfo").read_text()
+    assert str(tmp_path) not in mounts
+    assert not (tmp_path / "lxcfs").exists()
+
+
+def test_a_missing_lxcfs_is_a_warning_not_a_failure(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    lxcfs = Lxcfs(tmp_path / "lxcfs", binary=str(tmp_path / "no-lxcfs"))
+    assert lxcfs.ensure() == () and lxcfs.ensure() == ()
+    warnings = [r for r in caplog.records if "apt-get install lxcfs" in r.getMessage()]
+    assert len(warnings) == 1

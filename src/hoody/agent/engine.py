@@ -459,6 +459,7 @@ class Node:
         Also rotates logs. Returns the ids restarted this round.
         """
         now = time.monotonic() if now is None else now
+        self.runtime.ensure_ready()  # e.g. lxcfs died: back before the next start
         restarted = []
         for tid, desired, status in self.store.lifecycle():
             self._rotate_log(tid)
@@ -524,6 +525,7 @@ class Node:
         self.storage.ensure_ready()
         self.network.ensure_bridge()
         self.firewall.ensure_base()
+        self.runtime.ensure_ready()
         records = {r.id: r for r in self.store.tenants()}
         for rec in records.values():
             if rec.status in ("creating", "deleting"):
@@ -577,5 +579,6 @@ class Node:
         for t in self.store.templates():
             self.storage.delete_template_version(TemplateVersionRef(t.name, t.version))
             self.store.remove_template(t.name, t.version)
+        self.runtime.teardown()
         self.firewall.teardown()
         self.network.teardown()

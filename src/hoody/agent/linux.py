@@ -9,6 +9,7 @@ from hoody.agent.engine import Node
 from hoody.agent.host import tune_host
 from hoody.agent.network.firewall import NftFirewall
 from hoody.agent.network.linux import LinuxNetwork
+from hoody.agent.runtime.lxcfs import Lxcfs
 from hoody.agent.runtime.oci import OciRuntime
 from hoody.agent.state import NodeStore
 from hoody.agent.storage.btrfs import BtrfsStorage
@@ -45,5 +46,6 @@ def build_node(config: NodeConfig) -> Node:
             bundle_dir=run / "bundles",
             cgroup_parent=config.cgroup_parent,
             pool=config.pool,
+            lxcfs=Lxcfs(run / "lxcfs"),
         ),
     )

@@ -187,3 +187,15 @@ def test_snapshot_makes_a_new_version_from_a_tenant(node: Node) -> None:
     assert (rec.name, rec.version) == ("app", 2)
     child = node.copy("app", name="child")
     assert child.version == 2
+
+
+def test_the_runtimes_host_parts_are_ready_on_start_and_gone_after_teardown(
+    node: Node,
+) -> None:
+    runtime = fakes(node)[3]
+    assert runtime.ready, "reconcile (agent start) readies lxcfs and co."
+    runtime.ready = False
+    node.supervise_once()
+    assert runtime.ready, "each supervisor round brings back what died"
+    node.teardown_all()
+    assert not runtime.ready

@@ -85,6 +85,15 @@ class Runtime(Protocol):
 
     caps: RuntimeCaps
 
+    def ensure_ready(self) -> None:
+        """Start (or restart) what tenants use from the host beyond the runtime: the
+        node's lxcfs. Cheap when all is up; the agent calls it on start and on every
+        supervisor round. Never raises for a missing optional part (it logs)."""
+
+    def teardown(self) -> None:
+        """Stop what ensure_ready started and remove its mounts; call once no tenant
+        is left. Harmless when nothing runs."""
+
     def start(self, spec: ContainerSpec) -> int:
         """Create and start the container detached; return its init pid on the host.
 

@@ -11,7 +11,9 @@ What the tenant gets, and why:
 - /sys is an empty read-only tmpfs: sysfs cannot be mounted from a user namespace that
   does not own the (pre-created) network namespace, and a tenant needs nothing there;
   the cgroup filesystem is not mounted at all;
-- the runc default masked and read-only /proc paths;
+- the runc default masked and read-only /proc paths, and the node's lxcfs files
+  (read-only) over /proc/meminfo, cpuinfo, stat, loadavg, uptime, swaps and
+  diskstats, so the tenant sees its own memory limit and as many CPUs as its quota;
 - a seccomp allowlist answering EPERM to everything else, anchored on Docker's
   default profile (see `seccomp.py`);
 - cpu quota, memory without swap, a pids cap, and read/write bandwidth and IOPS caps
@@ -106,6 +108,8 @@ class HostParts:
     init: Path | None = None
     # (major, minor) of the whole disks under the pool: where the I/O limits apply.
     block_devices: tuple[tuple[int, int], ...] = ()
+    # The node's lxcfs files (…/proc/meminfo, …), each mounted over the tenant's own.
+    proc_files: tuple[Path, ...] = ()
 
 
 def cgroups_path(cgroup_parent: str, tid: str) -> str:
@@ -200,6 +204,8 @@ def oci_config(
         # "--": everything after it is the entrypoint, even words starting with "-".
         args = [INIT_PATH, "--", *args]
         mounts.append(_bind_ro(host.init, INIT_PATH))
+    # After /proc: its files as lxcfs computes them from the tenant's own cgroups.
+    mounts += [_bind_ro(path, f"/proc/{path.name}") for path in host.proc_files]
     env = {"PATH": DEFAULT_PATH, "HOSTNAME": spec.tid, "HOME": "/root", **spec.env}
     namespaces: list[dict[str, str]] = [
         {"type": "pid"},

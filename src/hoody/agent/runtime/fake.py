@@ -40,6 +40,13 @@ class FakeRuntime:
         self.used: dict[str, int] = {}  # working set by tid (tests set what tenants use)
         self._pids = itertools.count(10_000)
         self._lock = threading.Lock()
+        self.ready = False  # ensure_ready ran (and no teardown since)
+
+    def ensure_ready(self) -> None:
+        self.ready = True
+
+    def teardown(self) -> None:
+        self.ready = False
 
     def start(self, spec: ContainerSpec) -> int:
         with self._lock:

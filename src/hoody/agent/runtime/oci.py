@@ -29,6 +29,7 @@ import signal
 import stat
 import subprocess
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -43,6 +44,7 @@ from hoody.agent.runtime import (
 )
 from hoody.agent.runtime.bundle import DEFAULT_PATH, HostParts, oci_config
 from hoody.agent.runtime.devices import backing_devices
+from hoody.agent.runtime.lxcfs import Lxcfs
 from hoody.agent.spec import check_tenant_id
 from hoody.errors import CommandFailed, Conflict, HostError, MissingDependency, NotFound
 from hoody.undo import Undo
@@ -160,9 +162,11 @@ class OciRuntime:
         binary: str | None = None,
         *,
         pool: Path | None = None,
+        lxcfs: Lxcfs | None = None,
     ) -> None:
         """`pool`: the directory tenants' files live under; the disks beneath it get
-        each tenant's I/O limits (none when not given)."""
+        each tenant's I/O limits (none when not given). `lxcfs`: the node's lxcfs,
+        whose files tenants see as their /proc/meminfo and co. (none when not given)."""
         cgroup = cgroup_version()
         self.binary = binary or detect_runtime(cgroup)
         self.root = Path(root)
@@ -175,6 +179,7 @@ class OciRuntime:
             )
         self.nsenter = nsenter
         self._init_cache: dict[Path, tuple[tuple[int, int, int], tuple[int, int]]] = {}
+        self.lxcfs = lxcfs
         self.host = HostParts(
             init=find_init(), block_devices=backing_devices(pool) if pool is not None else ()
         )
@@ -223,7 +228,10 @@ class OciRuntime:
             self.bundle_dir.mkdir(parents=True, exist_ok=True)
             bundle.mkdir(exist_ok=True)
             undo.add(lambda: shutil.rmtree(bundle, ignore_errors=True), "remove bundle")
-            config = oci_config(spec, self.cgroup_parent, self.caps, self.host)
+            host = self.host
+            if self.lxcfs is not None:
+                host = replace(host, proc_files=self.lxcfs.ensure())
+            config = oci_config(spec, self.cgroup_parent, self.caps, host)
             (bundle / "config.json").write_text(json.dumps(config, indent=1) + "\n")
             pid_file = bundle / "init.pid"
             pid_file.unlink(missing_ok=True)
@@ -281,6 +289,14 @@ class OciRuntime:
                 + (f" (its output: {output})" if output else "")
                 + "; fix the template's command or limits"
             )
+
+    def ensure_ready(self) -> None:
+        if self.lxcfs is not None:
+            self.lxcfs.ensure()
+
+    def teardown(self) -> None:
+        if self.lxcfs is not None:
+            self.lxcfs.stop()
 
     # state
 
