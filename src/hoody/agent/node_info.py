@@ -47,7 +47,9 @@ def measure(node: Node) -> list[TenantUse]:
                 running=running,
                 limit=t.limits.memory_mib * _MIB,
                 request=request * _MIB if request is not None else None,
-                memory=node.runtime.working_set(t.id) if t.status == "running" else 0,
+                # Whatever its state: a frozen (or otherwise paused) tenant keeps its
+                # memory; a stopped one has no cgroup and reads 0.
+                memory=node.runtime.working_set(t.id) if t.status != "creating" else 0,
                 disk=cache.get(t.id, node.storage.tenant_usage),
             )
         )
