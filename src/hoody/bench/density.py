@@ -49,6 +49,29 @@ def memory_in_use() -> int:
     return sum(values.get(k, 0) for k in _FIELDS if k != "Shmem")
 
 
+def _attributed(parent: str, pids: list[int]) -> int:
+    """Bytes charged to the node's tenant cgroups (all of them: memory.usage of the
+    parent, v1 or v2) plus the proportional set size of the given processes (control
+    plane, agent). Unlike the host-wide figure, other work on a shared machine does
+    not move it; kernel objects outside those cgroups (links, netns, nft) are missing."""
+    total = 0
+    for path in (
+        Path("/sys/fs/cgroup/memory", parent, "memory.usage_in_bytes"),
+        Path("/sys/fs/cgroup", parent, "memory.current"),
+    ):
+        if path.exists():
+            total += int(path.read_text())
+            break
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1]) * 1024
+        except OSError:
+            pass
+    return total
+
+
 def _pool_used(pool: Path) -> int:
     run(["btrfs", "filesystem", "sync", str(pool)])
     out = run(["btrfs", "filesystem", "usage", "-b", str(pool)]).stdout
@@ -110,8 +133,10 @@ def density(
 def density_api(count: int = 50, storage: str = "overlay", concurrency: int = 4) -> dict[str, Any]:
     """As `density`, but every tenant is a copy through the control plane's API onto a
     fleet of one node (placement, the database and the agent all in the path), with
-    demo-app's default limits (256 MiB). The growth of memory counts the control plane
-    and agent processes too. Reports how many copies placement accepted and the node's
+    demo-app's default limits (256 MiB). marginal_memory_mib is host-wide, as in
+    `density` (the control plane and agent included; on a shared machine others' work
+    moves it too); marginal_memory_attributed_mib counts only the tenants' cgroups and
+    the control plane and agent processes. Reports how many copies placement accepted and the node's
     figures afterwards (committed, measured, and the estimate of further tenants)."""
     with scratch_fleet(1, pool_size="20G", storage_mode=storage) as fleet:
         node = fleet.nodes[0]
@@ -129,7 +154,10 @@ def density_api(count: int = 50, storage: str = "overlay", concurrency: int = 4)
             wait_http_ok(warm["url"])
             client.delete(warm["id"])
             time.sleep(1)
+            pids = [p.pid for p in (fleet.control, node.process) if p is not None]
+            parent = node.config.cgroup_parent
             mem0, disk0 = memory_in_use(), _pool_used(node.config.pool)
+            own0 = _attributed(parent, pids)
             started = time.monotonic()
             urls: list[str] = []
             refused: list[str] = []
@@ -153,6 +181,11 @@ def density_api(count: int = 50, storage: str = "overlay", concurrency: int = 4)
                     with contextlib.suppress(httpx.HTTPError):
                         answering += http.get(url).status_code == 200
             mem1, disk1 = memory_in_use(), _pool_used(node.config.pool)
+            own1 = _attributed(parent, pids)
+        with node.client() as agent:  # what one heartbeat's measurement costs the agent
+            timed = time.monotonic()
+            agent.node()
+            headroom_ms = (time.monotonic() - timed) * 1000
         time.sleep(3)  # a heartbeat with every tenant measured
         state = fleet.admin.nodes()[0]
     mib = 1 << 20
@@ -167,7 +200,9 @@ def density_api(count: int = 50, storage: str = "overlay", concurrency: int = 4)
         "refused": refused[:3],
         "marginal_memory_mib": round((mem1 - mem0) / max(1, len(urls)) / mib, 2),
         "marginal_disk_mib": round((disk1 - disk0) / max(1, len(urls)) / mib, 3),
+        "marginal_memory_attributed_mib": round((own1 - own0) / max(1, len(urls)) / mib, 2),
         "copy_seconds": round(copied, 1),
+        "headroom_ms": round(headroom_ms, 1),
         "node": {
             "memory_total_mib": cap["memory_total_bytes"] // mib,
             "overcommit": cap["overcommit"],
