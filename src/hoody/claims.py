@@ -1,7 +1,7 @@
 """Container claims and tenant sessions: signed, scoped to one container, short-lived.
 
 A *claim* is what `POST /api/v1/containers/{cid}/authorize` mints for the SaaS app:
-a JWT (HS256) whose header names the key that signed it (`kid`), bound to one
+a JWT (EdDSA: Ed25519) whose header names the key that signed it (`kid`), bound to one
 container (`sub`), valid for at most an hour, with a unique `jti` so the control plane
 can refuse a second use. The router exchanges it once for a *session*: another JWT,
 with audience "hoody-session", carried in an HttpOnly cookie on that tenant's host,
@@ -10,11 +10,17 @@ which also records the container's claim generation so one revoke ends every ses
 Keys rotate: new tokens are signed by the newest active key; a retired key verifies
 nothing, so retiring a key ends the claims and sessions it signed.
 
+Keys are Ed25519 pairs so that routers, which verify sessions on every request, hold
+only public keys: a router (or whoever reads its route table) can check a session but
+cannot mint one. Only the control plane's `KeyRing` carries the newest private key.
+
 Pure functions over a `KeyRing`; storage of keys and used jtis is the control plane's.
 """
 
 from __future__ import annotations
 
+import base64
+import functools
 import secrets
 import time
 import uuid
@@ -22,6 +28,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import jwt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    PublicFormat,
+)
 
 from hoody.errors import InvalidInput, Unauthorized
 
@@ -42,29 +55,63 @@ __all__ = [
 CLAIM_AUDIENCE = "hoody-claim"
 SESSION_AUDIENCE = "hoody-session"
 MAX_TTL = 3600
-_ALGORITHM = "HS256"
+_ALGORITHM = "EdDSA"
 
 
-def new_key() -> tuple[str, str]:
-    """A fresh (kid, secret) pair: 256 random bits, URL-safe."""
-    return "k" + secrets.token_hex(6), secrets.token_urlsafe(32)
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def _raw(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def new_key() -> tuple[str, str, str]:
+    """A fresh (kid, private key, public key): an Ed25519 pair, each half its raw 32
+    bytes in unpadded base64url."""
+    private = Ed25519PrivateKey.generate()
+    raw_private = private.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+    raw_public = private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    return "k" + secrets.token_hex(6), _b64(raw_private), _b64(raw_public)
+
+
+@functools.lru_cache(maxsize=64)
+def _public(text: str) -> Ed25519PublicKey:
+    return Ed25519PublicKey.from_public_bytes(_raw(text))
+
+
+@functools.lru_cache(maxsize=8)
+def _private(text: str) -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.from_private_bytes(_raw(text))
 
 
 @dataclass(frozen=True)
 class KeyRing:
-    """Active signing keys by kid, plus the kids that were retired (kept for messages)."""
+    """Active public keys by kid, the kids that were retired (kept for messages), and
+    the newest key's private half where tokens are minted (the control plane only;
+    None on routers)."""
 
     keys: dict[str, str]
     retired: frozenset[str] = field(default_factory=frozenset)
     newest: str | None = None
+    signer: str | None = field(default=None, repr=False)
 
-    def signing(self) -> tuple[str, str]:
+    def signing(self) -> tuple[str, Ed25519PrivateKey]:
         kid = self.newest or (max(self.keys) if self.keys else None)
         if kid is None or kid not in self.keys:
             raise InvalidInput("no active claim key; run `hoody claims rotate` to create one")
-        return kid, self.keys[kid]
+        if self.signer is None:
+            raise InvalidInput(
+                "this key ring holds public keys only; claims and sessions are minted by "
+                "the control plane"
+            )
+        return kid, _private(self.signer)
 
-    def secret_for(self, token: str, what: str) -> str:
+    def public(self) -> KeyRing:
+        """The same ring without its private key (what a router gets)."""
+        return KeyRing(dict(self.keys), self.retired, self.newest)
+
+    def key_for(self, token: str, what: str) -> Ed25519PublicKey:
         try:
             kid = jwt.get_unverified_header(token).get("kid")
         except jwt.PyJWTError as exc:
@@ -75,10 +122,13 @@ class KeyRing:
             raise Unauthorized(
                 f"{what} was signed with retired key {kid}; ask the app for a new one"
             )
-        secret = self.keys.get(kid)
-        if secret is None:
+        public = self.keys.get(kid)
+        if public is None:
             raise Unauthorized(f"{what} was signed with unknown key {kid}; it is not ours")
-        return secret
+        try:
+            return _public(public)
+        except ValueError as exc:
+            raise Unauthorized(f"{what} names key {kid}, which is not an Ed25519 key") from exc
 
 
 @dataclass(frozen=True)
@@ -96,20 +146,20 @@ class Session:
 
 
 def _encode(payload: dict[str, Any], ring: KeyRing) -> str:
-    kid, secret = ring.signing()
-    return jwt.encode(payload, secret, algorithm=_ALGORITHM, headers={"kid": kid})
+    kid, private = ring.signing()
+    return jwt.encode(payload, private, algorithm=_ALGORITHM, headers={"kid": kid})
 
 
 def _decode(token: str, ring: KeyRing, audience: str, what: str, now: float) -> dict[str, Any]:
     if not isinstance(token, str) or not token or len(token) > 4096:
         raise Unauthorized(f"{what} is missing or malformed; ask the app for a new one")
-    secret = ring.secret_for(token, what)
+    key = ring.key_for(token, what)
     try:
         # exp is checked here against `now`, not by PyJWT against the wall clock, so
         # tests and callers share one notion of time.
         claims: dict[str, Any] = jwt.decode(
             token,
-            secret,
+            key,
             algorithms=[_ALGORITHM],
             audience=audience,
             options={"verify_exp": False, "verify_iat": False, "require": ["exp", "sub", "aud"]},

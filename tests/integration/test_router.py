@@ -82,12 +82,14 @@ def stack(scratch: ScratchNode) -> Iterator[Stack]:
             lambda: headroom(node),
             get_templates=lambda: [t.to_json() for t in node.store.templates()],
         )
-        stop_router = tenant_router.start_in_thread(
-            api, admin, f"127.0.0.1:{router_port}", "localhost"
-        )
         with Client(api, admin) as root:
             project = int(root.ensure_project("router-test")["id"])
             token = root.create_token("project", project_id=project)["token"]
+            router_token = root.create_token("router")["token"]
+        # The router runs with its own scope: route table and claim exchange only.
+        stop_router = tenant_router.start_in_thread(
+            api, router_token, f"127.0.0.1:{router_port}", "localhost"
+        )
         client = Client(api, token)
         until(lambda: any(t["name"] == DEMO_NAME for t in client.templates()), timeout=30)
         try:

@@ -19,11 +19,44 @@ __all__ = [
     "FirewallPolicy",
     "IngressRule",
     "Limits",
+    "check_env",
     "check_name",
     "check_tenant_id",
 ]
 
 _LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+MAX_ENV = 64  # variables
+MAX_ENV_VALUE = 4096  # bytes of one value
+MAX_ENV_BYTES = 32768  # bytes of them all
+
+
+def check_env(env: Any) -> dict[str, str]:
+    """`env` as a tenant's environment may hold it: at most 64 variables, names of
+    letters, digits and `_` (not starting with a digit), string values without NUL,
+    each under 4 KiB and 32 KiB in all. InvalidInput names the first problem."""
+    if env is None:
+        return {}
+    if not isinstance(env, dict):
+        raise InvalidInput('env must map names to strings, like {"PLAN": "pro"}')
+    if len(env) > MAX_ENV:
+        raise InvalidInput(f"env has {len(env)} variables; keep it to {MAX_ENV}")
+    total = 0
+    for key, value in env.items():
+        if not isinstance(key, str) or not _ENV_NAME.match(key):
+            raise InvalidInput(
+                f"env name {str(key)[:40]!r} is invalid; use letters, digits and _ "
+                "(not starting with a digit), at most 128 characters"
+            )
+        if not isinstance(value, str):
+            raise InvalidInput(f'env {key} must be a string, like {{"{key}": "pro"}}')
+        size = len(value.encode())
+        if "\x00" in value or size > MAX_ENV_VALUE:
+            raise InvalidInput(f"env {key} is over {MAX_ENV_VALUE} bytes or holds a NUL byte")
+        total += len(key) + size + 2
+    if total > MAX_ENV_BYTES:
+        raise InvalidInput(f"env is {total} bytes in all; keep it under {MAX_ENV_BYTES}")
+    return dict(env)
 
 
 def check_tenant_id(value: str) -> str:
@@ -67,7 +100,8 @@ class Limits:
     iops: int = 1000
 
     def __post_init__(self) -> None:
-        if not isinstance(self.cpu, int | float) or not 0.01 <= self.cpu <= 1024:
+        cpu = self.cpu
+        if isinstance(cpu, bool) or not isinstance(cpu, int | float) or not 0.01 <= cpu <= 1024:
             raise InvalidInput(
                 f"cpu limit {self.cpu!r} is invalid; give cores between 0.01 and 1024"
             )

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 __all__ = ["register", "serve_control_plane", "token_app"]
 
-token_app = typer.Typer(help="API tokens: admin, project and node-join tokens.")
+token_app = typer.Typer(help="API tokens: admin, project, node-join and router tokens.")
 project_app = typer.Typer(help="Projects: each owns its containers, templates and tokens.")
 nodes_app = typer.Typer(
     help="Nodes of the fleet: list (the default), cordon, uncordon, drain.",
@@ -161,18 +161,27 @@ def login(
 def token_create(
     project: Annotated[int | None, typer.Option(help="A token for this project id.")] = None,
     admin: Annotated[bool, typer.Option("--admin", help="An admin token.")] = False,
-    join: Annotated[bool, typer.Option("--join", help="A token that joins nodes.")] = False,
+    join: Annotated[
+        bool, typer.Option("--join", help="A token that joins new nodes (expires: --ttl).")
+    ] = False,
+    router: Annotated[
+        bool, typer.Option("--router", help="A router's token: route table and claims only.")
+    ] = False,
     description: Annotated[str, typer.Option(help="What it is for.")] = "",
+    ttl: Annotated[
+        int | None, typer.Option(help="Seconds until it expires (join tokens: 86400).")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Create a token (needs an admin login). The secret is printed only now."""
-    chosen = [
-        s for s, on in (("project", project is not None), ("admin", admin), ("join", join)) if on
-    ]
+    options = (("project", project is not None), ("admin", admin), ("join", join))
+    chosen = [s for s, on in (*options, ("router", router)) if on]
     if len(chosen) != 1:
-        raise InvalidInput("give exactly one of --project N, --admin, --join")
+        raise InvalidInput("give exactly one of --project N, --admin, --join, --router")
     with Client() as client:
-        rec = client.create_token(chosen[0], project_id=project, description=description)
+        rec = client.create_token(
+            chosen[0], project_id=project, description=description, ttl_seconds=ttl
+        )
     if as_json:
         print(json.dumps(rec, indent=2))
     else:

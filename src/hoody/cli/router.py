@@ -27,7 +27,11 @@ def router(
         str | None, typer.Option(help="Control plane URL (default: `hoody login`'s).")
     ] = None,
     token: Annotated[
-        str | None, typer.Option(help="Admin token (default: $HOODY_TOKEN or `hoody login`'s).")
+        str | None,
+        typer.Option(
+            help="A router token, `hoody token create --router` (default: $HOODY_TOKEN "
+            "or `hoody login`'s)."
+        ),
     ] = None,
     tls_cert: Annotated[Path | None, typer.Option(help="PEM certificate, e.g. *.domain.")] = None,
     tls_key: Annotated[Path | None, typer.Option(help="Its private key.")] = None,
@@ -42,7 +46,7 @@ def router(
     secret = token or os.environ.get("HOODY_TOKEN") or saved.get("token")
     if not url or not secret:
         raise InvalidInput(
-            "the router needs the control plane: give --api URL --token ADMIN_TOKEN "
+            "the router needs the control plane: give --api URL --token ROUTER_TOKEN "
             "or run `hoody login` first"
         )
     if (tls_cert is None) != (tls_key is None):

@@ -245,9 +245,29 @@ def router(stack: Stack) -> Component | None:
     from hoody import router as tenant_router
 
     stop = tenant_router.start_in_thread(
-        stack.api_url, stack.admin_token, stack.router_listen, "localhost"
+        stack.api_url, _router_token(stack), stack.router_listen, "localhost"
     )
     return Component("router", stack.router_url, stop)
+
+
+def _router_token(stack: Stack) -> str:
+    """The router's own token (route table and claims only), kept in the control
+    directory (0600) and minted with the admin token on first use or when revoked."""
+    path = stack.control_dir / "router.token"
+    if path.exists():
+        token = path.read_text().strip()
+        try:
+            with Client(stack.api_url, token, timeout=5) as client:
+                if client.whoami()["scope"] == "router":
+                    return token
+        except HoodyError:
+            pass  # revoked or from another control plane: mint a new one
+    with Client(stack.api_url, stack.admin_token, timeout=5) as client:
+        token = str(client.create_token("router", description="hoody up router")["token"])
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    return token
 
 
 COMPONENTS: list[Callable[[Stack], Component | None]] = [

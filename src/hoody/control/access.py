@@ -15,7 +15,10 @@ from hoody.control.db import Project, Token
 from hoody.errors import Conflict, InvalidInput, NotFound
 from hoody.errors import Unauthorized as UnauthorizedError
 
-__all__ = ["Access"]
+__all__ = ["JOIN_TTL", "JOIN_TTL_MAX", "Access"]
+
+JOIN_TTL = 86_400
+JOIN_TTL_MAX = 30 * 86_400
 
 
 class Access(FleetBase):
@@ -28,6 +31,11 @@ class Access(FleetBase):
                 raise UnauthorizedError(
                     "unknown or revoked API token; ask an admin for a new one "
                     "(`hoody token create --project N`)"
+                )
+            if row.expires_at is not None and row.expires_at <= self.clock():
+                raise UnauthorizedError(
+                    f"this {row.scope} token expired; ask an admin for a new one "
+                    f"(`hoody token create --{row.scope}`)"
                 )
             return Principal(row.scope, row.project_id, row.node_name)  # type: ignore[arg-type]
 
@@ -102,11 +110,26 @@ class Access(FleetBase):
         *,
         project_id: int | None = None,
         description: str = "",
+        ttl: int | None = None,
     ) -> dict[str, Any]:
-        """Mint a token; the returned `token` is the only time the secret is shown."""
+        """Mint a token; the returned `token` is the only time the secret is shown.
+
+        Join tokens expire (`ttl` seconds, one day by default, at most 30 days): one
+        lying in a script or a shell history must not add servers to the fleet for
+        good. Other tokens expire only when given a `ttl`."""
         who.require_admin()
-        if scope not in ("admin", "project", "join"):
-            raise InvalidInput(f"token scope {scope!r} is invalid; use admin, project or join")
+        if ttl is not None and (
+            isinstance(ttl, bool) or not isinstance(ttl, int) or not 60 <= ttl <= JOIN_TTL_MAX
+        ):
+            raise InvalidInput(
+                f"ttl_seconds {ttl!r} is invalid; give whole seconds from 60 to {JOIN_TTL_MAX}"
+            )
+        if scope == "join" and ttl is None:
+            ttl = JOIN_TTL
+        if scope not in ("admin", "project", "join", "router"):
+            raise InvalidInput(
+                f"token scope {scope!r} is invalid; use admin, project, join or router"
+            )
         check_text(description, "description")
         if scope == "project":
             if project_id is None:
@@ -127,6 +150,7 @@ class Access(FleetBase):
                 project_id=project_id,
                 description=description,
                 created_at=self.clock(),
+                expires_at=self.clock() + ttl if ttl is not None else None,
             )
             s.add(row)
             s.flush()
@@ -161,5 +185,6 @@ def _token_json(row: Token) -> dict[str, Any]:
         "node": row.node_name,
         "description": row.description,
         "created_at": row.created_at,
+        "expires_at": row.expires_at,
         "revoked": row.revoked,
     }

@@ -32,7 +32,7 @@ from starlette.routing import Route
 from hoody.control import models as m
 from hoody.control.auth import Principal
 from hoody.control.service import Fleet
-from hoody.errors import HoodyError, InvalidInput, NotFound
+from hoody.errors import Exhausted, HoodyError, InvalidInput, NotFound
 
 __all__ = ["ENDPOINTS", "create_app", "openapi"]
 
@@ -114,6 +114,20 @@ def _metadata_query(call: Call) -> dict[str, str]:
 async def copy(f: Fleet, c: Call) -> Any:
     body: m.CopyBody = c.body
     project = c.who.project_for(body.project)
+    try:
+        return await _copy(f, c, body, project)
+    except Exhausted as exc:
+        if c.who.is_admin:
+            raise
+        # Which nodes exist and how much memory each has free is the operator's to
+        # know, not every project's.
+        raise Exhausted(
+            "the fleet has no room for this tenant right now (memory, disk or tenant "
+            "count); retry later, or ask the fleet's operator to add capacity"
+        ) from exc
+
+
+async def _copy(f: Fleet, c: Call, body: m.CopyBody, project: int) -> Any:
     return await run(
         f.copy,
         project,
@@ -226,7 +240,12 @@ async def list_tokens(f: Fleet, c: Call) -> Any:
 async def create_token(f: Fleet, c: Call) -> Any:
     body: m.TokenBody = c.body
     return await run(
-        f.create_token, c.who, body.scope, project_id=body.project_id, description=body.description
+        f.create_token,
+        c.who,
+        body.scope,
+        project_id=body.project_id,
+        description=body.description,
+        ttl=body.ttl_seconds,
     )
 
 

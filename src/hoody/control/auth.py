@@ -19,8 +19,13 @@ from hoody.errors import Forbidden, Unauthorized
 
 __all__ = ["SCOPES", "Principal", "Scope", "hash_token", "mint_token", "parse_token"]
 
-Scope = Literal["admin", "project", "join", "node"]
-SCOPES: tuple[Scope, ...] = ("admin", "project", "join", "node")
+Scope = Literal["admin", "project", "join", "node", "router"]
+SCOPES: tuple[Scope, ...] = ("admin", "project", "join", "node", "router")
+_ONLY = {
+    "join": "a join token may only join new nodes",
+    "node": "a node token may only rejoin its node and send its heartbeats",
+    "router": "a router token may only read the route table and spend claims",
+}
 
 _TOKEN = re.compile(r"^hdy_([a-z0-9]{10})_([A-Za-z0-9_-]{20,100})$")
 _PREFIX_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
@@ -73,6 +78,14 @@ class Principal:
         if not self.is_admin:
             raise Forbidden("this needs an admin token; `hoody token create --admin` makes one")
 
+    def require_router(self) -> None:
+        """The router's calls (route table, claim exchange): router or admin tokens."""
+        if self.scope not in ("router", "admin"):
+            raise Forbidden(
+                "this is the router's call; run routers with a router token "
+                "(`hoody token create --router`)"
+            )
+
     def project_for(self, requested: int | None) -> int:
         """The project a project-scoped call acts in.
 
@@ -91,7 +104,7 @@ class Principal:
                     "(its id), or use that project's token"
                 )
             return requested
-        raise Forbidden(f"a {self.scope} token may only join nodes and send heartbeats")
+        raise Forbidden(_ONLY[self.scope])
 
     def project_filter(self) -> int | None:
         """For reads: the project the caller is confined to, None for admin (all)."""
@@ -100,4 +113,4 @@ class Principal:
         if self.scope == "project":
             assert self.project_id is not None
             return self.project_id
-        raise Forbidden(f"a {self.scope} token may only join nodes and send heartbeats")
+        raise Forbidden(_ONLY[self.scope])

@@ -194,9 +194,10 @@ class FleetBase:
                 raise Conflict(f"container {cid} is still being created; {verb} it afterwards")
             node = self._node(s, row.node)
             if node.health != "up":
+                # Project tokens hear about their own containers, not the fleet's nodes.
+                where = f"node {node.name}" if project is None else "a node"
                 raise Conflict(
-                    f"container {cid} is on node {node.name}, which is down; "
-                    f"{verb} it when the node is back"
+                    f"container {cid} is on {where}, which is down; {verb} it when it is back"
                 )
             return row, node
 

@@ -2,8 +2,9 @@
 
     authorize   project token → a one-hour claim for one container and the URL to open
     revoke      project token → every session of that container ends
-    exchange    router (admin token) → a claim becomes a session, once
-    route_table router (admin token) → where each tenant lives, who may see it, keys
+    exchange    router (router token) → a claim becomes a session, once
+    route_table router (router token) → where each tenant lives, who may see it, and
+                the public keys sessions are verified with (never a private key)
 
 Single use is a primary key (`claim_uses.jti`), revocation a counter on the container
 row that sessions carry; both hold across control plane processes.
@@ -42,6 +43,12 @@ def tenant_url(router_url: str, cid: str) -> str:
     return f"{parts.scheme}://{cid}.{parts.hostname}{port}/"
 
 
+def _active(row: ClaimKey) -> bool:
+    """Signs and verifies: not retired, and an Ed25519 pair (keys from before 0400 held
+    an HMAC secret a router would have needed; that migration retired them)."""
+    return row.retired_at is None and bool(row.public_key)
+
+
 def is_public(row: Container) -> bool:
     return row.meta.get("public") in (True, "true", "1", "yes")
 
@@ -53,28 +60,29 @@ class Claims(FleetBase):
         """The key ring, creating the first key on first use."""
         with self.store.read() as s:
             rows = list(s.scalars(select(ClaimKey)))
-        if not any(r.retired_at is None for r in rows):
+        if not any(_active(r) for r in rows):
             self.rotate_key(Principal(scope="admin"))
             with self.store.read() as s:
                 rows = list(s.scalars(select(ClaimKey)))
-        active = [r for r in rows if r.retired_at is None]
+        active = [r for r in rows if _active(r)]
         newest = max(active, key=lambda r: (r.created_at, r.kid))
         return claims.KeyRing(
-            keys={r.kid: r.secret for r in active},
-            retired=frozenset(r.kid for r in rows if r.retired_at is not None),
+            keys={r.kid: r.public_key for r in active if r.public_key},
+            retired=frozenset(r.kid for r in rows if not _active(r)),
             newest=newest.kid,
+            signer=newest.secret,
         )
 
     def rotate_key(self, who: Principal) -> dict[str, Any]:
         """A new signing key; older keys keep verifying until retired."""
         who.require_admin()
-        kid, secret = claims.new_key()
+        kid, private, public = claims.new_key()
         with self.store.write() as s:
             # Strictly after the newest key, whatever the clock says: "newest signs".
             latest = s.scalar(select(func.max(ClaimKey.created_at))) or 0.0
             created = max(self.clock(), latest + 0.001)
-            s.add(ClaimKey(kid=kid, secret=secret, created_at=created))
-        return {"kid": kid, "created_at": created, "retired_at": None}
+            s.add(ClaimKey(kid=kid, secret=private, public_key=public, created_at=created))
+        return {"kid": kid, "public_key": public, "created_at": created, "retired_at": None}
 
     def retire_key(self, who: Principal, kid: str) -> dict[str, Any]:
         """Retire `kid`: the claims and sessions it signed are refused from now on."""
@@ -92,7 +100,13 @@ class Claims(FleetBase):
         with self.store.read() as s:
             rows = s.scalars(select(ClaimKey).order_by(ClaimKey.created_at))
             return [
-                {"kid": r.kid, "created_at": r.created_at, "retired_at": r.retired_at} for r in rows
+                {
+                    "kid": r.kid,
+                    "public_key": r.public_key,
+                    "created_at": r.created_at,
+                    "retired_at": r.retired_at,
+                }
+                for r in rows
             ]
 
     # --- claims ---------------------------------------------------------------------
@@ -127,7 +141,7 @@ class Claims(FleetBase):
 
     def exchange(self, who: Principal, cid: str, token: str) -> dict[str, Any]:
         """Spend a claim for `cid` once; returns a session for the router to set."""
-        who.require_admin()
+        who.require_router()
         now = self.clock()
         claim = claims.verify_claim(self._ring(), token, cid, now=now)
         with self.store.read() as s:
@@ -158,8 +172,8 @@ class Claims(FleetBase):
 
     def route_table(self, who: Principal) -> dict[str, Any]:
         """Every routed container's upstream, state, visibility and claim generation,
-        with the active keys the router verifies sessions with."""
-        who.require_admin()
+        with the active public keys the router verifies sessions with."""
+        who.require_router()
         ring = self._ring()
         with self.store.read() as s:
             rows = s.scalars(select(Container).where(Container.state.in_(_ROUTED)))

@@ -307,10 +307,22 @@ class Client:
         return result
 
     def create_token(
-        self, scope: str, *, project_id: int | None = None, description: str = ""
+        self,
+        scope: str,
+        *,
+        project_id: int | None = None,
+        description: str = "",
+        ttl_seconds: int | None = None,
     ) -> dict[str, Any]:
         """The new token record; its `token` field is the secret, shown this once."""
-        body = _clean({"scope": scope, "project_id": project_id, "description": description})
+        body = _clean(
+            {
+                "scope": scope,
+                "project_id": project_id,
+                "description": description,
+                "ttl_seconds": ttl_seconds,
+            }
+        )
         result: dict[str, Any] = self._req("POST", "/tokens", json=body)
         return result
 

@@ -30,7 +30,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from hoody.agent.spec import FirewallPolicy, Limits, check_name, check_tenant_id
+from hoody.agent.spec import FirewallPolicy, Limits, check_env, check_name, check_tenant_id
 from hoody.control import capacity
 from hoody.control.auth import Principal
 from hoody.control.base import FleetBase, check_int, check_text
@@ -157,10 +157,8 @@ class Containers(FleetBase):
         Limits(memory_mib=1 << 22).merged(limits)
         if firewall is not None:
             FirewallPolicy.from_json(firewall)
-        if env is not None and not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in env.items()
-        ):
-            raise InvalidInput('env must map names to strings, like {"PLAN": "pro"}')
+        if env is not None:
+            check_env(env)
         if metadata is not None and len(json.dumps(metadata, default=str)) > 16384:
             raise InvalidInput("metadata is too large; keep it under 16 KiB of JSON")
         return {

@@ -92,7 +92,8 @@ class Token(Base):
     prefix: Mapped[str] = mapped_column(String(16), unique=True)
     hash: Mapped[str] = mapped_column(String(64))
     # admin: nodes, projects, tokens, everything; project: one project's containers and
-    # templates; join: may join nodes; node: one node's heartbeats.
+    # templates; join: may join new nodes; node: one node's heartbeats; router: the
+    # route table and claim exchange.
     scope: Mapped[str] = mapped_column(String(16))
     project_id: Mapped[int | None] = mapped_column(
         ForeignKey("projects.id", ondelete="CASCADE"), nullable=True
@@ -101,6 +102,7 @@ class Token(Base):
     description: Mapped[str] = mapped_column(String(200), default="")
     created_at: Mapped[float] = mapped_column(Float, default=_now)
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+    expires_at: Mapped[float | None] = mapped_column(Float, nullable=True)  # None: never
 
 
 class Node(Base):
@@ -215,13 +217,16 @@ class IdempotencyKey(Base):
 class ClaimKey(Base):
     """A key that signs container claims and tenant sessions (see hoody.claims).
 
-    The newest unretired key signs; a retired key verifies nothing. The secret is
-    stored in the clear: it must be, to sign, so it is as secret as the database."""
+    The newest unretired key signs; a retired key verifies nothing. Keys are Ed25519
+    pairs: `secret` is the private half, stored in the clear (it must be, to sign, so
+    it is as secret as the database); `public_key` is all a router ever receives.
+    Keys from before migration 0400 (HMAC secrets) have no public key and are retired."""
 
     __tablename__ = "claim_keys"
 
     kid: Mapped[str] = mapped_column(String(32), primary_key=True)
     secret: Mapped[str] = mapped_column(String(200))
+    public_key: Mapped[str | None] = mapped_column(String(64), nullable=True)
     created_at: Mapped[float] = mapped_column(Float, default=_now)
     retired_at: Mapped[float | None] = mapped_column(Float, nullable=True)
 

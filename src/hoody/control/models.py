@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 __all__ = [
     "INT_MAX",
@@ -67,6 +67,14 @@ class LimitsBody(_Body):
         "default: its template's, else learned from the template's running tenants.",
     )
 
+    @field_validator("cpu", "memory_mib", "pids", "disk_mib", mode="before")
+    @classmethod
+    def _numbers_only(cls, value: Any) -> Any:
+        # JSON true would otherwise read as 1 (cpu: true → one core).
+        if isinstance(value, bool):
+            raise ValueError("give a number, not true or false")
+        return value
+
 
 class CopyBody(_Body):
     name: str | None = Field(None, description="Container id (DNS label); generated if absent.")
@@ -92,9 +100,12 @@ class ProjectBody(_Body):
 
 
 class TokenBody(_Body):
-    scope: Literal["admin", "project", "join"]
+    scope: Literal["admin", "project", "join", "router"]
     project_id: int | None = Field(None, ge=1, le=INT_MAX)
     description: str = Field("", max_length=200)
+    ttl_seconds: int | None = Field(
+        None, ge=60, le=30 * 86_400, description="Expiry; join tokens: one day by default."
+    )
 
 
 class JoinBody(_Body):
@@ -278,6 +289,7 @@ class TokenOut(BaseModel):
     node: str | None
     description: str
     created_at: float
+    expires_at: float | None = Field(None, description="None: never expires.")
     revoked: bool
     token: str | None = Field(None, description="The secret; shown only when created.")
 

@@ -82,18 +82,16 @@ class Templates(FleetBase):
             tmpl = self._visible_template(s, who.project_filter(), name)
             if tmpl.project_id is None and not who.is_admin:
                 raise Forbidden(f"template {name} is shared; only an admin may delete it")
-            users = list(
-                s.scalars(
-                    select(Container.id)
-                    .where(Container.template == name, Container.state.in_(LIVE))
-                    .limit(4)
-                )
-            )
+            users = s.execute(
+                select(Container.id, Container.project_id)
+                .where(Container.template == name, Container.state.in_(LIVE))
+                .limit(4)
+            ).all()
             if users:
-                raise Conflict(
-                    f"template {name} is used by container(s) {', '.join(users[:3])}; "
-                    "delete them first"
-                )
+                # Name only the caller's own containers: other projects' are theirs.
+                own = [cid for cid, p in users if who.is_admin or p == who.project_id]
+                which = f"container(s) {', '.join(own[:3])}" if own else "other projects"
+                raise Conflict(f"template {name} is used by {which}; delete them first")
             holders = s.execute(
                 select(Node.name, Node.url, Node.agent_token)
                 .join(TemplateReplica, TemplateReplica.node_id == Node.id)

@@ -68,7 +68,8 @@ class RouteTable:
 class ControlPlaneTable:
     """Keeps a RouteTable in step with the control plane and exchanges claims there.
 
-    The router's token is an admin token: it reads every route and spends claims.
+    The router's token is a router token: it reads every route and spends claims, and
+    the table it gets holds public keys only.
     `transport` lets tests run the control plane app in-process.
     """
 

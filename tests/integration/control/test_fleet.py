@@ -143,9 +143,8 @@ def test_one_router_reaches_tenants_on_every_node(world: World) -> None:
     """The router on this host (the control plane's) routes to tenants on all three
     nodes, through each node, admitted as a router by each node's firewall."""
     port = free_port()
-    stop = tenant_router.start_in_thread(
-        world.fleet.url, world.fleet.admin_token, f"127.0.0.1:{port}", "localhost"
-    )
+    token = world.fleet.admin.create_token("router")["token"]
+    stop = tenant_router.start_in_thread(world.fleet.url, token, f"127.0.0.1:{port}", "localhost")
     made = []
     try:
         for name in world.names:  # one tenant on each node

@@ -13,9 +13,10 @@ import urllib.parse
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
 from hoody import claims
-from hoody.control.db import Store
+from hoody.control.db import ClaimKey, Store
 from hoody.control.service import Settings
 from hoody.errors import Forbidden, InvalidInput, NotFound, Unauthorized
 from tests.control_support import World, make_world
@@ -105,7 +106,8 @@ def test_a_forged_or_tampered_claim_is_refused(world: World) -> None:
     with pytest.raises(Unauthorized, match="signature"):
         world.fleet.exchange(world.admin, a, _tamper(token, exp=4_000_000_000))
     kid = json.loads(base64.urlsafe_b64decode(token.split(".")[0] + "==="))["kid"]
-    forged = claims.mint_claim(claims.KeyRing({kid: "not-our-secret-" + "x" * 32}), a, 60)[0]
+    _, private, public = claims.new_key()  # a key of our own under the fleet's kid
+    forged = claims.mint_claim(claims.KeyRing({kid: public}, newest=kid, signer=private), a, 60)[0]
     with pytest.raises(Unauthorized, match="signature"):
         world.fleet.exchange(world.admin, a, forged)
     with pytest.raises(Unauthorized, match="malformed"):
@@ -162,10 +164,41 @@ def test_claims_are_scoped_to_the_project_and_the_router(world: World) -> None:
         world.fleet.authorize(intruder, a)
     with pytest.raises(NotFound):
         world.fleet.revoke_claims(intruder, a)
-    with pytest.raises(Forbidden):  # only the router (admin) spends claims
+    with pytest.raises(Forbidden):  # only the router (or admin) spends claims
         world.fleet.exchange(world.who, a, claim_of(world, a)["container_claim"])
     with pytest.raises(Forbidden):
         world.fleet.route_table(world.who)
+
+
+def test_a_router_token_reads_routes_and_spends_claims_and_nothing_else(world: World) -> None:
+    a, _ = two_containers(world)
+    token = world.fleet.create_token(world.admin, "router")["token"]
+    router = world.fleet.authenticate(f"Bearer {token}")
+    table = world.fleet.route_table(router)
+    assert set(table["routes"]) >= {a}
+    assert world.fleet.exchange(router, a, claim_of(world, a)["container_claim"])["session"]
+    for call in (
+        lambda: world.fleet.authorize(router, a),
+        lambda: world.fleet.list_containers(router),
+        lambda: world.fleet.rotate_key(router),
+        lambda: world.fleet.create_token(router, "router"),
+        lambda: world.fleet.list_nodes(router),
+    ):
+        with pytest.raises(Forbidden):
+            call()
+
+
+def test_the_route_table_holds_public_keys_only(world: World, clock: Clock) -> None:
+    a, _ = two_containers(world)
+    table = world.fleet.route_table(world.admin)
+    with world.fleet.store.read() as s:
+        secrets = {r.secret for r in s.scalars(select(ClaimKey))}
+    assert secrets and not any(secret in json.dumps(table) for secret in secrets)
+    ring = claims.KeyRing(table["keys"], frozenset(table["retired"]), table["newest"])
+    with pytest.raises(InvalidInput, match="public keys only"):  # a router cannot mint
+        claims.mint_session(ring, a, 0, 600)
+    session = session_for(world, a)["session"]  # but it verifies what the fleet minted
+    assert claims.verify_session(ring, session, a, 0, now=clock.now).cid == a
 
 
 def test_bad_ttl_and_deleted_containers_are_refused(world: World) -> None:

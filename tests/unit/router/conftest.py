@@ -13,7 +13,8 @@ from hoody import claims
 from hoody.router.proxy import Router
 from hoody.router.table import Route, RouteTable
 
-RING = claims.KeyRing({"k1": "s" * 43}, newest="k1")
+_KID, _PRIVATE, _PUBLIC = claims.new_key()
+RING = claims.KeyRing({_KID: _PUBLIC}, newest=_KID, signer=_PRIVATE)
 
 
 class Upstream:

@@ -1,0 +1,123 @@
+"""What each token may learn and do at the edges of its scope: project tokens hear
+about their own project only, bad env and limits are refused, join tokens expire."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import update
+from starlette.testclient import TestClient
+
+from hoody.control.api import create_app
+from hoody.control.client import Client
+from hoody.control.db import Node, Store
+from hoody.errors import Conflict, Exhausted, Forbidden, InvalidInput, Unauthorized
+from tests.control_support import World, make_world
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def world(tmp_path: Path, clock: Clock) -> Iterator[World]:
+    store = Store(f"sqlite:///{tmp_path / 'control.db'}")
+    yield make_world(store, clock=clock)
+    store.close()
+
+
+@pytest.fixture
+def http(world: World) -> Iterator[TestClient]:
+    with TestClient(create_app(world.fleet, monitor=False)) as tc:
+        yield tc
+
+
+def sdk(http: TestClient, token: str) -> Client:
+    return Client("http://testserver", token, http=TestClient(http.app))
+
+
+def test_no_room_tells_a_project_nothing_about_the_nodes(world: World, http: TestClient) -> None:
+    huge = {"memory_mib": 1 << 22}
+    with pytest.raises(Exhausted) as project_view:
+        sdk(http, world.project_token).copy("demo", limits=huge)
+    message = project_view.value.message
+    assert "no room" in message
+    assert not any(name in message for name in world.agents), message
+    assert "MiB" not in message and "free" not in message
+    with pytest.raises(Exhausted) as admin_view:  # the operator gets the details
+        sdk(http, world.admin_token).copy("demo", limits=huge, project=world.project)
+    assert any(name in admin_view.value.message for name in world.agents)
+
+
+def test_a_down_node_is_not_named_to_a_project(world: World, http: TestClient) -> None:
+    api = sdk(http, world.project_token)
+    c = api.copy("demo")
+    with world.store.write() as s:
+        s.execute(update(Node).where(Node.name == c["node"]).values(health="down"))
+    with pytest.raises(Conflict) as exc:
+        api.stop(c["id"])
+    assert c["node"] not in exc.value.message and "down" in exc.value.message
+
+
+@pytest.mark.parametrize(
+    ("limits", "env", "problem"),
+    [
+        ({"cpu": True}, None, "not true or false"),
+        ({"memory_mib": True}, None, "not true or false"),
+        (None, {"1ABC": "x"}, "env name"),
+        (None, {"A-B": "x"}, "env name"),
+        (None, {"A" * 129: "x"}, "env name"),
+        (None, {"A": "x\x00y"}, "NUL"),
+        (None, {"A": "x" * 5000}, "4096 bytes"),
+        (None, {f"V{i}": "x" for i in range(65)}, "65 variables"),
+        (None, {f"V{i}": "x" * 4000 for i in range(10)}, "in all"),
+    ],
+)
+def test_bad_limits_and_env_are_refused(
+    world: World, http: TestClient, limits: dict | None, env: dict | None, problem: str
+) -> None:
+    with pytest.raises(InvalidInput, match=problem):
+        sdk(http, world.project_token).copy("demo", limits=limits, env=env)
+    assert sdk(http, world.project_token).containers()["items"] == []
+
+
+def test_good_env_passes(world: World, http: TestClient) -> None:
+    c = sdk(http, world.project_token).copy("demo", env={"PLAN": "pro", "_X1": "é" * 100})
+    assert c["state"] == "running"
+
+
+def test_join_tokens_expire(world: World, clock: Clock) -> None:
+    join = world.fleet.create_token(world.admin, "join")
+    assert join["expires_at"] == clock.now + 86_400
+    world.fleet.authenticate(f"Bearer {join['token']}")
+    clock.now += 86_401
+    with pytest.raises(Unauthorized, match="join token expired"):
+        world.fleet.authenticate(f"Bearer {join['token']}")
+    short = world.fleet.create_token(world.admin, "join", ttl=600)
+    assert short["expires_at"] == clock.now + 600
+    with pytest.raises(InvalidInput, match="ttl_seconds"):
+        world.fleet.create_token(world.admin, "join", ttl=10)
+    forever = world.fleet.create_token(world.admin, "project", project_id=world.project)
+    assert forever["expires_at"] is None
+
+
+def test_a_router_token_over_the_api(world: World, http: TestClient) -> None:
+    admin = sdk(http, world.admin_token)
+    token = admin.create_token("router", description="edge")["token"]
+    router = sdk(http, token)
+    assert router.whoami()["scope"] == "router"
+    with pytest.raises(Forbidden, match="router token may only"):
+        router.containers()
+    with pytest.raises(Forbidden):
+        router.create_token("router")
