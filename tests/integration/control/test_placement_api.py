@@ -105,6 +105,11 @@ def test_a_request_that_does_not_fit_is_refused_naming_the_figure(
     ask = cap["memory_free_bytes"] // MIB + 256
     with pytest.raises(Exhausted) as err:
         client.copy("bigcap", limits={"memory_mib": ask}, memory_request_mib=ask)
+    # The project hears there is no room, not which nodes exist or what they have free.
+    assert name not in err.value.message and "no room" in err.value.message
+    project = client.whoami()["project_id"]
+    with pytest.raises(Exhausted) as err:  # the operator gets the figure
+        admin.copy("bigcap", limits={"memory_mib": ask}, memory_request_mib=ask, project=project)
     message = err.value.message
     assert f"{name}: full (memory, refused by the host reserve" in message, message
     assert "overcommit" in message
