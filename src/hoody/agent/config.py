@@ -50,6 +50,9 @@ class NodeConfig:
     # says why 1.0 and `auto`, 10 % of memory and at least 1 GiB).
     overcommit: float = 1.0
     memory_reserve: str = "auto"
+    # The servers' own networks (LAN, other nodes' tenant subnets): tenants' default
+    # egress never reaches them (`hoody node init --management`).
+    management: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         over = self.overcommit
@@ -70,13 +73,15 @@ class NodeConfig:
                 f"storage mode {self.storage_mode!r} is invalid; use overlay or snapshot"
             )
         object.__setattr__(self, "routers", tuple(self.routers))
-        for cidr in self.routers:
-            try:
-                ipaddress.IPv4Network(cidr, strict=False)
-            except ValueError as exc:
-                raise InvalidInput(
-                    f"router source {cidr!r} is invalid; give an IPv4 CIDR like 192.0.2.0/24"
-                ) from exc
+        object.__setattr__(self, "management", tuple(self.management))
+        for what, cidrs in (("router source", self.routers), ("management", self.management)):
+            for cidr in cidrs:
+                try:
+                    ipaddress.IPv4Network(cidr, strict=False)
+                except ValueError as exc:
+                    raise InvalidInput(
+                        f"{what} {cidr!r} is invalid; give an IPv4 CIDR like 192.0.2.0/24"
+                    ) from exc
         try:
             self.network.network.hosts()
         except ValueError as exc:
@@ -91,6 +96,7 @@ class NodeConfig:
             subnet=self.subnet,
             routers=self.routers,
             ports_per_bridge=self.ports_per_bridge,
+            management=self.management,
         )
 
     @property

@@ -108,6 +108,13 @@ def init(
         str,
         typer.Option(help="Memory kept for the host: 2G, 512M, 10%, or auto (10 %, >= 1 GiB)."),
     ] = "auto",
+    management: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="CIDR of the servers' own networks that tenants never reach by default "
+            "(repeatable; default: the networks of this server's addresses)."
+        ),
+    ] = None,
     state_dir: StateDir = DEFAULT_STATE_DIR,
     as_json: JsonOpt = False,
 ) -> None:
@@ -130,6 +137,7 @@ def init(
         ports_per_bridge=ports_per_bridge,
         overcommit=overcommit,
         memory_reserve=reserve,
+        management=tuple(management) if management is not None else _own_networks(subnet),
     )
     init_node(config)
     out = {
@@ -138,8 +146,26 @@ def init(
         "state_dir": str(state_dir),
         "listen": config.listen,
         "token_file": str(config.token_path),
+        "management": list(config.management),
     }
     typer.echo(json.dumps(out, indent=2) if as_json else f"node {name} ready: pool {config.pool}")
+
+
+def _own_networks(subnet: str) -> tuple[str, ...]:
+    """The IPv4 networks of this server's global addresses (its LAN, where other nodes'
+    agents and the control plane listen), but not the tenant subnet."""
+    import ipaddress
+
+    from hoody.proc import run
+
+    tenants = ipaddress.IPv4Network(subnet, strict=False)
+    found = set()
+    for link in json.loads(run(["ip", "-j", "-4", "addr", "show", "scope", "global"]).stdout):
+        for addr in link.get("addr_info", []):
+            net = ipaddress.IPv4Interface(f"{addr['local']}/{addr['prefixlen']}").network
+            if not net.overlaps(tenants):
+                found.add(net)
+    return tuple(str(n) for n in sorted(found))
 
 
 @app.command()

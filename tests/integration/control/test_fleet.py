@@ -9,6 +9,7 @@ other nodes by btrfs send/receive through the control plane.
 from __future__ import annotations
 
 import os
+import socket
 import threading
 import time
 from collections import Counter
@@ -24,7 +25,7 @@ from sqlalchemy import select
 
 from hoody import router as tenant_router
 from hoody.agent.templates import DEMO_ARGS, DEMO_NAME
-from hoody.bench.fleet import ScratchFleet, scratch_fleet
+from hoody.bench.fleet import ScratchFleet, in_netns, scratch_fleet
 from hoody.bench.provision import wait_http_ok
 from hoody.bench.scratch import free_port
 from hoody.control.client import Client
@@ -172,6 +173,61 @@ def test_one_router_reaches_tenants_on_every_node(world: World) -> None:
         assert out["exit_code"] != 0
     finally:
         stop()
+        for c in made:
+            world.a.delete(c["id"])
+
+
+def test_a_tenant_cannot_pose_as_its_nodes_router_to_reach_a_private_tenant_elsewhere(
+    world: World,
+) -> None:
+    """Node one also runs a router: node two admits node one's address (its `routers`
+    set) and node one routes to node two's tenants. A tenant on node one must still
+    not reach a private tenant on node two: its traffic towards private networks keeps
+    the tenant's own address instead of being masqueraded to node one's."""
+    n1, n2, _ = world.names
+    one, two = world.fleet.node(n1), world.fleet.node(n2)
+    assert one.netns is not None and two.netns is not None
+    made = []
+    try:
+        for name in (n1, n2):
+            others = [n for n in world.names if n != name]
+            for other in others:
+                world.fleet.admin.cordon(other)
+            try:
+                made.append(world.a.copy(DEMO_NAME))  # private: no "public" metadata
+            finally:
+                for other in others:
+                    world.fleet.admin.uncordon(other)
+        mine, theirs = made
+        one_address = one.address.rpartition(":")[0]
+        two_address = two.address.rpartition(":")[0]
+        run(["ip", "-n", one.netns.name, "route", "add", two.config.subnet, "via", two_address])
+        table = one.config.network.table
+        nft_one = ["nsenter", f"--net={one.netns}", "nft"]
+        nft_two = ["nsenter", f"--net={two.netns}", "nft"]
+        routers = f"{{ {one_address} }}"
+        run([*nft_two, "add", "element", "inet", two.config.network.table, "routers", routers])
+        # Node one itself (its router) is admitted by node two: the path works.
+        in_netns(one.netns, lambda: socket.create_connection((theirs["ip"], 8080), 3).close())
+
+        check = "import socket; socket.create_connection((%r, 8080), timeout=2)"
+
+        def tenant_gets_in() -> bool:
+            with one.client() as agent:
+                out = agent.exec(mine["id"], ["/usr/bin/python3", "-c", check % theirs["ip"]])
+            return out["exit_code"] == 0
+
+        # As every tenant packet leaving a node was masqueraded before: the tenant got in.
+        run([*nft_one, "flush", "set", "inet", table, "unmasqueraded"])
+        assert tenant_gets_in(), "the attack this test guards against works without the fix"
+        unmasqueraded = ", ".join(one.config.network.unmasqueraded)
+        run([*nft_one, "add", "element", "inet", table, "unmasqueraded", f"{{ {unmasqueraded} }}"])
+        assert not tenant_gets_in()
+    finally:
+        run(["ip", "-n", one.netns.name, "route", "del", two.config.subnet], check=False)
+        nft_two = ["nsenter", f"--net={two.netns}", "nft", "delete", "element", "inet"]
+        one_set = f"{{ {one.address.rpartition(':')[0]} }}"
+        run([*nft_two, two.config.network.table, "routers", one_set], check=False)
         for c in made:
             world.a.delete(c["id"])
 

@@ -24,6 +24,13 @@ CASES = {
         NetworkConfig(name="n3", subnet="10.9.0.0/16", routers=("192.0.2.0/24", "198.51.100.7/32"))
     ),
     "base_no_nat": lambda: render_base(NetworkConfig(name="n2", subnet="10.9.0.0/16", nat=False)),
+    "base_with_management": lambda: render_base(
+        NetworkConfig(
+            name="n4",
+            subnet="10.9.0.0/16",
+            management=("192.168.1.0/24", "10.10.0.0/16", "169.254.169.254/32"),
+        )
+    ),
     "tenant_default": lambda: render_tenant(CONFIG, "acme-1", "10.88.0.2", FirewallPolicy()),
     "tenant_rules_remapped": lambda: render_tenant(
         CONFIG,
@@ -56,6 +63,18 @@ def test_every_tenant_chain_ends_in_a_verdict() -> None:
     script = CASES["tenant_default"]()
     egress = [line for line in script.splitlines() if line.startswith("add rule inet hoody e-")]
     ingress = [line for line in script.splitlines() if line.startswith("add rule inet hoody i-")]
-    assert egress[-2].endswith("ip daddr 10.88.0.0/16 drop"), "other tenants need a rule"
+    assert egress[-3].endswith("ip daddr 10.88.0.0/16 drop"), "other tenants need a rule"
+    assert egress[-2].endswith("ip daddr @guarded drop"), "so do the guarded networks"
     assert egress[-1].endswith("goto deliver")
     assert ingress[-1].endswith("drop")
+
+
+def test_guarded_networks_merge_and_cover_metadata_loopback_and_multicast() -> None:
+    config = NetworkConfig(management=("192.168.1.0/24", "192.168.0.0/23", "169.254.1.1/32"))
+    assert config.guarded == [
+        "0.0.0.0/8",
+        "127.0.0.0/8",
+        "169.254.0.0/16",
+        "192.168.0.0/23",
+        "224.0.0.0/3",
+    ]

@@ -23,7 +23,15 @@ from typing import Protocol
 from hoody.agent.spec import FirewallPolicy
 from hoody.errors import InvalidInput
 
-__all__ = ["Firewall", "Network", "NetworkConfig"]
+__all__ = ["GUARDED", "PRIVATE", "Firewall", "Network", "NetworkConfig"]
+
+# What a tenant's default egress never reaches, on any node: "this network", loopback,
+# link-local (cloud metadata at 169.254.169.254), multicast and the reserved range with
+# the broadcast address. The node's management networks are added to these.
+GUARDED = ("0.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16", "224.0.0.0/4", "240.0.0.0/4")
+# Private address space (RFC 1918, carrier-grade NAT), where fleets live: tenant
+# traffic there is never masqueraded, so it always carries the tenant's own address.
+PRIVATE = ("10.0.0.0/8", "100.64.0.0/10", "172.16.0.0/12", "192.168.0.0/16")
 
 
 @dataclass(frozen=True)
@@ -38,6 +46,21 @@ class NetworkConfig:
     # Tenant addresses per bridge: a power of two up to 512 (a bridge holds 1,023
     # ports). Tests set 4 to cross the ceiling with a handful of tenants.
     ports_per_bridge: int = 512
+    # Where the fleet's servers talk to each other (agents, control plane, routers, and
+    # other nodes' tenant subnets): tenants' default egress never reaches them.
+    management: tuple[str, ...] = ()
+
+    @property
+    def guarded(self) -> list[str]:
+        """GUARDED and the management networks, merged into disjoint CIDRs."""
+        return _merged(*GUARDED, *self.management)
+
+    @property
+    def unmasqueraded(self) -> list[str]:
+        """Where tenant traffic keeps its own source address: guarded and private
+        networks (so it never arrives at another server as this node, which that
+        server may trust as a router)."""
+        return _merged(*GUARDED, *PRIVATE, *self.management)
 
     def __post_init__(self) -> None:
         n = self.ports_per_bridge
@@ -92,6 +115,11 @@ class NetworkConfig:
 
     def netns_path(self, tid: str) -> Path:
         return Path("/run/netns") / self.netns_name(tid)
+
+
+def _merged(*cidrs: str) -> list[str]:
+    nets = [ipaddress.IPv4Network(c, strict=False) for c in cidrs]
+    return [str(n) for n in ipaddress.collapse_addresses(nets)]
 
 
 class Network(Protocol):

@@ -11,15 +11,25 @@ per change.
       chain output      from this host to the bridge -> @ingress; to no tenant: TCP
                         reset (the router fails fast for a tenant just deleted)
       chain input       from the bridge: only replies (tenants never reach the host)
-      chain postrouting masquerade the subnet leaving by another interface (NAT)
-      chain e-<tid>     the tenant's egress rules in order; other tenants dropped
-                        unless a rule allows them; then the default
+      set guarded       link-local (metadata), loopback, multicast, reserved, and the
+                        node's management networks (`hoody node init --management`)
+      set unmasqueraded guarded and private networks (RFC 1918, CGNAT)
+      chain postrouting masquerade the subnet leaving by another interface (NAT),
+                        except towards unmasqueraded networks
+      chain e-<tid>     the tenant's egress rules in order; other tenants and guarded
+                        networks dropped unless a rule allows them; then the default
       chain i-<tid>     the tenant's ingress rules; everything else dropped
 
 A connection between two tenants needs an egress allow on one side and an ingress
 rule on the other; a reply is accepted by conntrack. "node" ingress means from a local
 address of this server (`fib saddr type local`), e.g. a router here, or from the set
 `routers` (the fleet's routers elsewhere, `hoody node init --allow-router CIDR`).
+
+Guarded networks are reached only through an explicit egress allow rule of the
+tenant's template. Tenant traffic is masqueraded towards the internet only: towards
+private and guarded networks, where the fleet's servers are, it keeps the tenant's own
+address, so on another node it never matches `routers` (this node's address, where a
+router may live): a tenant cannot pose as a router, whatever its rules allow.
 """
 
 from __future__ import annotations
@@ -72,6 +82,7 @@ def render_tenant(
     ]
     lines += [_egress_rule(t, e, r) for r in policy.egress]
     lines.append(f"add rule {t} {e} ip daddr {config.subnet} drop")
+    lines.append(f"add rule {t} {e} ip daddr @guarded drop")
     default = "goto deliver" if policy.egress_default == "allow" else "drop"
     lines.append(f"add rule {t} {e} {default}")
     lines += [line for r in policy.ingress for line in _ingress_rules(t, i, ip, r)]
@@ -99,7 +110,7 @@ def render_base(config: NetworkConfig) -> str:
     nat = (
         f"add rule {t} postrouting ip saddr {net} "
         + " ".join(f"oifname != {br}" for br in bridges)
-        + " masquerade\n"
+        + " ip daddr != @unmasqueraded masquerade\n"
         if config.nat
         else ""
     )
@@ -110,7 +121,13 @@ def render_base(config: NetworkConfig) -> str:
         f"""add table {t}
 add set {t} routers {{ type ipv4_addr ; flags interval ; }}
 flush set {t} routers
-{routers}add map {t} egress {{ type ipv4_addr : verdict ; }}
+{routers}add set {t} guarded {{ type ipv4_addr ; flags interval ; }}
+flush set {t} guarded
+add element {t} guarded {{ {", ".join(config.guarded)} }}
+add set {t} unmasqueraded {{ type ipv4_addr ; flags interval ; }}
+flush set {t} unmasqueraded
+add element {t} unmasqueraded {{ {", ".join(config.unmasqueraded)} }}
+add map {t} egress {{ type ipv4_addr : verdict ; }}
 add map {t} ingress {{ type ipv4_addr : verdict ; }}
 add chain {t} deliver
 flush chain {t} deliver
