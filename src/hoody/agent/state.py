@@ -11,6 +11,7 @@ import ipaddress
 import json
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -20,7 +21,7 @@ from typing import Any
 from hoody.agent.spec import FirewallPolicy, Limits
 from hoody.errors import Conflict, Exhausted, NotFound
 
-__all__ = ["NodeStore", "TemplateRecord", "TenantRecord"]
+__all__ = ["QUARANTINE", "NodeStore", "TemplateRecord", "TenantRecord"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS templates (
@@ -45,7 +46,14 @@ CREATE TABLE IF NOT EXISTS tenants (
 -- Tenant ids are never reused, also after delete: a stale URL must not reach a
 -- newer tenant of the same name.
 CREATE TABLE IF NOT EXISTS used_ids (id TEXT PRIMARY KEY);
+-- Addresses of deleted tenants, kept from the next tenant for QUARANTINE seconds.
+CREATE TABLE IF NOT EXISTS freed_ips (ip TEXT PRIMARY KEY, freed_at REAL NOT NULL);
 """
+
+# A deleted tenant's address goes to no new tenant for this long: longer than any
+# router keeps a route it cannot refresh (router.table.STALE_AFTER, 30 s), so a router
+# that still holds the old route cannot send the old tenant's customers to a new one.
+QUARANTINE = 120.0
 
 
 @dataclass(frozen=True)
@@ -256,11 +264,15 @@ class NodeStore:
 
     # tenants
 
-    def reserve_tenant(self, rec: TenantRecord, subnet: ipaddress.IPv4Network) -> TenantRecord:
-        """Insert the tenant as "creating" with the lowest free IP; ids are never reused.
+    def reserve_tenant(
+        self, rec: TenantRecord, subnet: ipaddress.IPv4Network, now: float | None = None
+    ) -> TenantRecord:
+        """Insert the tenant as "creating" with the lowest free IP; ids are never reused,
+        addresses of deleted tenants only after QUARANTINE seconds.
 
         Raises Conflict when the id was ever used, Exhausted when the subnet is full.
         """
+        now = time.time() if now is None else now
         with self._tx() as db:
             if db.execute("SELECT 1 FROM used_ids WHERE id = ?", (rec.id,)).fetchone():
                 raise Conflict(
@@ -269,13 +281,16 @@ class NodeStore:
                 )
             db.execute("INSERT INTO used_ids VALUES (?)", (rec.id,))
             taken = {r[0] for r in db.execute("SELECT ip FROM tenants WHERE ip IS NOT NULL")}
+            db.execute("DELETE FROM freed_ips WHERE freed_at <= ?", (now - QUARANTINE,))
+            resting = {r[0] for r in db.execute("SELECT ip FROM freed_ips")}
             hosts = subnet.hosts()
             next(hosts)  # the gateway
-            ip = next((str(h) for h in hosts if str(h) not in taken), None)
+            ip = next((str(h) for h in hosts if str(h) not in taken | resting), None)
             if ip is None:
+                wait = f"; {len(resting)} free again within {QUARANTINE:.0f} s" if resting else ""
                 raise Exhausted(
-                    f"no free address left in {subnet}; delete tenants or configure a larger "
-                    "subnet with `hoody node init --subnet`"
+                    f"no free address left in {subnet}{wait}; delete tenants or configure a "
+                    "larger subnet with `hoody node init --subnet`"
                 )
             rec = replace(rec, ip=ip)
             db.execute(
@@ -331,9 +346,15 @@ class NodeStore:
         with self._tx() as db:
             db.execute("UPDATE tenants SET config = ? WHERE id = ?", (rec.config_json(), rec.id))
 
-    def remove_tenant(self, tid: str) -> None:
-        """Forget the tenant and free its IP; its id stays used."""
+    def remove_tenant(self, tid: str, now: float | None = None) -> None:
+        """Forget the tenant; its id stays used and its IP rests for QUARANTINE s."""
+        now = time.time() if now is None else now
         with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO freed_ips SELECT ip, ? FROM tenants "
+                "WHERE id = ? AND ip IS NOT NULL",
+                (now, tid),
+            )
             db.execute("DELETE FROM tenants WHERE id = ?", (tid,))
 
     def forget_tenant(self, tid: str) -> None:

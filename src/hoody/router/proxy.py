@@ -315,6 +315,14 @@ class ClientConnection(asyncio.Protocol):
         target = origin_target(head.start[0], head.start[1], raw_host)
         route = router.table.routes.get(cid) if cid else None
         if route is None:
+            if router.table.stale:
+                self._answer(
+                    503,
+                    "Router out of touch",
+                    "This router has not reached the fleet's control plane for a while and "
+                    "dropped its routes; tenants answer again once it does.",
+                )
+                return
             if cid and may_refresh and router.refresh is not None:
                 self._later(self._refreshed(req))
                 return

@@ -1,6 +1,11 @@
 """The router's view of the fleet: which tenant lives where, who may see it, and the
 keys sessions are verified with. Refreshed from the control plane twice a second, so a
 copy, move or delete reaches the router within a second.
+
+A table the router cannot refresh for STALE_AFTER seconds is dropped (the router then
+answers 503 and says why): a deleted tenant's address may go to a new tenant once the
+node's quarantine for it ends (agent/state.py, QUARANTINE, longer than this), and an
+old route must not lead there.
 """
 
 from __future__ import annotations
@@ -15,9 +20,11 @@ import httpx
 
 from hoody import claims
 
-__all__ = ["ControlPlaneTable", "Route", "RouteTable"]
+__all__ = ["STALE_AFTER", "ControlPlaneTable", "Route", "RouteTable"]
 
 log = logging.getLogger(__name__)
+
+STALE_AFTER = 30.0
 
 
 @dataclass(frozen=True)
@@ -39,6 +46,13 @@ class RouteTable:
     routes: dict[str, Route] = field(default_factory=dict)
     ring: claims.KeyRing = field(default_factory=lambda: claims.KeyRing({}))
     loaded: bool = False
+    stale: bool = False  # dropped: not refreshed for STALE_AFTER seconds
+
+    def drop(self) -> None:
+        """Forget every route and key (the control plane has been out of reach)."""
+        self.routes = {}
+        self.ring = claims.KeyRing({})
+        self.stale = True
 
     def get(self, cid: str) -> Route | None:
         return self.routes.get(cid)
@@ -63,6 +77,7 @@ class RouteTable:
         if ring != self.ring:  # the same ring object while keys stay: sessions stay cached
             self.ring = ring
         self.loaded = True
+        self.stale = False
 
 
 class ControlPlaneTable:
@@ -79,10 +94,13 @@ class ControlPlaneTable:
         token: str,
         *,
         every: float = 0.5,
+        stale_after: float = STALE_AFTER,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.table = RouteTable()
         self.every = every
+        self.stale_after = stale_after
+        self.refreshed = 0.0  # loop time of the last good refresh
         self.http = httpx.AsyncClient(
             base_url=api_url.rstrip("/") + "/api/v1",
             headers={"Authorization": f"Bearer {token}"},
@@ -117,6 +135,7 @@ class ControlPlaneTable:
         response = await self.http.get("/router/table")
         response.raise_for_status()
         self.table.load(response.json())
+        self.refreshed = asyncio.get_running_loop().time()
 
     async def start(self) -> None:
         """Load the table once (raising if the control plane is unreachable), then poll."""
@@ -133,10 +152,19 @@ class ControlPlaneTable:
                     log.info("route table refreshed again")
                 failing = False
             except (httpx.HTTPError, ValueError) as exc:
-                # Keep serving the last table; say so once, not twice a second.
+                # Keep serving the last table for a while; say so once, not twice a second.
                 if not failing:
                     log.warning("cannot refresh the route table (%s); serving the last one", exc)
                 failing = True
+                age = asyncio.get_running_loop().time() - self.refreshed
+                if age > self.stale_after and not self.table.stale:
+                    log.error(
+                        "no route table for %.0f s (%s); dropped every route: tenants get a "
+                        "503 until the control plane answers again",
+                        age,
+                        exc,
+                    )
+                    self.table.drop()
 
     async def exchange(self, cid: str, claim: str) -> tuple[int, dict[str, Any]]:
         """(status, body) of `POST /claims/exchange`: a session, or the refusal."""

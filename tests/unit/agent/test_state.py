@@ -4,7 +4,7 @@ import time
 import pytest
 
 from hoody.agent.spec import FirewallPolicy, Limits
-from hoody.agent.state import NodeStore, TemplateRecord, TenantRecord
+from hoody.agent.state import QUARANTINE, NodeStore, TemplateRecord, TenantRecord
 from hoody.errors import Conflict, Exhausted, NotFound
 
 SUBNET = ipaddress.IPv4Network("10.9.0.0/29")  # gateway .1, tenants .2 - .6
@@ -31,14 +31,25 @@ def tenant(tid: str) -> TenantRecord:
     )
 
 
-def test_ips_are_leased_lowest_first_and_freed_on_remove() -> None:
+def test_ips_are_leased_lowest_first_and_freed_after_a_quarantine() -> None:
     store = NodeStore(":memory:")
-    ips = [store.reserve_tenant(tenant(f"t{i}"), SUBNET).ip for i in range(5)]
+    now = 1_000.0
+    ips = [store.reserve_tenant(tenant(f"t{i}"), SUBNET, now).ip for i in range(5)]
     assert ips == [f"10.9.0.{i}" for i in range(2, 7)]
     with pytest.raises(Exhausted, match="no free address"):
-        store.reserve_tenant(tenant("t9"), SUBNET)
-    store.remove_tenant("t1")
-    assert store.reserve_tenant(tenant("t10"), SUBNET).ip == "10.9.0.3"
+        store.reserve_tenant(tenant("t9"), SUBNET, now)
+    store.remove_tenant("t1", now)
+    # A router may still hold t1's route: its address goes to no one for a while.
+    with pytest.raises(Exhausted, match="1 free again within 120 s"):
+        store.reserve_tenant(tenant("t10"), SUBNET, now + QUARANTINE - 1)
+    assert store.reserve_tenant(tenant("t11"), SUBNET, now + QUARANTINE + 1).ip == "10.9.0.3"
+
+
+def test_a_quarantined_address_is_skipped_for_the_next_free_one() -> None:
+    store = NodeStore(":memory:")
+    store.reserve_tenant(tenant("a"), SUBNET, 0.0)
+    store.remove_tenant("a", 0.0)
+    assert store.reserve_tenant(tenant("b"), SUBNET, 1.0).ip == "10.9.0.3"
 
 
 def test_ids_are_never_reused_but_a_forgotten_reservation_is() -> None:
