@@ -69,6 +69,9 @@ _BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _FIELDS = re.compile(rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\x00-\x08\x0a-\x1f\x7f]*\r\n)*")
 
 
+_VERSIONS = {"1.1": b"HTTP/1.1", "1.0": b"HTTP/1.0"}
+
+
 class BadMessage(Exception):
     """A message that is not HTTP/1.1 as the router accepts it: answered with `status`
     (400, or 431 for an oversize head) when a client sent it, 502 when a tenant did."""
@@ -100,8 +103,6 @@ class Head:
 class RequestEvents(Protocol):
     """What a `RequestReader` tells its connection, in order, for each request."""
 
-    def on_begin(self) -> None: ...
-
     def on_request(self, head: Head, kind: int, keep: bool, upgrade: bool) -> None: ...
 
     def on_body(self, data: bytes) -> None: ...
@@ -128,6 +129,7 @@ class RequestReader:
         "_headers",
         "_hosts",
         "_idle",
+        "_in_message",
         "_parser",
         "_size",
         "_url",
@@ -143,7 +145,13 @@ class RequestReader:
         self._hosts = 0  # Host headers in the head
         self._size = 0  # bytes of the head so far
         self._idle = 0  # bytes fed since llhttp last produced a head, body or end
+        self._in_message = False  # between a head's end and its message's end
         self.stopped = False
+
+    @property
+    def in_head(self) -> bool:
+        """Bytes of a request head have arrived, and not yet its end."""
+        return self._idle > 0 and not self._in_message
 
     def feed(self, data: bytes) -> bytes | None:
         if self.stopped:
@@ -174,23 +182,29 @@ class RequestReader:
 
     # --- llhttp callbacks --------------------------------------------------------------
 
-    def on_message_begin(self) -> None:
-        self._events.on_begin()
-        self._url = b""
-        self._headers = []
-        self._fields = {}
-        self._hosts = 0
-        self._size = 0
+    # No on_message_begin: each callback is a call from C into Python, and the first
+    # piece of the target starts the head as well.
 
     def on_url(self, url: bytes) -> None:
-        self._url += url
-        self._grow(len(url))
+        if self._headers is None:
+            self._url = url
+            self._headers = []
+            self._fields = {}
+            self._hosts = 0
+            self._size = len(url)
+        else:
+            self._url += url
+            self._size += len(url)
+        if self._size > MAX_HEAD:
+            raise BadMessage("request head over 64 KiB", 431)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         headers = self._headers
         if headers is None:
             return  # a trailer: dropped (the body is re-framed without them)
-        self._grow(len(name) + len(value) + 4)
+        self._size += len(name) + len(value) + 4
+        if self._size > MAX_HEAD:
+            raise BadMessage("request head over 64 KiB", 431)
         headers.append((name, value))
         low = name.lower()
         fields = self._fields
@@ -203,19 +217,16 @@ class RequestReader:
             if low == b"host":
                 self._hosts = 1
 
-    def _grow(self, n: int) -> None:
-        self._size += n
-        if self._size > MAX_HEAD:
-            raise BadMessage("request head over 64 KiB", 431)
-
     def on_headers_complete(self) -> None:
         parser = self._parser
         headers, fields = self._headers, self._fields
         assert headers is not None
         self._headers = None
         self._idle = 0
+        self._in_message = True
         version = parser.get_http_version()
-        if version not in ("1.1", "1.0"):
+        spelled = _VERSIONS.get(version)
+        if spelled is None:
             raise BadMessage(f"HTTP/{version} is not spoken here; use HTTP/1.1")
         method = parser.get_method()
         if method == b"CONNECT":
@@ -233,7 +244,7 @@ class RequestReader:
         upgrade = parser.should_upgrade()
         if upgrade and kind != NONE:
             raise BadMessage("an Upgrade request carries no body")
-        head = Head([method, self._url, b"HTTP/" + version.encode()], headers, fields)
+        head = Head([method, self._url, spelled], headers, fields)
         self._events.on_request(head, kind, parser.should_keep_alive(), upgrade)
 
     def on_body(self, data: bytes) -> None:
@@ -242,6 +253,7 @@ class RequestReader:
 
     def on_message_complete(self) -> None:
         self._idle = 0
+        self._in_message = False
         self._events.on_end()
         parser = self._parser
         if not parser.should_keep_alive() and not parser.should_upgrade():

@@ -136,7 +136,7 @@ class ClientConnection(asyncio.Protocol):
         self.early = bytearray()  # bytes after an Upgrade request's head
         self.last = self.loop.time()  # the last answer ended (or the connection began)
         self.active = self.last  # the last byte from the client (either way in a tunnel)
-        self.head_since: float | None = None  # a request head began arriving
+        self.head_since: float | None = None  # a sweep saw a request head arriving
         self.tunnel_route: Route | None = None
         self.session: bytes | None = None  # the session cookie the request came with
         self.counted = False
@@ -253,9 +253,6 @@ class ClientConnection(asyncio.Protocol):
             source.resume()
 
     # --- the reader's events (http.RequestEvents) ----------------------------------------
-
-    def on_begin(self) -> None:
-        self.head_since = self.loop.time()
 
     def on_request(self, head: Head, kind: int, keep: bool, upgrade: bool) -> None:
         self.head_since = None
@@ -593,10 +590,14 @@ class ClientConnection(asyncio.Protocol):
         if current is None:
             if self.queue:
                 return
-            if self.head_since is not None:
-                if now - self.head_since > limits.head:
+            if self.reader.in_head:  # timed from the sweep that first saw it
+                if self.head_since is None:
+                    self.head_since = now
+                elif now - self.head_since > limits.head:
                     self._bad(BadMessage("the request head did not arrive in time", 408))
-            elif now - self.last > limits.idle:
+                return
+            self.head_since = None
+            if now - self.last > limits.idle:
                 self._close()
             return
         if not current.complete and not self.paused and now - self.active > limits.body_idle:

@@ -45,7 +45,8 @@ async def test_a_head_must_arrive_whole_in_time(stack: Stack) -> None:
 
 
 async def test_empty_lines_do_not_keep_a_connection_open(stack: Stack) -> None:
-    stack.router.limits = Limits(idle=1.0)
+    # Bytes that begin no request still count as a head that must end in time.
+    stack.router.limits = Limits(head=1.0)
     reader, writer = await asyncio.open_connection("127.0.0.1", stack.port)
 
     async def trickle() -> None:
@@ -58,6 +59,18 @@ async def test_empty_lines_do_not_keep_a_connection_open(stack: Stack) -> None:
         data, took = await closed_within(reader, 6)
     finally:
         task.cancel()
+        writer.close()
+    assert data.startswith(b"HTTP/1.1 408 ") and took < 4
+
+
+async def test_an_idle_connection_is_closed(stack: Stack) -> None:
+    stack.router.limits = Limits(idle=1.0)
+    reader, writer = await asyncio.open_connection("127.0.0.1", stack.port)
+    writer.write(f"GET / HTTP/1.1\r\nHost: a.localhost:{stack.port}\r\n\r\n".encode())
+    try:
+        assert (await read_response(reader))[0] == 200
+        data, took = await closed_within(reader, 6)
+    finally:
         writer.close()
     assert data == b"" and took < 4
 
