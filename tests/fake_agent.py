@@ -171,7 +171,7 @@ class FakeAgent:
             headers = {
                 "X-Hoody-Template": json.dumps(rec),
                 "X-Hoody-Size": str(len(body)),
-                "X-Hoody-Uid-Base": "100000",
+                "X-Hoody-Uid-Base": "0",
             }
             return httpx.Response(200, content=body, headers=headers)
 

@@ -1,30 +1,64 @@
 """The behaviour every StorageDriver must show, real (btrfs) or fake.
 
-A test module subclasses StorageContract and provides two fixtures:
+A test module subclasses StorageContract and provides three fixtures:
 
     storage  a fresh StorageDriver whose tenants and versions are removed after the test
     owner    a callable `owner(path) -> (uid, gid)`: lstat for a real driver, the
              fake's bookkeeping for the fake (it cannot chown without root)
+    userns   a callable `userns(base) -> fd`: a user namespace mapping ids 0..65535 to
+             host ids base.., open until the test ends (any int for the fake)
+
+Template versions keep the ids tenants see (TEMPLATE_ID_SHIFT); each tenant id gets
+its own host range (`base_of`), which its mounted files show.
 
 Each test runs once per storage mode the driver offers.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 import stat
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from hoody.agent.ids import TEMPLATE_ID_SHIFT
 from hoody.agent.storage import StorageDriver, StorageMode, TemplateVersionRef
 from hoody.errors import Conflict, HostError, NotFound
 
 Owner = Callable[[Path], tuple[int, int]]
+Userns = Callable[[int], int]
 
-SHIFT = 100000
+SHIFT = TEMPLATE_ID_SHIFT
 BASE = TemplateVersionRef("base", 1)
+
+
+def base_of(tid: str) -> int:
+    """The host id base of tenant `tid` in these tests: distinct per id."""
+    return 1_600_000_000 + (zlib.crc32(tid.encode()) % 4096) * 65536
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+@contextlib.contextmanager
+def as_tenant(tid: str) -> Iterator[None]:
+    """File changes made in the block are made as tenant `tid`'s root makes them
+    (this thread's fsuid/fsgid = its host base), for a real driver: host root has no
+    id inside a tenant's mapping, so an idmapped mount refuses what it creates
+    (EOVERFLOW)."""
+    base = base_of(tid)
+    _libc.setfsgid(base)
+    _libc.setfsuid(base)
+    try:
+        yield
+    finally:
+        _libc.setfsuid(0)
+        _libc.setfsgid(0)
 
 
 def populate(root: Path) -> None:
@@ -51,16 +85,28 @@ class StorageContract:
             pytest.skip(f"driver does not offer {mode} mode")
         return mode
 
+    @pytest.fixture(autouse=True)
+    def _namespaces(self, userns: Userns) -> None:
+        self.userns = userns
+
     @pytest.fixture
     def base(self, storage: StorageDriver) -> TemplateVersionRef:
         storage.create_template_version(BASE, populate, SHIFT)
         return BASE
 
+    def as_tenant(self, tid: str) -> contextlib.AbstractContextManager[None]:
+        """Where file changes are made as tenant `tid`'s root (see `as_tenant`); a
+        fake driver, whose files are plain, needs nothing."""
+        return contextlib.nullcontext()
+
+    def mount(self, storage: StorageDriver, tid: str) -> Path:
+        return storage.mount_tenant(tid, self.userns(base_of(tid)))
+
     def tenant(
         self, storage: StorageDriver, tid: str, mode: StorageMode, ref: TemplateVersionRef = BASE
     ) -> Path:
-        storage.create_tenant(tid, ref, mode, 64, SHIFT)
-        return storage.mount_tenant(tid)
+        storage.create_tenant(tid, ref, mode, 64, base_of(tid))
+        return self.mount(storage, tid)
 
     # template versions
 
@@ -93,8 +139,8 @@ class StorageContract:
     def test_ownership_is_shifted_and_setuid_kept(
         self, storage: StorageDriver, owner: Owner
     ) -> None:
-        path = storage.create_template_version(BASE, populate, SHIFT)
-        uid, gid = os.geteuid() + SHIFT, os.getegid() + SHIFT
+        path = storage.create_template_version(BASE, populate, 100000)
+        uid, gid = os.geteuid() + 100000, os.getegid() + 100000
         for entry in (".", "etc/hostname", "usr/bin/app", "bin", "data"):
             assert owner(path / entry) == (uid, gid), entry
         assert os.lstat(path / "usr/bin/app").st_mode & stat.S_ISUID
@@ -103,13 +149,13 @@ class StorageContract:
         self, storage: StorageDriver, mode: StorageMode
     ) -> None:
         with pytest.raises(NotFound, match="template ls"):
-            storage.create_tenant("t1", TemplateVersionRef("nope", 1), mode, 64, SHIFT)
+            storage.create_tenant("t1", TemplateVersionRef("nope", 1), mode, 64, base_of("t1"))
         assert storage.list_tenants() == []
 
     def test_a_version_in_use_is_not_deleted(
         self, storage: StorageDriver, base: TemplateVersionRef, mode: StorageMode
     ) -> None:
-        storage.create_tenant("t1", base, mode, 64, SHIFT)
+        storage.create_tenant("t1", base, mode, 64, base_of("t1"))
         with pytest.raises(Conflict, match="t1"):
             storage.delete_template_version(base)
         assert storage.list_template_versions() == [base]
@@ -122,16 +168,22 @@ class StorageContract:
         rootfs = self.tenant(storage, "t1", mode)
         assert (rootfs / "etc" / "hostname").read_text() == "template\n"
         assert (rootfs / "bin" / "app").exists()
-        assert owner(rootfs) == (os.geteuid() + SHIFT, os.getegid() + SHIFT)
+        # Through the mount, template files and the root show the tenant's own range.
+        t1 = base_of("t1")
+        assert owner(rootfs) == (os.geteuid() + t1, os.getegid() + t1)
+        assert owner(rootfs / "usr" / "bin" / "app") == (os.geteuid() + t1, os.getegid() + t1)
         assert storage.is_mounted("t1")
-        assert storage.mount_tenant("t1") == rootfs  # idempotent
+        assert self.mount(storage, "t1") == rootfs  # idempotent
+        two = self.tenant(storage, "t2", mode)
+        t2 = base_of("t2")
+        assert owner(two / "usr" / "bin" / "app") == (os.geteuid() + t2, os.getegid() + t2)
 
     def test_a_second_tenant_is_a_conflict(
         self, storage: StorageDriver, base: TemplateVersionRef, mode: StorageMode
     ) -> None:
-        storage.create_tenant("t1", base, mode, 64, SHIFT)
+        storage.create_tenant("t1", base, mode, 64, base_of("t1"))
         with pytest.raises(Conflict, match="already exists"):
-            storage.create_tenant("t1", base, mode, 64, SHIFT)
+            storage.create_tenant("t1", base, mode, 64, base_of("t1"))
         assert storage.list_tenants() == ["t1"]
 
     def test_writes_stay_in_their_tenant(
@@ -139,56 +191,63 @@ class StorageContract:
     ) -> None:
         one = self.tenant(storage, "t1", mode)
         two = self.tenant(storage, "t2", mode)
-        (one / "etc" / "hostname").write_text("one\n")
-        (one / "new").write_text("mine\n")
-        (one / "data" / "gone").unlink()
+        with self.as_tenant("t1"):
+            (one / "etc" / "hostname").write_text("one\n")
+            (one / "new").write_text("mine\n")
+            (one / "data" / "gone").unlink()
         assert (two / "etc" / "hostname").read_text() == "template\n"
         assert not (two / "new").exists()
         assert (two / "data" / "gone").exists()
-        storage.create_tenant("t3", base, mode, 64, SHIFT)
-        three = storage.mount_tenant("t3")
+        storage.create_tenant("t3", base, mode, 64, base_of("t3"))
+        three = self.mount(storage, "t3")
         assert (three / "etc" / "hostname").read_text() == "template\n"
 
     def test_unmount_then_mount_keeps_the_files(
         self, storage: StorageDriver, base: TemplateVersionRef, mode: StorageMode
     ) -> None:
         rootfs = self.tenant(storage, "t1", mode)
-        (rootfs / "kept").write_text("across mounts\n")
+        with self.as_tenant("t1"):
+            (rootfs / "kept").write_text("across mounts\n")
         storage.unmount_tenant("t1")
         assert not storage.is_mounted("t1")
         storage.unmount_tenant("t1")  # harmless twice
-        assert (storage.mount_tenant("t1") / "kept").read_text() == "across mounts\n"
+        assert (self.mount(storage, "t1") / "kept").read_text() == "across mounts\n"
 
     def test_copy_tenant_copies_its_files(
-        self, storage: StorageDriver, base: TemplateVersionRef, mode: StorageMode
+        self, storage: StorageDriver, base: TemplateVersionRef, mode: StorageMode, owner: Owner
     ) -> None:
         src = self.tenant(storage, "src", mode)
-        (src / "etc" / "hostname").write_text("src\n")
-        (src / "data" / "gone").unlink()
-        storage.copy_tenant("src", "dst", 64)
-        dst = storage.mount_tenant("dst")
+        with self.as_tenant("src"):
+            (src / "etc" / "hostname").write_text("src\n")
+            (src / "data" / "gone").unlink()
+        storage.copy_tenant("src", "dst", 64, base_of("dst"))
+        dst = self.mount(storage, "dst")
+        b = base_of("dst")
+        assert owner(dst / "etc" / "hostname") == (os.geteuid() + b, os.getegid() + b)
         assert (dst / "etc" / "hostname").read_text() == "src\n"
         assert not (dst / "data" / "gone").exists()
-        (dst / "etc" / "hostname").write_text("dst\n")
+        with self.as_tenant("dst"):
+            (dst / "etc" / "hostname").write_text("dst\n")
         assert (src / "etc" / "hostname").read_text() == "src\n"
         with pytest.raises(Conflict):
-            storage.copy_tenant("src", "dst", 64)
+            storage.copy_tenant("src", "dst", 64, base_of("dst"))
         with pytest.raises(NotFound):
-            storage.copy_tenant("missing", "other", 64)
+            storage.copy_tenant("missing", "other", 64, base_of("other"))
 
     def test_version_from_tenant_captures_writes_and_deletions(
         self, storage: StorageDriver, base: TemplateVersionRef, mode: StorageMode, owner: Owner
     ) -> None:
         rootfs = self.tenant(storage, "t1", mode)
-        (rootfs / "etc" / "hostname").write_text("changed\n")
-        (rootfs / "data" / "gone").unlink()
-        (rootfs / "etc" / "new").write_text("new\n")
-        # A directory removed and made again: overlayfs marks it opaque.
-        for child in (rootfs / "srv").iterdir():
-            child.unlink()
-        (rootfs / "srv").rmdir()
-        (rootfs / "srv").mkdir()
-        (rootfs / "srv" / "fresh").write_text("fresh\n")
+        with self.as_tenant("t1"):
+            (rootfs / "etc" / "hostname").write_text("changed\n")
+            (rootfs / "data" / "gone").unlink()
+            (rootfs / "etc" / "new").write_text("new\n")
+            # A directory removed and made again: overlayfs marks it opaque.
+            for child in (rootfs / "srv").iterdir():
+                child.unlink()
+            (rootfs / "srv").rmdir()
+            (rootfs / "srv").mkdir()
+            (rootfs / "srv" / "fresh").write_text("fresh\n")
         ref = TemplateVersionRef("derived", 1)
         path = storage.version_from_tenant(ref, "t1")
         assert (path / "etc" / "hostname").read_text() == "changed\n"
@@ -197,7 +256,10 @@ class StorageContract:
         assert (path / "data" / "keep").exists()
         assert sorted(p.name for p in (path / "srv").iterdir()) == ["fresh"]
         assert os.path.islink(path / "bin")
+        # The version holds the ids tenants see, not t1's host range.
         assert owner(path / "usr" / "bin" / "app")[0] == os.geteuid() + SHIFT
+        assert owner(path / "etc" / "hostname")[0] == os.geteuid() + SHIFT
+        assert owner(path / "etc" / "new")[0] == os.geteuid() + SHIFT
         assert os.lstat(path / "usr" / "bin" / "app").st_mode & stat.S_ISUID
         assert ref in storage.list_template_versions()
         with pytest.raises(Conflict):
@@ -212,7 +274,8 @@ class StorageContract:
         self, storage: StorageDriver, base: TemplateVersionRef, mode: StorageMode
     ) -> None:
         rootfs = self.tenant(storage, "t1", mode)
-        (rootfs / "file").write_text("x\n")
+        with self.as_tenant("t1"):
+            (rootfs / "file").write_text("x\n")
         storage.delete_tenant("t1")
         assert storage.list_tenants() == []
         assert not storage.is_mounted("t1")
@@ -220,16 +283,16 @@ class StorageContract:
         storage.delete_tenant("t1")
         storage.delete_tenant("never-existed")
         with pytest.raises(NotFound):
-            storage.mount_tenant("t1")
+            self.mount(storage, "t1")
         # The id is free again.
-        storage.create_tenant("t1", base, mode, 64, SHIFT)
+        storage.create_tenant("t1", base, mode, 64, base_of("t1"))
 
     def test_list_tenants(
         self, storage: StorageDriver, base: TemplateVersionRef, mode: StorageMode
     ) -> None:
         assert storage.list_tenants() == []
         for tid in ("b", "a", "c"):
-            storage.create_tenant(tid, base, mode, 64, SHIFT)
+            storage.create_tenant(tid, base, mode, 64, base_of(tid))
         assert storage.list_tenants() == ["a", "b", "c"]
         assert not storage.is_mounted("a")
         storage.delete_tenant("b")
@@ -258,8 +321,9 @@ class StorageContract:
         self, storage: StorageDriver, base: TemplateVersionRef, mode: StorageMode
     ) -> None:
         rootfs = self.tenant(storage, "t1", mode)
-        (rootfs / "etc" / "hostname").write_text("second\n")
-        (rootfs / "data" / "gone").unlink()
+        with self.as_tenant("t1"):
+            (rootfs / "etc" / "hostname").write_text("second\n")
+            (rootfs / "data" / "gone").unlink()
         second = TemplateVersionRef(base.template, 2)
         storage.version_from_tenant(second, "t1")
         first_copy = TemplateVersionRef("copy", 1)

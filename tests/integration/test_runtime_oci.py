@@ -1,8 +1,9 @@
 """OciRuntime on the real runtime: the contract, then what isolation a tenant notices.
 
 Each test gets its own runtime root, bundle dir and cgroup parent (`hoodytest-<rand>`);
-each container its own overlay over the prototype rootfs (whose files are already
-shifted to uid 100000) and its own netns. The finalizers check nothing is left.
+each container its own host id range and user namespace (from a scratch id area), its
+own overlay over the prototype rootfs (the demo template's debootstrap, unshifted, seen
+through an idmapped lower layer) and its own netns. The finalizers check nothing is left.
 """
 
 from __future__ import annotations
@@ -20,14 +21,16 @@ from typing import Any
 
 import pytest
 
+from hoody.agent.ids import IdArea, TenantIds
 from hoody.agent.runtime import ContainerSpec
 from hoody.agent.runtime.oci import CGROUP_ROOT, OciRuntime
+from hoody.agent.runtime.userns import user_namespace
 from hoody.agent.spec import Limits
+from hoody.agent.storage.btrfs import mount_overlay
+from hoody.agent.templates import CACHE_DIR, DEMO_PACKAGES, debootstrap_tarball
+from hoody.bench.scratch import scratch_id_area
 from hoody.errors import HostError
 from tests.contract.runtime import RuntimeContract
-
-PROTO = Path("/var/cache/hoody-proto/rootfs")
-UID_BASE = 100000
 
 # pid 1 of the tenant: exits on SIGTERM (an init without a handler ignores it).
 SLEEPER = (
@@ -39,8 +42,6 @@ SLEEPER = (
     "time.sleep(100000)\n",
 )
 
-pytestmark = pytest.mark.skipif(not PROTO.is_dir(), reason=f"no prototype rootfs at {PROTO}")
-
 SpecFactory = Callable[..., ContainerSpec]
 
 
@@ -48,10 +49,33 @@ def sh(*argv: str) -> None:
     subprocess.run(argv, check=True, capture_output=True)
 
 
+@pytest.fixture(scope="session")
+def proto() -> Path:
+    """The demo template's rootfs (bookworm minbase + python3), unpacked once per host
+    into the cache next to the debootstrap tarball it comes from (made if missing)."""
+    tarball = debootstrap_tarball("bookworm", DEMO_PACKAGES)
+    rootfs = CACHE_DIR / f"proto-{tarball.stem}"
+    if not rootfs.is_dir():
+        work = Path(tempfile.mkdtemp(prefix=".proto-", dir=CACHE_DIR))
+        sh("tar", "-xpf", str(tarball), "-C", str(work), "--numeric-owner")
+        work.chmod(0o755)
+        try:
+            work.rename(rootfs)
+        except OSError:  # another run unpacked it meanwhile
+            shutil.rmtree(work)
+    return rootfs
+
+
+@pytest.fixture(scope="module")
+def id_area() -> Iterator[IdArea]:
+    with scratch_id_area() as area:
+        yield area
+
+
 @pytest.fixture
 def scratch_dir() -> Iterator[Path]:
-    # Not pytest's tmp_path: that is 0700, and the tenant's root (uid 100000) must be
-    # able to walk down to its rootfs.
+    # Not pytest's tmp_path: that is 0700, and the tenant's root must be able to walk
+    # down to its rootfs.
     path = Path(tempfile.mkdtemp(prefix="hoodytest-"))
     path.chmod(0o755)
     yield path
@@ -77,44 +101,52 @@ def runtime(scratch_dir: Path, make_spec: SpecFactory) -> Iterator[OciRuntime]:
 
 
 @pytest.fixture
-def make_spec(scratch_dir: Path) -> Iterator[SpecFactory]:
-    """make_spec(tid, args=SLEEPER, limits=Limits(), ksm=False): a tenant on its own
-    overlay and netns; everything is unmounted and deleted after the test."""
+def make_spec(scratch_dir: Path, proto: Path, id_area: IdArea) -> Iterator[SpecFactory]:
+    """make_spec(tid, args=SLEEPER, limits=Limits(), ksm=False): a tenant with its own
+    ids and user namespace, on its own overlay and netns; everything is unmounted and
+    deleted after the test."""
     mounts: dict[str, Path] = {}
     netns: dict[str, str] = {}
+    made: dict[str, tuple[TenantIds, Path]] = {}
     tag = secrets.token_hex(2)
+    namespaces = contextlib.ExitStack()
 
     def make(tid: str, args: tuple[str, ...] = SLEEPER, **changes: Any) -> ContainerSpec:
+        limits = changes.pop("limits", Limits())
         if tid not in mounts:
+            ids = id_area.ids(len(made))
+            userns = namespaces.enter_context(user_namespace(ids, limits))
+            made[tid] = (ids, userns.path)
             base = scratch_dir / "tenants" / tid
             upper, work, merged = base / "upper", base / "work", base / "rootfs"
             for d in (upper, work, merged):
                 d.mkdir(parents=True)
-            os.chown(upper, UID_BASE, UID_BASE)
+            os.chown(upper, ids.base, ids.base)
+            upper.chmod(0o755)
             os.chmod(base.parent, 0o755)
             os.chmod(base, 0o755)
-            sh(
-                "mount", "-t", "overlay", "overlay", "-o",
-                f"lowerdir={PROTO},upperdir={upper},workdir={work}", str(merged),
-            )  # fmt: skip
+            mount_overlay(proto, base, merged, userns.fd)
             mounts[tid] = merged
             name = f"hoodyt-{tag}-{len(netns)}"
             sh("ip", "netns", "add", name)
             netns[tid] = name
             sh("ip", "-n", name, "link", "set", "lo", "up")
+        ids, path = made[tid]
         return ContainerSpec(
             tid=tid,
             rootfs=mounts[tid],
             args=args,
-            limits=changes.pop("limits", Limits()),
+            limits=limits,
             netns=Path("/run/netns") / netns[tid],
             log_path=scratch_dir / "logs" / f"{tid}.log",
+            ids=ids,
+            userns=path,
             env={"HOODY_TENANT": tid},
-            uid_base=UID_BASE,
             **changes,
         )
 
-    yield make
+    with namespaces:
+        yield make
     for merged in mounts.values():
         sh("umount", str(merged))
     for name in netns.values():
@@ -144,8 +176,9 @@ def status_field(pid: int, name: str) -> str:
 def test_tenant_root_is_an_unprivileged_host_uid(
     runtime: OciRuntime, make_spec: SpecFactory
 ) -> None:
-    pid = runtime.start(make_spec("iso-uid"))
-    assert status_field(pid, "Uid").split() == [str(UID_BASE)] * 4
+    spec = make_spec("iso-uid")
+    pid = runtime.start(spec)
+    assert status_field(pid, "Uid").split() == [str(spec.ids.base)] * 4
     assert status_field(pid, "NoNewPrivs") == "1"
     assert status_field(pid, "Seccomp") == "2"
     inside = runtime.exec("iso-uid", ["id", "-u"])

@@ -39,6 +39,7 @@ from starlette.routing import Route
 
 from hoody.agent import templates
 from hoody.agent.engine import Node, TemplateSource
+from hoody.agent.ids import TEMPLATE_ID_SHIFT
 from hoody.agent.node_info import configure, node_info
 from hoody.agent.spec import FirewallPolicy, Limits
 from hoody.agent.state import TemplateRecord
@@ -225,7 +226,7 @@ def create_app(node: Node, token: str, *, supervise_every: float = 0.5) -> Starl
         headers = {
             "X-Hoody-Template": json.dumps(rec.to_json()),
             "X-Hoody-Size": str(size),
-            "X-Hoody-Uid-Base": str(node.config.uid_base),
+            "X-Hoody-Uid-Base": str(TEMPLATE_ID_SHIFT),
         }
         return StreamingResponse(
             _stream(chunks), media_type="application/octet-stream", headers=headers
@@ -237,11 +238,12 @@ def create_app(node: Node, token: str, *, supervise_every: float = 0.5) -> Starl
             int(request.path_params["version"]),
             request.headers.get("x-hoody-template"),
         )
-        uid_base = request.headers.get("x-hoody-uid-base", str(node.config.uid_base))
-        if uid_base != str(node.config.uid_base):
+        uid_base = request.headers.get("x-hoody-uid-base", str(TEMPLATE_ID_SHIFT))
+        if uid_base != str(TEMPLATE_ID_SHIFT):
             raise InvalidInput(
-                f"the sending node shifts template files to uid {uid_base}, this node to "
-                f"{node.config.uid_base}; nodes of one fleet need the same uid base"
+                f"the sending node stores template files shifted to uid {uid_base}, this "
+                f"node by {TEMPLATE_ID_SHIFT} (tenants see them through idmapped mounts); "
+                "upgrade the sending node so both run the same hoody"
             )
         body = request.stream()
 

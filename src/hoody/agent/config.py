@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from hoody.agent.ids import DEFAULT_ID_BASE, DEFAULT_ID_SLOTS, IdArea
 from hoody.agent.network import NetworkConfig
 from hoody.agent.usage import parse_reserve
 from hoody.errors import InvalidInput, NotFound
@@ -33,8 +34,10 @@ class NodeConfig:
     pool_image: Path | None = DEFAULT_STATE_DIR / "pool.img"
     pool_size: str = "20G"
     subnet: str = "10.88.0.0/16"
-    uid_base: int = 100000
-    uid_size: int = 65536
+    # The host ids this node hands its tenants: one owner uid and one range of 65,536
+    # ids per tenant (hoody.agent.ids). Two nodes on one host need disjoint areas.
+    id_base: int = DEFAULT_ID_BASE
+    id_slots: int = DEFAULT_ID_SLOTS
     storage_mode: str = "overlay"
     listen: str = "127.0.0.1:7070"
     log_max_bytes: int = 1 << 20
@@ -73,6 +76,7 @@ class NodeConfig:
                 f"storage mode {self.storage_mode!r} is invalid; use overlay or snapshot"
             )
         object.__setattr__(self, "routers", tuple(self.routers))
+        IdArea(self.id_base, self.id_slots)  # validates
         object.__setattr__(self, "management", tuple(self.management))
         for what, cidrs in (("router source", self.routers), ("management", self.management)):
             for cidr in cidrs:
@@ -98,6 +102,10 @@ class NodeConfig:
             ports_per_bridge=self.ports_per_bridge,
             management=self.management,
         )
+
+    @property
+    def ids(self) -> IdArea:
+        return IdArea(self.id_base, self.id_slots)
 
     @property
     def node_run_dir(self) -> Path:

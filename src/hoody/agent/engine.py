@@ -27,8 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from hoody.agent.config import NodeConfig
+from hoody.agent.ids import TEMPLATE_ID_SHIFT, TenantIds
 from hoody.agent.network import Firewall, Network
-from hoody.agent.runtime import ContainerSpec, ExecResult, Runtime
+from hoody.agent.runtime import ContainerSpec, ExecResult, Runtime, UserNamespace
 from hoody.agent.spec import FirewallPolicy, Limits, check_name, check_tenant_id
 from hoody.agent.state import NodeStore, TemplateRecord, TenantRecord
 from hoody.agent.storage import StorageDriver, StorageMode, TemplateVersionRef
@@ -119,7 +120,7 @@ class Node:
         )
         ref = TemplateVersionRef(name, version)
         with Undo() as undo:
-            self.storage.create_template_version(ref, source.populate, self.config.uid_base)
+            self.storage.create_template_version(ref, source.populate, TEMPLATE_ID_SHIFT)
             undo.add(lambda: self.storage.delete_template_version(ref), "delete version")
             self.store.add_template(rec)
             undo.commit()
@@ -276,11 +277,13 @@ class Node:
             init=tmpl.init,
         )
         with self._lock(tid), Undo() as undo:
-            rec = self.store.reserve_tenant(rec, self.config.network.network)
+            rec = self.store.reserve_tenant(
+                rec, self.config.network.network, slots=self.config.id_slots
+            )
             undo.add(lambda: self.store.forget_tenant(tid), "forget record")
             ref = TemplateVersionRef(tmpl.name, tmpl.version)
             self.storage.create_tenant(
-                tid, ref, storage_mode, rec.limits.disk_mib, self.config.uid_base
+                tid, ref, storage_mode, rec.limits.disk_mib, self.ids(rec).base
             )
             undo.add(lambda: self.storage.delete_tenant(tid), "delete storage")
             undo.add(lambda: self._remove_logs(tid), "remove logs")
@@ -294,20 +297,36 @@ class Node:
         tid = check_tenant_id(name) if name is not None else self._new_id(source.template)
         rec = replace(source, id=tid, ip="", status="creating", pid=0, created_at=time.time())
         with self._lock(tid), Undo() as undo:
-            rec = self.store.reserve_tenant(rec, self.config.network.network)
+            rec = self.store.reserve_tenant(
+                rec, self.config.network.network, slots=self.config.id_slots
+            )
             undo.add(lambda: self.store.forget_tenant(tid), "forget record")
             with self._lock(src):
-                self.storage.copy_tenant(src, tid, rec.limits.disk_mib)
+                self.storage.copy_tenant(src, tid, rec.limits.disk_mib, self.ids(rec).base)
             undo.add(lambda: self.storage.delete_tenant(tid), "delete storage")
             undo.add(lambda: self._remove_logs(tid), "remove logs")
             rec = self._bring_up(rec, undo, start=rec.desired == "running")
             undo.commit()
         return rec
 
+    def ids(self, rec: TenantRecord) -> TenantIds:
+        """The tenant's owner uid and host id range (from the slot its record holds)."""
+        return self.config.ids.ids(rec.slot)
+
     def _bring_up(self, rec: TenantRecord, undo: Undo, *, start: bool) -> TenantRecord:
-        """Mount, attach, firewall and (if `start`) run: the steps shared by copy and start."""
+        """Mount, attach, firewall and (if `start`) run: the steps shared by copy and start.
+
+        A new user namespace of the tenant's own (owner, range) serves the idmapped
+        mount and the container; once the container joined it, nothing else holds it.
+        """
+        with self.runtime.user_namespace(self.ids(rec), rec.limits) as userns:
+            return self._bring_up_in(rec, undo, userns, start=start)
+
+    def _bring_up_in(
+        self, rec: TenantRecord, undo: Undo, userns: UserNamespace, *, start: bool
+    ) -> TenantRecord:
         tid = rec.id
-        rootfs = self.storage.mount_tenant(tid)
+        rootfs = self.storage.mount_tenant(tid, userns.fd)
         netns = self.network.attach(tid, rec.ip)
         undo.add(lambda: self.network.detach(tid), "detach network")
         undo.add(lambda: self.firewall.remove_tenant(tid), "remove firewall")
@@ -320,7 +339,7 @@ class Node:
             # drop everything to and from its address.
             firewall = self._steps.submit(self.firewall.apply_tenant, tid, rec.ip, rec.firewall)
             try:
-                pid = self.runtime.start(self._container_spec(rec, rootfs, netns))
+                pid = self.runtime.start(self._container_spec(rec, rootfs, netns, userns))
                 undo.add(lambda: self.runtime.stop(tid, timeout=0), "stop container")
             finally:
                 applied = firewall.exception()  # waits; the undo needs it finished
@@ -330,7 +349,9 @@ class Node:
         self.store.update_tenant(tid, status=status, pid=pid)
         return replace(rec, status=status, pid=pid)
 
-    def _container_spec(self, rec: TenantRecord, rootfs: Path, netns: Path) -> ContainerSpec:
+    def _container_spec(
+        self, rec: TenantRecord, rootfs: Path, netns: Path, userns: UserNamespace
+    ) -> ContainerSpec:
         self.config.log_dir.mkdir(parents=True, exist_ok=True)
         return ContainerSpec(
             tid=rec.id,
@@ -340,8 +361,8 @@ class Node:
             netns=netns,
             log_path=self.log_path(rec.id),
             env={**rec.env, "HOODY_TENANT": rec.id, "PORT": str(rec.port)},
-            uid_base=self.config.uid_base,
-            uid_size=self.config.uid_size,
+            ids=self.ids(rec),
+            userns=userns.path,
             ksm=rec.ksm and self.runtime.caps.memory_merge,
             init=rec.init,
         )
@@ -538,7 +559,7 @@ class Node:
                 continue
             state = self.runtime.state(rec.id)
             if rec.desired == "running" and state.status == "running":
-                self.storage.mount_tenant(rec.id)
+                self._remount(rec.id, state.pid)
                 self.network.attach(rec.id, rec.ip)
                 self.firewall.apply_tenant(rec.id, rec.ip, rec.firewall)
                 self.store.update_tenant(rec.id, status="running", pid=state.pid)
@@ -571,6 +592,17 @@ class Node:
                 self.storage.delete_template_version(ref)
                 report["orphans"].append(f"template {ref.template}/{ref.version}")
         return report
+
+    def _remount(self, tid: str, pid: int) -> None:
+        """Mount a running tenant's rootfs if it is not (idempotent), through the
+        user namespace its processes are in."""
+        if self.storage.is_mounted(tid):
+            return
+        fd = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            self.storage.mount_tenant(tid, fd)
+        finally:
+            os.close(fd)
 
     def teardown_all(self) -> None:
         """Delete every tenant and template and the node's network (tests, benchmarks)."""

@@ -1,10 +1,15 @@
 """Host-wide kernel settings a node with hundreds of tenants relies on.
 
-Every tenant's root is the same unprivileged host uid (the node's `uid_base`), and the
-kernel counts keys per uid: runc gives each container a session keyring, so with the
-default quota (200 keys, 20000 bytes per non-root uid) the 201st tenant fails to start
-("unable to create session key: disk quota exceeded"). The quota is raised to what the
-kernel allows root; it is only ever raised, never lowered.
+Terminals: kernel.pty.max (4096 by default) is one pool for the whole host, of which
+only the host's own devpts may use the last kernel.pty.reserve (1024). Each tenant's
+devpts is capped (`bundle.PTYS`), so no tenant takes the host's terminals or a
+neighbour's share, but the caps only add up if the pool holds them: it is raised to
+the kernel's most (2^20). A terminal costs memory only while open, charged to the
+tenant that opened it. It is only ever raised, never lowered.
+
+Keys need nothing any more: the kernel counts them per host uid, and every tenant's
+root is a host uid of its own (hoody.agent.ids), so runc's session keyring for each
+container comes out of that tenant's own quota (200 keys per uid).
 
 Each container start moves runc's init into the tenant's cgroups, and by default every
 such move waits for an RCU grace period under one host-wide lock (cgroup's threadgroup
@@ -23,29 +28,30 @@ from pathlib import Path
 from hoody import proc
 from hoody.errors import HostError
 
-__all__ = ["KEY_QUOTA", "tune_host"]
+__all__ = ["SYSCTLS", "tune_host"]
 
 log = logging.getLogger(__name__)
 
-# kernel.keys.* -> the least value a node needs (root's defaults).
-KEY_QUOTA = {"maxkeys": 1_000_000, "maxbytes": 25_000_000}
+# sysctl (relative to /proc/sys) -> the least value a node needs.
+SYSCTLS = {"kernel/pty/max": 1 << 20}
 
 
 def tune_host(
-    sysctl_dir: Path = Path("/proc/sys/kernel/keys"), mounts: Path = Path("/proc/self/mounts")
+    sysctl_dir: Path = Path("/proc/sys"), mounts: Path = Path("/proc/self/mounts")
 ) -> dict[str, object]:
-    """Raise the per-uid key quota where it is lower and turn on `favordynmods` where
-    a cgroup2 mount lacks it; return what was changed."""
+    """Raise each of SYSCTLS where it is lower and turn on `favordynmods` where a
+    cgroup2 mount lacks it; return what was changed."""
     changed: dict[str, object] = {}
-    for name, least in KEY_QUOTA.items():
+    for name, least in SYSCTLS.items():
         path = sysctl_dir / name
         try:
             current = int(path.read_text())
             if current < least:
                 path.write_text(str(least))
                 changed[name] = least
-        except OSError as exc:  # no keys support, or a read-only /proc: tenants still start
-            log.warning("cannot raise kernel.keys.%s to %d: %s", name, least, exc)
+                log.info("%s raised to %d", name.replace("/", "."), least)
+        except OSError as exc:  # a read-only /proc: tenants still start, with fewer ptys
+            log.warning("cannot raise %s to %d: %s", name.replace("/", "."), least, exc)
     remounted = [str(t) for t in _cgroup2_without_favordynmods(mounts) if _favor_dynmods(t)]
     if remounted:
         changed["favordynmods"] = remounted

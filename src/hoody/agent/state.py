@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from hoody.agent.ids import DEFAULT_ID_SLOTS
 from hoody.agent.spec import FirewallPolicy, Limits
 from hoody.errors import Conflict, Exhausted, NotFound
 
@@ -48,12 +49,17 @@ CREATE TABLE IF NOT EXISTS tenants (
 CREATE TABLE IF NOT EXISTS used_ids (id TEXT PRIMARY KEY);
 -- Addresses of deleted tenants, kept from the next tenant for QUARANTINE seconds.
 CREATE TABLE IF NOT EXISTS freed_ips (ip TEXT PRIMARY KEY, freed_at REAL NOT NULL);
+-- The slot of the node's id area each tenant holds (its owner uid and host id range,
+-- hoody.agent.ids); freed with the tenant, so a later tenant may get it again.
+CREATE TABLE IF NOT EXISTS id_slots (slot INTEGER PRIMARY KEY, tenant TEXT UNIQUE NOT NULL);
 """
 
 # A deleted tenant's address goes to no new tenant for this long: longer than any
 # router keeps a route it cannot refresh (router.table.STALE_AFTER, 30 s), so a router
 # that still holds the old route cannot send the old tenant's customers to a new one.
 QUARANTINE = 120.0
+
+_TENANTS = "SELECT tenants.*, id_slots.slot FROM tenants LEFT JOIN id_slots ON tenant = id"
 
 
 @dataclass(frozen=True)
@@ -129,6 +135,7 @@ class TenantRecord:
     ksm: bool
     metadata: dict[str, Any]
     init: bool = True
+    slot: int = -1  # of the node's id area (hoody.agent.ids); -1 until reserved
 
     def config_json(self) -> str:
         return json.dumps(
@@ -181,6 +188,7 @@ class TenantRecord:
             ksm=cfg["ksm"],
             metadata=cfg.get("metadata", {}),
             init=cfg.get("init", True),
+            slot=row["slot"] if row["slot"] is not None else -1,
         )
 
 
@@ -265,12 +273,19 @@ class NodeStore:
     # tenants
 
     def reserve_tenant(
-        self, rec: TenantRecord, subnet: ipaddress.IPv4Network, now: float | None = None
+        self,
+        rec: TenantRecord,
+        subnet: ipaddress.IPv4Network,
+        now: float | None = None,
+        *,
+        slots: int = DEFAULT_ID_SLOTS,
     ) -> TenantRecord:
-        """Insert the tenant as "creating" with the lowest free IP; ids are never reused,
-        addresses of deleted tenants only after QUARANTINE seconds.
+        """Insert the tenant as "creating" with the lowest free IP and the lowest free id
+        slot below `slots`; ids are never reused, addresses of deleted tenants only after
+        QUARANTINE seconds.
 
-        Raises Conflict when the id was ever used, Exhausted when the subnet is full.
+        Raises Conflict when the id was ever used, Exhausted when the subnet or the id
+        area is full.
         """
         now = time.time() if now is None else now
         with self._tx() as db:
@@ -292,7 +307,15 @@ class NodeStore:
                     f"no free address left in {subnet}{wait}; delete tenants or configure a "
                     "larger subnet with `hoody node init --subnet`"
                 )
-            rec = replace(rec, ip=ip)
+            held = [r[0] for r in db.execute("SELECT slot FROM id_slots ORDER BY slot")]
+            slot = next((i for i, s in enumerate(held) if i != s), len(held))
+            if slot >= slots:
+                raise Exhausted(
+                    f"all {slots} id slots of this node are taken (one per tenant); delete "
+                    "tenants or give the node more with `hoody node init --id-slots`"
+                )
+            db.execute("INSERT INTO id_slots VALUES (?, ?)", (slot, rec.id))
+            rec = replace(rec, ip=ip, slot=slot)
             db.execute(
                 "INSERT INTO tenants VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
@@ -312,14 +335,14 @@ class NodeStore:
 
     def tenant(self, tid: str) -> TenantRecord:
         with self._lock:
-            row = self._db.execute("SELECT * FROM tenants WHERE id = ?", (tid,)).fetchone()
+            row = self._db.execute(f"{_TENANTS} WHERE id = ?", (tid,)).fetchone()
         if row is None:
             raise NotFound(f"tenant {tid!r} does not exist; `hoody ls` lists tenants")
         return TenantRecord.from_row(row)
 
     def tenants(self) -> list[TenantRecord]:
         with self._lock:
-            rows = self._db.execute("SELECT * FROM tenants ORDER BY created_at, id").fetchall()
+            rows = self._db.execute(f"{_TENANTS} ORDER BY created_at, id").fetchall()
         return [TenantRecord.from_row(r) for r in rows]
 
     def lifecycle(self) -> list[tuple[str, str, str]]:
@@ -347,7 +370,8 @@ class NodeStore:
             db.execute("UPDATE tenants SET config = ? WHERE id = ?", (rec.config_json(), rec.id))
 
     def remove_tenant(self, tid: str, now: float | None = None) -> None:
-        """Forget the tenant; its id stays used and its IP rests for QUARANTINE s."""
+        """Forget the tenant and free its id slot; its id stays used and its IP rests
+        for QUARANTINE s."""
         now = time.time() if now is None else now
         with self._tx() as db:
             db.execute(
@@ -356,11 +380,13 @@ class NodeStore:
                 (now, tid),
             )
             db.execute("DELETE FROM tenants WHERE id = ?", (tid,))
+            db.execute("DELETE FROM id_slots WHERE tenant = ?", (tid,))
 
     def forget_tenant(self, tid: str) -> None:
         """Undo of `reserve_tenant`: the record and its id go, as if never made."""
         with self._tx() as db:
             db.execute("DELETE FROM tenants WHERE id = ?", (tid,))
+            db.execute("DELETE FROM id_slots WHERE tenant = ?", (tid,))
             db.execute("DELETE FROM used_ids WHERE id = ?", (tid,))
 
     def template_in_use(self, name: str, version: int) -> list[str]:

@@ -8,7 +8,10 @@ loop device, link, netns, nft table and cgroup it made is removed.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import ipaddress
+import os
+import random
 import secrets
 import shutil
 import socket
@@ -29,6 +32,7 @@ from hoody.agent.api import create_app
 from hoody.agent.client import AgentClient
 from hoody.agent.config import NodeConfig
 from hoody.agent.engine import Node
+from hoody.agent.ids import DEFAULT_ID_BASE, IDS_PER_TENANT, OWNER_BLOCK, IdArea
 from hoody.agent.linux import build_node, init_node
 from hoody.agent.storage.pool import destroy_pool
 from hoody.agent.templates import DEMO_ARGS, DEMO_NAME, demo_source
@@ -39,11 +43,15 @@ __all__ = [
     "agent_process",
     "free_port",
     "scratch_config",
+    "scratch_id_area",
     "scratch_node",
     "serve_in_thread",
 ]
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+SCRATCH_SLOTS = 256  # tenants per scratch node (bench density --count 200 fits)
+_SCRATCH_IDS_FROM = 1 << 24  # scratch areas lie below a real node's default area
+_LOCKS = Path("/run/lock")
 
 
 @dataclass
@@ -100,6 +108,32 @@ def serve_in_thread(app: Any, port: int) -> Iterator[str]:
         thread.join(timeout=30)
 
 
+@contextlib.contextmanager
+def scratch_id_area(slots: int = SCRATCH_SLOTS) -> Iterator[IdArea]:
+    """A block of host ids no other scratch node on this host uses while the block
+    runs (a lock file per area under /run/lock, held with flock, so a crashed holder
+    frees it), below the default area of a real node.
+
+    Two nodes with one area would give two tenants the same owner and range, sharing
+    the very counters this isolation is about: tests attacking them would flake.
+    """
+    size = OWNER_BLOCK + slots * IDS_PER_TENANT
+    count = (DEFAULT_ID_BASE - _SCRATCH_IDS_FROM) // size
+    for index in random.sample(range(count), count):
+        fd = os.open(_LOCKS / f"hoody-ids-{size}-{index}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        try:
+            yield IdArea(base=_SCRATCH_IDS_FROM + index * size, slots=slots)
+        finally:
+            os.close(fd)
+        return
+    raise RuntimeError(f"all {count} scratch id areas of this host are in use")
+
+
 def _remove_cgroup_parent(parent: str) -> None:
     for controller in CGROUP_ROOT.iterdir():
         path = controller / parent
@@ -119,34 +153,38 @@ def scratch_config(
     *,
     ports_per_bridge: int = 512,
 ) -> Iterator[NodeConfig]:
-    """An initialised node config (pool, dirs) under /var/tmp; everything removed on exit."""
+    """An initialised node config (pool, dirs, an id area of its own) under /var/tmp;
+    everything removed on exit."""
     name = prefix[:2] + secrets.token_hex(2)
-    tmp = Path(tempfile.mkdtemp(prefix=f"hoody-{name}-", dir="/var/tmp"))
-    tmp.chmod(0o711)  # tenant root (host uid 100000+) must traverse to its rootfs
-    config = NodeConfig(
-        name=name,
-        state_dir=tmp / "state",
-        run_dir=tmp / "run",
-        pool=tmp / "pool",
-        pool_image=tmp / "pool.img",
-        pool_size=pool_size,
-        subnet=_free_subnet(),
-        storage_mode=storage_mode,
-        listen=f"127.0.0.1:{free_port()}",
-        ports_per_bridge=ports_per_bridge,
-    )
-    try:
-        init_node(config)
-        yield config
-    finally:
+    with scratch_id_area() as area:
+        tmp = Path(tempfile.mkdtemp(prefix=f"hoody-{name}-", dir="/var/tmp"))
+        tmp.chmod(0o711)  # tenant roots (each its own host uid) walk down to their rootfs
+        config = NodeConfig(
+            name=name,
+            state_dir=tmp / "state",
+            run_dir=tmp / "run",
+            pool=tmp / "pool",
+            pool_image=tmp / "pool.img",
+            pool_size=pool_size,
+            subnet=_free_subnet(),
+            storage_mode=storage_mode,
+            listen=f"127.0.0.1:{free_port()}",
+            id_base=area.base,
+            id_slots=area.slots,
+            ports_per_bridge=ports_per_bridge,
+        )
         try:
-            node = build_node(config)
-            node.teardown_all()
-            node.store.close()
+            init_node(config)
+            yield config
         finally:
-            destroy_pool(config.pool, config.pool_image)
-            _remove_cgroup_parent(config.cgroup_parent)
-            shutil.rmtree(tmp, ignore_errors=True)
+            try:
+                node = build_node(config)
+                node.teardown_all()
+                node.store.close()
+            finally:
+                destroy_pool(config.pool, config.pool_image)
+                _remove_cgroup_parent(config.cgroup_parent)
+                shutil.rmtree(tmp, ignore_errors=True)
 
 
 @contextlib.contextmanager

@@ -20,6 +20,7 @@ import typer
 
 from hoody.agent.client import AgentClient
 from hoody.agent.config import DEFAULT_STATE_DIR, NodeConfig
+from hoody.agent.ids import DEFAULT_ID_BASE, DEFAULT_ID_SLOTS
 from hoody.cli.common import (
     CpuOpt,
     DiskOpt,
@@ -115,6 +116,12 @@ def init(
             "(repeatable; default: the networks of this server's addresses)."
         ),
     ] = None,
+    id_base: Annotated[
+        int, typer.Option(help="First host uid/gid of the tenants' id area.")
+    ] = DEFAULT_ID_BASE,
+    id_slots: Annotated[
+        int, typer.Option(help="Tenants the id area holds (65,536 ids each).")
+    ] = DEFAULT_ID_SLOTS,
     state_dir: StateDir = DEFAULT_STATE_DIR,
     as_json: JsonOpt = False,
 ) -> None:
@@ -138,6 +145,8 @@ def init(
         overcommit=overcommit,
         memory_reserve=reserve,
         management=tuple(management) if management is not None else _own_networks(subnet),
+        id_base=id_base,
+        id_slots=id_slots,
     )
     init_node(config)
     out = {

@@ -74,7 +74,8 @@ def test_a_version_is_sent_and_received_with_its_record(
     assert (rec.port, rec.env) == (9000, {"K": "v"})
     # The received version serves copies like one built here.
     tenant = b.copy("app")
-    assert (b.storage.mount_tenant(tenant.id) / "app" / "server.py").read_text() == "print('v1')\n"
+    rootfs = b.storage.mount_tenant(tenant.id, -1)
+    assert (rootfs / "app" / "server.py").read_text() == "print('v1')\n"
     again = hb.post("/v1/templates/app/1/receive", content=sent.content, headers=headers)
     assert again.status_code == 409
 
@@ -96,7 +97,8 @@ def test_what_cannot_be_received_is_refused_and_leaves_nothing(
         content=sent.content,
         headers={**AUTH, "X-Hoody-Template": record, "X-Hoody-Uid-Base": "200000"},
     )
-    assert other_uids.status_code == 400 and "uid base" in other_uids.json()["error"]["message"]
+    assert other_uids.status_code == 400
+    assert "shifted to uid 200000" in other_uids.json()["error"]["message"]
     no_record = hb.post("/v1/templates/app/1/receive", content=sent.content, headers=AUTH)
     assert no_record.status_code == 400
     assert b.store.templates() == [] and b.storage.list_template_versions() == []

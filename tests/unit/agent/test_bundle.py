@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from hoody.agent.ids import TenantIds
 from hoody.agent.runtime import ContainerSpec, RuntimeCaps
 from hoody.agent.runtime.bundle import (
     ALLOWED_SYSCALLS,
@@ -28,8 +29,8 @@ def config(**changes: Any) -> dict[str, Any]:
         "log_path": Path("/var/lib/hoody/logs/shop-abc123.log"),
         "env": {"PORT": "8080"},
         "cwd": "/srv",
-        "uid_base": 200000,
-        "uid_size": 65536,
+        "ids": TenantIds(owner=1_000_000_007, base=1_000_524_288),
+        "userns": Path("/proc/42/fd/7"),
     }
     fields.update(changes)
     return oci_config(ContainerSpec(**fields), "hoody-n1", CAPS)
@@ -39,12 +40,13 @@ def test_is_plain_json() -> None:
     assert json.loads(json.dumps(config())) == config()
 
 
-def test_tenant_root_maps_to_the_unprivileged_range() -> None:
+def test_tenant_root_maps_to_its_own_range_in_the_namespace_made_for_it() -> None:
     linux = config()["linux"]
-    expected = [{"containerID": 0, "hostID": 200000, "size": 65536}]
+    expected = [{"containerID": 0, "hostID": 1_000_524_288, "size": 65536}]
     assert linux["uidMappings"] == expected
     assert linux["gidMappings"] == expected
-    assert {"type": "user"} in linux["namespaces"]
+    # Joined by path: the runtime neither makes it (root would own it) nor maps it.
+    assert {"type": "user", "path": "/proc/42/fd/7"} in linux["namespaces"]
 
 
 def test_namespaces_and_no_network_namespace_of_its_own() -> None:
@@ -58,6 +60,8 @@ def test_namespaces_and_no_network_namespace_of_its_own() -> None:
             limits=Limits(),
             netns=Path("/n"),
             log_path=Path("/l"),
+            ids=TenantIds(owner=1, base=65536),
+            userns=Path("/u"),
         ),
         "p",
         RuntimeCaps(name="runc", cgroup="v1", memory_merge=False, cgroupns=False),
@@ -72,7 +76,8 @@ def test_process() -> None:
     assert process["user"] == {"uid": 0, "gid": 0}
     assert process["noNewPrivileges"] is True
     assert process["terminal"] is False
-    assert process["rlimits"] == [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}]
+    # Not settable in a namespace root does not own; see runtime/userns.py.
+    assert "rlimits" not in process
     env = dict(e.split("=", 1) for e in process["env"])
     assert env["HOSTNAME"] == "shop-abc123"
     assert env["HOME"] == "/root"

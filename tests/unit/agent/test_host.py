@@ -1,20 +1,21 @@
-"""tune_host raises the per-uid key quota, never lowers it."""
+"""tune_host raises host-wide limits a node needs, never lowers them."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from hoody.agent.host import KEY_QUOTA, tune_host
+from hoody.agent.host import SYSCTLS, tune_host
 
 
-def test_raises_a_low_quota_and_keeps_a_higher_one(tmp_path: Path) -> None:
-    (tmp_path / "maxkeys").write_text("200\n")
-    (tmp_path / "maxbytes").write_text("99999999\n")
+def test_raises_a_low_setting_and_keeps_a_higher_one(tmp_path: Path) -> None:
+    (tmp_path / "kernel" / "pty").mkdir(parents=True)
+    (tmp_path / "kernel" / "pty" / "max").write_text("4096\n")
     none = tmp_path / "no-mounts"  # leave this host's cgroup mounts alone
-    assert tune_host(tmp_path, none) == {"maxkeys": KEY_QUOTA["maxkeys"]}
-    assert int((tmp_path / "maxkeys").read_text()) == KEY_QUOTA["maxkeys"]
-    assert int((tmp_path / "maxbytes").read_text()) == 99999999
+    assert tune_host(tmp_path, none) == {"kernel/pty/max": SYSCTLS["kernel/pty/max"]}
+    assert int((tmp_path / "kernel" / "pty" / "max").read_text()) == 1 << 20
     assert tune_host(tmp_path, none) == {}  # idempotent
+    (tmp_path / "kernel" / "pty" / "max").write_text("2000000\n")
+    assert tune_host(tmp_path, none) == {}  # never lowered
 
 
 def test_a_missing_setting_is_not_fatal(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from hoody.agent.ids import IdArea
 from hoody.agent.runtime import ContainerSpec, ExecResult
 from hoody.agent.runtime.fake import FakeRuntime
 from hoody.agent.spec import Limits
@@ -20,6 +21,8 @@ def spec(tid: str) -> ContainerSpec:
         limits=Limits(),
         netns=Path(f"/run/netns/{tid}"),
         log_path=Path(f"/nonexistent/{tid}.log"),
+        ids=IdArea().ids(0),
+        userns=Path("/fake/userns"),
         env={"PORT": "8080"},
     )
 

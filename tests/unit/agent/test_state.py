@@ -63,6 +63,21 @@ def test_ids_are_never_reused_but_a_forgotten_reservation_is() -> None:
     store.reserve_tenant(tenant("b"), SUBNET)
 
 
+def test_id_slots_are_the_lowest_free_freed_on_delete_and_limited() -> None:
+    store = NodeStore(":memory:")
+    big = ipaddress.IPv4Network("10.9.0.0/24")
+    slots = [store.reserve_tenant(tenant(f"t{i}"), big, slots=3).slot for i in range(3)]
+    assert slots == [0, 1, 2]
+    assert store.tenant("t1").slot == 1 and [t.slot for t in store.tenants()] == [0, 1, 2]
+    with pytest.raises(Exhausted, match="id slots"):
+        store.reserve_tenant(tenant("t3"), big, slots=3)
+    store.remove_tenant("t1")
+    assert store.reserve_tenant(tenant("t4"), big, slots=3).slot == 1
+    store.forget_tenant("t4")
+    store.remove_tenant("t0")
+    assert store.reserve_tenant(tenant("t5"), big, slots=3).slot == 0
+
+
 def test_records_round_trip() -> None:
     store = NodeStore(":memory:")
     rec = store.reserve_tenant(tenant("a"), SUBNET)

@@ -1,16 +1,21 @@
 """Runtime: an OCI runtime (runc or crun) driven through its CLI and a generated bundle.
 
 The tenant's processes run in their own user, pid, mount, ipc, uts and cgroup
-namespaces and join the network namespace the network layer made. Tenant root maps to
-an unprivileged host uid range. stdout/stderr go straight to a per-tenant log file.
+namespaces and join the network namespace the network layer made. The user namespace
+is made first (`Runtime.user_namespace`), owned by the tenant's own owner uid and
+mapping its ids to its own host range (hoody.agent.ids), so the storage can mount the
+tenant's files through the same mapping before the container joins it.
+stdout/stderr go straight to a per-tenant log file.
 """
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
 
+from hoody.agent.ids import TenantIds
 from hoody.agent.spec import Limits
 
 __all__ = [
@@ -20,6 +25,7 @@ __all__ = [
     "ExecResult",
     "Runtime",
     "RuntimeCaps",
+    "UserNamespace",
 ]
 
 # The keys of Runtime.memory_events, always all present.
@@ -44,6 +50,16 @@ class RuntimeCaps:
 
 
 @dataclass(frozen=True)
+class UserNamespace:
+    """A tenant's user namespace while it is being set up: `fd` is open in this
+    process (for idmapped mounts), `path` is where another process (the runtime) can
+    join it."""
+
+    fd: int
+    path: Path
+
+
+@dataclass(frozen=True)
 class ContainerSpec:
     tid: str
     rootfs: Path
@@ -51,10 +67,10 @@ class ContainerSpec:
     limits: Limits
     netns: Path
     log_path: Path
+    ids: TenantIds  # owner and host range of the tenant's user namespace
+    userns: Path  # that namespace, made by Runtime.user_namespace: the container joins it
     env: dict[str, str] = field(default_factory=dict)
     cwd: str = "/"
-    uid_base: int = 100000
-    uid_size: int = 65536
     ksm: bool = False
     # Run the node's minimal init (tini) as PID 1 in front of `args`, so orphans are
     # reaped and signals forwarded; False when the template's entrypoint is an init.
@@ -93,6 +109,17 @@ class Runtime(Protocol):
     def teardown(self) -> None:
         """Stop what ensure_ready started and remove its mounts; call once no tenant
         is left. Harmless when nothing runs."""
+
+    def user_namespace(
+        self, ids: TenantIds, limits: Limits
+    ) -> AbstractContextManager[UserNamespace]:
+        """A new user namespace owned by `ids.owner` that maps tenant ids
+        0..ids.size-1 to host ids ids.base.., its totals (processes, pending signals,
+        mqueue bytes, ...) capped for `limits`; usable within the `with` block.
+
+        Every start needs one (spec.userns). Raises HostError when the kernel refuses.
+        Leaves nothing behind once the block ends and nothing joined it.
+        """
 
     def start(self, spec: ContainerSpec) -> int:
         """Create and start the container detached; return its init pid on the host.

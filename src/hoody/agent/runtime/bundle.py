@@ -2,12 +2,18 @@
 
 What the tenant gets, and why:
 
-- its own user namespace (tenant root = host uid `uid_base`, unprivileged outside),
-  pid, ipc, uts, mount and (when the kernel has them) cgroup namespaces. No network
+- its own user namespace, made beforehand by `Runtime.user_namespace` (owned by the
+  tenant's owner uid, tenant root = the first host id of the tenant's own range) and
+  joined by path; pid, ipc, uts, mount and (when the kernel has them) cgroup
+  namespaces. No network
   namespace is listed: the runtime is started inside the tenant's netns and the
   container inherits it (see `oci.py` for why joining it by path breaks `exec`);
 - Docker's default capability set minus NET_RAW (no raw sockets: no ARP/ICMP spoofing
-  of neighbours on the bridge), no_new_privileges, NOFILE 1024;
+  of neighbours on the bridge), no_new_privileges. No `rlimits`: the runtime cannot set
+  them in a namespace host root does not own (where root lacks CAP_SYS_RESOURCE); the
+  per-tenant totals come from the namespace (`userns.ceilings`) and NOFILE is set on
+  the runtime process;
+- its own devpts instance, capped at `PTYS` terminals (the host keeps its reserve);
 - /sys is an empty read-only tmpfs: sysfs cannot be mounted from a user namespace that
   does not own the (pre-created) network namespace, and a tenant needs nothing there;
   the cgroup filesystem is not mounted at all;
@@ -46,6 +52,7 @@ __all__ = [
     "DENIED_SYSCALLS",
     "INIT_PATH",
     "MASKED_PATHS",
+    "PTYS",
     "READONLY_PATHS",
     "HostParts",
     "cgroups_path",
@@ -57,6 +64,10 @@ CPU_PERIOD_US = 100_000
 # Where the node's init appears inside a tenant: on the /dev tmpfs, so the mount point
 # leaves nothing on the tenant's disk.
 INIT_PATH = "/dev/init"
+# Terminals per tenant: kernel.pty.max is one host-wide pool, of which only the host's
+# own devpts may use the last kernel.pty.reserve; the per-instance cap keeps one tenant
+# from taking the tenants' share.
+PTYS = 256
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 # Docker's default set without CAP_NET_RAW. Inside the user namespace these only act on
@@ -175,7 +186,14 @@ def _mounts() -> list[dict[str, Any]]:
             "destination": "/dev/pts",
             "type": "devpts",
             "source": "devpts",
-            "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"],
+            "options": [
+                "nosuid",
+                "noexec",
+                "newinstance",
+                "ptmxmode=0666",
+                "mode=0620",
+                f"max={PTYS}",
+            ],
         },
         tmpfs("/dev/shm", "shm", "nosuid", "noexec", "nodev", "mode=1777", "size=65536k"),
         {
@@ -212,11 +230,11 @@ def oci_config(
         {"type": "ipc"},
         {"type": "uts"},
         {"type": "mount"},
-        {"type": "user"},
+        {"type": "user", "path": str(spec.userns)},
     ]
     if caps.cgroupns:
         namespaces.append({"type": "cgroup"})
-    ids = [{"containerID": 0, "hostID": spec.uid_base, "size": spec.uid_size}]
+    ids = spec.ids.mapping()
     return {
         "ociVersion": "1.0.2",
         "process": {
@@ -230,7 +248,6 @@ def oci_config(
                 "effective": list(CAPABILITIES),
                 "permitted": list(CAPABILITIES),
             },
-            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
             "noNewPrivileges": True,
             # When the whole host runs short, the kernel should pick a tenant before
             # the agent or sshd (a tenant's own limit is enforced by its cgroup).

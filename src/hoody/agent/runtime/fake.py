@@ -9,11 +9,23 @@ Tests can also make a container "exit" (`crash`) or count OOM kills (`events`).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from hoody.agent.runtime import EVENT_KEYS, ContainerSpec, ContainerState, ExecResult, RuntimeCaps
+from hoody.agent.ids import TenantIds
+from hoody.agent.runtime import (
+    EVENT_KEYS,
+    ContainerSpec,
+    ContainerState,
+    ExecResult,
+    RuntimeCaps,
+    UserNamespace,
+)
+from hoody.agent.spec import Limits
 from hoody.errors import Conflict, HostError, NotFound
 
 __all__ = ["FakeRuntime"]
@@ -47,6 +59,12 @@ class FakeRuntime:
 
     def teardown(self) -> None:
         self.ready = False
+
+    @contextlib.contextmanager
+    def user_namespace(self, ids: TenantIds, limits: Limits) -> Iterator[UserNamespace]:
+        """No namespace: the fd is -1 (FakeStorage ignores it) and the path names the
+        owner, so tests can see which ids a start used."""
+        yield UserNamespace(-1, Path(f"/fake/userns/{ids.owner}-{ids.base}"))
 
     def start(self, spec: ContainerSpec) -> int:
         with self._lock:

@@ -24,6 +24,7 @@ import contextlib
 import ctypes
 import json
 import os
+import resource
 import shutil
 import signal
 import stat
@@ -35,17 +36,20 @@ from typing import Any, Literal
 
 from hoody import proc
 from hoody.agent import ksm
+from hoody.agent.ids import TenantIds
 from hoody.agent.runtime import (
     EVENT_KEYS,
     ContainerSpec,
     ContainerState,
     ExecResult,
     RuntimeCaps,
+    UserNamespace,
 )
+from hoody.agent.runtime import userns as userns_mod
 from hoody.agent.runtime.bundle import DEFAULT_PATH, HostParts, oci_config
 from hoody.agent.runtime.devices import backing_devices
 from hoody.agent.runtime.lxcfs import Lxcfs
-from hoody.agent.spec import check_tenant_id
+from hoody.agent.spec import Limits, check_tenant_id
 from hoody.errors import CommandFailed, Conflict, HostError, MissingDependency, NotFound
 from hoody.undo import Undo
 
@@ -109,6 +113,18 @@ def _merge_memory() -> None:
     if _prctl(PR_SET_MEMORY_MERGE, 1, 0, 0, 0) != 0:
         errno = ctypes.get_errno()
         raise OSError(errno, f"prctl(PR_SET_MEMORY_MERGE): {os.strerror(errno)}")
+
+
+def _tenant_rlimits() -> None:
+    """preexec_fn of every runtime call that starts tenant processes: they inherit
+    these. Set here because the runtime cannot set rlimits inside a namespace that
+    host root does not own (see userns.py)."""
+    resource.setrlimit(resource.RLIMIT_NOFILE, (userns_mod.NOFILE, userns_mod.NOFILE))
+
+
+def _tenant_rlimits_merged() -> None:
+    _tenant_rlimits()
+    _merge_memory()
 
 
 def _memory_merge_works() -> bool:
@@ -193,6 +209,11 @@ class OciRuntime:
     def _cli(self, *args: str) -> list[str]:
         return [self.binary, "--root", str(self.root), *args]
 
+    def user_namespace(
+        self, ids: TenantIds, limits: Limits
+    ) -> contextlib.AbstractContextManager[UserNamespace]:
+        return userns_mod.user_namespace(ids, limits)
+
     # start
 
     def start(self, spec: ContainerSpec) -> int:
@@ -210,7 +231,7 @@ class OciRuntime:
                 f"network namespace {spec.netns} of tenant {tid} is missing; "
                 f"restart the tenant with `hoody start {tid}` to recreate its network"
             )
-        _check_reachable(spec.rootfs, spec.uid_base)
+        _check_reachable(spec.rootfs, spec.ids.base)
         if spec.init:
             if self.host.init is None:
                 raise MissingDependency(
@@ -273,7 +294,7 @@ class OciRuntime:
             stdout=log_fd,
             stderr=log_fd,
             close_fds=True,
-            preexec_fn=_merge_memory if spec.ksm else None,
+            preexec_fn=_tenant_rlimits_merged if spec.ksm else _tenant_rlimits,
         )
         try:
             code = proc.wait(child, _RUNTIME_TIMEOUT)
@@ -401,7 +422,7 @@ class OciRuntime:
             *argv,
         ]
         try:
-            result = proc.run(cmd, check=False, timeout=timeout)
+            result = proc.run(cmd, check=False, timeout=timeout, preexec_fn=_tenant_rlimits)
         except HostError as exc:
             # proc.run killed the runtime; the command it started lives on in the
             # tenant unless we kill it too.

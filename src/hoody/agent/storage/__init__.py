@@ -55,8 +55,9 @@ class StorageDriver(Protocol):
     ) -> Path:
         """Make a new read-only version filled by `populate(dir)`.
 
-        After populate, every file's uid/gid is shifted by `uid_shift` (the tenant user
-        namespace's host base). Raises Conflict if the version exists. Returns its path.
+        After populate, every file's uid/gid is shifted by `uid_shift` (the engine
+        passes hoody.agent.ids.TEMPLATE_ID_SHIFT: versions keep the ids tenants see).
+        Raises Conflict if the version exists. Returns its path.
         """
 
     def version_from_tenant(self, ref: TemplateVersionRef, tid: str) -> Path:
@@ -93,13 +94,20 @@ class StorageDriver(Protocol):
     def create_tenant(
         self, tid: str, ref: TemplateVersionRef, mode: StorageMode, disk_mib: int, uid_shift: int
     ) -> None:
-        """Create the tenant's own subvolume (not mounted). Conflict if it exists."""
+        """Create the tenant's own subvolume (not mounted). Conflict if it exists.
 
-    def copy_tenant(self, src: str, dst: str, disk_mib: int) -> None:
-        """New tenant `dst` whose files start as a copy of `src`'s (same template version)."""
+        `uid_shift` is the host id the tenant's id 0 maps to (its range's base): its
+        files show as owned by that range once mounted."""
 
-    def mount_tenant(self, tid: str) -> Path:
-        """Mount (idempotent) and return the tenant's root filesystem path."""
+    def copy_tenant(self, src: str, dst: str, disk_mib: int, uid_shift: int) -> None:
+        """New tenant `dst` whose files start as a copy of `src`'s (same template
+        version), owned by `dst`'s range (`uid_shift` as in create_tenant)."""
+
+    def mount_tenant(self, tid: str, userns: int) -> Path:
+        """Mount (idempotent) and return the tenant's root filesystem path.
+
+        `userns` is an fd of a user namespace with the tenant's id mapping, through
+        which shared (template) files are seen as the tenant's own host ids."""
 
     def unmount_tenant(self, tid: str) -> None: ...
 

@@ -8,8 +8,8 @@ Layout inside the pool:
                                    lower layer is the template version;
                                    snapshot mode: a writable snapshot of the version,
                                    the rootfs itself
-    tenants/<tid>.json           {"mode", "template", "version"}: kept next to the
-                                   subvolume, not in it, because in snapshot mode the
+    tenants/<tid>.json           {"mode", "template", "version", "ids"}: kept next to
+                                   the subvolume, not in it, because in snapshot mode the
                                    subvolume is the tenant's / and must hold only its files
     .scratch/                    short-lived read-only captures (version_from_tenant)
 
@@ -23,6 +23,17 @@ removed by reconcile.
 A tenant's root filesystem is mounted at `<run_dir>/<tid>/rootfs`: an overlay mount in
 overlay mode, a bind mount of the subvolume in snapshot mode, so callers find it in one
 place either way.
+
+Ownership. Template versions hold the ids tenants see (0..65535, unshifted), so one
+version serves tenants of different host id ranges (hoody.agent.ids): each tenant sees
+it through an *idmapped* mount made with its user namespace, where a file of id N on
+disk shows as the tenant's host id base + N. Overlay mode: the idmapped version is the
+read-only lower layer (one page cache for all its tenants) and the upper is a plain
+directory holding the tenant's host ids (an idmapped upper would need host id 0 in the
+map, or overlay mounts read-only). Snapshot mode: the subvolume keeps unshifted ids
+like its version and is bind-mounted idmapped, so a copy costs no chown walk. The pool
+directory is root-only (0700): on disk those unshifted files carry host ids of real
+users and root, which only the idmapped mounts may show anyone.
 
 Subvolume create/snapshot/delete, read-only flags and qgroup limits use the btrfs
 ioctls directly and mounts use mount(2): the copy path then costs no process at all
@@ -50,10 +61,24 @@ from hoody.agent.storage.pool import is_btrfs
 from hoody.agent.storage.tree import apply_upper, shift_ownership
 from hoody.errors import Conflict, HoodyError, HostError, InvalidInput, NotFound
 from hoody.proc import run_fed, stream_out
-from hoody.syscalls import MNT_DETACH, MS_BIND, MS_NOATIME, MS_REMOUNT, mount, umount
+from hoody.syscalls import (
+    MNT_DETACH,
+    MOUNT_ATTR_NOATIME,
+    MOUNT_ATTR_RDONLY,
+    fs_mount,
+    idmapped_tree,
+    move_mount,
+    umount,
+)
 from hoody.undo import Undo
 
-__all__ = ["BtrfsStorage", "create_subvolume", "delete_subvolume", "snapshot_subvolume"]
+__all__ = [
+    "BtrfsStorage",
+    "create_subvolume",
+    "delete_subvolume",
+    "mount_overlay",
+    "snapshot_subvolume",
+]
 
 # --- btrfs ioctls (linux/btrfs.h) -------------------------------------------------
 
@@ -281,10 +306,13 @@ class BtrfsStorage:
             raise NotFound(f"tenant {tid} has no storage; `hoody ls` lists tenants") from None
         return meta
 
-    def _write_meta(self, tid: str, mode: StorageMode, ref: TemplateVersionRef) -> None:
+    def _write_meta(
+        self, tid: str, mode: StorageMode, ref: TemplateVersionRef, ids_base: int
+    ) -> None:
         path = self._meta_path(tid)
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps({"mode": mode, "template": ref.template, "version": ref.version}))
+        meta = {"mode": mode, "template": ref.template, "version": ref.version, "ids": ids_base}
+        tmp.write_text(json.dumps(meta))
         tmp.rename(path)  # atomic: a record is whole or absent
 
     def _exists(self, tid: str) -> bool:
@@ -373,7 +401,8 @@ class BtrfsStorage:
             undo.add(lambda: delete_subvolume(capture), "delete capture")
             snapshot_subvolume(lower, path, readonly=False)
             undo.add(lambda: self._delete_version_path(path), "delete template subvolume")
-            apply_upper(capture / "upper", path)
+            # The upper holds the tenant's host ids; the version holds the ids it sees.
+            apply_upper(capture / "upper", path, -int(meta.get("ids", 0)))
             set_readonly(path)
             delete_subvolume(capture)
             undo.commit()
@@ -486,12 +515,13 @@ class BtrfsStorage:
     def create_tenant(
         self, tid: str, ref: TemplateVersionRef, mode: StorageMode, disk_mib: int, uid_shift: int
     ) -> None:
-        """Create the tenant's subvolume from version `ref` (not mounted).
+        """Create the tenant's subvolume from version `ref` (not mounted); `uid_shift`
+        is the host id the tenant's id 0 maps to.
 
         Overlay: an empty subvolume with upper/ (its root owned by `uid_shift`, with
         the template root's mode) and work/. Snapshot: a writable snapshot of the
-        version, already shifted. NotFound if the version is missing, Conflict if
-        the tenant exists; a failure leaves nothing.
+        version, ids unshifted (seen through an idmapped mount). NotFound if the version
+        is missing, Conflict if the tenant exists; a failure leaves nothing.
         """
         if mode not in self.caps.modes:
             raise InvalidInput(f"storage mode {mode!r} is invalid; use overlay or snapshot")
@@ -516,13 +546,14 @@ class BtrfsStorage:
             else:
                 snapshot_subvolume(version, sub, readonly=False)
                 undo.add(lambda: delete_subvolume(sub), "delete tenant subvolume")
-            self._write_meta(tid, mode, ref)
+            self._write_meta(tid, mode, ref, uid_shift)
             undo.add(lambda: self._meta_path(tid).unlink(missing_ok=True), "forget tenant")
             self.set_disk_limit(tid, disk_mib)
             undo.commit()
 
-    def copy_tenant(self, src: str, dst: str, disk_mib: int) -> None:
-        """`dst` starts as a snapshot of `src`'s subvolume (same version and mode).
+    def copy_tenant(self, src: str, dst: str, disk_mib: int, uid_shift: int) -> None:
+        """`dst` starts as a snapshot of `src`'s subvolume (same version and mode), its
+        files owned by `dst`'s host ids (`uid_shift` as in create_tenant).
 
         `src` may be mounted and running; its writes still in flight may be missed,
         so copy a stopped tenant for an exact copy. NotFound if `src` is missing,
@@ -536,7 +567,9 @@ class BtrfsStorage:
         with Undo() as undo:
             snapshot_subvolume(self._subvolume(src), sub, readonly=False)
             undo.add(lambda: delete_subvolume(sub), "delete tenant subvolume")
-            self._write_meta(dst, meta["mode"], ref)
+            if meta["mode"] == "overlay":  # the upper holds host ids: src's become dst's
+                shift_ownership(sub / "upper", uid_shift - int(meta.get("ids", 0)))
+            self._write_meta(dst, meta["mode"], ref, uid_shift)
             undo.add(lambda: self._meta_path(dst).unlink(missing_ok=True), "forget tenant")
             self.set_disk_limit(dst, disk_mib)
             undo.commit()
@@ -576,8 +609,13 @@ class BtrfsStorage:
                 f"{self.pool}` to measure tenant disk usage"
             ) from exc
 
-    def mount_tenant(self, tid: str) -> Path:
-        """Mount the tenant's root filesystem (idempotent) and return its path."""
+    def mount_tenant(self, tid: str, userns: int) -> Path:
+        """Mount the tenant's root filesystem (idempotent) and return its path.
+
+        `userns` is an fd of a user namespace with the tenant's id mapping: template
+        (and snapshot) files show through it as the tenant's host ids. The mount keeps
+        that namespace referenced; another with the same mapping serves later starts.
+        """
         meta = self._meta(tid)
         target = self._rootfs(tid)
         if mounted_at(target):
@@ -587,11 +625,13 @@ class BtrfsStorage:
         try:
             if meta["mode"] == "overlay":
                 lower = self._version_path(TemplateVersionRef(meta["template"], meta["version"]))
-                mount("overlay", target, "overlay", MS_NOATIME, _overlay_options(lower, sub))
+                mount_overlay(lower, sub, target, userns)
             else:
-                mount(str(sub), target, None, MS_BIND, None)
-                # A bind mount keeps the pool's flags; make sure of noatime.
-                mount("none", target, None, MS_REMOUNT | MS_BIND | MS_NOATIME, None)
+                tree = idmapped_tree(sub, userns, MOUNT_ATTR_NOATIME)
+                try:
+                    move_mount(tree, target)
+                finally:
+                    os.close(tree)
         except OSError as exc:
             with contextlib.suppress(OSError):
                 if mounted_at(target):
@@ -649,17 +689,29 @@ class BtrfsStorage:
         return mounted_at(self._rootfs(tid))
 
 
-def _overlay_options(lower: Path, sub: Path) -> str:
-    paths = (str(lower), str(sub / "upper"), str(sub / "work"))
+def mount_overlay(lower: Path, sub: Path, target: Path, userns: int) -> None:
+    """Overlay at `target`: `lower` seen through `userns`'s id mapping (read-only,
+    handed over as a detached mount: `lowerdir+` takes an fd, kernel >= 6.8), upper and
+    work in the tenant's subvolume. About 2 ms."""
+    paths = (str(sub / "upper"), str(sub / "work"))
     if any(c in p for p in paths for c in ",:\\"):
         raise HostError(
             f"pool path {sub.parent.parent} holds ',', ':' or '\\', which overlay mount "
             "options cannot carry; move the pool to a plain path"
         )
-    # metacopy=off and redirect_dir=off keep every changed file and renamed directory
-    # whole in the upper layer, which version_from_tenant relies on; index=off since
-    # nothing here needs NFS export or hard-link identity across copy-up.
-    return (
-        f"lowerdir={paths[0]},upperdir={paths[1]},workdir={paths[2]},"
-        "index=off,metacopy=off,redirect_dir=off"
-    )
+    tree = idmapped_tree(lower, userns, MOUNT_ATTR_RDONLY)
+    try:
+        # metacopy=off and redirect_dir=off keep every changed file and renamed
+        # directory whole in the upper layer, which version_from_tenant relies on;
+        # index=off since nothing here needs NFS export or hard-link identity.
+        options = {"upperdir": paths[0], "workdir": paths[1], "index": "off"}
+        options |= {"metacopy": "off", "redirect_dir": "off"}
+        fs = fs_mount(
+            "overlay", options, {"lowerdir+": tree}, attrs=MOUNT_ATTR_NOATIME, what=str(target)
+        )
+    finally:
+        os.close(tree)
+    try:
+        move_mount(fs, target)
+    finally:
+        os.close(fs)

@@ -3,7 +3,8 @@
 Template versions and tenants are ordinary directories under `root`; a tenant gets a
 full copy of its version's files in either mode, and "mounting" only marks it mounted
 and returns that directory. Things the filesystem cannot show without root are kept
-as bookkeeping and stated here: ownership shifts are recorded, not applied (`owner`
+as bookkeeping and stated here: ownership shifts (of versions, and of tenants' ranges,
+which the real driver shows through idmapped mounts) are recorded, not applied (`owner`
 answers what the real driver's lstat would), disk limits are recorded, not enforced,
 and usage is the bytes of files that differ from the template version.
 
@@ -34,6 +35,7 @@ class _Tenant:
     ref: TemplateVersionRef
     mode: StorageMode
     disk_mib: int
+    shift: int  # the tenant's host id base: what its files show as once mounted
     mounted: bool = False
 
 
@@ -66,7 +68,7 @@ class FakeStorage:
                 shift = uid_shift
         for tenant_id, tenant in self.tenants.items():
             if path.is_relative_to(self._rootfs(tenant_id)):
-                shift = self.versions.get(tenant.ref, 0)
+                shift = self.versions.get(tenant.ref, 0) + tenant.shift
         return st.st_uid + shift, st.st_gid + shift
 
     def ensure_ready(self) -> None:
@@ -190,14 +192,20 @@ class FakeStorage:
                 f"template {ref.template} version {ref.version} does not exist on this node; "
                 "`hoody node template ls` lists templates"
             )
-        self._add(tid, ref, mode, disk_mib, self._version_path(ref))
+        self._add(tid, ref, mode, disk_mib, self._version_path(ref), uid_shift)
 
-    def copy_tenant(self, src: str, dst: str, disk_mib: int) -> None:
+    def copy_tenant(self, src: str, dst: str, disk_mib: int, uid_shift: int) -> None:
         source = self._tenant(src)
-        self._add(dst, source.ref, source.mode, disk_mib, self._rootfs(src))
+        self._add(dst, source.ref, source.mode, disk_mib, self._rootfs(src), uid_shift)
 
     def _add(
-        self, tid: str, ref: TemplateVersionRef, mode: StorageMode, disk_mib: int, files: Path
+        self,
+        tid: str,
+        ref: TemplateVersionRef,
+        mode: StorageMode,
+        disk_mib: int,
+        files: Path,
+        shift: int,
     ) -> None:
         if tid in self.tenants:
             raise Conflict(f"tenant {tid} already exists; delete it first or pick another id")
@@ -208,7 +216,7 @@ class FakeStorage:
             undo.add(lambda: shutil.rmtree(rootfs.parent, ignore_errors=True), "remove dir")
             rootfs.parent.mkdir(parents=True)
             shutil.copytree(files, rootfs, symlinks=True)
-            self.tenants[tid] = _Tenant(ref, mode, disk_mib)
+            self.tenants[tid] = _Tenant(ref, mode, disk_mib, shift)
             undo.commit()
 
     def set_disk_limit(self, tid: str, disk_mib: int) -> None:
@@ -236,7 +244,7 @@ class FakeStorage:
                     used += st.st_size
         return used
 
-    def mount_tenant(self, tid: str) -> Path:
+    def mount_tenant(self, tid: str, userns: int) -> Path:
         self._tenant(tid).mounted = True
         return self._rootfs(tid)
 

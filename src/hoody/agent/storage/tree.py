@@ -37,7 +37,7 @@ def _shift_caps(value: bytes, shift: int) -> bytes:
     return (
         struct.pack("<I", _CAPS_V3 | (magic & 0x00FFFFFF))
         + body
-        + struct.pack("<I", rootid + shift)
+        + struct.pack("<I", max(0, rootid + shift))
     )
 
 
@@ -94,10 +94,17 @@ def _remove(path: str) -> None:
         os.unlink(path)
 
 
-def _copy_meta(src: str, dst: str, st: os.stat_result) -> None:
-    """Owner, mode, xattrs (not overlayfs' own) and times of `src` onto `dst`."""
+def _shifted(host_id: int, shift: int) -> int:
+    # An id outside the tenant's range (none should be) becomes "nobody", never root.
+    new = host_id + shift
+    return new if new >= 0 else 65534
+
+
+def _copy_meta(src: str, dst: str, st: os.stat_result, shift: int = 0) -> None:
+    """Owner (plus `shift`), mode, xattrs (not overlayfs' own) and times of `src`
+    onto `dst`."""
     link = stat.S_ISLNK(st.st_mode)
-    os.lchown(dst, st.st_uid, st.st_gid)
+    os.lchown(dst, _shifted(st.st_uid, shift), _shifted(st.st_gid, shift))
     if not link:
         os.chmod(dst, stat.S_IMODE(st.st_mode))
     for name in os.listxattr(src, follow_symlinks=False):
@@ -105,6 +112,8 @@ def _copy_meta(src: str, dst: str, st: os.stat_result) -> None:
             continue
         try:
             value = os.getxattr(src, name, follow_symlinks=False)
+            if name == _CAPS and shift and len(value) >= 24:
+                value = _shift_caps(value, shift)
             os.setxattr(dst, name, value, follow_symlinks=False)
         except OSError:
             if not link:  # user.* xattrs cannot exist on symlinks; nothing lost
@@ -123,8 +132,10 @@ def _copy_file(src: str, dst: str) -> None:
             shutil.copyfileobj(fin, fout, 1 << 20)
 
 
-def apply_upper(upper: Path, target: Path) -> None:
-    """Make `target` (a copy of the lower layer) look like the overlay `upper` over it.
+def apply_upper(upper: Path, target: Path, shift: int = 0) -> None:
+    """Make `target` (a copy of the lower layer) look like the overlay `upper` over it,
+    adding `shift` to the owner of everything copied (an upper written through a user
+    namespace holds host ids; the lower holds the ids its tenants see).
 
     Whiteouts (0:0 character devices) delete the path; opaque directories replace
     the directory's contents; everything else is copied over with its owner, mode,
@@ -149,7 +160,7 @@ def apply_upper(upper: Path, target: Path) -> None:
                     _remove(dst)
                     os.mkdir(dst)
                 walk(src, dst)
-                _copy_meta(src, dst, st)
+                _copy_meta(src, dst, st, shift)
             else:
                 _remove(dst)
                 key = (st.st_dev, st.st_ino)
@@ -163,10 +174,10 @@ def apply_upper(upper: Path, target: Path) -> None:
                 else:
                     os.mknod(dst, mode, st.st_rdev)
                 links[key] = dst
-                _copy_meta(src, dst, st)
+                _copy_meta(src, dst, st, shift)
 
     walk(str(upper), str(target))
-    _copy_meta(str(upper), str(target), os.lstat(upper))
+    _copy_meta(str(upper), str(target), os.lstat(upper), shift)
 
 
 def _xattr(path: str, name: str) -> bytes | None:
