@@ -13,6 +13,7 @@ from hoody.agent.ids import DEFAULT_ID_BASE, DEFAULT_ID_SLOTS, IdArea
 from hoody.agent.network import NetworkConfig
 from hoody.agent.usage import parse_reserve
 from hoody.errors import InvalidInput, NotFound
+from hoody.private import private_dir, private_file
 
 __all__ = ["DEFAULT_STATE_DIR", "NodeConfig"]
 
@@ -128,9 +129,10 @@ class NodeConfig:
         return f"hoody-{self.name}"
 
     def save(self) -> None:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.state_dir)
         data = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
-        (self.state_dir / "node.json").write_text(json.dumps(data, indent=2) + "\n")
+        path = private_file(self.state_dir / "node.json")
+        path.write_text(json.dumps(data, indent=2) + "\n")
 
     @classmethod
     def load(cls, state_dir: Path = DEFAULT_STATE_DIR) -> NodeConfig:

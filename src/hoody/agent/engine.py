@@ -34,6 +34,7 @@ from hoody.agent.spec import FirewallPolicy, Limits, check_name, check_tenant_id
 from hoody.agent.state import NodeStore, TemplateRecord, TenantRecord
 from hoody.agent.storage import StorageDriver, StorageMode, TemplateVersionRef
 from hoody.errors import Conflict, HoodyError, InvalidInput, NotFound
+from hoody.private import private_dir
 from hoody.undo import Undo
 
 __all__ = ["Node", "TemplateSource"]
@@ -352,7 +353,7 @@ class Node:
     def _container_spec(
         self, rec: TenantRecord, rootfs: Path, netns: Path, userns: UserNamespace
     ) -> ContainerSpec:
-        self.config.log_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.config.log_dir)
         return ContainerSpec(
             tid=rec.id,
             rootfs=rootfs,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 
 from hoody.agent.config import NodeConfig
@@ -14,25 +15,45 @@ from hoody.agent.runtime.oci import OciRuntime
 from hoody.agent.state import NodeStore
 from hoody.agent.storage.btrfs import BtrfsStorage
 from hoody.agent.storage.pool import ensure_pool
+from hoody.private import private_dir, walk_through_dir
 
-__all__ = ["build_node", "init_node"]
+__all__ = ["build_node", "init_node", "make_private"]
 
 
 def init_node(config: NodeConfig) -> None:
     """Create (or re-check) the node's pool, directories and agent token; save its config."""
     ensure_pool(config.pool, config.pool_image, config.pool_size)
-    for path in (config.state_dir, config.log_dir, config.node_run_dir):
-        path.mkdir(parents=True, exist_ok=True)
+    make_private(config)
     if not config.token_path.exists():
-        config.token_path.write_text(secrets.token_urlsafe(32) + "\n")
-        config.token_path.chmod(0o600)
+        fd = os.open(config.token_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(32) + "\n")
     config.save()
+
+
+def make_private(config: NodeConfig) -> None:
+    """State, logs and pool for root alone (0700; files 0600); the run directories
+    passable but not listable (0711), for tenants' roots on the way to their rootfs
+    (see hoody.private). Also tightens a node made by an older hoody."""
+    for path in (config.state_dir, config.log_dir, config.pool):
+        private_dir(path)
+    for path in (config.run_dir, config.node_run_dir):
+        walk_through_dir(path)
+    for file in (
+        config.pool_image,
+        config.token_path,
+        config.db_path,
+        config.state_dir / "node.json",
+    ):
+        if file is not None and file.exists():
+            file.chmod(0o600)
 
 
 def build_node(config: NodeConfig) -> Node:
     """A Node on this host's real drivers, the host tuned for many tenants
     (`tune_host`). The pool must exist (`init_node`)."""
     ensure_pool(config.pool, config.pool_image, config.pool_size)
+    make_private(config)
     tune_host()
     run = config.node_run_dir
     return Node(

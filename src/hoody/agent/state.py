@@ -21,6 +21,7 @@ from typing import Any
 from hoody.agent.ids import DEFAULT_ID_SLOTS
 from hoody.agent.spec import FirewallPolicy, Limits
 from hoody.errors import Conflict, Exhausted, NotFound
+from hoody.private import private_dir, private_file
 
 __all__ = ["QUARANTINE", "NodeStore", "TemplateRecord", "TenantRecord"]
 
@@ -197,7 +198,8 @@ class NodeStore:
 
     def __init__(self, path: Path | str) -> None:
         if isinstance(path, Path):
-            path.parent.mkdir(parents=True, exist_ok=True)
+            private_dir(path.parent)
+            private_file(path)  # SQLite gives its -wal and -shm files the same mode
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")

@@ -23,6 +23,7 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn
 from hoody.cli.common import JsonOpt, console, emit, status
 from hoody.control.client import Client, save_config
 from hoody.errors import HoodyError, InvalidInput
+from hoody.private import private_dir, private_file
 
 if TYPE_CHECKING:
     from hoody.control.service import Fleet
@@ -63,8 +64,11 @@ def serve_control_plane(
 
     if strategy not in ("spread", "pack"):
         raise InvalidInput(f"--strategy {strategy!r} is invalid; use spread or pack")
-    state_dir.mkdir(parents=True, exist_ok=True)
-    store = Store(database_url or default_url(state_dir))
+    private_dir(state_dir)
+    url = database_url or default_url(state_dir)
+    if url == default_url(state_dir) and url.startswith("sqlite:///"):
+        private_file(Path(url.removeprefix("sqlite:///")))  # claim keys, token hashes
+    store = Store(url)
     fleet = Fleet(
         store,
         settings=Settings(

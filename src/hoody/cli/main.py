@@ -26,6 +26,7 @@ from rich.console import Console
 from hoody.cli import bench, containers, fleet, node, router, up
 from hoody.cli.common import console
 from hoody.errors import HoodyError
+from hoody.private import set_umask
 
 __all__ = ["app", "main"]
 
@@ -53,6 +54,7 @@ def demo() -> None:
 
 def main() -> None:
     """Entry point: run the app and render HoodyError as one line plus exit code."""
+    set_umask()  # every hoody process: what it writes is its owner's alone
     try:
         app(standalone_mode=False)
     except HoodyError as exc:

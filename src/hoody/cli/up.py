@@ -39,6 +39,7 @@ from hoody.agent.config import DEFAULT_STATE_DIR, NodeConfig
 from hoody.cli.common import JsonOpt, console
 from hoody.control.client import Client, save_config
 from hoody.errors import HoodyError, HostError, InvalidInput
+from hoody.private import private_dir
 
 if TYPE_CHECKING:
     from hoody.agent.engine import Node
@@ -411,7 +412,7 @@ def ensure_up(
     """A running `hoody up` for `state_dir`: the one already running, else a new one in
     the background (its own session, log in <state_dir>/up.log). Returns once the
     node has joined and the CLI is logged in."""
-    state_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(state_dir)
     logfile = state_dir / "up.log"
     api_url = f"http://{api_listen}"
     started = False

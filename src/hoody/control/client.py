@@ -46,7 +46,7 @@ def save_config(url: str, token: str, project: int | None = None) -> Path:
     """Write url, token (and the default project) to the config file, readable by the
     owner only."""
     path = config_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     data: dict[str, Any] = {"url": url, "token": token}
     if project is not None:
         data["project"] = project

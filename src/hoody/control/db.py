@@ -39,6 +39,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
+from hoody.private import private_dir
+
 __all__ = [
     "Base",
     "Container",
@@ -63,7 +65,7 @@ def database_url(state_dir: Path | None = None) -> str:
     if url:
         return url
     state_dir = state_dir or Path(os.environ.get("HOODY_CONTROL_DIR", str(DEFAULT_STATE_DIR)))
-    state_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(state_dir)
     return f"sqlite:///{state_dir / 'control.db'}"
 
 

@@ -51,6 +51,7 @@ from hoody.agent.runtime.devices import backing_devices
 from hoody.agent.runtime.lxcfs import Lxcfs
 from hoody.agent.spec import Limits, check_tenant_id
 from hoody.errors import CommandFailed, Conflict, HostError, MissingDependency, NotFound
+from hoody.private import private_dir
 from hoody.undo import Undo
 
 __all__ = ["CGROUP_ROOT", "OciRuntime", "cgroup_version", "detect_runtime", "find_init"]
@@ -246,8 +247,8 @@ class OciRuntime:
             ksm.enable()  # ksmd scans only memory that opted in, so this exposes no one else
         bundle = self.bundle_dir / tid
         with Undo() as undo:
-            self.bundle_dir.mkdir(parents=True, exist_ok=True)
-            bundle.mkdir(exist_ok=True)
+            private_dir(self.bundle_dir)  # runc reads bundles as root only
+            bundle.mkdir(exist_ok=True, mode=0o700)
             undo.add(lambda: shutil.rmtree(bundle, ignore_errors=True), "remove bundle")
             host = self.host
             if self.lxcfs is not None:
@@ -257,7 +258,7 @@ class OciRuntime:
             pid_file = bundle / "init.pid"
             pid_file.unlink(missing_ok=True)
             spec.log_path.parent.mkdir(parents=True, exist_ok=True)
-            log_fd = os.open(spec.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+            log_fd = os.open(spec.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             undo.add(lambda: self._delete(tid), "delete container")
             try:
                 self._run_detached(spec, bundle, pid_file, log_fd)

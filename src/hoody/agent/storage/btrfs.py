@@ -60,6 +60,7 @@ from hoody.agent.storage import StorageCaps, StorageMode, TemplateVersionRef
 from hoody.agent.storage.pool import is_btrfs
 from hoody.agent.storage.tree import apply_upper, shift_ownership
 from hoody.errors import Conflict, HoodyError, HostError, InvalidInput, NotFound
+from hoody.private import walk_through_dir
 from hoody.proc import run_fed, stream_out
 from hoody.syscalls import (
     MNT_DETACH,
@@ -345,8 +346,9 @@ class BtrfsStorage:
                 f"btrfs quotas are off on pool {self.pool}; run `btrfs quota enable "
                 f"{self.pool}` (or `hoody node init`) to turn them on"
             )
-        for path in (self.templates, self.tenants, self.scratch, self.run_dir):
+        for path in (self.templates, self.tenants, self.scratch):
             path.mkdir(parents=True, exist_ok=True)
+        walk_through_dir(self.run_dir)
         for leftover in self.scratch.iterdir():
             delete_subvolume(leftover)
 
@@ -620,7 +622,12 @@ class BtrfsStorage:
         target = self._rootfs(tid)
         if mounted_at(target):
             return target
+        # The tenant's own way in: its root walks it when the runtime sets the
+        # container up; no other tenant's uid may pass (see hoody.private).
+        own = int(meta.get("ids", 0))
         target.mkdir(parents=True, exist_ok=True)
+        os.chown(target.parent, own, own)
+        target.parent.chmod(0o700)
         sub = self._subvolume(tid)
         try:
             if meta["mode"] == "overlay":

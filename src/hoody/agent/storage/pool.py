@@ -118,6 +118,8 @@ def ensure_pool(path: Path, image: Path | None, size: str) -> None:
         if not image.exists():
             _make_image(image, parse_size(size))
         run(["mount", "-o", "loop,noatime", str(image), str(path)])
+    if image is not None and image.exists():
+        image.chmod(0o600)  # the whole pool, every tenant's files: root's alone
     if not quotas_enabled(path):
         # Cheap on a fresh pool; on a pool that already holds data the kernel starts
         # a background rescan, which is a one-time cost at `node init`.
