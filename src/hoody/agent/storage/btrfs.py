@@ -698,7 +698,7 @@ class BtrfsStorage:
 
 def mount_overlay(lower: Path, sub: Path, target: Path, userns: int) -> None:
     """Overlay at `target`: `lower` seen through `userns`'s id mapping (read-only,
-    handed over as a detached mount: `lowerdir+` takes an fd, kernel >= 6.8), upper and
+    handed over as a detached mount: `lowerdir+` takes an fd from Linux 6.13), upper and
     work in the tenant's subvolume. About 2 ms."""
     paths = (str(sub / "upper"), str(sub / "work"))
     if any(c in p for p in paths for c in ",:\\"):
@@ -713,9 +713,18 @@ def mount_overlay(lower: Path, sub: Path, target: Path, userns: int) -> None:
         # index=off since nothing here needs NFS export or hard-link identity.
         options = {"upperdir": paths[0], "workdir": paths[1], "index": "off"}
         options |= {"metacopy": "off", "redirect_dir": "off"}
-        fs = fs_mount(
-            "overlay", options, {"lowerdir+": tree}, attrs=MOUNT_ATTR_NOATIME, what=str(target)
-        )
+        try:
+            fs = fs_mount(
+                "overlay", options, {"lowerdir+": tree}, attrs=MOUNT_ATTR_NOATIME, what=str(target)
+            )
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            raise HostError(
+                f"overlayfs refused tenant layers at {target} ({exc.strerror}); it takes an "
+                "idmapped lower layer as a file descriptor from Linux 6.13 on: upgrade the "
+                "kernel, or use `--storage snapshot`; `dmesg` tells more"
+            ) from exc
     finally:
         os.close(tree)
     try:
