@@ -67,6 +67,9 @@ def test_sigkill_mid_copy_then_restart(agent_config: NodeConfig) -> None:
         for t in survivors:
             wait_http_ok(t["url"])
         pids = {t["id"]: t["pid"] for t in survivors}
+        uid_map = ["cat", "/proc/self/uid_map"]
+        maps = {tid: client.exec(tid, uid_map)["stdout"].split() for tid in pids}
+        assert len({m[1] for m in maps.values()}) == 2, "each tenant its own host range"
 
         def copy_quietly() -> None:
             with contextlib.suppress(HoodyError, httpx.HTTPError):
@@ -91,6 +94,12 @@ def test_sigkill_mid_copy_then_restart(agent_config: NodeConfig) -> None:
         for t in tenants.values():
             assert t["state"] == "running", t
             wait_http_ok(t["url"])
+        # Exec and a restart work after the agent restart, in the same id range.
+        tid = next(iter(pids))
+        assert client.exec(tid, uid_map)["stdout"].split() == maps[tid]
+        client.action(tid, "restart")
+        wait_http_ok(tenants[tid]["url"])
+        assert client.exec(tid, uid_map)["stdout"].split() == maps[tid]
 
         node = build_node(config)
         try:
