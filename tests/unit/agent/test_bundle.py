@@ -93,6 +93,8 @@ def with_host(host: HostParts, **changes: Any) -> dict[str, Any]:
         "limits": Limits(),
         "netns": Path("/run/netns/x"),
         "log_path": Path("/l"),
+        "ids": TenantIds(owner=1, base=65536),
+        "userns": Path("/u"),
         **changes,
     }
     return oci_config(ContainerSpec(**fields), "hoody-n1", CAPS, host)
