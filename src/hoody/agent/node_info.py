@@ -3,8 +3,11 @@ what it can still take, see hoody.agent.usage) and KSM, for the CLI and fleet.""
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
+import threading
+import time
 import weakref
 from typing import Any
 
@@ -14,8 +17,9 @@ from hoody.agent.usage import DiskCache, TenantUse, learn, node_figures, request
 
 __all__ = ["configure", "headroom", "measure", "node_info"]
 
+log = logging.getLogger(__name__)
+
 _MIB = 1 << 20
-_disk_caches: weakref.WeakKeyDictionary[Node, DiskCache] = weakref.WeakKeyDictionary()
 
 
 def _meminfo() -> dict[str, int]:
@@ -27,12 +31,73 @@ def _meminfo() -> dict[str, int]:
     return out
 
 
-def measure(node: Node) -> list[TenantUse]:
-    """Every tenant (but those being deleted) as measured now: working set of the
-    running ones, own disk bytes (re-read every 30 s), limit and explicit request."""
-    cache = _disk_caches.get(node)
-    if cache is None:
-        cache = _disk_caches[node] = DiskCache()
+class _Meter:
+    """Measures one node's tenants on a thread of its own, every 2 s or four times as
+    long as a round took (so at most about a fifth of a core): a heartbeat sends the
+    latest round and its age and never waits for 1,000 cgroups to be read. Measured
+    inline, 900 tenants took 4.3 s on this loaded 2-core VM, longer than the heartbeat
+    interval, and the node was marked down while it worked."""
+
+    def __init__(self, node: Node) -> None:
+        self._node = weakref.ref(node)
+        self.disk = DiskCache()
+        self._latest: tuple[float, list[TenantUse]] | None = None
+        self._lock = threading.Lock()
+        self._running = False
+
+    def get(self, node: Node) -> tuple[list[TenantUse], float]:
+        """(the latest measurement, its age in seconds); the first one is taken now."""
+        with self._lock:
+            latest = self._latest
+            start = not self._running
+            self._running = True
+        if start:
+            threading.Thread(target=self._loop, name="hoody-usage", daemon=True).start()
+        if latest is None:
+            began = time.monotonic()
+            uses = measure(node, self.disk)
+            with self._lock:
+                if self._latest is None:
+                    self._latest = (began, uses)
+            return uses, time.monotonic() - began
+        return latest[1], time.monotonic() - latest[0]
+
+    def _loop(self) -> None:
+        try:
+            while True:
+                node = self._node()
+                if node is None:
+                    return  # the node is gone
+                began = time.monotonic()
+                uses = measure(node, self.disk)
+                del node
+                took = time.monotonic() - began
+                with self._lock:
+                    self._latest = (began, uses)
+                time.sleep(max(2.0, 4 * took))
+        except Exception as exc:  # a closed store (node shutting down): start again later
+            log.debug("measuring tenants stopped: %s", exc)
+        finally:
+            with self._lock:
+                self._running = False
+
+
+_meters: weakref.WeakKeyDictionary[Node, _Meter] = weakref.WeakKeyDictionary()
+_meters_lock = threading.Lock()
+
+
+def _meter(node: Node) -> _Meter:
+    with _meters_lock:
+        meter = _meters.get(node)
+        if meter is None:
+            meter = _meters[node] = _Meter(node)
+        return meter
+
+
+def measure(node: Node, cache: DiskCache | None = None) -> list[TenantUse]:
+    """Every tenant (but those being deleted) as measured now: working set, own disk
+    bytes (re-read every 30 s with `cache`), limit and explicit request."""
+    cache = cache or DiskCache()
     uses = []
     for t in node.tenants():
         if t.status == "deleting":
@@ -61,7 +126,7 @@ def headroom(node: Node) -> dict[str, Any]:
     """What the node has and what its tenants use: memory (total, requested, measured,
     committed, reserve, overcommit, free), CPU, disk, tenant count, and per template
     version what its running tenants use (`templates`, for learned requests)."""
-    uses = measure(node)
+    uses, age = _meter(node).get(node)
     mem = _meminfo()
     total = mem.get("MemTotal", 0)
     learned = learn(uses)
@@ -108,6 +173,8 @@ def headroom(node: Node) -> dict[str, Any]:
         "load_1m": os.getloadavg()[0],
         "disk_total_bytes": disk.total if disk else 0,
         "disk_free_bytes": disk.free if disk else 0,
+        # How old the measured figures are: copies made since are not in them.
+        "measured_age_seconds": round(age, 2),
         "templates": templates,
     }
 

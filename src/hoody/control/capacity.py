@@ -163,7 +163,7 @@ def pending(s: Session, nodes: dict[str, Node], now: float) -> dict[str, Pending
         since = or_(
             Container.state == "creating",
             *(
-                (Container.node == name) & (Container.created_at > node.last_heartbeat - RECENT)
+                (Container.node == name) & (Container.created_at > _cutoff(node))
                 for name, node in nodes.items()
             ),
         )
@@ -181,6 +181,13 @@ def pending(s: Session, nodes: dict[str, Node], now: float) -> dict[str, Pending
         recent_count, recent_bytes = recent.get(name, [0, 0])
         out[name] = Pending(tenants, requested, recent_bytes, recent_count, creating)
     return out
+
+
+def _cutoff(node: Node) -> float:
+    """Copies made after this may be missing from the node's last figures: those were
+    measured `measured_age_seconds` before the heartbeat that carried them."""
+    age = min(max(_num((node.headroom or {}).get("measured_age_seconds")), 0), 120)
+    return node.last_heartbeat - RECENT - age
 
 
 def node_view(
