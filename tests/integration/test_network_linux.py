@@ -8,6 +8,7 @@ table of its scratch network is left behind.
 from __future__ import annotations
 
 import itertools
+import secrets
 import socket
 from collections.abc import Iterator
 
@@ -149,11 +150,13 @@ def test_firewall_changes_are_one_atomic_script(firewall: NftFirewall) -> None:
 
 @pytest.fixture(scope="class")
 def small_bridges() -> Iterator[NetworkConfig]:
-    cfg = NetworkConfig(name="tnb", subnet=_free_subnet(), ports_per_bridge=4)
+    # A name of its own: another run of this suite on the machine may be up meanwhile.
+    name = f"tb{secrets.token_hex(2)}"
+    cfg = NetworkConfig(name=name, subnet=_free_subnet(), ports_per_bridge=4)
     yield cfg
-    assert "tnb" not in run(["ip", "-o", "link"]).stdout
-    assert not any(n.startswith("tnb-") for n in run(["ip", "netns"]).stdout.split())
-    assert "inet tnb" not in run(["nft", "list", "tables"]).stdout
+    assert f" {name}" not in run(["ip", "-o", "link"]).stdout
+    assert not any(n.startswith(f"{name}-") for n in run(["ip", "netns"]).stdout.split())
+    assert f"inet {name}\n" not in run(["nft", "list", "tables"]).stdout + "\n"
 
 
 class TestLinuxNetworkManyBridges(NetworkContract):
@@ -187,15 +190,17 @@ class TestLinuxNetworkManyBridges(NetworkContract):
             13,
             FirewallPolicy(ingress=(IngressRule(8080), IngressRule(8080, "tcp", f"{second}/32"))),
         )
+        cfg = network.config
         links = run(["ip", "-o", "link", "show", "type", "bridge"]).stdout
-        assert "tnb-b1:" in links and "tnb-b3:" in links and "tnb-b2:" not in links
+        assert f"{cfg.bridge_name(1)}:" in links and f"{cfg.bridge_name(3)}:" in links
+        assert f"{cfg.bridge_name(2)}:" not in links
         masters = {
             tid: run(["ip", "-o", "link", "show", network.host_link(tid)]).stdout
             for tid in ("a", "b", "c")
         }
-        assert "master tnbbr " in masters["a"]
-        assert "master tnb-b1 " in masters["b"]
-        assert "master tnb-b3 " in masters["c"]
+        assert f"master {cfg.bridge} " in masters["a"]
+        assert f"master {cfg.bridge_name(1)} " in masters["b"]
+        assert f"master {cfg.bridge_name(3)} " in masters["c"]
         for tid in ("a", "b", "c"):
             assert reach("node", tid, 8080)
             assert not reach("node", tid, 9090)
@@ -227,6 +232,7 @@ class TestLinuxNetworkManyBridges(NetworkContract):
                 with socket.create_connection((a, 8080), timeout=2):
                     server.accept()[0].close()
             assert _tx_packets(network.host_link("tb")) == before
-        assert "PERMANENT" in run(["ip", "neigh", "show", a, "dev", "tnb-b2"]).stdout
+        bridge = network.config.bridge_name(2)
+        assert "PERMANENT" in run(["ip", "neigh", "show", a, "dev", bridge]).stdout
         network.detach("ta")
-        assert run(["ip", "neigh", "show", a, "dev", "tnb-b2"]).stdout.strip() == ""
+        assert run(["ip", "neigh", "show", a, "dev", bridge]).stdout.strip() == ""
