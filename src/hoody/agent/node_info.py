@@ -13,7 +13,9 @@ from typing import Any
 
 from hoody.agent import ksm
 from hoody.agent.engine import Node
+from hoody.agent.storage import TemplateVersionRef
 from hoody.agent.usage import DiskCache, TenantUse, learn, node_figures, request_of, reserve_bytes
+from hoody.errors import HoodyError
 
 __all__ = ["configure", "headroom", "measure", "node_info"]
 
@@ -176,6 +178,93 @@ def headroom(node: Node) -> dict[str, Any]:
         # How old the measured figures are: copies made since are not in them.
         "measured_age_seconds": round(age, 2),
         "templates": templates,
+        **_usage_or_nothing(node, uses),
+    }
+
+
+def _usage_or_nothing(node: Node, uses: list[TenantUse]) -> dict[str, Any]:
+    """`usage`, but a failed measurement must never cost the node its heartbeat (a
+    node whose heartbeats fail is marked down): it is logged and left out."""
+    try:
+        return usage(node, uses)
+    except Exception:
+        log.exception("measuring tenant use failed; heartbeat sent without it")
+        return {}
+
+
+# Template sizes need a filesystem sync to be exact, which can block for seconds while
+# a template is being received, and they change only when a version is made or
+# removed: measured at most once a minute, on a thread of their own, never on the
+# heartbeat's path (a heartbeat late by 8 s marks the node down).
+_TEMPLATE_SIZES_TTL = 60.0
+_sizes: dict[int, tuple[float, dict[tuple[str, int], int]]] = {}
+_measuring: set[int] = set()
+_template_sizes_lock = threading.Lock()
+_ksmd_seen: dict[int, tuple[float, float]] = {}
+
+
+def _template_sizes(node: Node) -> dict[tuple[str, int], int]:
+    """The last measured sizes at once; a new measurement starts when they are stale."""
+    key = id(node)
+    present = {(t.name, t.version) for t in node.store.templates()}
+    with _template_sizes_lock:
+        at, sizes = _sizes.get(key, (0.0, {}))
+        stale = time.monotonic() - at >= _TEMPLATE_SIZES_TTL or set(sizes) != present
+        if stale and key not in _measuring:
+            _measuring.add(key)
+            threading.Thread(
+                target=_measure, args=(node, present), name="template-sizes", daemon=True
+            ).start()
+        return dict(sizes)
+
+
+def _measure(node: Node, present: set[tuple[str, int]]) -> None:
+    key = id(node)
+    try:
+        sizes = {pair: _version_size(node, *pair) for pair in present}
+        with _template_sizes_lock:
+            _sizes[key] = (time.monotonic(), sizes)
+    finally:
+        with _template_sizes_lock:
+            _measuring.discard(key)
+
+
+def _version_size(node: Node, name: str, version: int) -> int:
+    # A version being received or removed is listed before (or after) its subvolume
+    # exists: it counts as 0 until the next measurement, and never fails a heartbeat.
+    try:
+        return node.storage.version_size(TemplateVersionRef(name, version), None)
+    except (HoodyError, OSError):
+        return 0
+
+
+def usage(node: Node, uses: list[TenantUse]) -> dict[str, Any]:
+    """Sums of what `measure` found, for the fleet's dashboard: tenant_memory_bytes
+    (working sets of the running tenants), tenant_disk_bytes (their own bytes, each
+    one's delta from its template), template_disk_bytes (the template versions on
+    this node, stored once), shared_disk_bytes (what the tenants read from those
+    templates without owning it: a full copy each would cost this), and KSM profit
+    next to ksmd's CPU.
+    """
+    sizes = _template_sizes(node)
+    k = ksm.stats()
+    now, cpu = time.monotonic(), float(k["ksmd_cpu_seconds"])
+    with _template_sizes_lock:
+        before = _ksmd_seen.get(id(node))
+        _ksmd_seen[id(node)] = (now, cpu)
+    percent = (
+        round(100 * (cpu - before[1]) / (now - before[0]), 2)
+        if before and now - before[0] > 0.5
+        else 0.0
+    )
+    return {
+        "tenant_memory_bytes": sum(u.memory for u in uses),
+        "tenant_disk_bytes": sum(u.disk for u in uses),
+        "template_disk_bytes": sum(sizes.values()),
+        "shared_disk_bytes": sum(sizes.get((u.template, u.version), 0) for u in uses),
+        "ksm_profit_bytes": int(k["profit_mib"] * (1 << 20)),
+        "ksmd_cpu_seconds": cpu,
+        "ksmd_cpu_percent": max(0.0, percent),  # of one CPU, since the previous report
     }
 
 
