@@ -93,7 +93,10 @@ def _free_subnet() -> str:
 @contextlib.contextmanager
 def serve_in_thread(app: Any, port: int) -> Iterator[str]:
     """Run an ASGI app with uvicorn on 127.0.0.1:`port` in a thread; yield its URL."""
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=2
+    )
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

@@ -133,7 +133,14 @@ def _serve(app: Any, listen: str, name: str) -> Component:
 
     host, _, port = listen.rpartition(":")
     server = uvicorn.Server(
-        uvicorn.Config(app, host=host or "127.0.0.1", port=int(port), log_level="warning")
+        uvicorn.Config(
+            app,
+            host=host or "127.0.0.1",
+            port=int(port),
+            log_level="warning",
+            # Dashboard browsers hold event streams open: end them after 2 s on exit.
+            timeout_graceful_shutdown=2,
+        )
     )
     thread = threading.Thread(target=server.run, name=name, daemon=True)
     thread.start()
