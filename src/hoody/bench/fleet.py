@@ -251,6 +251,7 @@ def scratch_fleet(
     storage_mode: str = "overlay",
     heartbeat_timeout: float = 8.0,
     database_url: str | None = None,
+    history_every: float = 2.0,
 ) -> Iterator[ScratchFleet]:
     """A control plane process and `count` joined node agent processes; see the module."""
     if count < 1:
@@ -280,6 +281,7 @@ def scratch_fleet(
         env.pop("HOODY_DATABASE_URL", None)
         argv = [*_CLI, "server", "--listen", url.removeprefix("http://")]
         argv += ["--state-dir", str(control_dir), "--heartbeat-timeout", str(heartbeat_timeout)]
+        argv += ["--history-every", str(history_every)]
         if database_url:
             argv += ["--database-url", database_url]
         log = control_dir / "server.log"

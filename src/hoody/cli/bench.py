@@ -76,3 +76,18 @@ def router(
     from hoody.bench.router import router_bench
 
     typer.echo(json.dumps(router_bench(connections, seconds, rounds), indent=2))
+
+
+@app.command()
+def dashboard(
+    tenants: Annotated[
+        int, typer.Option(help="Tenants in the fleet (records beyond one).")
+    ] = 10000,
+    pages: Annotated[int, typer.Option(help="Page loads to time.")] = 15,
+    updates: Annotated[int, typer.Option(help="Copies to time until the counter moves.")] = 10,
+    as_json: JsonOpt = True,
+) -> None:
+    """The dashboard in headless Chromium: first load with data, and copy → counter moved."""
+    from hoody.bench.dashboard import bench_dashboard
+
+    typer.echo(json.dumps(bench_dashboard(tenants, pages, updates), indent=2))

@@ -32,6 +32,10 @@ __all__ = [
 
 console = Console()
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+MonthlyCostOpt = Annotated[
+    float | None, typer.Option(help="What the server costs a month, e.g. 29 (the bill is the sum).")
+]
+CurrencyOpt = Annotated[str | None, typer.Option(help="ISO code of the cost, e.g. USD.")]
 CpuOpt = Annotated[float | None, typer.Option(help="CPU limit in cores, e.g. 0.5.")]
 MemOpt = Annotated[int | None, typer.Option("--memory", help="Memory limit in MiB.")]
 RequestOpt = Annotated[

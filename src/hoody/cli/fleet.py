@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.progress import BarColumn, Progress, TaskID, TextColumn
 
-from hoody.cli.common import JsonOpt, console, emit, status
+from hoody.cli.common import CurrencyOpt, JsonOpt, MonthlyCostOpt, console, emit, status
 from hoody.control.client import Client, save_config
 from hoody.errors import HoodyError, InvalidInput
 from hoody.private import private_dir, private_file
@@ -110,6 +110,9 @@ def server(
         str | None,
         typer.Option(help="The router's URL, e.g. http://localhost:8000: tenants at <cid>.<host>."),
     ] = None,
+    history_every: Annotated[
+        float, typer.Option(help="Seconds between points of the dashboard's fleet history.")
+    ] = 60.0,
 ) -> None:
     """Run the control plane. Migrates the database, then serves until stopped.
 
@@ -124,6 +127,8 @@ def server(
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per heartbeat otherwise
     logging.getLogger("alembic").setLevel(logging.WARNING)
     host, _, port = listen.rpartition(":")
+    if not 0.5 <= history_every <= 86400:
+        raise InvalidInput(f"--history-every {history_every} is invalid; give 0.5 to 86400 s")
     if not port.isdigit():
         raise InvalidInput(f"--listen {listen!r} is invalid; give HOST:PORT like 127.0.0.1:7080")
     fleet, admin = serve_control_plane(
@@ -134,7 +139,12 @@ def server(
         console.print(f"admin token written to {path}; `hoody login URL --token $(cat {path})`")
     try:
         uvicorn.run(
-            create_app(fleet), host=host or "127.0.0.1", port=int(port), log_level="warning"
+            create_app(fleet, history_every=history_every),
+            host=host or "127.0.0.1",
+            port=int(port),
+            log_level="warning",
+            # Dashboard browsers hold event streams open: end them after 2 s on exit.
+            timeout_graceful_shutdown=2,
         )
     finally:
         fleet.close()
@@ -280,12 +290,25 @@ def node_set(
         str | None,
         typer.Option(help="Memory kept for the host: 2G, 512M, 10%, or auto (10 %, >= 1 GiB)."),
     ] = None,
+    monthly_cost: MonthlyCostOpt = None,
+    currency: CurrencyOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Change node NAME's overcommit ratio and host memory reserve."""
+    """Change node NAME's overcommit ratio, host memory reserve and monthly cost."""
+    if overcommit is None and reserve is None and monthly_cost is None and currency is None:
+        raise InvalidInput(
+            "nothing to set; give --overcommit, --reserve, --monthly-cost or --currency"
+        )
     with Client() as client:
-        rec = client.set_node(name, overcommit=overcommit, reserve=reserve)
-    emit(rec if as_json else {"name": rec["name"], **rec["capacity"]}, as_json)
+        rec = client.set_node(
+            name,
+            overcommit=overcommit,
+            reserve=reserve,
+            monthly_cost=monthly_cost,
+            currency=currency,
+        )
+    summary = {"name": rec["name"], **rec["capacity"], "monthly_cost": rec["monthly_cost"]}
+    emit(rec if as_json else {**summary, "currency": rec["currency"]}, as_json)
 
 
 def _node_verb(verb: str, doc: str) -> None:

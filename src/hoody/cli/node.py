@@ -23,11 +23,13 @@ from hoody.agent.config import DEFAULT_STATE_DIR, NodeConfig
 from hoody.agent.ids import DEFAULT_ID_BASE, DEFAULT_ID_SLOTS
 from hoody.cli.common import (
     CpuOpt,
+    CurrencyOpt,
     DiskOpt,
     IoMbpsOpt,
     IopsOpt,
     JsonOpt,
     MemOpt,
+    MonthlyCostOpt,
     PidsOpt,
     RequestOpt,
     emit,
@@ -243,6 +245,10 @@ def serve(
 
 @app.command("set")
 def set_settings(
+    name: Annotated[
+        str | None,
+        typer.Argument(help="A node of the fleet (for --monthly-cost; default: this one)."),
+    ] = None,
     overcommit: Annotated[
         float | None, typer.Option(help="Placement counts up to memory x this.")
     ] = None,
@@ -250,9 +256,29 @@ def set_settings(
         str | None,
         typer.Option(help="Memory kept for the host: 2G, 512M, 10%, or auto (10 %, >= 1 GiB)."),
     ] = None,
+    monthly_cost: MonthlyCostOpt = None,
+    currency: CurrencyOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Change this node's placement settings (saved; its heartbeats carry them)."""
+    """Change this node's placement settings (saved; its heartbeats carry them), or,
+    with NAME, --monthly-cost or --currency, a fleet node's through the control plane
+    (`hoody login` first): `hoody node set node1 --monthly-cost 29 --currency USD`."""
+    if name is not None or monthly_cost is not None or currency is not None:
+        from hoody.control.client import Client
+
+        if name is None:
+            state_dir = Path(os.environ.get("HOODY_STATE_DIR", str(DEFAULT_STATE_DIR)))
+            name = NodeConfig.load(state_dir).name
+        with Client() as fleet:
+            rec = fleet.set_node(
+                name,
+                overcommit=overcommit,
+                reserve=reserve,
+                monthly_cost=monthly_cost,
+                currency=currency,
+            )
+        emit(rec, as_json, ["name", "state", "monthly_cost", "currency"])
+        return
     if overcommit is None and reserve is None:
         raise InvalidInput("give --overcommit RATIO and/or --reserve SIZE")
     with agent() as client:

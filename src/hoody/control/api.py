@@ -16,12 +16,14 @@ import contextlib
 import html
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
 
 import anyio
+from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -32,6 +34,10 @@ from starlette.routing import Route
 from hoody.control import models as m
 from hoody.control.auth import Principal
 from hoody.control.service import Fleet
+from hoody.dashboard.figures import FleetFigures
+from hoody.dashboard.metrics import ApiMetrics
+from hoody.dashboard.metrics import registry as metrics_registry
+from hoody.dashboard.web import Dashboard
 from hoody.errors import Exhausted, HoodyError, InvalidInput, NotFound
 
 __all__ = ["ENDPOINTS", "create_app", "openapi"]
@@ -221,7 +227,15 @@ async def heartbeat(f: Fleet, c: Call) -> Any:
 
 async def set_node(f: Fleet, c: Call) -> Any:
     body: m.NodeSettingsBody = c.body
-    return await run(f.set_node, c.who, c.path("name"), body.overcommit, body.reserve)
+    return await run(
+        f.set_node,
+        c.who,
+        c.path("name"),
+        body.overcommit,
+        body.reserve,
+        monthly_cost=body.monthly_cost,
+        currency=body.currency,
+    )
 
 
 async def list_projects(f: Fleet, c: Call) -> Any:
@@ -444,7 +458,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "PATCH",
         "/nodes/{name}",
         set_node,
-        "Set a node's overcommit ratio and host memory reserve (admin)",
+        "Set a node's overcommit ratio, host memory reserve, monthly cost and currency (admin)",
         "nodes",
         body=m.NodeSettingsBody,
         response=m.NodeOut,
@@ -655,21 +669,32 @@ async def _parse_body(request: Request, model: type[BaseModel] | None) -> Any:
         ) from exc
 
 
-def _endpoint(fleet: Fleet, ep: Endpoint) -> Callable[[Request], Awaitable[Response]]:
+def _endpoint(
+    fleet: Fleet, ep: Endpoint, metrics: ApiMetrics
+) -> Callable[[Request], Awaitable[Response]]:
     async def endpoint(request: Request) -> Response:
+        start = time.perf_counter()
         try:
             who = await run(fleet.authenticate, request.headers.get("authorization"))
             body = await _parse_body(request, ep.body)
             result = await ep.handler(fleet, Call(request, who, body))
+            response: Response = JSONResponse(result, status_code=ep.status)
+            code = None
         except HoodyError as exc:
-            return _error(exc)
+            response, code = _error(exc), exc.code
         except Exception:
             log.exception("%s %s failed", request.method, request.url.path)
-            return JSONResponse(
-                {"error": {"code": "internal", "message": "internal error; see the server log"}},
-                status_code=500,
-            )
-        return JSONResponse(result, status_code=ep.status)
+            internal = {"code": "internal", "message": "internal error; see the server log"}
+            response, code = JSONResponse({"error": internal}, status_code=500), "internal"
+        metrics.observe(
+            ep.method,
+            ep.path,
+            response.status_code,
+            time.perf_counter() - start,
+            code=code,
+            template=request.path_params.get("template"),
+        )
+        return response
 
     return endpoint
 
@@ -793,12 +818,26 @@ pre{{background:#f6f6f6;padding:8px;overflow:auto}}</style></head>
 {"".join(rows)}</table><h2>Schemas</h2>{schemas}</body></html>"""
 
 
-def create_app(fleet: Fleet, *, monitor: bool = True, check_every: float = 0.5) -> Starlette:
-    """The control plane app. With `monitor`, background tasks mark nodes down once
-    their heartbeats stop (`fleet.settings.heartbeat_timeout`) and send template
-    versions to the nodes that lack them (`fleet.replicate_once`), every `check_every` s."""
+def create_app(
+    fleet: Fleet,
+    *,
+    monitor: bool = True,
+    check_every: float = 0.5,
+    history_every: float = 60.0,
+    registry: CollectorRegistry | None = None,
+) -> Starlette:
+    """The control plane app: /api/v1, the dashboard at / and /metrics.
+
+    With `monitor`, background tasks mark nodes down once their heartbeats stop
+    (`fleet.settings.heartbeat_timeout`), send template versions to the nodes that
+    lack them (`fleet.replicate_once`), every `check_every` s, and record a point of
+    the fleet's history every `history_every` s. `registry` is where /metrics reads
+    (a new one by default; `hoody up` passes one its router also counts in)."""
     spec = openapi()
     page = docs_page(spec)
+    figures = FleetFigures(fleet.store, fleet.clock)
+    registry, api_metrics = metrics_registry(figures, registry)
+    dashboard = Dashboard(fleet, registry, history_every=history_every)
 
     async def spec_endpoint(request: Request) -> Response:
         return JSONResponse(spec)
@@ -820,6 +859,7 @@ def create_app(fleet: Fleet, *, monitor: bool = True, check_every: float = 0.5) 
             [
                 asyncio.create_task(every("node health check", fleet.mark_down_stale)),
                 asyncio.create_task(every("template replication", fleet.replicate_once)),
+                asyncio.create_task(dashboard.sample_forever()),
             ]
             if monitor
             else []
@@ -829,6 +869,7 @@ def create_app(fleet: Fleet, *, monitor: bool = True, check_every: float = 0.5) 
         finally:
             for task in tasks:
                 task.cancel()
+            dashboard.live.stop()
 
     async def http_error(request: Request, exc: Exception) -> Response:
         status = exc.status_code if isinstance(exc, HTTPException) else 500
@@ -842,7 +883,11 @@ def create_app(fleet: Fleet, *, monitor: bool = True, check_every: float = 0.5) 
     routes = [
         Route(f"{PREFIX}/openapi.json", spec_endpoint),
         Route(f"{PREFIX}/docs", docs_endpoint),
-        *(Route(PREFIX + ep.path, _endpoint(fleet, ep), methods=[ep.method]) for ep in ENDPOINTS),
+        *(
+            Route(PREFIX + ep.path, _endpoint(fleet, ep, api_metrics), methods=[ep.method])
+            for ep in ENDPOINTS
+        ),
+        *dashboard.routes(),
     ]
     return Starlette(
         routes=routes,

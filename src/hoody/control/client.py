@@ -273,10 +273,24 @@ class Client:
         return result
 
     def set_node(
-        self, name: str, *, overcommit: float | None = None, reserve: str | None = None
+        self,
+        name: str,
+        *,
+        overcommit: float | None = None,
+        reserve: str | None = None,
+        monthly_cost: float | None = None,
+        currency: str | None = None,
     ) -> dict[str, Any]:
-        """Change node `name`'s overcommit ratio and host memory reserve (admin)."""
-        body = _clean({"overcommit": overcommit, "reserve": reserve})
+        """Change node `name`'s overcommit ratio, host memory reserve, monthly cost and
+        currency (admin); what is None stays."""
+        body = _clean(
+            {
+                "overcommit": overcommit,
+                "reserve": reserve,
+                "monthly_cost": monthly_cost,
+                "currency": currency,
+            }
+        )
         result: dict[str, Any] = self._req("PATCH", f"/nodes/{name}", json=body)
         return result
 

@@ -25,6 +25,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Float,
     ForeignKey,
@@ -44,6 +45,9 @@ from hoody.private import private_dir
 __all__ = [
     "Base",
     "Container",
+    "DashboardSession",
+    "FleetChange",
+    "FleetSample",
     "IdempotencyKey",
     "Node",
     "Operation",
@@ -123,6 +127,9 @@ class Node(Base):
     last_heartbeat: Mapped[float] = mapped_column(Float, default=_now)
     headroom: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[float] = mapped_column(Float, default=_now)
+    # What the server costs a month (the fleet's bill is their sum); NULL: not set.
+    monthly_cost: Mapped[float | None] = mapped_column(Float, nullable=True)
+    currency: Mapped[str] = mapped_column(String(3), default="USD", server_default="USD")
 
 
 class Template(Base):
@@ -259,6 +266,53 @@ class Operation(Base):
     error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[float] = mapped_column(Float, default=_now)
     updated_at: Mapped[float] = mapped_column(Float, default=_now)
+
+
+class DashboardSession(Base):
+    """A dashboard login: the cookie's sha256, its CSRF token, and the admin token it
+    was made from (revoking that token ends the session)."""
+
+    __tablename__ = "dashboard_sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    csrf: Mapped[str] = mapped_column(String(64))
+    token_id: Mapped[int] = mapped_column(ForeignKey("tokens.id", ondelete="CASCADE"))
+    created_at: Mapped[float] = mapped_column(Float, default=_now)
+    expires_at: Mapped[float] = mapped_column(Float)
+
+
+class FleetSample(Base):
+    """One point of the fleet's history, for the dashboard's plots. `bucket` (the
+    sample time divided by the interval) is unique, so several control plane processes
+    sampling at once record one point."""
+
+    __tablename__ = "fleet_samples"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    bucket: Mapped[int] = mapped_column(BigInteger, unique=True)
+    at: Mapped[float] = mapped_column(Float, index=True)
+    tenants: Mapped[int] = mapped_column(Integer)
+    running: Mapped[int] = mapped_column(Integer)
+    nodes: Mapped[int] = mapped_column(Integer)
+    nodes_up: Mapped[int] = mapped_column(Integer)
+    monthly_cost: Mapped[float] = mapped_column(Float)
+    currency: Mapped[str] = mapped_column(String(16))
+    memory_used_bytes: Mapped[int] = mapped_column(BigInteger)
+    memory_total_bytes: Mapped[int] = mapped_column(BigInteger)
+
+
+class FleetChange(Base):
+    """SQLite's change counter: triggers on containers and nodes (migration 0600) bump
+    `n` in every transaction that adds, removes or moves a tenant or changes a node's
+    state, whichever code path (API, Exec script, reconcile) did it. The dashboard polls
+    it. PostgreSQL's triggers advance the sequence `fleet_change_seq` instead: one row
+    updated by every writer would serialise them until commit, and could deadlock
+    against placement's node row locks."""
+
+    __tablename__ = "fleet_changes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    n: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 # SQLite: a transaction that will write starts with BEGIN IMMEDIATE, taking the write

@@ -161,6 +161,12 @@ class NodeSettingsBody(_Body):
         description="Memory kept for the host: a size (2G, 512M), a share (10%) or auto "
         "(10 %, at least 1 GiB).",
     )
+    monthly_cost: float | None = Field(
+        None, ge=0, le=1e11, description="What the server costs a month (the bill is the sum)."
+    )
+    currency: str | None = Field(
+        None, pattern=r"^[A-Za-z]{3}$", description="ISO 4217 code, e.g. USD."
+    )
 
 
 class ErrorDetail(BaseModel):
@@ -266,6 +272,8 @@ class NodeOut(BaseModel):
     estimates: list[TemplateEstimateOut] = Field(
         description="Per template version it holds: how many more tenants it can take."
     )
+    monthly_cost: float | None = Field(None, description="What the server costs a month.")
+    currency: str = "USD"
 
 
 class JoinOut(BaseModel):

@@ -181,23 +181,52 @@ class Nodes(FleetBase):
             return [self._node_json(s, n) for n in s.scalars(select(Node).order_by(Node.name))]
 
     def set_node(
-        self, who: Principal, name: str, overcommit: float | None, reserve: str | None
+        self,
+        who: Principal,
+        name: str,
+        overcommit: float | None = None,
+        reserve: str | None = None,
+        *,
+        monthly_cost: float | None = None,
+        currency: str | None = None,
     ) -> dict[str, Any]:
-        """Change node `name`'s overcommit ratio and host memory reserve: the node
-        keeps them (its agent saves them) and reports them in every heartbeat."""
+        """Change node `name`'s overcommit ratio and host memory reserve (the node keeps
+        them: its agent saves them and reports them in every heartbeat), and what it
+        costs a month (kept here: the dashboard's bill is the sum). None keeps a value.
+
+        A negative or non-finite cost, or a currency that is not three letters, is
+        InvalidInput; everything is checked before anything changes."""
         who.require_admin()
         if reserve is not None:
             parse_reserve(reserve)
         if overcommit is not None and not 0.1 <= overcommit <= 20:
             raise InvalidInput(f"overcommit {overcommit!r} is invalid; give a ratio from 0.1 to 20")
-        with self.store.read() as s:
-            node = self._node(s, name)
-            url, token = node.url, node.agent_token
-        info = self._agent(url, token).configure_node(overcommit=overcommit, memory_reserve=reserve)
+        if monthly_cost is not None and (
+            isinstance(monthly_cost, bool)
+            or not isinstance(monthly_cost, int | float)
+            or not 0 <= monthly_cost < 1e12
+        ):
+            raise InvalidInput(
+                f"monthly cost {monthly_cost!r} is invalid; give a number like 29 or 29.50"
+            )
+        if currency is not None and not re.match(r"^[A-Za-z]{3}$", currency or ""):
+            raise InvalidInput(f"currency {currency!r} is invalid; give an ISO code like USD")
+        info: dict[str, Any] = {}
+        if overcommit is not None or reserve is not None:
+            with self.store.read() as s:
+                node = self._node(s, name)
+                url, token = node.url, node.agent_token
+            info = self._agent(url, token).configure_node(
+                overcommit=overcommit, memory_reserve=reserve
+            )
         with self.store.write() as s:
             node = self._node(s, name)
             if isinstance(info.get("headroom"), dict):
                 node.headroom = info["headroom"]
+            if monthly_cost is not None:
+                node.monthly_cost = float(monthly_cost)
+            if currency is not None:
+                node.currency = currency.upper()
             return self._node_json(s, node)
 
     def set_cordon(self, who: Principal, name: str, cordon: str) -> dict[str, Any]:
@@ -262,6 +291,8 @@ class Nodes(FleetBase):
             "memory_promised_mib": int(memory),
             "capacity": capacity.capacity_json(view, disk_total),
             "estimates": estimates,
+            "monthly_cost": node.monthly_cost,
+            "currency": node.currency or "USD",
         }
 
     @staticmethod

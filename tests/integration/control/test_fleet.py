@@ -402,6 +402,53 @@ def test_a_project_token_cannot_touch_another_projects_containers(world: World) 
         world.a.delete(mine["id"])
 
 
+SCREENSHOT = Path(__file__).resolve().parents[3] / "build" / "screenshots" / "dashboard-fleet.png"
+
+
+def test_the_dashboard_of_three_nodes_with_three_dozen_tenants(world: World) -> None:
+    """The page as an operator sees it: 36 real tenants on the three nodes, costs set,
+    history recorded while they were made. Saves build/screenshots/dashboard-fleet.png."""
+    from playwright.sync_api import sync_playwright
+
+    admin = world.fleet.admin
+    for name in world.names:
+        admin.set_node(name, monthly_cost=29, currency="USD")
+    plans = ["pro", "team", "free"]
+    made: list[dict[str, Any]] = []
+    try:
+        for wave in range(4):  # in waves, so the history shows the bill being shared
+            with ThreadPoolExecutor(3) as pool:
+                made += pool.map(
+                    lambda i: world.a.copy(
+                        DEMO_NAME, metadata={"customer": f"cus_{i:03d}", "plan": plans[i % 3]}
+                    ),
+                    range(wave * 9, wave * 9 + 9),
+                )
+            time.sleep(2.5)  # the scratch control plane records history every 2 s
+        with sync_playwright() as p:
+            browser = p.chromium.launch(
+                executable_path="/usr/bin/chromium", args=["--no-sandbox", "--disable-gpu"]
+            )
+            try:
+                page = browser.new_page(viewport={"width": 1440, "height": 1000})
+                page.goto(world.fleet.url + "/")
+                page.fill("#token", world.fleet.admin_token)
+                page.click("button[type=submit]")
+                page.wait_for_selector("body[data-ready='1']", state="attached", timeout=15000)
+                page.wait_for_selector("#live.on", timeout=5000)
+                assert page.text_content("#h-tenants") == "36"
+                assert page.text_content("#h-nodes") == "3"
+                assert "$87" in (page.text_content("#h-bill") or "")
+                assert page.locator(".node").count() == 3
+                SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+                page.screenshot(path=str(SCREENSHOT), full_page=True)
+            finally:
+                browser.close()
+    finally:
+        for c in made:
+            world.a.delete(c["id"])
+
+
 def test_nothing_is_left_of_deleted_tenants_on_their_nodes(world: World) -> None:
     for node in world.fleet.nodes:
         with node.client() as agent:

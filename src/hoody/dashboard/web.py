@@ -1,0 +1,297 @@
+"""The dashboard's routes: the page, login, its JSON reads, tenant actions, the live
+feed (server-sent events) and /metrics. Thin handlers over `FleetFigures`, `Sessions`
+and `Fleet`; every asset comes from `static/` in this package.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import anyio
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from starlette.requests import Request
+from starlette.responses import (
+    HTMLResponse,
+    JSONResponse,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from hoody.control.auth import Principal
+from hoody.control.service import Fleet
+from hoody.dashboard.figures import FleetFigures
+from hoody.dashboard.live import LiveFeed, sse
+from hoody.dashboard.session import COOKIE, Login, Sessions
+from hoody.errors import HoodyError, InvalidInput, Unauthorized
+
+__all__ = ["Dashboard"]
+
+log = logging.getLogger(__name__)
+STATIC = Path(__file__).parent / "static"
+_ADMIN = Principal("admin")
+_SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+        "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+    ),
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    # no-referrer would make Chromium send `Origin: null` on our own form posts.
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
+
+
+def _page(name: str, **values: str) -> str:
+    text = (STATIC / name).read_text()
+    for key, value in values.items():
+        text = text.replace("{{" + key + "}}", html.escape(value, quote=True))
+    return text
+
+
+def _same_origin(request: Request) -> bool:
+    """A browser's Origin (when sent) must be this server: a form on another site
+    cannot post here."""
+    origin = request.headers.get("origin")
+    if origin is None:
+        return True
+    return urlsplit(origin).netloc == request.headers.get("host", "")
+
+
+def _int(request: Request, name: str, default: int) -> int:
+    raw = request.query_params.get(name) or ""
+    if not raw:
+        return default
+    if not raw.isdigit() or len(raw) > 9:
+        raise InvalidInput(f"{name} must be a whole number, got {raw[:20]!r}")
+    return int(raw)
+
+
+class Dashboard:
+    """The dashboard of one control plane process."""
+
+    def __init__(
+        self,
+        fleet: Fleet,
+        registry: CollectorRegistry,
+        *,
+        history_every: float = 60.0,
+        live_poll: float = 0.1,
+    ) -> None:
+        self.fleet = fleet
+        self.figures = FleetFigures(fleet.store, fleet.clock)
+        self.sessions = Sessions(fleet)
+        self.live = LiveFeed(self.figures, poll=live_poll)
+        self.registry = registry
+        self.history_every = history_every
+
+    async def _session(self, request: Request) -> Login | None:
+        return await anyio.to_thread.run_sync(self.sessions.check, request.cookies.get(COOKIE))
+
+    def _json(self, fn: Callable[[Request, Login], Awaitable[Any]], *, write: bool = False) -> Any:
+        """A JSON endpoint for a logged-in browser; `write` also needs the CSRF header."""
+
+        async def endpoint(request: Request) -> Response:
+            session = await self._session(request)
+            if session is None:
+                return _error(Unauthorized("log in again: the session ended"), request)
+            if write and not (
+                _same_origin(request)
+                and self.sessions.csrf_ok(session, request.headers.get("x-csrf-token"))
+            ):
+                return JSONResponse(
+                    {"error": {"code": "forbidden", "message": "missing or wrong CSRF token"}},
+                    status_code=403,
+                    headers=_SECURITY_HEADERS,
+                )
+            try:
+                result = await fn(request, session)
+            except HoodyError as exc:
+                return _error(exc, request)
+            return JSONResponse(result, headers=_SECURITY_HEADERS)
+
+        return endpoint
+
+    # pages
+
+    async def index(self, request: Request) -> Response:
+        session = await self._session(request)
+        if session is None:
+            return HTMLResponse(_page("login.html", message=""), headers=_SECURITY_HEADERS)
+        return HTMLResponse(_page("index.html", csrf=session.csrf), headers=_SECURITY_HEADERS)
+
+    async def login(self, request: Request) -> Response:
+        if not _same_origin(request):
+            return HTMLResponse("cross-site login refused", status_code=403)
+        # A urlencoded form of one field: parsed here rather than adding a multipart
+        # parser dependency for it.
+        raw = await request.body()
+        if len(raw) > 4096:
+            return HTMLResponse("login form too large", status_code=413)
+        token = (parse_qs(raw.decode("utf-8", "replace")).get("token") or [""])[0]
+        try:
+            secret, session = await anyio.to_thread.run_sync(self.sessions.login, token)
+        except HoodyError as exc:
+            status = 403 if exc.status == 403 else 401
+            page = _page("login.html", message=exc.message)
+            return HTMLResponse(page, status_code=status, headers=_SECURITY_HEADERS)
+        response = RedirectResponse("/", status_code=303, headers=_SECURITY_HEADERS)
+        response.set_cookie(
+            COOKIE,
+            secret,
+            max_age=int(session.expires_at - self.fleet.clock()),
+            path="/",
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
+        )
+        return response
+
+    async def logout(self, request: Request) -> Response:
+        if not _same_origin(request):
+            return HTMLResponse("cross-site logout refused", status_code=403)
+        await anyio.to_thread.run_sync(self.sessions.logout, request.cookies.get(COOKIE))
+        response = RedirectResponse("/", status_code=303, headers=_SECURITY_HEADERS)
+        response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")
+        return response
+
+    # reads
+
+    async def summary(self, request: Request, session: Login) -> Any:
+        return await anyio.to_thread.run_sync(self.figures.summary)
+
+    async def history(self, request: Request, session: Login) -> Any:
+        since = request.query_params.get("since")
+        try:
+            start = float(since) if since else None
+        except ValueError as exc:
+            raise InvalidInput("since must be a UNIX time in seconds") from exc
+        return await anyio.to_thread.run_sync(self.figures.history, start)
+
+    async def tenants(self, request: Request, session: Login) -> Any:
+        q = request.query_params
+        metadata = {}
+        for item in q.getlist("metadata"):
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise InvalidInput(f"metadata filter {item[:40]!r} is invalid; write key=value")
+            metadata[key] = value
+        return await anyio.to_thread.run_sync(
+            lambda: self.figures.tenants(
+                search=q.get("q") or None,
+                node=q.get("node") or None,
+                template=q.get("template") or None,
+                state=q.get("state") or None,
+                metadata=metadata,
+                page=_int(request, "page", 1),
+                per_page=_int(request, "per_page", 50),
+                sort=q.get("sort") or "newest",
+            )
+        )
+
+    # actions
+
+    async def action(self, request: Request, session: Login) -> Any:
+        cid = str(request.path_params["cid"])
+        verb = str(request.path_params["action"])
+        calls: dict[str, Callable[[], Any]] = {
+            "open": lambda: self.fleet.authorize(_ADMIN, cid, None),
+            "stop": lambda: self.fleet.stop(_ADMIN, cid),
+            "start": lambda: self.fleet.start(_ADMIN, cid),
+            "delete": lambda: self.fleet.delete_container(_ADMIN, cid),
+        }
+        if verb not in calls:
+            raise InvalidInput(f"action {verb!r} is invalid; use open, stop, start or delete")
+        return await anyio.to_thread.run_sync(calls[verb])
+
+    # live
+
+    async def events(self, request: Request) -> Response:
+        session = await self._session(request)
+        if session is None:
+            return _error(Unauthorized("log in again: the session ended"), request)
+
+        async def stream() -> AsyncIterator[bytes]:
+            recheck = time.monotonic() + 30
+            async with self.live.subscription() as queue:
+                yield b"retry: 1000\n\n"
+                while True:
+                    try:
+                        yield sse("fleet", await asyncio.wait_for(queue.get(), timeout=15))
+                    except TimeoutError:
+                        yield b": keep-alive\n\n"
+                    if time.monotonic() > recheck:  # logged out or token revoked: stop
+                        recheck = time.monotonic() + 30
+                        if await self._session(request) is None:
+                            yield sse("logout", {})
+                            return
+
+        return StreamingResponse(
+            stream(),
+            media_type="text/event-stream",
+            headers={**_SECURITY_HEADERS, "X-Accel-Buffering": "no"},
+        )
+
+    # metrics
+
+    async def metrics(self, request: Request) -> Response:
+        """Prometheus text; needs an admin bearer token (or a dashboard session)."""
+        try:
+            who = await anyio.to_thread.run_sync(
+                self.fleet.authenticate, request.headers.get("authorization")
+            )
+            allowed = who.is_admin
+        except HoodyError:
+            allowed = await self._session(request) is not None
+        if not allowed:
+            return Response(
+                "metrics need an admin token: Authorization: Bearer hdy_…\n",
+                status_code=401,
+                media_type="text/plain",
+            )
+        body = await anyio.to_thread.run_sync(generate_latest, self.registry)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+    # sampling
+
+    async def sample_forever(self) -> None:
+        """One history point per `history_every` s (one per bucket across processes)."""
+        while True:
+            try:
+                await anyio.to_thread.run_sync(self.figures.sample, self.history_every)
+            except Exception:
+                log.exception("sampling fleet history failed")
+            now = time.time()
+            await asyncio.sleep(self.history_every - now % self.history_every + 0.01)
+
+    def routes(self) -> list[BaseRoute]:
+        return [
+            Route("/", self.index, methods=["GET"]),
+            Route("/login", self.login, methods=["POST"]),
+            Route("/logout", self.logout, methods=["POST"]),
+            Route("/dashboard/api/summary", self._json(self.summary)),
+            Route("/dashboard/api/history", self._json(self.history)),
+            Route("/dashboard/api/tenants", self._json(self.tenants)),
+            Route(
+                "/dashboard/api/tenants/{cid}/{action}",
+                self._json(self.action, write=True),
+                methods=["POST"],
+            ),
+            Route("/dashboard/events", self.events),
+            Route("/metrics", self.metrics),
+            Mount("/dashboard/static", StaticFiles(directory=STATIC / "assets"), name="static"),
+        ]
+
+
+def _error(exc: HoodyError, request: Request) -> JSONResponse:
+    return JSONResponse(exc.to_json(), status_code=exc.status, headers=_SECURITY_HEADERS)
