@@ -35,6 +35,10 @@ def router(
     ] = None,
     tls_cert: Annotated[Path | None, typer.Option(help="PEM certificate, e.g. *.domain.")] = None,
     tls_key: Annotated[Path | None, typer.Option(help="Its private key.")] = None,
+    metrics_listen: Annotated[
+        str | None,
+        typer.Option(help="HOST:PORT for Prometheus /metrics (requests by status); no auth."),
+    ] = None,
 ) -> None:
     """Serve every tenant at <cid>.<domain>, with claims and sessions."""
     from hoody import router as tenant_router
@@ -52,6 +56,10 @@ def router(
     if (tls_cert is None) != (tls_key is None):
         raise InvalidInput("give both --tls-cert and --tls-key, or neither")
     tls = tenant_router.tls_context(tls_cert, tls_key) if tls_cert and tls_key else None
+    if metrics_listen:
+        from hoody.router.metrics import serve_metrics
+
+        serve_metrics(metrics_listen)
     tenant_router.run(url, secret, listen, domain, tls)
 
 

@@ -29,6 +29,7 @@ from sqlalchemy import func, select
 from hoody.control.base import LIVE
 from hoody.control.db import Container
 from hoody.dashboard.figures import FleetFigures
+from hoody.router.metrics import RouterCollector
 
 __all__ = ["ApiMetrics", "FleetCollector", "registry"]
 
@@ -164,4 +165,5 @@ def registry(
     counters added."""
     reg = reg or CollectorRegistry(auto_describe=False)
     reg.register(FleetCollector(figures))
+    reg.register(RouterCollector())  # the routers of this process (`hoody up`), if any
     return reg, ApiMetrics(reg)

@@ -34,7 +34,7 @@ import logging
 import ssl
 import time
 import urllib.parse
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -44,6 +44,7 @@ from hoody.errors import HoodyError
 from hoody.router import pages
 from hoody.router.headers import Hosts, forwarded, origin_target, split_cookies, tenant_request
 from hoody.router.http import CHUNKED, MAX_HEAD, NONE, BadMessage, Head, RequestReader
+from hoody.router.metrics import ROUTERS
 from hoody.router.table import Route, RouteTable
 from hoody.router.upstream import Pool, UpstreamConnection
 
@@ -487,6 +488,7 @@ class ClientConnection(asyncio.Protocol):
             if req.expects_continue and not req.complete:
                 keep = False
         keep = keep and self.keep
+        self.router.statuses[status] += 1
         assert self.transport is not None
         _write(self.transport, pages.response(status, title, message, close=not keep))
         self._done(keep)
@@ -639,6 +641,10 @@ class Router:
         self.secure = secure
         self.pool = Pool()
         self.connections: set[ClientConnection] = set()
+        # Answers by status (int: the router's pages; bytes: the tenants'), for
+        # /metrics (hoody.router.metrics): one increment per request.
+        self.statuses: Counter[int | bytes] = Counter()
+        ROUTERS.add(self)
         self.proto = b"https" if secure else b"http"
         self.cookie = (SECURE_COOKIE if secure else COOKIE).encode()
         self.hosts = Hosts(self.domain)

@@ -188,6 +188,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def _respond(self, client: ClientConnection, head: Head, kind: int, length: int) -> None:
         assert client.transport is not None
+        client.router.statuses[head.start[1]] += 1
         self.answered = True
         keep = client.keep and kind != CLOSE and client.request_sent()
         client.keep = keep
