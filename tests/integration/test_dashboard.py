@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from hoody.agent.node_info import headroom
+from hoody.agent.node_info import headroom, tenant_usage
 from hoody.agent.templates import DEMO_NAME
 from hoody.bench.scratch import ScratchNode, free_port, serve_in_thread
 from hoody.control.api import create_app
@@ -59,6 +59,7 @@ def stack(scratch: ScratchNode) -> Iterator[Stack]:
             scratch.token,
             lambda: headroom(node),
             get_templates=lambda: [t.to_json() for t in node.store.templates()],
+            get_usage=lambda: tenant_usage(node),
         )
         with Client(api, admin) as root:
             project = int(root.ensure_project("dashboard-test")["id"])

@@ -17,7 +17,7 @@ from hoody.agent.storage import TemplateVersionRef
 from hoody.agent.usage import DiskCache, TenantUse, learn, node_figures, request_of, reserve_bytes
 from hoody.errors import HoodyError
 
-__all__ = ["configure", "headroom", "measure", "node_info"]
+__all__ = ["configure", "headroom", "measure", "node_info", "tenant_usage"]
 
 log = logging.getLogger(__name__)
 
@@ -282,6 +282,13 @@ def configure(
         config.save()
         node.config = config
     return node_info(node)
+
+
+def tenant_usage(node: Node) -> dict[str, list[int]]:
+    """Each tenant's measured [working set bytes (0 unless running), own disk bytes],
+    as `measure` finds them: what heartbeats send now and then for the dashboard's
+    tenant table."""
+    return {u.tid: [u.memory, u.disk] for u in measure(node)}
 
 
 def node_info(node: Node) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from typing import Any
 
 from sqlalchemy import insert
 
-from hoody.agent.node_info import headroom
+from hoody.agent.node_info import headroom, tenant_usage
 from hoody.agent.templates import DEMO_NAME
 from hoody.bench.scratch import free_port, scratch_node, serve_in_thread
 from hoody.control.api import create_app
@@ -115,6 +115,7 @@ def bench_dashboard(tenants: int = 10000, pages: int = 15, updates: int = 10) ->
                 scratch.token,
                 lambda: headroom(node),
                 get_templates=lambda: [t.to_json() for t in node.store.templates()],
+                get_usage=lambda: tenant_usage(node),
             )
             try:
                 project = int(root.ensure_project("bench-dashboard")["id"])

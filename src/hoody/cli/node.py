@@ -208,7 +208,7 @@ def serve(
 
     from hoody.agent.api import create_app
     from hoody.agent.linux import build_node
-    from hoody.agent.node_info import headroom
+    from hoody.agent.node_info import headroom, tenant_usage
     from hoody.control.heartbeat import start_heartbeat
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
@@ -234,6 +234,7 @@ def serve(
             agent_token,
             lambda: headroom(node),
             get_templates=lambda: [t.to_json() for t in node.store.templates()],
+            get_usage=lambda: tenant_usage(node),
             interval=heartbeat_every,
         )
     try:

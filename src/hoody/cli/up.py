@@ -224,15 +224,19 @@ def heartbeat(stack: Stack) -> Component | None:
 
     get_headroom: Callable[[], dict[str, Any]] | None = None
     get_templates: Callable[[], list[dict[str, Any]]] | None = None
+    get_usage: Callable[[], dict[str, list[int]]] | None = None
     local = stack.node
     if local is not None:  # in this process: ask it directly, not over HTTP
-        from hoody.agent.node_info import headroom
+        from hoody.agent.node_info import headroom, tenant_usage
 
         def get_headroom() -> dict[str, Any]:
             return headroom(local)
 
         def get_templates() -> list[dict[str, Any]]:
             return [t.to_json() for t in local.store.templates()]
+
+        def get_usage() -> dict[str, list[int]]:
+            return tenant_usage(local)
 
     stop = start_heartbeat(
         stack.api_url,
@@ -242,6 +246,7 @@ def heartbeat(stack: Stack) -> Component | None:
         stack.agent_token,
         get_headroom,
         get_templates=get_templates,
+        get_usage=get_usage,
     )
     return Component("heartbeat", stack.api_url, stop.set)
 

@@ -222,6 +222,9 @@ async def heartbeat(f: Fleet, c: Call) -> Any:
         body.headroom,
         templates if body.templates is not None else None,
         [u.model_dump() for u in body.usage] if body.usage is not None else None,
+        tenant_usage={k: list(v) for k, v in body.tenant_usage.items()}
+        if body.tenant_usage is not None
+        else None,
     )
 
 

@@ -263,12 +263,16 @@ class Client:
         headroom: dict[str, Any],
         templates: list[dict[str, Any]] | None = None,
         usage: list[dict[str, Any]] | None = None,
+        *,
+        tenant_usage: dict[str, list[int]] | None = None,
     ) -> dict[str, Any]:
         body: dict[str, Any] = {"headroom": headroom}
         if templates is not None:
             body["templates"] = templates
         if usage is not None:
             body["usage"] = usage
+        if tenant_usage is not None:
+            body["tenant_usage"] = tenant_usage
         result: dict[str, Any] = self._req("POST", f"/nodes/{name}/heartbeat", json=body)
         return result
 

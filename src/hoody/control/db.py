@@ -130,6 +130,9 @@ class Node(Base):
     # What the server costs a month (the fleet's bill is their sum); NULL: not set.
     monthly_cost: Mapped[float | None] = mapped_column(Float, nullable=True)
     currency: Mapped[str] = mapped_column(String(3), default="USD", server_default="USD")
+    # Each tenant's measured [memory bytes, own disk bytes], as the node last sent it
+    # (every few heartbeats): the dashboard's tenant table reads it.
+    tenant_usage: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
 class Template(Base):

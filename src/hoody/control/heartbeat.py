@@ -35,6 +35,8 @@ def heartbeat_loop(
     get_headroom: Callable[[], dict[str, Any]] | None = None,
     *,
     get_templates: Callable[[], list[dict[str, Any]]] | None = None,
+    get_usage: Callable[[], dict[str, list[int]]] | None = None,
+    usage_every: int = 5,
     interval: float = 2.0,
     stop: threading.Event | None = None,
     rounds: int | None = None,
@@ -43,8 +45,10 @@ def heartbeat_loop(
 ) -> None:
     """Join as `node_name` (agent at `agent_url`), then heartbeat every `interval` s.
 
-    `get_headroom` and `get_templates` default to asking the agent (`GET /v1/node`,
-    `GET /v1/templates`); an agent running in this process passes its own. Runs until
+    `get_usage` (each tenant's [memory, disk] bytes) is sent every `usage_every`
+    rounds when given. `get_headroom` and `get_templates` default to asking the agent
+    (`GET /v1/node`, `GET /v1/templates`); an agent running in this process passes its
+    own. Runs until
     `stop` is set, or for `rounds` rounds (tests). Never raises for a failed round.
     """
     stop = stop or threading.Event()
@@ -69,7 +73,15 @@ def heartbeat_loop(
                     {"name": t["name"], "version": t["version"], "limits": t.get("limits")}
                     for t in (get_templates() if get_templates else agent.templates())
                 ]
-                node.heartbeat(node_name, headroom, templates, usage)
+                # Per-tenant use is for the dashboard's table: every few rounds is
+                # plenty, and it keeps a node of thousands of tenants' beats small.
+                per_tenant = None
+                if get_usage and done % usage_every == 1:
+                    try:
+                        per_tenant = get_usage()
+                    except Exception:  # the table's figures must not cost a heartbeat
+                        log.exception("measuring each tenant's use failed")
+                node.heartbeat(node_name, headroom, templates, usage, tenant_usage=per_tenant)
             except (Unauthorized, NotFound) as exc:
                 log.warning("heartbeat refused (%s); joining again", exc.message)
                 if node is not None:
@@ -96,6 +108,7 @@ def start_heartbeat(
     get_headroom: Callable[[], dict[str, Any]] | None = None,
     *,
     get_templates: Callable[[], list[dict[str, Any]]] | None = None,
+    get_usage: Callable[[], dict[str, list[int]]] | None = None,
     interval: float = 2.0,
 ) -> threading.Event:
     """Run `heartbeat_loop` in a daemon thread; set the returned event to stop it."""
@@ -103,7 +116,12 @@ def start_heartbeat(
     threading.Thread(
         target=heartbeat_loop,
         args=(control_url, token, node_name, agent_url, agent_token, get_headroom),
-        kwargs={"interval": interval, "stop": stop, "get_templates": get_templates},
+        kwargs={
+            "interval": interval,
+            "stop": stop,
+            "get_templates": get_templates,
+            "get_usage": get_usage,
+        },
         name=f"heartbeat-{node_name}",
         daemon=True,
     ).start()

@@ -149,6 +149,11 @@ class HeartbeatBody(_Body):
     usage: list[TemplateUsageIn] | None = Field(
         None, description="Per template version, what its running tenants use."
     )
+    tenant_usage: dict[str, tuple[int, int]] | None = Field(
+        None,
+        description="Each tenant's measured [memory bytes, own disk bytes]; omitted: unchanged.",
+        max_length=100_000,
+    )
 
 
 class NodeSettingsBody(_Body):

@@ -87,11 +87,14 @@ class Nodes(FleetBase):
         headroom: dict[str, Any],
         templates: list[dict[str, Any]] | None = None,
         usage: list[dict[str, Any]] | None = None,
+        *,
+        tenant_usage: dict[str, list[int]] | None = None,
     ) -> dict[str, Any]:
         """Record that node `name` is alive, its headroom, what its tenants use per
-        template version (`usage`, kept as headroom["templates"]), and (if given) the
-        template versions it holds. Only the node's own token or an admin token may
-        send it."""
+        template version (`usage`, kept as headroom["templates"]), each tenant's
+        measured [memory, disk] bytes (`tenant_usage`, for the dashboard's table), and
+        (if given) the template versions it holds. Only the node's own token or an
+        admin token may send it."""
         if not (who.is_admin or (who.scope == "node" and who.node == name)):
             raise Forbidden(f"only node {name}'s own token may send its heartbeats")
         if usage is not None:
@@ -103,6 +106,12 @@ class Nodes(FleetBase):
             node.health, node.last_heartbeat, node.headroom = "up", self.clock(), headroom
             if templates is not None:
                 self._sync_templates(s, node, templates)
+            if tenant_usage is not None:
+                node.tenant_usage = {
+                    cid: [max(0, int(m)), max(0, int(d))]
+                    for cid, (m, d) in tenant_usage.items()
+                    if isinstance(cid, str) and len(cid) <= 63
+                }
             return self._node_json(s, node)
 
     def _sync_templates(self, s: Session, node: Node, reported: list[dict[str, Any]]) -> None:

@@ -120,6 +120,11 @@ def _bill(nodes: list[dict[str, Any]]) -> tuple[float, str, bool]:
     return total, "+".join(currencies), len(costs) == len(nodes) and bool(nodes)
 
 
+def _used(usage: dict[str, dict[str, Any]], node: str, cid: str, i: int) -> int | None:
+    pair = usage.get(node, {}).get(cid)
+    return int(pair[i]) if isinstance(pair, list) and len(pair) == 2 else None
+
+
 class FleetFigures:
     """Reads of the fleet for the dashboard and /metrics. Thread-safe."""
 
@@ -290,6 +295,14 @@ class FleetFigures:
                 t for t in s.scalars(select(Container.template).distinct()) if t is not None
             )
             node_names = list(s.scalars(select(Node.name).order_by(Node.name)))
+            usage: dict[str, dict[str, Any]] = {
+                name: blob or {}
+                for name, blob in s.execute(
+                    select(Node.name, Node.tenant_usage).where(
+                        Node.name.in_({r.node for r in rows})
+                    )
+                )
+            }
         now = self.clock()
         return {
             "total": total,
@@ -306,6 +319,9 @@ class FleetFigures:
                     "state": r.state,
                     "memory_mib": r.memory_mib,
                     "disk_mib": r.disk_mib,
+                    # measured, as the node last reported it; None: not reported yet
+                    "memory_bytes": _used(usage, r.node, r.id, 0),
+                    "disk_bytes": _used(usage, r.node, r.id, 1),
                     "metadata": r.meta,
                     "created_at": r.created_at,
                     "age_seconds": max(0.0, now - r.created_at),

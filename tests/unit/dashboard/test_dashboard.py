@@ -184,6 +184,30 @@ def test_tenant_search_filters_and_pages(world: World) -> None:
         figures.tenants(sort="random()")
 
 
+def test_the_table_shows_what_each_tenant_uses_as_its_node_reported(world: World) -> None:
+    a = world.fleet.copy(world.project, "demo")
+    b = world.fleet.copy(world.project, "demo")
+    figures = FleetFigures(world.store)
+    rows = {t["id"]: t for t in figures.tenants()["items"]}
+    assert rows[a["id"]]["memory_bytes"] is None  # not reported yet
+    agent = world.agents[a["node"]]
+    world.fleet.heartbeat(
+        world.admin, a["node"], agent.headroom(), tenant_usage={a["id"]: [5 << 20, 123456]}
+    )
+    rows = {t["id"]: t for t in figures.tenants()["items"]}
+    assert rows[a["id"]]["memory_bytes"] == 5 << 20 and rows[a["id"]]["disk_bytes"] == 123456
+    if b["node"] != a["node"]:
+        assert rows[b["id"]]["memory_bytes"] is None
+    with TestClient(create_app(world.fleet, monitor=False)) as api:
+        auth = {"Authorization": f"Bearer {world.admin_token}"}
+        bad = api.post(
+            f"/api/v1/nodes/{a['node']}/heartbeat",
+            json={"headroom": {}, "tenant_usage": {a["id"]: [1]}},
+            headers=auth,
+        )
+        assert bad.status_code == 400
+
+
 def test_history_one_point_per_bucket_and_cost_by_count(world: World) -> None:
     world.fleet.set_node(world.admin, "n1", monthly_cost=30)
     figures = FleetFigures(world.store)

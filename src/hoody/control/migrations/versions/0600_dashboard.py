@@ -37,6 +37,7 @@ def upgrade() -> None:
         batch.add_column(
             sa.Column("currency", sa.String(length=3), nullable=False, server_default="USD")
         )
+        batch.add_column(sa.Column("tenant_usage", sa.JSON(), nullable=True))
     op.create_table(
         "dashboard_sessions",
         sa.Column("id", sa.String(length=64), nullable=False),
@@ -107,5 +108,6 @@ def downgrade() -> None:
     op.drop_table("fleet_samples")
     op.drop_table("dashboard_sessions")
     with op.batch_alter_table("nodes") as batch:
+        batch.drop_column("tenant_usage")
         batch.drop_column("currency")
         batch.drop_column("monthly_cost")

@@ -230,6 +230,14 @@ async function loadTenants() {
   if (again) { again = false; await loadTenants(); }
 }
 
+function used(bytesUsed, limitMib, what) {
+  const limit = bytes(limitMib * 1048576);
+  if (bytesUsed === null || bytesUsed === undefined) {
+    return el("td", { title: what + ": not reported yet; limit " + limit }, el("span", { class: "muted" }, "– / " + limit));
+  }
+  return el("td", { title: what + " as its node last reported, of its limit" }, bytes(bytesUsed), el("span", { class: "muted" }, " / " + limit));
+}
+
 function row(t, fresh) {
   const actions = el("td", { class: "actions" });
   const live = t.state !== "deleted" && t.state !== "deleting" && t.state !== "creating";
@@ -245,8 +253,8 @@ function row(t, fresh) {
     el("td", {}, t.node),
     el("td", {}, t.template + " v" + t.version),
     el("td", {}, el("span", { class: "pill " + t.state }, t.state)),
-    el("td", { title: "memory limit" }, t.memory_mib + " MiB"),
-    el("td", { title: "disk limit" }, t.disk_mib + " MiB"),
+    used(t.memory_bytes, t.memory_mib, "memory"),
+    used(t.disk_bytes, t.disk_mib, "own disk bytes"),
     el("td", {}, age(t.age_seconds)),
     el("td", { class: "meta", title: meta }, meta),
     actions);
