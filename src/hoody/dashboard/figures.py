@@ -37,7 +37,9 @@ SORTS: dict[str, Any] = {
 }
 
 
-def _node_figures(node: Node, counts: dict[str, int]) -> dict[str, Any]:
+def _node_figures(
+    node: Node, counts: dict[str, int], estimates: list[dict[str, Any]]
+) -> dict[str, Any]:
     h = node.headroom or {}
     total = num(h.get("memory_total_bytes"))
     available = num(h.get("memory_available_bytes"))
@@ -52,7 +54,11 @@ def _node_figures(node: Node, counts: dict[str, int]) -> dict[str, Any]:
         "memory_total_bytes": total,
         "memory_used_bytes": max(0, total - available) if total else 0,
         "memory_available_bytes": available,
-        "tenant_memory_bytes": num(h.get("tenant_memory_bytes")),
+        # placement's sum of working sets where the node reports it, else ours
+        "tenant_memory_bytes": num(h.get("memory_measured_bytes"))
+        or num(h.get("tenant_memory_bytes")),
+        "memory_reserve_bytes": num(h.get("memory_reserve_bytes"))
+        or int(total * DEFAULT_RESERVE_FRACTION),
         "cpus": cpus,
         "load_1m": round(load, 2),
         "cpu_load": round(load / cpus, 3),
@@ -67,6 +73,11 @@ def _node_figures(node: Node, counts: dict[str, int]) -> dict[str, Any]:
         "monthly_cost": node.monthly_cost,
         "currency": node.currency or "USD",
         "last_heartbeat": node.last_heartbeat,
+        # placement's own answer, per template version: how many more it would place
+        "estimates": [
+            {k: e.get(k) for k in ("template", "version", "further_tenants", "limited_by")}
+            for e in estimates
+        ],
         "headroom": h,
     }
 
@@ -74,8 +85,9 @@ def _node_figures(node: Node, counts: dict[str, int]) -> dict[str, Any]:
 def _room(nodes: list[dict[str, Any]], tenants: int) -> dict[str, Any]:
     """How many more tenants fit at today's measured memory use per tenant.
 
-    Per node that takes tenants (up, not cordoned): its available memory less a
-    reserve, divided by the fleet's average use per running tenant. The average is
+    Per node that takes tenants (up, not cordoned): its available memory less its
+    host reserve (as the node reports it; else 10 %), divided by the fleet's average
+    use per running tenant. The average is
     the tenants' own cgroup memory where nodes report it, else (older agents) the
     node's used memory over its tenants, which also counts the host's own use and so
     errs low."""
@@ -99,8 +111,7 @@ def _room(nodes: list[dict[str, Any]], tenants: int) -> dict[str, Any]:
         for n in nodes:
             if n["state"] != "up":
                 continue
-            reserve = n["memory_total_bytes"] * DEFAULT_RESERVE_FRACTION
-            free = max(0.0, n["memory_available_bytes"] - reserve)
+            free = max(0.0, n["memory_available_bytes"] - n["memory_reserve_bytes"])
             more += math.floor(free / per_tenant)
     return {
         "more_tenants": more,
@@ -128,9 +139,17 @@ def _used(usage: dict[str, dict[str, Any]], node: str, cid: str, i: int) -> int 
 class FleetFigures:
     """Reads of the fleet for the dashboard and /metrics. Thread-safe."""
 
-    def __init__(self, store: Store, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        store: Store,
+        clock: Callable[[], float] = time.time,
+        estimates: Callable[[], dict[str, list[dict[str, Any]]]] | None = None,
+    ) -> None:
+        """`estimates` gives placement's per-node estimates of further tenants per
+        template version (`Fleet.list_nodes`), shown next to the measured figures."""
         self.store = store
         self.clock = clock
+        self.estimates = estimates
 
     def change_mark(self) -> int:
         """A number that moves whenever a tenant is added, removed or changes state, or
@@ -154,7 +173,10 @@ class FleetFigures:
         counts: dict[str, dict[str, int]] = defaultdict(dict)
         for node_name, state, count in rows:
             counts[node_name][state] = int(count)
-        figures = [_node_figures(n, counts.get(n.name, {})) for n in nodes]
+        estimates = self.estimates() if self.estimates else {}
+        figures = [
+            _node_figures(n, counts.get(n.name, {}), estimates.get(n.name, [])) for n in nodes
+        ]
         tenants = sum(sum(c.values()) for c in counts.values())
         running = sum(c.get("running", 0) for c in counts.values())
         bill, currency, complete = _bill(figures)

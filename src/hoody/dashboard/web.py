@@ -89,11 +89,14 @@ class Dashboard:
         live_poll: float = 0.1,
     ) -> None:
         self.fleet = fleet
-        self.figures = FleetFigures(fleet.store, fleet.clock)
+        self.figures = FleetFigures(fleet.store, fleet.clock, self._estimates)
         self.sessions = Sessions(fleet)
         self.live = LiveFeed(self.figures, poll=live_poll)
         self.registry = registry
         self.history_every = history_every
+
+    def _estimates(self) -> dict[str, list[dict[str, Any]]]:
+        return {n["name"]: n.get("estimates") or [] for n in self.fleet.list_nodes(_ADMIN)}
 
     async def _session(self, request: Request) -> Login | None:
         return await anyio.to_thread.run_sync(self.sessions.check, request.cookies.get(COOKIE))

@@ -70,9 +70,10 @@ def test_headline_bill_cost_per_tenant_and_room(world: World) -> None:
     for name, agent in world.agents.items():
         h = agent.headroom()
         running = h["running"]
-        h["tenant_memory_bytes"] = running * (8 << 20)
+        h["memory_measured_bytes"] = running * (8 << 20)
         h["memory_available_bytes"] = (4 << 30) - running * (8 << 20)
         h["memory_total_bytes"] = 4 << 30
+        h["memory_reserve_bytes"] = (4 << 30) // 10
         world.fleet.heartbeat(world.admin, name, h)
     world.fleet.set_cordon(world.admin, "n3", "cordoned")
     head = FleetFigures(world.store).summary()["headline"]
@@ -80,8 +81,8 @@ def test_headline_bill_cost_per_tenant_and_room(world: World) -> None:
     assert head["monthly_bill"] == 87 and head["currency"] == "USD" and head["bill_complete"]
     assert head["cost_per_tenant"] == 14.5
     assert head["memory_per_tenant_bytes"] == 8 << 20
-    # Two nodes take tenants (n3 is cordoned): each keeps 10% of 4 GiB in reserve.
-    per_node = int(((4 << 30) - 2 * (8 << 20) - 0.1 * (4 << 30)) // (8 << 20))
+    # Two nodes take tenants (n3 is cordoned): each keeps its reserve (10% of 4 GiB).
+    per_node = ((4 << 30) - 2 * (8 << 20) - (4 << 30) // 10) // (8 << 20)
     assert head["more_tenants"] == 2 * per_node
     assert "measured" in head["basis"]
 
@@ -123,7 +124,10 @@ def test_login_cookie_and_who_may_see_the_dashboard(world: World) -> None:
     ok = client.post("/login", data={"token": world.admin_token}, follow_redirects=False)
     cookie = ok.headers["set-cookie"]
     assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/" in cookie
-    assert client.get("/dashboard/api/summary").status_code == 200
+    summary = client.get("/dashboard/api/summary").json()
+    # Placement's own estimate of further tenants rides along with each node.
+    (estimate,) = summary["nodes"][0]["estimates"]
+    assert estimate["template"] == "demo" and estimate["further_tenants"] > 0
     page = client.get("/")
     assert (
         'name="csrf"' in page.text

@@ -125,7 +125,10 @@ function renderNodes(nodes) {
       el("div", { class: "kv" },
         el("span", { title: "/sys/kernel/mm/ksm/general_profit" }, "KSM profit ", el("b", {}, bytes(n.ksm_profit_bytes))),
         el("span", { title: "ksmd's CPU since the previous heartbeat, % of one CPU" }, "ksmd CPU ", el("b", {}, n.ksmd_cpu_percent.toFixed(1) + "%")),
-        el("span", {}, "tenants use ", el("b", {}, bytes(n.tenant_memory_bytes)))));
+        el("span", {}, "tenants use ", el("b", {}, bytes(n.tenant_memory_bytes)))),
+      el("div", { class: "kv", title: "what placement would still put here, per template version" },
+        ...(n.state === "up" ? n.estimates : []).slice(0, 3).map((e) =>
+          el("span", {}, "room ", el("b", {}, "+" + num(e.further_tenants)), " " + e.template + " v" + e.version + " (" + e.limited_by + ")"))));
   }));
 }
 
