@@ -285,10 +285,11 @@ def configure(
 
 
 def tenant_usage(node: Node) -> dict[str, list[int]]:
-    """Each tenant's measured [working set bytes (0 unless running), own disk bytes],
-    as `measure` finds them: what heartbeats send now and then for the dashboard's
-    tenant table."""
-    return {u.tid: [u.memory, u.disk] for u in measure(node)}
+    """Each tenant's measured [working set bytes, own disk bytes] from the node's
+    latest measuring round (the one headroom reports): what heartbeats send now and
+    then for the dashboard's tenant table."""
+    uses, _ = _meter(node).get(node)
+    return {u.tid: [u.memory, u.disk] for u in uses}
 
 
 def node_info(node: Node) -> dict[str, Any]:
