@@ -19,7 +19,7 @@ from sqlalchemy import Text, cast, func, or_, select, text
 from sqlalchemy.exc import IntegrityError
 
 from hoody.control.base import LIVE, check_text, num
-from hoody.control.db import Container, FleetSample, Node, Store
+from hoody.control.db import Container, FleetSample, Node, Store, Template
 from hoody.control.nodes import node_state
 from hoody.errors import InvalidInput
 
@@ -313,9 +313,9 @@ class FleetFigures:
                     .limit(per_page)
                 )
             )
-            templates = sorted(
-                t for t in s.scalars(select(Container.template).distinct()) if t is not None
-            )
+            # From the templates table: a DISTINCT over every container row costs a
+            # scan of 10,000 rows on each page of the table.
+            templates = list(s.scalars(select(Template.name).order_by(Template.name)))
             node_names = list(s.scalars(select(Node.name).order_by(Node.name)))
             usage: dict[str, dict[str, Any]] = {
                 name: blob or {}
