@@ -116,6 +116,7 @@ class UpInfo:
             "router": self.router_url,
             "api": f"{self.api_url}/api/v1",
             "docs": f"{self.api_url}/api/v1/docs",
+            "dashboard": f"{self.api_url}/",
             "agent": self.agent_url,
             "node": self.node,
             "project": self.project,
@@ -364,6 +365,7 @@ def _wait_joined(api_url: str, admin_token: str, node: str, timeout: float = 120
 def _print(info: UpInfo) -> None:
     console.print("[bold green]hoody is up[/]" + ("" if info.started else " (already running)"))
     console.print(f"  API     {info.api_url}/api/v1   docs: {info.api_url}/api/v1/docs")
+    console.print(f"  fleet   {info.api_url}/   (dashboard: sign in with the admin token)")
     console.print(f"  node    {info.node} at {info.agent_url}, joined")
     console.print(
         f"  router  tenants at http://<cid>.localhost:{DEFAULT_ROUTER.rpartition(':')[2]}/"
