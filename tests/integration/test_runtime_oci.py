@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -183,6 +184,10 @@ def test_tenant_root_is_an_unprivileged_host_uid(
     assert status_field(pid, "Seccomp") == "2"
     inside = runtime.exec("iso-uid", ["id", "-u"])
     assert inside.stdout.strip() == "0"
+    # Open files per process: set on the runtime (prlimit), inherited by run and exec.
+    limits = Path(f"/proc/{pid}/limits").read_text()
+    assert re.search(r"Max open files\s+1024\s+1024", limits), limits
+    assert runtime.exec("iso-uid", ["sh", "-c", "ulimit -n"]).stdout.strip() == "1024"
 
 
 def test_tenant_cannot_mount_or_nest_user_namespaces(

@@ -320,16 +320,33 @@ class Node:
         A new user namespace of the tenant's own (owner, range) serves the idmapped
         mount and the container; once the container joined it, nothing else holds it.
         """
+        tid = rec.id
+        # The network is made while the namespace and the mount are: each step mostly
+        # waits on the kernel or a subprocess. The undo waits for it, then detaches
+        # (harmless when it never attached).
+        attaching = self._steps.submit(self.network.attach, tid, rec.ip)
+
+        def detach() -> None:
+            attaching.exception()  # waits until the attach has finished either way
+            self.network.detach(tid)
+
+        undo.add(detach, "detach network")
         with self.runtime.user_namespace(self.ids(rec), rec.limits) as userns:
-            return self._bring_up_in(rec, undo, userns, start=start)
+            rootfs = self.storage.mount_tenant(tid, userns.fd)
+            netns = attaching.result()
+            return self._bring_up_in(rec, undo, userns, rootfs, netns, start=start)
 
     def _bring_up_in(
-        self, rec: TenantRecord, undo: Undo, userns: UserNamespace, *, start: bool
+        self,
+        rec: TenantRecord,
+        undo: Undo,
+        userns: UserNamespace,
+        rootfs: Path,
+        netns: Path,
+        *,
+        start: bool,
     ) -> TenantRecord:
         tid = rec.id
-        rootfs = self.storage.mount_tenant(tid, userns.fd)
-        netns = self.network.attach(tid, rec.ip)
-        undo.add(lambda: self.network.detach(tid), "detach network")
         undo.add(lambda: self.firewall.remove_tenant(tid), "remove firewall")
         pid = 0
         if not start:

@@ -24,7 +24,6 @@ import contextlib
 import ctypes
 import json
 import os
-import resource
 import shutil
 import signal
 import stat
@@ -116,18 +115,6 @@ def _merge_memory() -> None:
         raise OSError(errno, f"prctl(PR_SET_MEMORY_MERGE): {os.strerror(errno)}")
 
 
-def _tenant_rlimits() -> None:
-    """preexec_fn of every runtime call that starts tenant processes: they inherit
-    these. Set here because the runtime cannot set rlimits inside a namespace that
-    host root does not own (see userns.py)."""
-    resource.setrlimit(resource.RLIMIT_NOFILE, (userns_mod.NOFILE, userns_mod.NOFILE))
-
-
-def _tenant_rlimits_merged() -> None:
-    _tenant_rlimits()
-    _merge_memory()
-
-
 def _memory_merge_works() -> bool:
     """Probe PR_SET_MEMORY_MERGE in a throwaway child, never in the agent itself."""
     try:
@@ -195,6 +182,15 @@ class OciRuntime:
                 "`nsenter` is not installed; run `make setup` or `apt-get install util-linux`"
             )
         self.nsenter = nsenter
+        prlimit = shutil.which("prlimit")
+        if prlimit is None:
+            raise MissingDependency(
+                "`prlimit` is not installed; run `make setup` or `apt-get install util-linux`"
+            )
+        # Tenant processes inherit the runtime's rlimits: it cannot set them in a
+        # namespace host root does not own (see userns.py). prlimit in the argv rather
+        # than a preexec_fn, so the agent is not forked (vfork + exec is cheaper).
+        self._limits = [prlimit, f"--nofile={userns_mod.NOFILE}:{userns_mod.NOFILE}", "--"]
         self._init_cache: dict[Path, tuple[tuple[int, int, int], tuple[int, int]]] = {}
         self.lxcfs = lxcfs
         self.host = HostParts(
@@ -280,6 +276,7 @@ class OciRuntime:
         argv = [
             self.nsenter,
             f"--net={spec.netns}",
+            *self._limits,
             *self._cli("--log", str(runtime_log), "--log-format", "json"),
             "run",
             "--detach",
@@ -295,7 +292,7 @@ class OciRuntime:
             stdout=log_fd,
             stderr=log_fd,
             close_fds=True,
-            preexec_fn=_tenant_rlimits_merged if spec.ksm else _tenant_rlimits,
+            preexec_fn=_merge_memory if spec.ksm else None,
         )
         try:
             code = proc.wait(child, _RUNTIME_TIMEOUT)
@@ -419,11 +416,12 @@ class OciRuntime:
         cmd = [
             self.nsenter,
             f"--net=/proc/{current.pid}/ns/net",
+            *self._limits,
             *self._cli("exec", "--user", "0:0", "--pid-file", str(pid_file), tid),
             *argv,
         ]
         try:
-            result = proc.run(cmd, check=False, timeout=timeout, preexec_fn=_tenant_rlimits)
+            result = proc.run(cmd, check=False, timeout=timeout)
         except HostError as exc:
             # proc.run killed the runtime; the command it started lives on in the
             # tenant unless we kill it too.
