@@ -8,9 +8,11 @@ from empty tables.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import secrets
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,6 +113,9 @@ def make_world(
     clock: Any = None,
 ) -> World:
     nodes = nodes if nodes is not None else {"n1": {}, "n2": {}}
+    settings = settings or Settings()
+    if settings.state_dir is None:  # Exec keeps its key there
+        settings = dataclasses.replace(settings, state_dir=Path(tempfile.mkdtemp(prefix="hw-")))
     agents = {
         name: FakeAgent(name, subnet=i + 1, **kw) for i, (name, kw) in enumerate(nodes.items())
     }

@@ -76,6 +76,7 @@ def serve_control_plane(
             strategy=strategy,  # type: ignore[arg-type]
             public_domain=domain,
             router_url=router_url,
+            state_dir=state_dir,
         ),
     )
     admin = fleet.bootstrap_admin(os.environ.get("HOODY_ADMIN_TOKEN"))

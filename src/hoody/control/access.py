@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import select
@@ -14,6 +15,7 @@ from hoody.control.base import FleetBase, check_int, check_text
 from hoody.control.db import Project, Token
 from hoody.errors import Conflict, InvalidInput, NotFound
 from hoody.errors import Unauthorized as UnauthorizedError
+from hoody.exec.tokens import PREFIX as EXEC_TOKEN
 
 __all__ = ["JOIN_TTL", "JOIN_TTL_MAX", "Access"]
 
@@ -22,8 +24,14 @@ JOIN_TTL_MAX = 30 * 86_400
 
 
 class Access(FleetBase):
+    # hoody.exec.scripts.Scripts: the project an Exec invocation token acts in.
+    invocation_project: Callable[[str], int]
+
     def authenticate(self, header: str | None) -> Principal:
-        """The caller behind an `Authorization` header; Unauthorized if none matches."""
+        """The caller behind an `Authorization` header; Unauthorized if none matches.
+        An Exec invocation token (`hdx_…`) acts in its script's project."""
+        if header and header.partition(" ")[2].strip().startswith(EXEC_TOKEN):
+            return Principal("project", self.invocation_project(header.partition(" ")[2].strip()))
         prefix, token = auth.parse_token(header)
         with self.store.read() as s:
             row = s.scalar(select(Token).where(Token.prefix == prefix))

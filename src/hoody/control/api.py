@@ -39,6 +39,8 @@ from hoody.dashboard.metrics import ApiMetrics
 from hoody.dashboard.metrics import registry as metrics_registry
 from hoody.dashboard.web import Dashboard
 from hoody.errors import Exhausted, HoodyError, InvalidInput, NotFound
+from hoody.exec import api as exec_api
+from hoody.exec.gateway import Gateway
 
 __all__ = ["ENDPOINTS", "create_app", "openapi"]
 
@@ -635,6 +637,9 @@ ENDPOINTS: tuple[Endpoint, ...] = (
 )
 
 
+ENDPOINTS += exec_api.endpoints()
+
+
 def _error(exc: HoodyError) -> JSONResponse:
     return JSONResponse(exc.to_json(), status_code=exc.status)
 
@@ -841,6 +846,7 @@ def create_app(
     figures = FleetFigures(fleet.store, fleet.clock)
     registry, api_metrics = metrics_registry(figures, registry)
     dashboard = Dashboard(fleet, registry, history_every=history_every)
+    gateway = Gateway(fleet)  # /exec/<project>/<name>: Exec scripts, on this port
 
     async def spec_endpoint(request: Request) -> Response:
         return JSONResponse(spec)
@@ -873,6 +879,7 @@ def create_app(
             for task in tasks:
                 task.cancel()
             dashboard.live.stop()
+            await gateway.aclose()
 
     async def http_error(request: Request, exc: Exception) -> Response:
         status = exc.status_code if isinstance(exc, HTTPException) else 500
@@ -890,6 +897,7 @@ def create_app(
             Route(PREFIX + ep.path, _endpoint(fleet, ep, api_metrics), methods=[ep.method])
             for ep in ENDPOINTS
         ),
+        *gateway.routes(),
         *dashboard.routes(),
     ]
     return Starlette(

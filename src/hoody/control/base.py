@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
@@ -83,6 +84,9 @@ class Settings:
     replication_stale: float = 60.0
     # After a failed transfer, wait this long before trying that node again.
     replication_retry: float = 15.0
+    # The control plane's state dir: Exec keeps its key (secrets, invocation tokens)
+    # there. None: no Exec (tests of other areas).
+    state_dir: Path | None = None
 
 
 def check_text(value: str, what: str, max_len: int = 200) -> str:

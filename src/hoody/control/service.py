@@ -9,6 +9,7 @@ class per area, each in its own module over the shared state of `FleetBase`:
     containers.py    copy (idempotency, placement), list, get, start, stop, delete
     replication.py   template versions streamed from node to node (btrfs send/receive)
     claims.py        container claims, tenant sessions, the router's route table
+    exec/scripts.py  Exec scripts, their invocations, per-project limits and secrets
     base.py          settings, agent clients, shared lookups, operations
 
 Every method validates its input (InvalidInput names the fix), checks the caller's
@@ -40,11 +41,12 @@ from hoody.control.containers import Containers, Reservation
 from hoody.control.nodes import Nodes
 from hoody.control.replication import Replication
 from hoody.control.templates import Templates
+from hoody.exec.scripts import Scripts
 
 __all__ = ["AgentFactory", "Fleet", "Reservation", "Settings"]
 
 
-class Fleet(Access, Nodes, Templates, Containers, Replication, Claims):
+class Fleet(Access, Nodes, Templates, Containers, Replication, Claims, Scripts):
     """The control plane's services over one Store. Thread-safe: share one per process.
 
     Fleet(store, agents=None, settings=None, clock=time.time): `agents` makes agent

@@ -1,0 +1,141 @@
+// The bootstrap of one hoody Exec worker: a Deno process that loads one script and
+// serves its `fetch` handler on a unix socket, one invocation after another.
+//
+//   deno run … runtime.ts <socket path> <script file URL> <display name>
+//
+// The supervisor (hoody/exec/worker.py) sends each invocation as an HTTP request on
+// the socket, with `x-hoody-invocation: <JSON {url, env}>`; the script sees the
+// customer's request (its URL, method, headers, body) and that env. Then
+// `GET /_hoody/settle` waits for ctx.waitUntil work and returns the console output of
+// the invocation, so the next invocation starts clean.
+//
+// Lines on stdout are for the supervisor alone: "ready" once listening, or one JSON
+// object {"load_error": …} when the script cannot be loaded. The script's own console
+// output is captured, never written to stdout.
+
+const [socketPath, scriptUrl, displayName] = Deno.args;
+const MAX_LOG = 64 * 1024;
+
+let logs: string[] = [];
+let logBytes = 0;
+let truncated = false;
+
+function record(level: string, args: unknown[]): void {
+  const text = args
+    .map((a) => (typeof a === "string" ? a : Deno.inspect(a, { depth: 4, colors: false })))
+    .join(" ");
+  const line = level === "log" ? text : `${level}: ${text}`;
+  if (logBytes + line.length > MAX_LOG) {
+    truncated = true;
+    return;
+  }
+  logBytes += line.length;
+  logs.push(line);
+}
+
+for (const level of ["log", "info", "warn", "error", "debug", "trace"] as const) {
+  // deno-lint-ignore no-explicit-any
+  (console as any)[level] = (...args: unknown[]) => record(level, args);
+}
+
+globalThis.addEventListener("unhandledrejection", (event) => {
+  event.preventDefault();
+  record("error", ["unhandled rejection:", event.reason]);
+});
+
+const encoder = new TextEncoder();
+function tell(line: string): void {
+  Deno.stdout.writeSync(encoder.encode(line + "\n"));
+}
+
+function where(err: unknown): string {
+  // "…could not be parsed: Expected ';', got 'x' at file:///…/signup.ts:3:7" → keep the
+  // message, but name the script the way its author knows it.
+  const text = err instanceof Error ? err.message : String(err);
+  return text.split(scriptUrl).join(displayName);
+}
+
+type Handler = {
+  fetch: (request: Request, env: Record<string, string>, ctx: unknown) => unknown;
+};
+
+let handler: Handler;
+try {
+  const mod = await import(scriptUrl);
+  handler = mod.default;
+  if (handler === null || typeof handler !== "object" || typeof handler.fetch !== "function") {
+    throw new Error(
+      `${displayName} has no handler; export one: ` +
+        "export default { async fetch(request, env, ctx) { return new Response(\"hi\") } }",
+    );
+  }
+} catch (err) {
+  tell(JSON.stringify({ load_error: where(err), name: err instanceof Error ? err.name : "Error" }));
+  Deno.exit(3);
+}
+
+let pending: Promise<unknown>[] = [];
+
+function failure(kind: string, message: string): Response {
+  return new Response(JSON.stringify({ error: { code: `script_${kind}`, message } }), {
+    status: 500,
+    headers: { "content-type": "application/json", "x-hoody-error": kind },
+  });
+}
+
+async function invoke(req: Request): Promise<Response> {
+  const raw = req.headers.get("x-hoody-invocation");
+  if (raw === null) return failure("bad_invocation", "no x-hoody-invocation header");
+  const meta = JSON.parse(raw) as { url: string; env: Record<string, string> };
+  const headers = new Headers(req.headers);
+  headers.delete("x-hoody-invocation");
+  const hasBody = req.method !== "GET" && req.method !== "HEAD";
+  const request = new Request(meta.url, {
+    method: req.method,
+    headers,
+    body: hasBody ? await req.arrayBuffer() : undefined,
+  });
+  const ctx = {
+    waitUntil(p: unknown) {
+      pending.push(Promise.resolve(p).catch((e) => record("error", ["waitUntil failed:", e])));
+    },
+    passThroughOnException() {},
+  };
+  try {
+    const res = await handler.fetch(request, Object.freeze({ ...meta.env }), ctx);
+    if (!(res instanceof Response)) {
+      record("error", [`fetch returned ${Deno.inspect(res)}, not a Response`]);
+      return failure("bad_response", `${displayName} returned something that is not a Response`);
+    }
+    return res;
+  } catch (err) {
+    record("error", ["uncaught", err]);
+    const what = err instanceof Error ? err.name : "an exception";
+    return failure("threw", `${displayName} threw ${what}; \`hoody scripts logs\` shows where`);
+  }
+}
+
+Deno.serve(
+  {
+    path: socketPath,
+    onListen() {
+      tell("ready");
+    },
+    onError(err) {
+      record("error", ["hoody runtime:", err]);
+      return failure("runtime", "the worker could not handle the request");
+    },
+  },
+  async (req) => {
+    if (new URL(req.url).pathname === "/_hoody/settle") {
+      await Promise.allSettled(pending);
+      pending = [];
+      const out = { console: logs, truncated };
+      logs = [];
+      logBytes = 0;
+      truncated = false;
+      return Response.json(out);
+    }
+    return await invoke(req);
+  },
+);

@@ -1,0 +1,212 @@
+"""Warm workers per (project, script version), and the lifecycle of an invocation.
+
+A key is (project, script, version, limits, network permissions): a new version, new
+limits or new allowed hosts get fresh workers, and projects never share one. Each
+worker serves one invocation at a time; up to `limits.workers` run side by side per
+key, so one looping invocation never holds up the next request to the same script.
+After an invocation its worker settles (ctx.waitUntil work, console output) before it
+serves again; a worker that broke a limit or died is closed and the next request
+starts a new one. Idle workers are closed after `idle_ttl`, and old versions' idle
+workers as soon as a newer version is used.
+
+All of it runs on one event loop (the control plane's), so no locks beyond asyncio's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from hoody.exec.limits import Limits
+from hoody.exec.sandbox import Sandbox, ScriptFiles
+from hoody.exec.worker import Outcome, ScriptFailed, Worker, failure_outcome
+
+__all__ = ["Key", "Pool"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Key:
+    project: int
+    name: str
+    version: int
+    limits: Limits
+    net: tuple[str, ...]
+
+
+class Pool:
+    def __init__(self, sandbox: Sandbox, *, idle_ttl: float = 300.0) -> None:
+        self.sandbox = sandbox
+        self.idle_ttl = idle_ttl
+        self._idle: dict[Key, list[Worker]] = {}
+        self._busy: dict[Key, int] = {}
+        self._freed: dict[Key, asyncio.Condition] = {}
+        self._load_errors: dict[tuple[int, str, int], ScriptFailed] = {}
+        self._ids = itertools.count(1)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._reaper: asyncio.Task[None] | None = None
+        self.started = 0  # workers spawned, for tests and the benchmark
+        self._workers: set[Worker] = set()  # every live worker, busy or idle
+
+    async def invoke(
+        self,
+        key: Key,
+        files: Callable[[], Awaitable[ScriptFiles]],
+        method: str,
+        url: str,
+        headers: list[tuple[str, str]],
+        body: bytes,
+        env: dict[str, str],
+        done: Callable[[Outcome], Awaitable[None]],
+    ) -> Outcome:
+        """Run one invocation on a warm worker (started if needed). Returns as soon as
+        the script answered; `done(outcome)` is awaited later, with the console output,
+        once the worker has settled."""
+        if self._reaper is None:
+            self._reaper = asyncio.create_task(self._reap())
+        loaded = self._load_errors.get((key.project, key.name, key.version))
+        if loaded is not None:
+            out = failure_outcome(loaded)
+            self._spawn(done(out))
+            return out
+        start = time.monotonic()
+        try:
+            worker, cold = await self._acquire(key, files)
+        except ScriptFailed as exc:
+            out = failure_outcome(exc)
+            out.duration_ms = (time.monotonic() - start) * 1000
+            out.cold = True
+            self._spawn(done(out))
+            return out
+        out = await worker.invoke(method, url, headers, body, env)
+        out.cold = cold
+        out.duration_ms = (time.monotonic() - start) * 1000
+        self._spawn(self._finish(key, worker, out, done))
+        return out
+
+    async def _finish(
+        self, key: Key, worker: Worker, out: Outcome, done: Callable[[Outcome], Awaitable[None]]
+    ) -> None:
+        try:
+            out.console = await worker.settle(timeout=key.limits.wall_ms / 1000)
+            if worker.broken:
+                tail = worker.stderr_tail()
+                if tail and out.outcome != "ok":
+                    out.console.append(f"[worker stderr] {tail[-1000:]}")
+        finally:
+            await self._release(key, worker)
+        await done(out)
+
+    async def _acquire(
+        self, key: Key, files: Callable[[], Awaitable[ScriptFiles]]
+    ) -> tuple[Worker, bool]:
+        freed = self._freed.setdefault(key, asyncio.Condition())
+        async with freed:
+            while True:
+                idle = self._idle.get(key)
+                if idle:
+                    worker = idle.pop()
+                    self._busy[key] = self._busy.get(key, 0) + 1
+                    return worker, False
+                if self._count(key) < key.limits.workers:
+                    self._busy[key] = self._busy.get(key, 0) + 1
+                    break
+                await freed.wait()
+        self._retire_older(key)
+        try:
+            worker = Worker(
+                self.sandbox,
+                await files(),
+                key.project,
+                key.limits,
+                list(key.net),
+                f"w{os.getpid()}-{next(self._ids)}",
+            )
+            self.started += 1
+            self._workers.add(worker)
+            try:
+                await worker.start()
+            except BaseException:
+                await self._close(worker)
+                raise
+        except ScriptFailed as exc:
+            if exc.outcome == "load_error":
+                self._load_errors[(key.project, key.name, key.version)] = exc
+            await self._release(key, None)
+            raise
+        except BaseException:
+            await self._release(key, None)
+            raise
+        return worker, True
+
+    def _count(self, key: Key) -> int:
+        return self._busy.get(key, 0) + len(self._idle.get(key, []))
+
+    async def _release(self, key: Key, worker: Worker | None) -> None:
+        if worker is not None:
+            if worker.broken:
+                await self._close(worker)
+            else:
+                worker.idle_since = time.monotonic()
+                self._idle.setdefault(key, []).append(worker)
+        freed = self._freed[key]
+        async with freed:
+            self._busy[key] -= 1
+            freed.notify()
+
+    def _retire_older(self, key: Key) -> None:
+        """Close idle workers of this script's other versions and settings."""
+        for other in list(self._idle):
+            if other != key and (other.project, other.name) == (key.project, key.name):
+                for worker in self._idle.pop(other):
+                    self._spawn(self._close(worker))
+
+    async def _reap(self) -> None:
+        while True:
+            await asyncio.sleep(min(10.0, self.idle_ttl))
+            now = time.monotonic()
+            for _key, idle in list(self._idle.items()):
+                for worker in [w for w in idle if now - w.idle_since > self.idle_ttl]:
+                    idle.remove(worker)
+                    self._spawn(self._close(worker))
+
+    async def _close(self, worker: Worker) -> None:
+        self._workers.discard(worker)
+        await worker.close()
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        async def run() -> None:
+            try:
+                await coro
+            except Exception:
+                log.exception("exec background work failed")
+
+        task = asyncio.ensure_future(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def forget(self, project: int, name: str) -> None:
+        """A script was deleted or redeployed: close its idle workers now."""
+        for key in list(self._idle):
+            if (key.project, key.name) == (project, name):
+                for worker in self._idle.pop(key):
+                    self._spawn(self._close(worker))
+
+    async def aclose(self) -> None:
+        """Close every worker, wait for background work, remove the sandbox."""
+        if self._reaper is not None:
+            self._reaper.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(task, 10)
+        self._idle.clear()
+        for worker in list(self._workers):
+            await self._close(worker)
+        await asyncio.to_thread(self.sandbox.remove)
