@@ -91,3 +91,16 @@ def dashboard(
     from hoody.bench.dashboard import bench_dashboard
 
     typer.echo(json.dumps(bench_dashboard(tenants, pages, updates), indent=2))
+
+
+@app.command("exec")
+def exec_(
+    warm: Annotated[int, typer.Option(help="Warm invocations to time.")] = 300,
+    cold: Annotated[int, typer.Option(help="Cold invocations (new worker) to time.")] = 30,
+    signups: Annotated[int, typer.Option(help="Whole signups to time (0: skip).")] = 10,
+    as_json: JsonOpt = True,
+) -> None:
+    """Exec: warm and cold invocation, and signed webhook → tenant page (p50/p99 ms)."""
+    from hoody.bench.exec import bench_exec
+
+    typer.echo(json.dumps(bench_exec(warm, cold, signups), indent=2))

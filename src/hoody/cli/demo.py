@@ -1,8 +1,11 @@
-"""`make demo`: `hoody up` on this machine, the demo-app template, and three tenants
-made through the control plane API, as a customer's signup would make them."""
+"""`make demo`: `hoody up` on this machine, the demo-app template, three tenants made
+through the control plane API, and the Stripe signup example deployed as an Exec
+script, with a ready `curl` that sends it a signed test event."""
 
 from __future__ import annotations
 
+import os
+import secrets
 import time
 from pathlib import Path
 
@@ -18,6 +21,37 @@ from hoody.errors import HostError
 __all__ = ["run_demo"]
 
 DEMO_TENANTS = 3
+EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "stripe-signup" / "signup.ts"
+
+
+def _demo_secret(state_dir: Path) -> str:
+    """The demo's Stripe webhook secret: made once, kept (0600) for later runs."""
+    path = state_dir / "control" / "demo-stripe-webhook.secret"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    secret = "whsec_demo_" + secrets.token_hex(16)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secret + "\n")
+    return secret
+
+
+def signed_event_curl(url: str, secret: str, customer: str = "cus_demo") -> str:
+    """A shell command that signs a checkout.session.completed event as Stripe does
+    (at the moment it runs, so it never goes stale) and POSTs it to `url`."""
+    body = (
+        '{"id":"evt_demo_\'$(date +%s%N)\'","object":"event",'
+        '"type":"checkout.session.completed",'
+        f'"data":{{"object":{{"object":"checkout.session","customer":"{customer}"}}}}}}'
+    )
+    hmac = f"openssl dgst -sha256 -hmac '{secret}' | sed 's/^.*= //'"
+    return (
+        f"body='{body}'; t=$(date +%s); "
+        f"""sig=$(printf '%s' "$t.$body" | {hmac}); """
+        f"""curl -s -X POST {url} -H "Stripe-Signature: t=$t,v1=$sig" -d "$body"; echo"""
+    )
 
 
 def _wait_for_template(client: Client, name: str, timeout: float = 30) -> None:
@@ -63,6 +97,12 @@ def run_demo(
                 tenants.append(client.copy(DEMO_NAME, metadata={"made_by": "make demo"}))
         # What a SaaS app does after signup: mint a claim and redirect the customer.
         links = {t["id"]: client.authorize(t["id"])["url"] for t in tenants}
+        # The same, as a billing webhook: the shipped Stripe example as an Exec script.
+        secret = _demo_secret(state_dir)
+        client.deploy_script(info.project, "signup", EXAMPLE.read_text())
+        client.set_secret(info.project, "STRIPE_WEBHOOK_SECRET", secret)
+        client.set_secret(info.project, "HOODY_TEMPLATE", DEMO_NAME)
+    webhook = f"{info.api_url}/exec/{info.project}/signup"
     console.print()
     console.print(f"[bold green]hoody is running[/] with {len(tenants)} demo-app tenants:")
     for t in tenants:
@@ -76,4 +116,13 @@ def run_demo(
     console.print("        .venv/bin/hoody ls  |  hoody nodes  |  hoody templates")
     console.print(f"        .venv/bin/hoody claims authorize {tenants[0]['id']}   (a new link)")
     console.print(f"        .venv/bin/hoody node exec {tenants[0]['id']} -- cat /etc/hostname")
+    console.print()
+    console.print(
+        f"[bold]Exec:[/] examples/stripe-signup/signup.ts answers at {webhook}; "
+        "send it a signed Stripe checkout event (a new tenant and its claim link come back):"
+    )
+    console.print(f"  {signed_event_curl(webhook, secret)}", soft_wrap=True, highlight=False)
+    console.print(
+        f"        .venv/bin/hoody scripts logs {info.project}/signup   (every invocation)"
+    )
     console.print("Stop:   .venv/bin/hoody down   (tenants keep running; `hoody up -d` resumes)")

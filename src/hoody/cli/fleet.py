@@ -51,6 +51,7 @@ def serve_control_plane(
     strategy: str = "spread",
     domain: str | None = None,
     router_url: str | None = None,
+    scripts_dir: Path | None = None,
 ) -> tuple[Fleet, str | None]:
     """Open the store (migrating it) and make sure an admin token exists.
 
@@ -77,6 +78,7 @@ def serve_control_plane(
             public_domain=domain,
             router_url=router_url,
             state_dir=state_dir,
+            scripts_dir=scripts_dir,
         ),
     )
     admin = fleet.bootstrap_admin(os.environ.get("HOODY_ADMIN_TOKEN"))

@@ -7,6 +7,8 @@
     hoody server                                 the control plane alone
     hoody node init|serve|info                   this server as a node
     hoody node copy|ls|exec|logs|template …      this node's own tenants and templates
+    hoody scripts deploy|ls|show|rm|logs|check   Exec scripts at /exec/<project>/<name>
+    hoody secrets set|ls|rm                      their project's secrets
     hoody bench …                                benchmarks (JSON)
 
 Fleet commands go through the control plane with `hoody.Client`; `hoody node …`
@@ -23,7 +25,7 @@ from typing import Any
 import typer
 from rich.console import Console
 
-from hoody.cli import bench, containers, fleet, node, router, up
+from hoody.cli import bench, containers, fleet, node, router, scripts, up
 from hoody.cli.common import console
 from hoody.errors import HoodyError
 from hoody.private import set_umask
@@ -42,6 +44,7 @@ containers.register(app)
 fleet.register(app, bench.app)
 up.register(app)
 router.register(app)
+scripts.register(app)
 
 
 @app.command()

@@ -75,6 +75,7 @@ class Stack:
     node: Node | None = None  # when the agent runs in this process
     running: list[Component] = field(default_factory=list)
     router_listen: str = DEFAULT_ROUTER
+    scripts_dir: Path | None = None  # served as Exec scripts, watched (--scripts)
 
     @property
     def router_url(self) -> str:
@@ -176,7 +177,9 @@ def control_plane(stack: Stack) -> Component | None:
     from hoody.cli.fleet import serve_control_plane
     from hoody.control.api import create_app
 
-    fleet, minted = serve_control_plane(stack.control_dir, router_url=stack.router_url)
+    fleet, minted = serve_control_plane(
+        stack.control_dir, router_url=stack.router_url, scripts_dir=stack.scripts_dir
+    )
     stack.fleet = fleet
     stack.admin_token = minted or _admin_token(admin_file)
     component = _serve(create_app(fleet), stack.api_listen, "control plane")
@@ -322,11 +325,16 @@ def _login(stack: Stack) -> int:
 
 
 def start(
-    state_dir: Path, api_listen: str, size: str, router_listen: str = DEFAULT_ROUTER
+    state_dir: Path,
+    api_listen: str,
+    size: str,
+    router_listen: str = DEFAULT_ROUTER,
+    scripts_dir: Path | None = None,
 ) -> Stack:
     """Start every component not already running; on failure stop what was started."""
     stack = Stack(state_dir, api_listen, _node_config(state_dir, size))
     stack.router_listen = router_listen
+    stack.scripts_dir = scripts_dir
     try:
         for make in COMPONENTS:
             component = make(stack)
@@ -380,10 +388,11 @@ def run_up(
     size: str,
     as_json: bool,
     router_listen: str = DEFAULT_ROUTER,
+    scripts_dir: Path | None = None,
 ) -> None:
     """Foreground: start, report, serve until SIGINT/SIGTERM, stop."""
     if _is_up(state_dir, f"http://{api_listen}"):
-        _report(ensure_up(state_dir, api_listen, size, router_listen), as_json)
+        _report(ensure_up(state_dir, api_listen, size, router_listen, scripts_dir), as_json)
         return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per heartbeat otherwise
@@ -391,7 +400,7 @@ def run_up(
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())
-    stack = start(state_dir, api_listen, size, router_listen)
+    stack = start(state_dir, api_listen, size, router_listen, scripts_dir)
     try:
         _wait_joined(stack.api_url, stack.admin_token, stack.config.name)
         info = UpInfo(
@@ -422,6 +431,7 @@ def ensure_up(
     api_listen: str = DEFAULT_API,
     size: str = "20G",
     router_listen: str = DEFAULT_ROUTER,
+    scripts_dir: Path | None = None,
 ) -> UpInfo:
     """A running `hoody up` for `state_dir`: the one already running, else a new one in
     the background (its own session, log in <state_dir>/up.log). Returns once the
@@ -434,6 +444,8 @@ def ensure_up(
         argv = [sys.executable, "-c", "from hoody.cli.main import main; main()"]
         argv += ["up", "--state-dir", str(state_dir), "--api", api_listen, "--size", size]
         argv += ["--router", router_listen]
+        if scripts_dir is not None:
+            argv += ["--scripts", str(scripts_dir.resolve())]
         with logfile.open("ab") as out:
             child = subprocess.Popen(
                 argv,
@@ -531,17 +543,29 @@ def up(
         str, typer.Option("--router", help="HOST:PORT of the tenant router.")
     ] = DEFAULT_ROUTER,
     size: Annotated[str, typer.Option(help="Size of a new loop-file btrfs pool.")] = "20G",
+    scripts: Annotated[
+        Path | None,
+        typer.Option(
+            "--scripts",
+            help="A folder of <project>/<name>.ts served at /exec/<project>/<name>; "
+            "an edit takes effect on the next request.",
+        ),
+    ] = None,
     detach: Annotated[
         bool, typer.Option("--detach", "-d", help="Run in the background; return when ready.")
     ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Start the control plane, this server as a node joined to it, and the tenant
-    router, in one process."""
+    """Start the control plane (with Exec at /exec/<project>/<name>), this server as a
+    node joined to it, and the tenant router, in one process."""
+    if scripts is not None and not scripts.is_dir():
+        raise InvalidInput(
+            f"--scripts {scripts} is not a folder; lay it out as <project>/<name>.ts"
+        )
     if detach:
-        _report(ensure_up(state_dir, api, size, router_listen), as_json)
+        _report(ensure_up(state_dir, api, size, router_listen, scripts), as_json)
         return
-    run_up(state_dir, api, size, as_json, router_listen)
+    run_up(state_dir, api, size, as_json, router_listen, scripts)
 
 
 def down_command(

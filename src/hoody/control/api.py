@@ -873,6 +873,8 @@ def create_app(
             if monitor
             else []
         )
+        if gateway.folder is not None:
+            tasks.append(asyncio.create_task(gateway.watch()))
         try:
             yield
         finally:

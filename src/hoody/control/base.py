@@ -87,6 +87,9 @@ class Settings:
     # The control plane's state dir: Exec keeps its key (secrets, invocation tokens)
     # there. None: no Exec (tests of other areas).
     state_dir: Path | None = None
+    # A local folder of <project>/<name>.ts served as Exec scripts (`hoody up
+    # --scripts`): an edit takes effect on the next request.
+    scripts_dir: Path | None = None
 
 
 def check_text(value: str, what: str, max_len: int = 200) -> str:

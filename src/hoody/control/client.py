@@ -365,3 +365,59 @@ class Client:
     def whoami(self) -> dict[str, Any]:
         result: dict[str, Any] = self._req("GET", "/whoami")
         return result
+
+    # exec: scripts, their logs, per-project limits and secrets
+
+    def deploy_script(self, project: int, name: str, source: str) -> dict[str, Any]:
+        """Upload `source` as the newest version of script `name` (unchanged: no new one)."""
+        result: dict[str, Any] = self._req(
+            "PUT", f"/scripts/{project}/{name}", json={"source": source}
+        )
+        return result
+
+    def scripts(self, project: int) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self._req("GET", f"/scripts/{project}")
+        return result
+
+    def script(self, project: int, name: str, version: int | None = None) -> dict[str, Any]:
+        params = {"version": version} if version is not None else {}
+        result: dict[str, Any] = self._req("GET", f"/scripts/{project}/{name}", params=params)
+        return result
+
+    def delete_script(self, project: int, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._req("DELETE", f"/scripts/{project}/{name}")
+        return result
+
+    def script_logs(self, project: int, name: str, limit: int = 50) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self._req(
+            "GET", f"/scripts/{project}/{name}/logs", params={"limit": limit}
+        )
+        return result
+
+    def exec_settings(
+        self,
+        project: int,
+        limits: dict[str, int] | None = None,
+        allowed_hosts: list[str] | None = None,
+    ) -> dict[str, Any]:
+        """A project's Exec limits and allowed hosts; changed when either is given."""
+        if limits is None and allowed_hosts is None:
+            result: dict[str, Any] = self._req("GET", f"/projects/{project}/exec")
+        else:
+            body = _clean({"limits": limits, "allowed_hosts": allowed_hosts})
+            result = self._req("PUT", f"/projects/{project}/exec", json=body)
+        return result
+
+    def set_secret(self, project: int, name: str, value: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._req(
+            "PUT", f"/projects/{project}/secrets/{name}", json={"value": value}
+        )
+        return result
+
+    def secrets(self, project: int) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self._req("GET", f"/projects/{project}/secrets")
+        return result
+
+    def delete_secret(self, project: int, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._req("DELETE", f"/projects/{project}/secrets/{name}")
+        return result

@@ -10,6 +10,7 @@ in (e.g. by a signature).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import secrets
@@ -24,6 +25,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from hoody.errors import HoodyError, InvalidInput, NotFound
+from hoody.exec.folder import ScriptFolder
 from hoody.exec.pool import Key, Pool
 from hoody.exec.sandbox import Sandbox, ScriptFiles, check_root
 from hoody.exec.worker import Outcome
@@ -49,6 +51,8 @@ class Gateway:
         self.fleet = fleet
         self._root = root
         self._pool: Pool | None = None
+        folder = fleet.settings.scripts_dir
+        self.folder = ScriptFolder(fleet, folder) if folder is not None else None
 
     @property
     def pool(self) -> Pool:
@@ -66,6 +70,15 @@ class Gateway:
             Route("/exec/{project}/{name}/{rest:path}", self.handle, methods=METHODS),
         ]
 
+    async def watch(self, every: float = 1.0) -> None:
+        """Keep the scripts folder deployed (new and removed files), until cancelled."""
+        while self.folder is not None:
+            try:
+                await anyio.to_thread.run_sync(self.folder.sync_all)
+            except Exception:
+                log.exception("syncing %s failed", self.folder.root)
+            await asyncio.sleep(every)
+
     async def aclose(self) -> None:
         if self._pool is not None:
             await self._pool.aclose()
@@ -79,7 +92,11 @@ class Gateway:
                     f"no script at {request.url.path}; URLs are /exec/<project id>/<name>"
                 )
             project, name = int(raw), str(request.path_params["name"])
-            script = await anyio.to_thread.run_sync(self.fleet.resolve, project, name)
+            if self.folder is not None:
+                await anyio.to_thread.run_sync(self.folder.sync_one, project, name)
+            script = self.fleet.cached(project, name)
+            if script is None:
+                script = await anyio.to_thread.run_sync(self.fleet.resolve, project, name)
             body = await _read_body(request, script.limits.request_bytes)
             api = _api_url(request)
             pool = self.pool

@@ -12,7 +12,7 @@ so one project's workers cannot read another's files or sockets. A worker starts
 a new session (its own process group), in its own memory and cpuacct cgroups, with
 no supplementary groups and no_new_privs. Deno gets only: net to the hoody API and
 the project's allowed hosts (allow-lists: a deny-list was bypassed through 0.0.0.0),
-read of its own script folder and socket, write of its socket; no env, run, ffi or
+read of its own script folder, the SDK and its socket, write of its socket; no env, run, ffi or
 sys; no remote modules, no npm, nothing fetched (`--no-remote --cached-only --no-npm`).
 Module imports ignore --allow-read, so file permissions, not Deno, keep a script
 out of other folders.
@@ -226,7 +226,7 @@ class Sandbox:
             "--no-npm",
             f"--import-map={files.project_dir / 'import_map.json'}",
             f"--allow-net={','.join([*net, f'unix:{socket}'])}",
-            f"--allow-read={files.folder},{socket}",
+            f"--allow-read={files.folder},{files.project_dir / 'sdk'},{socket}",
             f"--allow-write={socket}",
             f"--v8-flags=--max-old-space-size={limits.heap_mib}",
             str(files.project_dir / "runtime.ts"),

@@ -5,6 +5,8 @@ built, three tenants made through the API, and `hoody down`."""
 from __future__ import annotations
 
 import io
+import json
+import subprocess
 from pathlib import Path
 
 import httpx
@@ -54,6 +56,14 @@ def test_up_then_the_demo_makes_three_tenants_through_the_api(
             assert not again.started
             with Client() as client:
                 assert len(client.containers(template=DEMO_NAME)["items"]) == 3
+            # The demo's Exec webhook: its printed curl signs an event that makes a tenant.
+            (curl,) = [line.strip() for line in out.getvalue().splitlines() if "openssl" in line]
+            sent = subprocess.run(["bash", "-c", curl], capture_output=True, text=True, timeout=120)
+            answer = json.loads(sent.stdout)
+            assert answer["url"].startswith(f"http://{answer['tenant']}.localhost:"), sent.stdout
+            with Client() as client:
+                assert client.container(answer["tenant"])["metadata"]["customer"] == "cus_demo"
+                client.delete(answer["tenant"])
         finally:
             assert down(config.state_dir)
         with pytest.raises(HostError), Client() as client:

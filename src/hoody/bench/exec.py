@@ -1,0 +1,181 @@
+"""`hoody bench exec`: Exec latency, warm, cold and the whole signup.
+
+    warm    an invocation of a deployed script on its warm worker, through the
+            control plane's /exec URL (keep-alive client; hello-world handler)
+    cold    the same when its worker must be started: each sample deploys a new
+            version first (not timed), so the request spawns a Deno process
+    signup  a signed Stripe checkout event in → the shipped example copies a tenant,
+            authorizes it and answers with its claim URL → the claim URL, followed
+            through the router, answers 200 with the tenant's page
+
+Everything runs on loopback against a scratch node, control plane and router made
+for the run and removed afterwards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+import tempfile
+import time
+import urllib.parse
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from hoody.bench.provision import percentile
+from hoody.control.api import create_app
+from hoody.control.client import Client
+from hoody.control.db import Store
+from hoody.control.service import Fleet, Settings
+
+__all__ = ["bench_exec"]
+
+HELLO = 'export default { fetch: () => new Response("hello") };\n'
+EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "stripe-signup" / "signup.ts"
+
+
+@contextmanager
+def _control_plane(router_url: str | None = None) -> Iterator[tuple[str, str, Fleet]]:
+    from hoody.bench.scratch import free_port, serve_in_thread
+
+    tmp = Path(tempfile.mkdtemp(prefix="hoody-bench-exec-"))
+    store = Store(f"sqlite:///{tmp / 'control.db'}")
+    fleet = Fleet(store, settings=Settings(state_dir=tmp, router_url=router_url))
+    admin = fleet.bootstrap_admin()
+    assert admin
+    try:
+        with serve_in_thread(create_app(fleet), free_port()) as api:
+            yield api, admin, fleet
+    finally:
+        fleet.close()
+        store.close()
+
+
+def _stats(name: str, samples: list[float]) -> dict[str, float]:
+    return {
+        f"{name}_p50_ms": round(percentile(samples, 0.5), 2),
+        f"{name}_p99_ms": round(percentile(samples, 0.99), 2),
+    }
+
+
+def _warm_and_cold(warm: int, cold: int) -> dict[str, Any]:
+    with _control_plane() as (api, admin, _), Client(api, admin) as client:
+        project = int(client.ensure_project("bench-exec")["id"])
+        client.deploy_script(project, "hello", HELLO)
+        url = f"{api}/exec/{project}/hello"
+        with httpx.Client(timeout=60) as http:
+            assert http.get(url).text == "hello"
+            warm_ms = []
+            for _ in range(warm):
+                t = time.perf_counter()
+                r = http.get(url)
+                warm_ms.append((time.perf_counter() - t) * 1000)
+                assert r.status_code == 200
+            cold_ms = []
+            for i in range(cold):
+                client.deploy_script(project, "hello", HELLO + f"// {i}\n")
+                t = time.perf_counter()
+                r = http.get(url)
+                cold_ms.append((time.perf_counter() - t) * 1000)
+                assert r.status_code == 200, r.text
+    return {**_stats("warm", warm_ms), **_stats("cold", cold_ms), "warm_n": warm, "cold_n": cold}
+
+
+def _signed(secret: str, customer: str) -> tuple[bytes, str]:
+    body = {
+        "id": "evt_" + secrets.token_hex(12),
+        "object": "event",
+        "type": "checkout.session.completed",
+        "created": int(time.time()),
+        "data": {"object": {"id": "cs_" + secrets.token_hex(6), "customer": customer}},
+    }
+    payload = json.dumps(body).encode()
+    t = int(time.time())
+    mac = hmac.new(secret.encode(), f"{t}.".encode() + payload, hashlib.sha256).hexdigest()
+    return payload, f"t={t},v1={mac}"
+
+
+def _signup(count: int) -> dict[str, Any]:
+    from hoody import router as tenant_router
+    from hoody.agent.node_info import headroom
+    from hoody.agent.templates import DEMO_NAME
+    from hoody.bench.scratch import free_port, scratch_node
+    from hoody.control.heartbeat import start_heartbeat
+
+    secret = "whsec_" + secrets.token_hex(16)
+    router_port = free_port()
+    samples = []
+    with (
+        scratch_node("bx") as scratch,
+        _control_plane(f"http://localhost:{router_port}") as (api, admin, _),
+    ):
+        scratch.demo_template()
+        node = scratch.node
+        beats = start_heartbeat(
+            api,
+            admin,
+            node.config.name,
+            scratch.url,
+            scratch.token,
+            lambda: headroom(node),
+            get_templates=lambda: [t.to_json() for t in node.store.templates()],
+        )
+        stop_router = tenant_router.start_in_thread(
+            api, admin, f"127.0.0.1:{router_port}", "localhost"
+        )
+        client = Client(api, admin)
+        try:
+            project = int(client.ensure_project("bench-signup")["id"])
+            client.deploy_script(project, "signup", EXAMPLE.read_text())
+            client.set_secret(project, "STRIPE_WEBHOOK_SECRET", secret)
+            deadline = time.monotonic() + 60
+            while not any(t["name"] == DEMO_NAME for t in client.templates()):
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the scratch node's template never reached the API")
+                time.sleep(0.1)
+            router = f"http://127.0.0.1:{router_port}"
+            with httpx.Client(timeout=120) as http:
+                for i in range(count + 1):  # the first one warms the worker: not counted
+                    payload, header = _signed(secret, f"cus_bench_{i}")
+                    t = time.perf_counter()
+                    r = http.post(
+                        f"{api}/exec/{project}/signup",
+                        content=payload,
+                        headers={"stripe-signature": header},
+                    )
+                    if r.status_code != 200:
+                        raise RuntimeError(f"signup answered {r.status_code}: {r.text[:300]}")
+                    cid, link = r.json()["tenant"], urllib.parse.urlsplit(r.json()["url"])
+                    host = {"Host": f"{cid}.localhost:{router_port}"}
+                    claim = http.get(f"{router}{link.path}?{link.query}", headers=host)
+                    if claim.status_code != 303:
+                        raise RuntimeError(f"claim answered {claim.status_code}")
+                    cookie = {"Cookie": claim.headers["set-cookie"].split(";")[0]}
+                    while http.get(f"{router}/", headers={**host, **cookie}).status_code != 200:
+                        if time.perf_counter() - t > 60:
+                            raise RuntimeError(f"tenant {cid} did not answer within 60 s")
+                        time.sleep(0.005)
+                    if i:
+                        samples.append((time.perf_counter() - t) * 1000)
+        finally:
+            for c in client.iter_containers(project=None):
+                client.delete(c["id"])
+            client.close()
+            stop_router()
+            beats.set()
+    return {**_stats("signup", samples), "signup_n": count}
+
+
+def bench_exec(warm: int = 300, cold: int = 30, signups: int = 10) -> dict[str, Any]:
+    """p50/p99 in ms of warm and cold invocations and of a whole signup."""
+    result: dict[str, Any] = {"targets_ms": {"warm_p50": 15, "cold_p50": 80, "signup_p50": 500}}
+    result.update(_warm_and_cold(warm, cold))
+    if signups:
+        result.update(_signup(signups))
+    return result
