@@ -15,7 +15,6 @@ import logging
 import os
 import secrets
 import time
-from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -51,6 +50,8 @@ class Gateway:
         self.fleet = fleet
         self._root = root
         self._pool: Pool | None = None
+        self._runs: list[dict[str, Any]] = []
+        self._writer: asyncio.Future[None] | None = None
         folder = fleet.settings.scripts_dir
         self.folder = ScriptFolder(fleet, folder) if folder is not None else None
 
@@ -79,7 +80,24 @@ class Gateway:
                 log.exception("syncing %s failed", self.folder.root)
             await asyncio.sleep(every)
 
+    def _log(self, run: dict[str, Any]) -> None:
+        """Queue an invocation for the log; one writer task writes what queued up in
+        one transaction, so a burst of invocations costs one database write."""
+        self._runs.append(run)
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.ensure_future(self._write_runs())
+
+    async def _write_runs(self) -> None:
+        while self._runs:
+            batch, self._runs = self._runs, []
+            try:
+                await anyio.to_thread.run_sync(self.fleet.record_runs, batch)
+            except Exception:
+                log.exception("logging %d invocations failed", len(batch))
+
     async def aclose(self) -> None:
+        if self._writer is not None:
+            await self._writer
         if self._pool is not None:
             await self._pool.aclose()
 
@@ -127,12 +145,11 @@ class Gateway:
             )
 
         async def done(out: Outcome) -> None:
-            await anyio.to_thread.run_sync(
-                partial(
-                    self.fleet.record_run,
-                    project,
-                    name,
-                    script.version,
+            self._log(
+                dict(
+                    project=project,
+                    name=name,
+                    version=script.version,
                     method=request.method[:16],
                     path=request.url.path[:500],
                     status=out.status,

@@ -31,6 +31,8 @@ __all__ = ["Key", "Pool"]
 
 log = logging.getLogger(__name__)
 
+SETTLE_WAIT = 0.05
+
 
 @dataclass(frozen=True)
 class Key:
@@ -42,11 +44,15 @@ class Key:
 
 
 class Pool:
-    def __init__(self, sandbox: Sandbox, *, idle_ttl: float = 300.0) -> None:
+    def __init__(self, sandbox: Sandbox, *, idle_ttl: float = 300.0, max_workers: int = 64) -> None:
         self.sandbox = sandbox
         self.idle_ttl = idle_ttl
+        # Across all projects: a warm worker holds 10-30 MB, so this bounds Exec's
+        # memory on the control plane's host whatever the number of scripts.
+        self.max_workers = max_workers
         self._idle: dict[Key, list[Worker]] = {}
         self._busy: dict[Key, int] = {}
+        self._settling: dict[Key, int] = {}  # busy workers that already answered
         self._freed: dict[Key, asyncio.Condition] = {}
         self._load_errors: dict[tuple[int, str, int], ScriptFailed] = {}
         self._ids = itertools.count(1)
@@ -94,6 +100,7 @@ class Pool:
     async def _finish(
         self, key: Key, worker: Worker, out: Outcome, done: Callable[[Outcome], Awaitable[None]]
     ) -> None:
+        self._settling[key] = self._settling.get(key, 0) + 1
         try:
             out.console = await worker.settle(timeout=key.limits.wall_ms / 1000)
             if worker.broken:
@@ -101,6 +108,7 @@ class Pool:
                 if tail and out.outcome != "ok":
                     out.console.append(f"[worker stderr] {tail[-1000:]}")
         finally:
+            self._settling[key] -= 1
             await self._release(key, worker)
         await done(out)
 
@@ -108,6 +116,7 @@ class Pool:
         self, key: Key, files: Callable[[], Awaitable[ScriptFiles]]
     ) -> tuple[Worker, bool]:
         freed = self._freed.setdefault(key, asyncio.Condition())
+        waited = False
         async with freed:
             while True:
                 idle = self._idle.get(key)
@@ -115,12 +124,21 @@ class Pool:
                     worker = idle.pop()
                     self._busy[key] = self._busy.get(key, 0) + 1
                     return worker, False
+                if self._settling.get(key, 0) and not waited:
+                    # A worker that has answered is about to be free (settling takes
+                    # well under a millisecond unless ctx.waitUntil work is pending):
+                    # wait for it briefly rather than start a process (~35 ms).
+                    waited = True
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(freed.wait(), SETTLE_WAIT)
+                    continue
                 if self._count(key) < key.limits.workers:
                     self._busy[key] = self._busy.get(key, 0) + 1
                     break
                 await freed.wait()
         self._retire_older(key)
         try:
+            self._make_room()
             worker = Worker(
                 self.sandbox,
                 await files(),
@@ -145,6 +163,24 @@ class Pool:
             await self._release(key, None)
             raise
         return worker, True
+
+    def _make_room(self) -> None:
+        """Close the longest-idle worker when the host-wide cap is reached; refuse
+        (503) when every worker is busy."""
+        if len(self._workers) < self.max_workers:
+            return
+        idle = [(w.idle_since, k, w) for k, ws in self._idle.items() for w in ws]
+        if not idle:
+            raise ScriptFailed(
+                f"all {self.max_workers} Exec workers of this control plane are busy; "
+                "retry shortly",
+                503,
+                "busy",
+            )
+        _, key, oldest = min(idle, key=lambda t: t[0])
+        self._idle[key].remove(oldest)
+        self._workers.discard(oldest)
+        self._spawn(self._close(oldest))
 
     def _count(self, key: Key) -> int:
         return self._busy.get(key, 0) + len(self._idle.get(key, []))

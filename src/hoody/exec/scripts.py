@@ -203,18 +203,25 @@ class Scripts(FleetBase):
     # the invocation log
 
     def record_run(self, project: int, name: str, version: int, **run: Any) -> None:
+        self.record_runs([{"project": project, "name": name, "version": version, **run}])
+
+    def record_runs(self, runs: list[dict[str, Any]]) -> None:
+        """Log invocations (each a dict of ScriptRun's fields, `project` for project_id)
+        in one transaction; keeps the newest KEEP_RUNS per script."""
         with self.store.write() as s:
-            row = ScriptRun(project_id=project, name=name, version=version, **run)
-            s.add(row)
-            s.flush()
-            if row.id % 100 == 0:  # prune now and then, not on every run
-                s.execute(
-                    delete(ScriptRun).where(
-                        ScriptRun.project_id == project,
-                        ScriptRun.name == name,
-                        ScriptRun.id <= row.id - KEEP_RUNS,
+            for run in runs:
+                fields = {k: v for k, v in run.items() if k != "project"}
+                row = ScriptRun(project_id=run["project"], **fields)
+                s.add(row)
+                s.flush()
+                if row.id % 100 == 0:  # prune now and then, not on every run
+                    s.execute(
+                        delete(ScriptRun).where(
+                            ScriptRun.project_id == row.project_id,
+                            ScriptRun.name == row.name,
+                            ScriptRun.id <= row.id - KEEP_RUNS,
+                        )
                     )
-                )
 
     def script_runs(
         self, who: Principal, project: int, name: str, limit: int = 50
