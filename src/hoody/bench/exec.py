@@ -9,7 +9,9 @@
             through the router, answers 200 with the tenant's page
 
 Everything runs on loopback against a scratch node, control plane and router made
-for the run and removed afterwards.
+for the run and removed afterwards. `peer_whoami` is the same control plane answering
+a trivial API call, interleaved with the warm samples: on a shared, loaded machine the
+ratio warm / peer says more than either number.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import hashlib
 import hmac
 import json
 import secrets
+import subprocess
 import tempfile
 import time
 import urllib.parse
@@ -69,22 +72,54 @@ def _warm_and_cold(warm: int, cold: int) -> dict[str, Any]:
         project = int(client.ensure_project("bench-exec")["id"])
         client.deploy_script(project, "hello", HELLO)
         url = f"{api}/exec/{project}/hello"
-        with httpx.Client(timeout=60) as http:
+        peer = f"{api}/api/v1/whoami"
+        auth = {"Authorization": f"Bearer {admin}"}
+        with httpx.Client(timeout=60) as http, tempfile.TemporaryDirectory() as tmp:
             assert http.get(url).text == "hello"
-            warm_ms = []
-            for _ in range(warm):
+            warm_ms, peer_ms = [], []
+            for _ in range(warm):  # interleaved, so both see the same load
                 t = time.perf_counter()
                 r = http.get(url)
                 warm_ms.append((time.perf_counter() - t) * 1000)
                 assert r.status_code == 200
-            cold_ms = []
+                t = time.perf_counter()
+                http.get(peer, headers=auth).raise_for_status()
+                peer_ms.append((time.perf_counter() - t) * 1000)
+            cold_ms, plain_ms = [], []
             for i in range(cold):
                 client.deploy_script(project, "hello", HELLO + f"// {i}\n")
                 t = time.perf_counter()
                 r = http.get(url)
                 cold_ms.append((time.perf_counter() - t) * 1000)
                 assert r.status_code == 200, r.text
-    return {**_stats("warm", warm_ms), **_stats("cold", cold_ms), "warm_n": warm, "cold_n": cold}
+                plain_ms.append(_plain_deno_ms(Path(tmp)))
+    return {
+        **_stats("warm", warm_ms),
+        **_stats("cold", cold_ms),
+        # The same control plane answering GET /api/v1/whoami (one indexed read), in
+        # the same run: what any request costs on this machine at this moment.
+        **_stats("peer_whoami", peer_ms),
+        # `deno run` of a one-line script to its exit, no sandbox: the floor of "cold".
+        **_stats("peer_deno_run", plain_ms),
+        "warm_n": warm,
+        "cold_n": cold,
+    }
+
+
+def _plain_deno_ms(tmp: Path) -> float:
+    """`deno run` of a one-line script, to its exit (DENO_DIR kept between samples)."""
+    from hoody.exec.sandbox import deno_path
+
+    script = tmp / "one.js"
+    script.write_text("console.log(1)\n")
+    t = time.perf_counter()
+    subprocess.run(
+        [str(deno_path()), "run", "--no-config", str(script)],
+        check=True,
+        capture_output=True,
+        env={"DENO_DIR": f"{tmp}/deno", "NO_COLOR": "1", "DENO_NO_UPDATE_CHECK": "1"},
+    )
+    return (time.perf_counter() - t) * 1000
 
 
 def _signed(secret: str, customer: str) -> tuple[bytes, str]:

@@ -100,9 +100,13 @@ class Pool:
     async def _finish(
         self, key: Key, worker: Worker, out: Outcome, done: Callable[[Outcome], Awaitable[None]]
     ) -> None:
+        if out.settled and not worker.broken:
+            await self._release(key, worker)
+            await done(out)
+            return
         self._settling[key] = self._settling.get(key, 0) + 1
         try:
-            out.console = await worker.settle(timeout=key.limits.wall_ms / 1000)
+            out.console += await worker.settle(timeout=key.limits.wall_ms / 1000)
             if worker.broken:
                 tail = worker.stderr_tail()
                 if tail and out.outcome != "ok":

@@ -18,6 +18,7 @@ import json
 import os
 import signal
 import time
+import urllib.parse
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +33,15 @@ __all__ = ["Outcome", "ScriptFailed", "Worker", "failure_outcome"]
 
 _CPUS = os.cpu_count() or 1
 _HOP = frozenset(
-    {"connection", "keep-alive", "transfer-encoding", "content-length", "x-hoody-error", "date"}
+    {
+        "connection",
+        "keep-alive",
+        "transfer-encoding",
+        "content-length",
+        "date",
+        "x-hoody-error",
+        "x-hoody-console",
+    }
 )
 
 
@@ -62,6 +71,7 @@ class Outcome:
     peak_memory_bytes: int = 0
     cold: bool = False
     console: list[str] = field(default_factory=list)
+    settled: bool = False  # the console came with the answer; no waitUntil work pending
 
 
 class Worker:
@@ -253,6 +263,14 @@ class Worker:
             if k.decode("latin-1").lower() not in _HOP
         ]
         out = Outcome(response.status_code, out_headers, b"".join(chunks))
+        packed = response.headers.get("x-hoody-console")
+        if packed is not None:
+            try:
+                data = json.loads(urllib.parse.unquote(packed))
+                out.console = [str(x) for x in data["console"]]
+                out.settled = True
+            except (ValueError, KeyError, TypeError):
+                out.console = ["[hoody: unreadable console output]"]
         if kind:
             out.outcome = kind
             out.error = out.body.decode(errors="replace")[:500]

@@ -60,6 +60,14 @@ def test_a_script_answers_at_its_url_with_subpath_method_and_body(exec_stack: Ex
     assert last["method"] == "POST" and last["status"] == 200 and last["outcome"] == "ok"
     assert before["console"] == [f"hello GET /exec/{exec_stack.project}/hello/a/b ?x=1", "after"]
     assert last["peak_memory_bytes"] > 1 << 20 and last["cpu_ms"] >= 0
+    # Without ctx.waitUntil the console output rides on the answer: logged all the same.
+    exec_stack.deploy(
+        "quiet", 'export default { fetch() { console.log("q", 1); return new Response("") } };'
+    )
+    for _ in range(3):
+        assert exec_stack.call("quiet").status_code == 200
+    time.sleep(0.5)
+    assert [r["console"] for r in exec_stack.logs("quiet")] == [["q 1"]] * 3
     # Deploying the same source again makes no new version; a change does.
     assert exec_stack.deploy("hello", HELLO)["changed"] is False
     assert exec_stack.deploy("hello", HELLO + "\n// v2\n")["version"] == info["version"] + 1

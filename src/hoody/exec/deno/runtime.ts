@@ -83,6 +83,21 @@ function failure(kind: string, message: string): Response {
   });
 }
 
+// When no ctx.waitUntil work is pending and the console output is small, it rides
+// on the response (x-hoody-console) and the worker is free at once: the supervisor
+// skips its /_hoody/settle round trip, which back-to-back requests would wait for.
+function settledNow(res: Response): Response {
+  if (pending.length > 0) return res;
+  const packed = encodeURIComponent(JSON.stringify({ console: logs, truncated }));
+  if (packed.length > 8000) return res;
+  const headers = new Headers(res.headers);
+  headers.set("x-hoody-console", packed);
+  logs = [];
+  logBytes = 0;
+  truncated = false;
+  return new Response(res.body, { status: res.status, statusText: res.statusText, headers });
+}
+
 async function invoke(req: Request): Promise<Response> {
   const raw = req.headers.get("x-hoody-invocation");
   if (raw === null) return failure("bad_invocation", "no x-hoody-invocation header");
@@ -107,7 +122,7 @@ async function invoke(req: Request): Promise<Response> {
       record("error", [`fetch returned ${Deno.inspect(res)}, not a Response`]);
       return failure("bad_response", `${displayName} returned something that is not a Response`);
     }
-    return res;
+    return settledNow(res);
   } catch (err) {
     record("error", ["uncaught", err]);
     const what = err instanceof Error ? err.name : "an exception";
