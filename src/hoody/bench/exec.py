@@ -161,10 +161,10 @@ def _signup(count: int) -> dict[str, Any]:
             lambda: headroom(node),
             get_templates=lambda: [t.to_json() for t in node.store.templates()],
         )
-        stop_router = tenant_router.start_in_thread(
-            api, admin, f"127.0.0.1:{router_port}", "localhost"
-        )
         client = Client(api, admin)
+        stop_router = tenant_router.start_in_thread(
+            api, client.create_token("router")["token"], f"127.0.0.1:{router_port}", "localhost"
+        )
         try:
             project = int(client.ensure_project("bench-signup")["id"])
             client.deploy_script(project, "signup", EXAMPLE.read_text())

@@ -73,12 +73,13 @@ def signup(scratch: ScratchNode) -> Iterator[Signup]:
             lambda: headroom(node),
             get_templates=lambda: [t.to_json() for t in node.store.templates()],
         )
-        stop_router = tenant_router.start_in_thread(
-            api, admin, f"127.0.0.1:{router_port}", "localhost"
-        )
         with Client(api, admin) as root:
             project = int(root.ensure_project("signup-test")["id"])
             token = root.create_token("project", project_id=project)["token"]
+            router_token = root.create_token("router")["token"]
+        stop_router = tenant_router.start_in_thread(
+            api, router_token, f"127.0.0.1:{router_port}", "localhost"
+        )
         client = Client(api, token)
         client.deploy_script(project, "signup", EXAMPLE.read_text())
         client.set_secret(project, "STRIPE_WEBHOOK_SECRET", SECRET)
