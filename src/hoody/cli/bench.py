@@ -104,3 +104,19 @@ def exec_(
     from hoody.bench.exec import bench_exec
 
     typer.echo(json.dumps(bench_exec(warm, cold, signups), indent=2))
+
+
+@app.command()
+@app.command()
+def noisy(
+    rounds: Annotated[int, typer.Option(help="Quiet/noisy round pairs.")] = 5,
+    requests: Annotated[int, typer.Option(help="HTTP requests per round (0: none).")] = 500,
+    wakeups: Annotated[int, typer.Option(help="1 ms sleeps per round in the victim.")] = 1500,
+    spinners: Annotated[int, typer.Option(help="Busy processes in the neighbour.")] = 4,
+    cpu: Annotated[float, typer.Option(help="Both tenants' CPU limit, in cores.")] = 1.0,
+    as_json: JsonOpt = True,
+) -> None:
+    """A tenant's wake-up and HTTP p50/p99 while a neighbour spins at its CPU limit."""
+    from hoody.bench.noisy import noisy as run
+
+    typer.echo(json.dumps(run(rounds, requests, wakeups, spinners, cpu), indent=2))

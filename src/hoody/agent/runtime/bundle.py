@@ -28,6 +28,9 @@ What the tenant gets, and why:
   (measured: 7.3-7.9 MiB/s under an 8 MiB/s cap); writes it leaves in the page cache
   are written back by the kernel's flusher threads, outside its cgroup (v2's io.max
   with the memory controller charges that writeback to the tenant);
+- (set by the runtime, not in config.json: runc 1.1 has no `process.scheduler`) the
+  kernel's shortest scheduler slice for every tenant process, and a heavy weight for
+  the node's parent cgroup: see TENANT_SLICE_NS in oci.py;
 - a minimal init as PID 1 (the host's static tini, bind-mounted read-only at
   /dev/init) in front of the entrypoint, unless the template says its entrypoint is
   an init: an app as PID 1 reaps no orphans, and their zombies hold the pids quota
