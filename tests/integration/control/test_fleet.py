@@ -159,11 +159,18 @@ def test_one_router_reaches_tenants_on_every_node(world: World) -> None:
                     world.fleet.admin.uncordon(other)
         assert [c["node"] for c in made] == world.names
         for c in made:
-            r = httpx.get(
-                f"http://127.0.0.1:{port}/api/visits",
-                headers={"Host": f"{c['id']}.localhost"},
-                timeout=10,
-            )
+            # The router polls its routes twice a second: one it saw while the copy
+            # was still "creating" answers 503 until its next poll.
+            deadline = time.monotonic() + 5
+            while True:
+                r = httpx.get(
+                    f"http://127.0.0.1:{port}/api/visits",
+                    headers={"Host": f"{c['id']}.localhost"},
+                    timeout=10,
+                )
+                if r.status_code != 503 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
             assert r.status_code == 200 and r.json()["tenant"] == c["id"], r.text
         # Another tenant of a node does not get in through the router's admission:
         # the router is "node" only for ingress rules, not a way between tenants.
