@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import pytest
 
-from hoody.agent.runtime import EVENT_KEYS, ContainerSpec, Runtime
+from hoody.agent.runtime import EVENT_KEYS, ContainerSpec, ContainerState, Runtime
 from hoody.errors import Conflict, NotFound
 
 MakeSpec = Callable[[str], ContainerSpec]
@@ -90,3 +90,34 @@ class RuntimeContract:
         assert runtime.working_set("ct-nobody") == 0
         runtime.stop("ct-ws", timeout=0)
         assert runtime.working_set("ct-ws") == 0
+
+    def test_freeze_keeps_it_running_and_thaw_lets_it_go_on(
+        self, runtime: Runtime, make_spec: MakeSpec
+    ) -> None:
+        pid = runtime.start(make_spec("ct-freeze"))
+        assert not runtime.frozen("ct-freeze")
+        runtime.freeze("ct-freeze")
+        runtime.freeze("ct-freeze")  # twice is harmless
+        assert runtime.frozen("ct-freeze")
+        assert runtime.state("ct-freeze") == ContainerState("running", pid)
+        with pytest.raises(Conflict, match="frozen"):
+            runtime.exec("ct-freeze", ["true"])
+        runtime.thaw("ct-freeze")
+        runtime.thaw("ct-freeze")
+        assert not runtime.frozen("ct-freeze")
+        assert runtime.exec("ct-freeze", ["echo", "awake"]).stdout == "awake\n"
+
+    def test_a_frozen_tenant_stops(self, runtime: Runtime, make_spec: MakeSpec) -> None:
+        runtime.start(make_spec("ct-frozen-stop"))
+        runtime.freeze("ct-frozen-stop")
+        runtime.stop("ct-frozen-stop", timeout=5)
+        assert runtime.state("ct-frozen-stop").status == "absent"
+        assert not runtime.frozen("ct-frozen-stop")
+        assert runtime.start(make_spec("ct-frozen-stop")) > 0
+        assert not runtime.frozen("ct-frozen-stop")
+
+    def test_freeze_needs_a_running_tenant(self, runtime: Runtime) -> None:
+        with pytest.raises(NotFound):
+            runtime.freeze("ct-nobody")
+        runtime.thaw("ct-nobody")  # harmless
+        assert not runtime.frozen("ct-nobody")

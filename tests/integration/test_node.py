@@ -414,3 +414,58 @@ def test_snapshot_makes_a_new_version_and_copies_see_it(
     finally:
         scratch.client.delete(child["id"])
         scratch.client.delete_template("snapped")
+
+
+def _cpu_seconds(scratch: ScratchNode, tid: str) -> float:
+    base = Path("/sys/fs/cgroup/cpuacct") / scratch.node.config.cgroup_parent / tid
+    if base.exists():
+        return int((base / "cpuacct.usage").read_text()) / 1e9
+    stat = Path("/sys/fs/cgroup") / scratch.node.config.cgroup_parent / tid / "cpu.stat"
+    return int(stat.read_text().split()[1]) / 1e6
+
+
+def test_a_frozen_tenant_keeps_its_memory_and_uses_no_cpu_until_woken(
+    scratch: ScratchNode, tenant: dict[str, Any]
+) -> None:
+    tid = tenant["id"]
+    py(scratch, tid, "open('/root/note', 'w').write('kept')")
+    scratch.client.exec(tid, ["/bin/sh", "-c", "while :; do :; done >/dev/null 2>&1 &"], timeout=10)
+    memory = scratch.client.tenant(tid)["usage"]["memory_bytes"]
+    slept = scratch.client.sleep(tid, "frozen")
+    assert (slept["state"], slept["sleep_mode"], slept["pid"]) == (
+        "sleeping",
+        "frozen",
+        tenant["pid"],
+    )
+    before = _cpu_seconds(scratch, tid)
+    with pytest.raises(httpx.TimeoutException):
+        httpx.get(tenant["url"], timeout=0.5)  # the kernel takes the connection; nobody answers
+    time.sleep(0.5)
+    assert _cpu_seconds(scratch, tid) - before < 0.01, "a frozen spinner used CPU"
+    assert scratch.client.tenant(tid)["usage"]["memory_bytes"] >= memory * 0.9
+    time.sleep(1.5)
+    assert scratch.client.tenant(tid)["state"] == "sleeping", "the supervisor woke it"
+    start = time.monotonic()
+    woken = scratch.client.wake(tid)
+    assert woken["state"] == "running" and woken["pid"] == tenant["pid"]
+    wait_http_ok(tenant["url"] + "healthz")
+    assert time.monotonic() - start < 1.0
+    assert py(scratch, tid, "print(open('/root/note').read())")["stdout"].strip() == "kept"
+
+
+def test_a_stopped_sleeper_frees_its_memory_and_wakes_with_its_files(
+    scratch: ScratchNode, tenant: dict[str, Any]
+) -> None:
+    tid = tenant["id"]
+    py(scratch, tid, "open('/root/note', 'w').write('kept')")
+    slept = scratch.client.sleep(tid, "stopped")
+    assert (slept["state"], slept["sleep_mode"], slept["pid"]) == ("sleeping", "stopped", 0)
+    assert scratch.client.tenant(tid)["usage"]["memory_bytes"] == 0
+    with pytest.raises(httpx.TransportError):
+        httpx.get(tenant["url"], timeout=1)
+    time.sleep(1.5)
+    assert scratch.client.tenant(tid)["state"] == "sleeping", "the supervisor restarted it"
+    woken = scratch.client.wake(tid)
+    assert woken["state"] == "running" and woken["ip"] == tenant["ip"]
+    wait_http_ok(tenant["url"] + "healthz")
+    assert py(scratch, tid, "print(open('/root/note').read())")["stdout"].strip() == "kept"

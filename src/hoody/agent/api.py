@@ -7,14 +7,17 @@ errors are rendered once, as `{"error": {"code", "message"}}` with their status.
     GET    /v1/node                         node facts, headroom, KSM
     GET    /v1/templates                    template versions
     POST   /v1/templates                    {name, source, args, env, port, limits, firewall,
-                                             ksm, init}
+                                             ksm, init, sleep}
     DELETE /v1/templates/{name}[/{version}]
     GET    /v1/templates/{name}/{version}/send?parent=P   the version as a stream
     POST   /v1/templates/{name}/{version}/receive         body: such a stream; header
                                                           X-Hoody-Template: its record
-    POST   /v1/templates/{name}/copy        {name, version, limits, env, firewall, metadata, mode}
+    POST   /v1/templates/{name}/copy        {name, version, limits, env, firewall, metadata,
+                                             mode, sleep}
     GET    /v1/tenants | /v1/tenants/{id}
     POST   /v1/tenants/{id}/start|stop|restart|exec|copy|snapshot
+    POST   /v1/tenants/{id}/sleep           {mode: stopped|frozen} (default: its policy's)
+    POST   /v1/tenants/{id}/wake
     GET    /v1/tenants/{id}/logs?tail=N
     DELETE /v1/tenants/{id}
 """
@@ -41,7 +44,7 @@ from hoody.agent import templates
 from hoody.agent.engine import Node, TemplateSource
 from hoody.agent.ids import TEMPLATE_ID_SHIFT
 from hoody.agent.node_info import configure, node_info
-from hoody.agent.spec import FirewallPolicy, Limits
+from hoody.agent.spec import FirewallPolicy, Limits, SleepPolicy
 from hoody.agent.state import TemplateRecord
 from hoody.errors import HoodyError, HostError, InvalidInput, Unauthorized
 
@@ -116,6 +119,7 @@ def _record(name: str, version: int, raw: str | None) -> TemplateRecord:
             firewall=FirewallPolicy.from_json(data.get("firewall")),
             ksm=bool(data.get("ksm", False)),
             init=bool(data.get("init", True)),
+            sleep=SleepPolicy.from_json(data.get("sleep")),
         )
     except (ValueError, TypeError, AttributeError) as exc:
         raise InvalidInput(
@@ -205,6 +209,7 @@ def create_app(node: Node, token: str, *, supervise_every: float = 0.5) -> Starl
             firewall=_opt(data, "firewall", dict),
             ksm=bool(_opt(data, "ksm", bool)),
             init=_opt(data, "init", bool) is not False,
+            sleep=_opt(data, "sleep", dict),
         )
         return rec.to_json()
 
@@ -292,6 +297,7 @@ def create_app(node: Node, token: str, *, supervise_every: float = 0.5) -> Starl
             metadata=_opt(data, "metadata", dict),
             mode=_opt(data, "mode", str),
             start=data.get("start", True) is not False,
+            sleep=_opt(data, "sleep", dict),
         )
         return rec.to_json()
 
@@ -307,6 +313,13 @@ def create_app(node: Node, token: str, *, supervise_every: float = 0.5) -> Starl
 
     async def stop(request: Request) -> Any:
         return (await _call(node.stop, tid(request))).to_json()
+
+    async def sleep(request: Request) -> Any:
+        data = await _body(request)
+        return (await _call(node.sleep, tid(request), _opt(data, "mode", str))).to_json()
+
+    async def wake(request: Request) -> Any:
+        return (await _call(node.wake, tid(request))).to_json()
 
     async def restart(request: Request) -> Any:
         return (await _call(node.restart, tid(request))).to_json()
@@ -382,6 +395,8 @@ def create_app(node: Node, token: str, *, supervise_every: float = 0.5) -> Starl
         Route("/v1/tenants/{tid}/start", guarded(start), methods=["POST"]),
         Route("/v1/tenants/{tid}/stop", guarded(stop), methods=["POST"]),
         Route("/v1/tenants/{tid}/restart", guarded(restart), methods=["POST"]),
+        Route("/v1/tenants/{tid}/sleep", guarded(sleep), methods=["POST"]),
+        Route("/v1/tenants/{tid}/wake", guarded(wake), methods=["POST"]),
         Route("/v1/tenants/{tid}/exec", guarded(exec_), methods=["POST"]),
         Route("/v1/tenants/{tid}/logs", guarded(logs)),
         Route("/v1/tenants/{tid}/copy", guarded(copy_tenant, 201), methods=["POST"]),

@@ -153,6 +153,13 @@ class AgentClient:
         result: dict[str, Any] = self._req("POST", f"/v1/tenants/{tid}/{verb}", json=body or {})
         return result
 
+    def sleep(self, tid: str, mode: str | None = None) -> dict[str, Any]:
+        """Put the tenant to sleep (`mode` stopped or frozen; default its policy's)."""
+        return self.action(tid, "sleep", {"mode": mode} if mode else None)
+
+    def wake(self, tid: str) -> dict[str, Any]:
+        return self.action(tid, "wake")
+
     def delete(self, tid: str) -> dict[str, Any]:
         result: dict[str, Any] = self._req("DELETE", f"/v1/tenants/{tid}")
         return result

@@ -6,6 +6,10 @@ leaves nothing behind):
     record (id + IP lease) → subvolume → overlay mount → netns + veth → nft chain
     → OCI container started
 
+A running tenant can sleep: "stopped" ends its processes and keeps everything else
+(memory freed), "frozen" freezes them in their cgroup (CPU freed, memory kept). A
+sleeping tenant is not restarted by the supervisor; `wake` (or `start`) brings it back.
+
 Delete runs the same parts in reverse and tolerates each part being absent already,
 which makes deleting twice harmless and lets `reconcile` finish what a killed agent
 started. Drivers are injected; `Node.linux` wires the real ones.
@@ -30,7 +34,14 @@ from hoody.agent.config import NodeConfig
 from hoody.agent.ids import TEMPLATE_ID_SHIFT, TenantIds
 from hoody.agent.network import Firewall, Network
 from hoody.agent.runtime import ContainerSpec, ExecResult, Runtime, UserNamespace
-from hoody.agent.spec import FirewallPolicy, Limits, check_name, check_tenant_id
+from hoody.agent.spec import (
+    SLEEP_MODES,
+    FirewallPolicy,
+    Limits,
+    SleepPolicy,
+    check_name,
+    check_tenant_id,
+)
 from hoody.agent.state import NodeStore, TemplateRecord, TenantRecord
 from hoody.agent.storage import StorageDriver, StorageMode, TemplateVersionRef
 from hoody.errors import Conflict, HoodyError, InvalidInput, NotFound
@@ -96,11 +107,12 @@ class Node:
         firewall: dict[str, Any] | None = None,
         ksm: bool = False,
         init: bool = True,
+        sleep: dict[str, Any] | None = None,
     ) -> TemplateRecord:
         """Make the next version of template `name` from `source`.
 
-        The version's defaults (entrypoint, env, limits, firewall, KSM) are copied to
-        each tenant made from it and can be overridden per tenant. `init=False` says
+        The version's defaults (entrypoint, env, limits, firewall, KSM, sleep) are copied
+        to each tenant made from it and can be overridden per tenant. `init=False` says
         the entrypoint is an init itself (systemd, s6, tini): no init goes in front.
         """
         check_name(name)
@@ -118,6 +130,7 @@ class Node:
             firewall=FirewallPolicy.from_json(firewall),
             ksm=ksm,
             init=init,
+            sleep=SleepPolicy.from_json(sleep),
         )
         ref = TemplateVersionRef(name, version)
         with Undo() as undo:
@@ -154,6 +167,7 @@ class Node:
             firewall=tenant.firewall,
             ksm=tenant.ksm,
             init=tenant.init,
+            sleep=tenant.sleep,
         )
         ref = TemplateVersionRef(name, version)
         with self._lock(tid), Undo() as undo:
@@ -240,6 +254,7 @@ class Node:
         metadata: dict[str, Any] | None = None,
         mode: StorageMode | None = None,
         start: bool = True,
+        sleep: dict[str, Any] | None = None,
     ) -> TenantRecord:
         """Create a tenant from a template version (the newest by default) and start it.
 
@@ -276,6 +291,7 @@ class Node:
             ksm=tmpl.ksm,
             metadata=dict(metadata or {}),
             init=tmpl.init,
+            sleep=tmpl.sleep.merged(sleep),
         )
         with self._lock(tid), Undo() as undo:
             rec = self.store.reserve_tenant(
@@ -296,7 +312,16 @@ class Node:
         """A new tenant whose files start as a copy of tenant `src`'s."""
         source = self.store.tenant(src)
         tid = check_tenant_id(name) if name is not None else self._new_id(source.template)
-        rec = replace(source, id=tid, ip="", status="creating", pid=0, created_at=time.time())
+        rec = replace(
+            source,
+            id=tid,
+            ip="",
+            status="creating",
+            pid=0,
+            created_at=time.time(),
+            asleep="",
+            slept_at=0.0,
+        )
         with self._lock(tid), Undo() as undo:
             rec = self.store.reserve_tenant(
                 rec, self.config.network.network, slots=self.config.id_slots
@@ -403,9 +428,12 @@ class Node:
         return self.store.tenants()
 
     def start(self, tid: str) -> TenantRecord:
-        """Start a stopped tenant (no-op when running); it keeps its address."""
+        """Start a stopped tenant (no-op when running, a wake when sleeping); it keeps its
+        address."""
         with self._lock(tid):
             rec = self.store.tenant(tid)
+            if rec.status == "sleeping":
+                return self._wake(rec)
             self.store.update_tenant(tid, desired="running")
             rec = replace(rec, desired="running")
             if rec.status == "running" and self.runtime.state(tid).status == "running":
@@ -421,9 +449,75 @@ class Node:
         with self._lock(tid):
             rec = self.store.tenant(tid)
             self.store.update_tenant(tid, desired="stopped")
-            self.runtime.stop(tid, timeout=timeout)
-            self.store.update_tenant(tid, status="stopped", pid=0)
-            return replace(rec, desired="stopped", status="stopped", pid=0)
+            self.runtime.stop(tid, timeout=timeout)  # a frozen tenant is thawed to stop
+            self.store.update_tenant(tid, status="stopped", pid=0, asleep="", slept_at=0.0)
+            return replace(rec, desired="stopped", status="stopped", pid=0, asleep="", slept_at=0.0)
+
+    def sleep(self, tid: str, mode: str | None = None, timeout: float = 2.0) -> TenantRecord:
+        """Put a running tenant to sleep, in `mode` (default: its sleep policy's).
+
+        stopped: its processes end (SIGTERM, SIGKILL after `timeout`); files, address
+        and firewall stay. frozen: its processes freeze in their cgroup. Harmless when
+        it sleeps already (in whichever mode). Raises Conflict unless it runs, and
+        InvalidInput for an unknown mode.
+        """
+        if mode is not None and mode not in SLEEP_MODES:
+            raise InvalidInput(f"sleep mode {mode!r} is invalid; use stopped or frozen")
+        with self._lock(tid):
+            rec = self.store.tenant(tid)
+            if rec.status == "sleeping":
+                return rec
+            if rec.status != "running" or rec.desired != "running":
+                raise Conflict(f"tenant {tid} is {rec.status}; only a running tenant can sleep")
+            mode = mode or rec.sleep.mode
+            if mode == "frozen":
+                if not self.runtime.caps.freezer:
+                    raise Conflict(
+                        f"this node cannot freeze tenants (no cgroup freezer); "
+                        f"sleep {tid} in the stopped mode"
+                    )
+                self.runtime.freeze(tid)
+                pid = rec.pid
+            else:
+                self.runtime.stop(tid, timeout=timeout)
+                pid = 0
+            now = time.time()
+            self.store.update_tenant(tid, status="sleeping", pid=pid, asleep=mode, slept_at=now)
+            return replace(rec, status="sleeping", pid=pid, asleep=mode, slept_at=now)
+
+    def wake(self, tid: str) -> TenantRecord:
+        """Bring a sleeping tenant back: a thaw when frozen, a start when stopped.
+
+        Returns the running tenant; harmless when it runs already. Raises Conflict for
+        a tenant that is stopped or failed (`start` is for those).
+        """
+        with self._lock(tid):
+            rec = self.store.tenant(tid)
+            if rec.status == "running":
+                return rec
+            if rec.status != "sleeping":
+                raise Conflict(
+                    f"tenant {tid} is {rec.status}, not sleeping; start it with `hoody start {tid}`"
+                )
+            return self._wake(rec)
+
+    def _wake(self, rec: TenantRecord) -> TenantRecord:
+        """Wake `rec` (sleeping); the caller holds its lock."""
+        tid = rec.id
+        state = self.runtime.state(tid)
+        if rec.asleep == "frozen" and state.status == "running":
+            self.runtime.thaw(tid)
+            pid = state.pid
+        else:
+            # Stopped, or frozen but gone since (the host restarted): start it again.
+            # The network and firewall are still there; _bring_up checks them cheaply
+            # and remakes what a host restart took.
+            with Undo() as undo:
+                pid = self._bring_up(rec, undo, start=True).pid
+                undo.commit()
+        self._restarts.pop(tid, None)
+        self.store.update_tenant(tid, status="running", pid=pid, asleep="", slept_at=0.0)
+        return replace(rec, status="running", pid=pid, asleep="", slept_at=0.0)
 
     def restart(self, tid: str) -> TenantRecord:
         self.stop(tid)
@@ -502,8 +596,8 @@ class Node:
         restarted = []
         for tid, desired, status in self.store.lifecycle():
             self._rotate_log(tid)
-            if desired != "running" or status in ("creating", "deleting"):
-                continue
+            if desired != "running" or status in ("creating", "deleting", "sleeping"):
+                continue  # a sleeping tenant is down on purpose; a wake brings it back
             if self.runtime.state(tid).status == "running":
                 failures, since = self._restarts.get(tid, (0, now))
                 if failures and now - since > 60:
@@ -518,7 +612,11 @@ class Node:
                 continue
             try:
                 current = self.store.tenant(tid)
-                if current.desired != "running" or self.runtime.state(tid).status == "running":
+                if (
+                    current.desired != "running"
+                    or current.status == "sleeping"
+                    or self.runtime.state(tid).status == "running"
+                ):
                     continue
                 log.info("tenant %s exited; restart #%d", tid, failures + 1)
                 self._restarts[tid] = (failures + 1, now)
@@ -576,6 +674,19 @@ class Node:
                 report["removed"].append(rec.id)
                 continue
             state = self.runtime.state(rec.id)
+            if rec.status == "sleeping":
+                if rec.asleep == "frozen" and state.status == "running":
+                    self.storage.mount_tenant(rec.id)
+                    self.network.attach(rec.id, rec.ip)
+                    self.firewall.apply_tenant(rec.id, rec.ip, rec.firewall)
+                    self.runtime.freeze(rec.id)  # harmless when frozen still
+                else:
+                    # Its processes are gone (a stopped sleep, or a host restart under a
+                    # frozen one): it sleeps stopped, and a wake starts it.
+                    self.runtime.stop(rec.id, timeout=0)
+                    self.store.update_tenant(rec.id, pid=0, asleep="stopped")
+                report["kept"].append(rec.id)
+                continue
             if rec.desired == "running" and state.status == "running":
                 self._remount(rec.id, state.pid)
                 self.network.attach(rec.id, rec.ip)

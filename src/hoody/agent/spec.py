@@ -15,10 +15,12 @@ from typing import Any, Literal
 from hoody.errors import InvalidInput
 
 __all__ = [
+    "SLEEP_MODES",
     "EgressRule",
     "FirewallPolicy",
     "IngressRule",
     "Limits",
+    "SleepPolicy",
     "check_env",
     "check_name",
     "check_tenant_id",
@@ -153,6 +155,58 @@ class Limits:
 
     @classmethod
     def from_json(cls, data: dict[str, Any] | None) -> Limits:
+        return cls().merged(data)
+
+
+SLEEP_MODES = ("stopped", "frozen")
+
+
+@dataclass(frozen=True)
+class SleepPolicy:
+    """When an idle tenant is put to sleep, and how it sleeps.
+
+    `idle_seconds`: after this long without a request through a router the fleet puts
+    the tenant to sleep; None never does (memory pressure still may). `mode`:
+    "stopped" ends its processes (memory freed, disk, address and firewall kept; a
+    wake starts it again), "frozen" freezes them in their cgroup (CPU freed, memory
+    kept; a wake is a thaw, about a millisecond).
+    """
+
+    idle_seconds: int | None = None
+    mode: Literal["stopped", "frozen"] = "stopped"
+
+    def __post_init__(self) -> None:
+        idle = self.idle_seconds
+        if idle is not None and (
+            isinstance(idle, bool) or not isinstance(idle, int) or not 1 <= idle < 2**31
+        ):
+            raise InvalidInput(
+                f"idle_seconds {idle!r} is invalid; give whole seconds from 1, "
+                "or null to never sleep for idleness"
+            )
+        if self.mode not in SLEEP_MODES:
+            raise InvalidInput(f"sleep mode {self.mode!r} is invalid; use stopped or frozen")
+
+    def merged(self, overrides: dict[str, Any] | None) -> SleepPolicy:
+        """This policy with `overrides` applied; unknown keys are refused."""
+        if not overrides:
+            return self
+        if not isinstance(overrides, dict):
+            raise InvalidInput(
+                'sleep must be an object like {"idle_seconds": 300, "mode": "frozen"}'
+            )
+        unknown = set(overrides) - {"idle_seconds", "mode"}
+        if unknown:
+            raise InvalidInput(
+                f"unknown sleep setting {sorted(unknown)[0]!r}; known ones are idle_seconds, mode"
+            )
+        return replace(self, **overrides)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any] | None) -> SleepPolicy:
         return cls().merged(data)
 
 

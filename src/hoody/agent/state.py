@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from hoody.agent.ids import DEFAULT_ID_SLOTS
-from hoody.agent.spec import FirewallPolicy, Limits
+from hoody.agent.spec import FirewallPolicy, Limits, SleepPolicy
 from hoody.errors import Conflict, Exhausted, NotFound
 from hoody.private import private_dir, private_file
 
@@ -61,6 +61,18 @@ CREATE TABLE IF NOT EXISTS id_slots (slot INTEGER PRIMARY KEY, tenant TEXT UNIQU
 QUARANTINE = 120.0
 
 _TENANTS = "SELECT tenants.*, id_slots.slot FROM tenants LEFT JOIN id_slots ON tenant = id"
+# Columns added after the first release, with their definitions: added on open to a
+# database that lacks them.
+_ADDED_COLUMNS = {
+    "tenants": {
+        # How the tenant sleeps ("stopped" or "frozen"); "" while awake.
+        "asleep": "TEXT NOT NULL DEFAULT ''",
+        "slept_at": "REAL NOT NULL DEFAULT 0",
+    },
+}
+_TENANT_COLUMNS = (
+    "id, template, version, mode, ip, desired, status, pid, created_at, config, asleep, slept_at"
+)
 
 
 @dataclass(frozen=True)
@@ -78,6 +90,7 @@ class TemplateRecord:
     ksm: bool = False
     # The node's init runs as PID 1 in front of `args`; False: `args` is an init.
     init: bool = True
+    sleep: SleepPolicy = field(default_factory=SleepPolicy)
 
     def config_json(self) -> str:
         return json.dumps(
@@ -89,6 +102,7 @@ class TemplateRecord:
                 "firewall": self.firewall.to_json(),
                 "ksm": self.ksm,
                 "init": self.init,
+                "sleep": self.sleep.to_json(),
             }
         )
 
@@ -114,6 +128,7 @@ class TemplateRecord:
             firewall=FirewallPolicy.from_json(cfg["firewall"]),
             ksm=cfg["ksm"],
             init=cfg.get("init", True),
+            sleep=SleepPolicy.from_json(cfg.get("sleep")),
         )
 
 
@@ -125,7 +140,7 @@ class TenantRecord:
     mode: str
     ip: str
     desired: str  # "running" or "stopped": what the agent keeps it at
-    status: str  # "creating", "running", "stopped", "failed", "deleting"
+    status: str  # "creating", "running", "sleeping", "stopped", "failed", "deleting"
     pid: int
     created_at: float
     args: tuple[str, ...]
@@ -137,6 +152,9 @@ class TenantRecord:
     metadata: dict[str, Any]
     init: bool = True
     slot: int = -1  # of the node's id area (hoody.agent.ids); -1 until reserved
+    sleep: SleepPolicy = field(default_factory=SleepPolicy)
+    asleep: str = ""  # while sleeping: "stopped" or "frozen"
+    slept_at: float = 0.0
 
     def config_json(self) -> str:
         return json.dumps(
@@ -149,6 +167,7 @@ class TenantRecord:
                 "ksm": self.ksm,
                 "init": self.init,
                 "metadata": self.metadata,
+                "sleep": self.sleep.to_json(),
             }
         )
 
@@ -160,6 +179,8 @@ class TenantRecord:
             "mode": self.mode,
             "ip": self.ip,
             "state": self.status,
+            "sleep_mode": self.asleep or None,
+            "slept_at": self.slept_at or None,
             "desired": self.desired,
             "pid": self.pid,
             "created_at": self.created_at,
@@ -190,6 +211,9 @@ class TenantRecord:
             metadata=cfg.get("metadata", {}),
             init=cfg.get("init", True),
             slot=row["slot"] if row["slot"] is not None else -1,
+            sleep=SleepPolicy.from_json(cfg.get("sleep")),
+            asleep=row["asleep"],
+            slept_at=row["slept_at"],
         )
 
 
@@ -205,6 +229,11 @@ class NodeStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        for table, columns in _ADDED_COLUMNS.items():
+            have = {r["name"] for r in self._db.execute(f"PRAGMA table_info({table})")}
+            for name, definition in columns.items():
+                if name not in have:
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {definition}")
         self._lock = threading.RLock()
 
     def close(self) -> None:
@@ -319,7 +348,7 @@ class NodeStore:
             db.execute("INSERT INTO id_slots VALUES (?, ?)", (slot, rec.id))
             rec = replace(rec, ip=ip, slot=slot)
             db.execute(
-                "INSERT INTO tenants VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO tenants ({_TENANT_COLUMNS}) VALUES ({', '.join('?' * 12)})",
                 (
                     rec.id,
                     rec.template,
@@ -331,6 +360,8 @@ class NodeStore:
                     rec.pid,
                     rec.created_at,
                     rec.config_json(),
+                    rec.asleep,
+                    rec.slept_at,
                 ),
             )
         return rec
@@ -361,7 +392,7 @@ class NodeStore:
             return bool(self._db.execute("SELECT 1 FROM used_ids WHERE id = ?", (tid,)).fetchone())
 
     def update_tenant(self, tid: str, **fields: Any) -> None:
-        allowed = {"desired", "status", "pid"}
+        allowed = {"desired", "status", "pid", "asleep", "slept_at"}
         assert set(fields) <= allowed, fields
         sets = ", ".join(f"{k} = ?" for k in fields)
         with self._tx() as db:

@@ -333,6 +333,14 @@ def template_create(
     firewall_json: Annotated[
         str | None, typer.Option("--firewall", help="Firewall policy as JSON.")
     ] = None,
+    sleep_after: Annotated[
+        int | None,
+        typer.Option(help="Tenants sleep after this many seconds without a request (off)."),
+    ] = None,
+    sleep_mode: Annotated[
+        str | None,
+        typer.Option(help="How idle tenants sleep: stopped (default) or frozen (instant wake)."),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Create a template on this node, or its next version when NAME exists.
@@ -371,8 +379,14 @@ def template_create(
             init=None if init else False,
             limits=limits(cpu, memory, pids, disk, memory_request, io_mbps, iops),
             firewall=firewall(firewall_json),
+            sleep={
+                k: v
+                for k, v in (("idle_seconds", sleep_after), ("mode", sleep_mode))
+                if v is not None
+            }
+            or None,
         )
-    emit(rec, as_json, ["name", "version", "args", "port", "ksm"])
+    emit(rec, as_json, ["name", "version", "args", "port", "ksm", "sleep"])
 
 
 @template_app.command("ls")
@@ -449,6 +463,22 @@ def start(cid: str, as_json: JsonOpt = False) -> None:
 def stop(cid: str, as_json: JsonOpt = False) -> None:
     """Stop a tenant; its files and address stay."""
     emit(agent().action(cid, "stop"), as_json, TENANT_COLUMNS)
+
+
+@app.command()
+def sleep(
+    cid: str,
+    mode: Annotated[str | None, typer.Option(help="stopped or frozen; default: its own.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Put a tenant of this node to sleep (stopped: memory freed; frozen: memory kept)."""
+    emit(agent().sleep(cid, mode), as_json, TENANT_COLUMNS)
+
+
+@app.command()
+def wake(cid: str, as_json: JsonOpt = False) -> None:
+    """Wake a sleeping tenant of this node."""
+    emit(agent().wake(cid), as_json, TENANT_COLUMNS)
 
 
 @app.command()

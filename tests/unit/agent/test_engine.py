@@ -199,3 +199,81 @@ def test_the_runtimes_host_parts_are_ready_on_start_and_gone_after_teardown(
     assert runtime.ready, "each supervisor round brings back what died"
     node.teardown_all()
     assert not runtime.ready
+
+
+@pytest.mark.parametrize("mode", ["stopped", "frozen"])
+def test_a_sleeping_tenant_keeps_its_place_and_wakes(node: Node, mode: str) -> None:
+    rec = node.copy("app", name="t1")
+    storage, network, firewall, runtime = fakes(node)
+    slept = node.sleep("t1", mode)
+    assert (slept.status, slept.asleep) == ("sleeping", mode)
+    assert node.tenant("t1").to_json()["sleep_mode"] == mode
+    assert node.sleep("t1", "stopped").asleep == mode, "sleeping again changes nothing"
+    # Address, files and firewall stay; only the processes sleep.
+    assert storage.is_mounted("t1") and network.attached["t1"] == rec.ip
+    assert "t1" in firewall.policies
+    if mode == "frozen":
+        assert runtime.frozen("t1") and runtime.state("t1").pid == rec.pid
+        with pytest.raises(Conflict, match="frozen"):
+            node.exec("t1", ["true"])
+    else:
+        assert runtime.state("t1").status == "absent"
+    assert node.supervise_once(now=5000.0) == [], "the supervisor leaves a sleeper asleep"
+    woken = node.wake("t1")
+    assert woken.status == "running" and woken.ip == rec.ip and woken.asleep == ""
+    assert runtime.state("t1").status == "running" and not runtime.frozen("t1")
+    assert (woken.pid == rec.pid) is (mode == "frozen"), "a thaw keeps the processes"
+    assert node.wake("t1").pid == woken.pid, "waking a running tenant is harmless"
+
+
+def test_sleep_follows_the_policy_and_refuses_what_does_not_run(node: Node) -> None:
+    node.create_template("quick", SOURCE, sleep={"idle_seconds": 60, "mode": "frozen"})
+    rec = node.copy("quick", name="q1")
+    assert rec.sleep.idle_seconds == 60 and rec.sleep.mode == "frozen"
+    assert node.copy("quick", name="q2", sleep={"mode": "stopped"}).sleep.idle_seconds == 60
+    assert node.sleep("q1").asleep == "frozen"
+    node.copy("app", name="t1")
+    node.stop("t1")
+    with pytest.raises(Conflict, match="only a running tenant"):
+        node.sleep("t1")
+    with pytest.raises(Conflict, match="not sleeping"):
+        node.wake("t1")
+    with pytest.raises(InvalidInput, match="sleep mode"):
+        node.sleep("q2", "hibernate")
+    with pytest.raises(InvalidInput, match="idle_seconds"):
+        node.copy("app", sleep={"idle_seconds": 0})
+    with pytest.raises(InvalidInput, match="unknown sleep setting"):
+        node.copy("app", sleep={"after": 5})
+
+
+def test_stop_start_and_delete_work_on_a_frozen_tenant(node: Node) -> None:
+    node.copy("app", name="t1")
+    _, _, _, runtime = fakes(node)
+    node.sleep("t1", "frozen")
+    assert node.start("t1").status == "running" and not runtime.frozen("t1")
+    node.sleep("t1", "frozen")
+    stopped = node.stop("t1")
+    assert (stopped.status, stopped.asleep) == ("stopped", "")
+    node.start("t1")
+    node.sleep("t1", "frozen")
+    node.delete("t1")
+    assert nothing_of(node, "t1")
+
+
+def test_a_restarted_agent_keeps_sleepers_asleep(make_node: Factory) -> None:
+    first = make_node()
+    first.create_template("app", SOURCE)
+    frozen = first.copy("app", name="cold")
+    first.copy("app", name="nap")
+    first.sleep("cold", "frozen")
+    first.sleep("nap", "stopped")
+    second = make_node()
+    _, _, _, runtime = fakes(second)
+    assert second.tenant("cold").status == "sleeping" and runtime.frozen("cold")
+    assert second.tenant("cold").pid == frozen.pid
+    assert second.tenant("nap").status == "sleeping" and "nap" not in runtime.list()
+    # A frozen tenant whose processes were lost (host restart) sleeps on, stopped.
+    runtime.stop("cold")
+    third = make_node()
+    assert (third.tenant("cold").status, third.tenant("cold").asleep) == ("sleeping", "stopped")
+    assert third.wake("cold").status == "running"

@@ -47,6 +47,7 @@ class RuntimeCaps:
     cgroup: Literal["v1", "v2"]  # where the controllers are (a hybrid host counts as v1)
     memory_merge: bool  # PR_SET_MEMORY_MERGE works (KSM opt-in per template)
     cgroupns: bool = True  # the kernel has cgroup namespaces (tenants see only their own)
+    freezer: bool = True  # tenants can be frozen (v1 freezer hierarchy, or v2 cgroup.freeze)
 
 
 @dataclass(frozen=True)
@@ -139,6 +140,19 @@ class Runtime(Protocol):
         container's init (pid 1 in its namespace) ignores SIGTERM unless it installed a
         handler, so such a tenant takes the whole `timeout` to stop.
         """
+
+    def freeze(self, tid: str) -> None:
+        """Freeze every process of the running tenant in its cgroup: they keep their
+        memory and get no CPU until `thaw`. Returns once all are frozen; harmless when
+        frozen already. Raises NotFound when absent, Conflict when stopped, HostError
+        when the freezer does not take within a few seconds (the tenant is thawed)."""
+
+    def thaw(self, tid: str) -> None:
+        """Let a frozen tenant run again; harmless when it is not frozen or absent."""
+
+    def frozen(self, tid: str) -> bool:
+        """True while the tenant's cgroup is frozen (False when absent or stopped).
+        A frozen tenant's state is still running; `stop` works on it."""
 
     def exec(self, tid: str, argv: list[str], timeout: float = 60.0) -> ExecResult:
         """Run argv inside the running tenant (as its root, with its env and cwd) and

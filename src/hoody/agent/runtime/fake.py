@@ -36,6 +36,7 @@ class _Container:
     spec: ContainerSpec
     pid: int
     running: bool = True
+    frozen: bool = False
     events: dict[str, int] = field(default_factory=dict)
 
 
@@ -94,6 +95,26 @@ class FakeRuntime:
         with self._lock:
             self.containers.pop(tid, None)
 
+    def freeze(self, tid: str) -> None:
+        with self._lock:
+            current = self.containers.get(tid)
+            if current is None:
+                raise NotFound(f"container {tid} does not exist; start the tenant first")
+            if not current.running:
+                raise Conflict(f"container {tid} is stopped; only a running tenant can freeze")
+            current.frozen = True
+
+    def thaw(self, tid: str) -> None:
+        with self._lock:
+            current = self.containers.get(tid)
+            if current is not None:
+                current.frozen = False
+
+    def frozen(self, tid: str) -> bool:
+        with self._lock:
+            current = self.containers.get(tid)
+            return current is not None and current.running and current.frozen
+
     def crash(self, tid: str, oom: bool = False) -> None:
         """Test hook: the tenant's init exits (by the OOM killer when `oom`)."""
         with self._lock:
@@ -108,6 +129,8 @@ class FakeRuntime:
             raise NotFound(f"container {tid} does not exist; start the tenant first")
         if current.status == "stopped":
             raise Conflict(f"container {tid} is stopped; start it with `hoody start {tid}`")
+        if self.frozen(tid):
+            raise Conflict(f"container {tid} is frozen; wake it with `hoody wake {tid}`")
         canned = self.responses.get(tuple(argv))
         if canned is not None:
             return canned

@@ -262,6 +262,7 @@ class OciRuntime:
             cgroup=cgroup,
             memory_merge=_memory_merge_works(),
             cgroupns=Path("/proc/self/ns/cgroup").exists(),
+            freezer=cgroup == "v2" or (CGROUP_ROOT / "freezer").is_dir(),
         )
 
     def _cli(self, *args: str) -> list[str]:
@@ -450,6 +451,7 @@ class OciRuntime:
         check_tenant_id(tid)
         current = self.state(tid)
         if current.status == "running":
+            self.thaw(tid)  # a frozen tenant cannot act on SIGTERM
             start = _proc_start(current.pid)
             if start is not None:
                 exited = False
@@ -481,6 +483,68 @@ class OciRuntime:
         self._delete(tid)
         shutil.rmtree(self.bundle_dir / tid, ignore_errors=True)
 
+    # freeze
+
+    def _freezer(self, tid: str) -> tuple[Path, str, str]:
+        """(the cgroup file that freezes, what to write to freeze, to thaw)."""
+        rel = Path(self.cgroup_parent) / tid
+        if self.caps.cgroup == "v2":
+            return CGROUP_ROOT / rel / "cgroup.freeze", "1", "0"
+        return CGROUP_ROOT / "freezer" / rel / "freezer.state", "FROZEN", "THAWED"
+
+    def freeze(self, tid: str) -> None:
+        """Written straight to the cgroup (about 1 ms) rather than `runc pause` (a
+        subprocess, ~10 ms): a frozen tenant's wake is meant to be instant."""
+        check_tenant_id(tid)
+        current = self.state(tid)
+        if current.status == "absent":
+            raise NotFound(f"container {tid} does not exist; start the tenant first")
+        if current.status == "stopped":
+            raise Conflict(f"container {tid} is stopped; only a running tenant can freeze")
+        if not self.caps.freezer:
+            raise MissingDependency(
+                "this host has no cgroup freezer (no /sys/fs/cgroup/freezer); "
+                "use the stopped sleep mode"
+            )
+        path, frozen, _ = self._freezer(tid)
+        try:
+            path.write_text(frozen)
+        except OSError as exc:
+            raise HostError(f"cannot freeze tenant {tid} ({path}: {exc})") from exc
+        # The kernel freezes asynchronously (v1 reads FREEZING meanwhile; v2 raises
+        # `frozen 1` in cgroup.events): wait, so a frozen tenant really uses no CPU.
+        deadline = time.monotonic() + 5.0
+        pause = 0.0002
+        while not self.frozen(tid):
+            if time.monotonic() > deadline:
+                self.thaw(tid)
+                raise HostError(
+                    f"tenant {tid} did not freeze within 5 s (a process stuck in the "
+                    "kernel?); it was left running, try again or use the stopped sleep mode"
+                )
+            time.sleep(pause)
+            pause = min(pause * 2, 0.01)
+
+    def thaw(self, tid: str) -> None:
+        check_tenant_id(tid)
+        path, _, thawed = self._freezer(tid)
+        try:
+            path.write_text(thawed)
+        except FileNotFoundError:
+            return  # no cgroup: absent or stopped, nothing is frozen
+        except OSError as exc:
+            raise HostError(f"cannot thaw tenant {tid} ({path}: {exc})") from exc
+
+    def frozen(self, tid: str) -> bool:
+        check_tenant_id(tid)
+        path, frozen, _ = self._freezer(tid)
+        try:
+            if self.caps.cgroup == "v2":
+                return _keyed(path.with_name("cgroup.events")).get("frozen") == 1
+            return path.read_text().strip() == frozen
+        except OSError:
+            return False
+
     # exec
 
     def exec(self, tid: str, argv: list[str], timeout: float = 60.0) -> ExecResult:
@@ -490,6 +554,9 @@ class OciRuntime:
             raise NotFound(f"container {tid} does not exist; start the tenant first")
         if current.status == "stopped":
             raise Conflict(f"container {tid} is stopped; start it with `hoody start {tid}`")
+        if self.frozen(tid):
+            # The command would join the frozen cgroup and hang with it.
+            raise Conflict(f"container {tid} is frozen; wake it with `hoody wake {tid}`")
         pid_file = self.bundle_dir / tid / f"exec-{os.getpid()}-{time.monotonic_ns()}.pid"
         cmd = [
             self.nsenter,
