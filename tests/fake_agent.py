@@ -218,7 +218,7 @@ class FakeAgent:
             return 200, self._tenant(m.group(1))
         if (m := re.fullmatch(r"/v1/tenants/([^/]+)", path)) and method == "DELETE":
             return 200, self._delete(m.group(1))
-        if m := re.fullmatch(r"/v1/tenants/([^/]+)/(start|stop|snapshot)", path):
+        if m := re.fullmatch(r"/v1/tenants/([^/]+)/(start|stop|snapshot|sleep|wake)", path):
             return (201 if m.group(2) == "snapshot" else 200), self._act(
                 m.group(1), m.group(2), data
             )
@@ -254,6 +254,8 @@ class FakeAgent:
                 "limits": {**tmpl["limits"], **(data.get("limits") or {})},
                 "env": data.get("env") or {},
                 "metadata": data.get("metadata") or {},
+                "sleep": {"idle_seconds": None, "mode": "stopped", **(data.get("sleep") or {})},
+                "sleep_mode": None,
             }
             self.tenants[tid] = rec
             return dict(rec)
@@ -291,7 +293,17 @@ class FakeAgent:
                 snap.update(name=name, version=version, created_at=time.time())
                 self.templates[(name, version)] = snap
                 return dict(snap)
-            rec["state"] = rec["desired"] = "running" if verb == "start" else "stopped"
+            if verb == "sleep":
+                if rec["state"] == "running":
+                    rec["state"] = "sleeping"
+                    rec["sleep_mode"] = data.get("mode") or rec["sleep"]["mode"]
+                elif rec["state"] != "sleeping":
+                    raise Conflict(f"tenant {tid} is {rec['state']}; only a running one can sleep")
+                return dict(rec)
+            if verb == "wake" and rec["state"] not in ("running", "sleeping"):
+                raise Conflict(f"tenant {tid} is {rec['state']}, not sleeping")
+            rec["state"] = rec["desired"] = "stopped" if verb == "stop" else "running"
+            rec["sleep_mode"] = None
             return dict(rec)
 
     def _delete_template(self, name: str, version: int | None = None) -> dict[str, Any]:

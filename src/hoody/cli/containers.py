@@ -1,5 +1,6 @@
 """Containers across the fleet, through the control plane: `hoody copy`, `hoody ls`,
-`hoody show`, `hoody start`, `hoody stop`, `hoody rm`, `hoody snapshot`.
+`hoody show`, `hoody start`, `hoody stop`, `hoody sleep`, `hoody wake`, `hoody rm`,
+`hoody snapshot`.
 
 Every command goes through the SDK (`hoody.Client`), configured by `hoody login URL
 --token T` (or HOODY_URL / HOODY_TOKEN). The same work on one node without the control
@@ -33,6 +34,29 @@ from hoody.control.client import Client
 __all__ = ["register"]
 
 COLUMNS = ["id", "template", "version", "node", "state", "url"]
+SleepModeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--sleep-mode",
+        help="How it sleeps when idle: stopped (memory freed) or frozen (instant wake).",
+    ),
+]
+
+
+def _shown(row: dict[str, Any], as_json: bool) -> dict[str, Any]:
+    """For people, a sleeper's state says how it sleeps: `sleeping (frozen)`."""
+    if as_json or row.get("state") != "sleeping" or not row.get("sleep_mode"):
+        return row
+    return {**row, "state": f"sleeping ({row['sleep_mode']})"}
+
+
+def _sleep_policy(after: int | None, mode: str | None) -> dict[str, Any] | None:
+    policy: dict[str, Any] = {}
+    if after is not None:
+        policy["idle_seconds"] = after
+    if mode is not None:
+        policy["mode"] = mode
+    return policy or None
 
 
 def copy(
@@ -61,6 +85,11 @@ def copy(
     firewall_json: Annotated[
         str | None, typer.Option("--firewall", help="Firewall policy as JSON.")
     ] = None,
+    sleep_after: Annotated[
+        int | None,
+        typer.Option(help="Sleep after this many seconds without a request (default: template's)."),
+    ] = None,
+    sleep_mode: SleepModeOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Create a container from TEMPLATE on the node with the most headroom."""
@@ -76,6 +105,7 @@ def copy(
             idempotency_key=idempotency_key,
             project=project,
             strategy=strategy,
+            sleep=_sleep_policy(sleep_after, sleep_mode),
         )
     emit(rec, as_json, COLUMNS)
     if not as_json:
@@ -106,7 +136,7 @@ def ls(
             project=project,
             limit=min(limit, 500),
         ):
-            rows.append(row)
+            rows.append(_shown(row, as_json))
             if len(rows) >= limit:
                 break
     emit(rows, as_json, COLUMNS)
@@ -115,7 +145,11 @@ def ls(
 def show(cid: str, as_json: JsonOpt = False) -> None:
     """Show one container: node, address, limits, metadata and why it was placed there."""
     with Client() as client:
-        emit(client.container(cid), as_json, [*COLUMNS, "ip", "placement", "metadata"])
+        emit(
+            _shown(client.container(cid), as_json),
+            as_json,
+            [*COLUMNS, "ip", "sleep", "placement", "metadata"],
+        )
 
 
 def start(cid: str, as_json: JsonOpt = False) -> None:
@@ -129,6 +163,27 @@ def stop(cid: str, as_json: JsonOpt = False) -> None:
     """Stop a container; its files and address stay."""
     with Client() as client, status(f"stopping {cid}…", as_json):
         rec = client.stop(cid)
+    emit(rec, as_json, COLUMNS)
+
+
+def sleep(
+    cid: str,
+    mode: Annotated[
+        str | None,
+        typer.Option(help="stopped (memory freed) or frozen (memory kept); default: its own."),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Put a container to sleep; its next request through the router wakes it."""
+    with Client() as client, status(f"putting {cid} to sleep…", as_json):
+        rec = client.sleep(cid, mode)
+    emit(_shown(rec, as_json), as_json, COLUMNS)
+
+
+def wake(cid: str, as_json: JsonOpt = False) -> None:
+    """Wake a sleeping container."""
+    with Client() as client, status(f"waking {cid}…", as_json):
+        rec = client.wake(cid)
     emit(rec, as_json, COLUMNS)
 
 
@@ -164,5 +219,5 @@ def snapshot(
 
 def register(app: typer.Typer) -> None:
     """Add the container commands to `app`."""
-    for fn in (copy, ls, show, start, stop, rm, snapshot):
+    for fn in (copy, ls, show, start, stop, sleep, wake, rm, snapshot):
         app.command()(fn)

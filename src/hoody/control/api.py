@@ -148,6 +148,7 @@ async def _copy(f: Fleet, c: Call, body: m.CopyBody, project: int) -> Any:
         metadata=body.metadata,
         idempotency_key=c.request.headers.get("idempotency-key"),
         strategy=body.strategy,
+        sleep=body.sleep.model_dump(exclude_none=True) if body.sleep else None,
     )
 
 
@@ -179,6 +180,20 @@ async def start(f: Fleet, c: Call) -> Any:
 
 async def stop(f: Fleet, c: Call) -> Any:
     return await run(f.stop, c.who, c.path("cid"))
+
+
+async def sleep(f: Fleet, c: Call) -> Any:
+    body: m.SleepBody | None = c.body
+    return await run(f.sleep, c.who, c.path("cid"), body.mode if body else None)
+
+
+async def wake(f: Fleet, c: Call) -> Any:
+    return await run(f.wake, c.who, c.path("cid"))
+
+
+async def report_activity(f: Fleet, c: Call) -> Any:
+    body: m.ActivityBody = c.body
+    return await run(f.report_activity, c.who, body.seen)
 
 
 async def snapshot(f: Fleet, c: Call) -> Any:
@@ -217,7 +232,7 @@ def _cordon(state: str) -> Handler:
 async def heartbeat(f: Fleet, c: Call) -> Any:
     body: m.HeartbeatBody = c.body
     templates = [t.model_dump(exclude_none=True) for t in body.templates or []]
-    return await run(
+    out = await run(
         f.heartbeat,
         c.who,
         c.path("name"),
@@ -228,6 +243,10 @@ async def heartbeat(f: Fleet, c: Call) -> Any:
         if body.tenant_usage is not None
         else None,
     )
+    if body.sleeping:  # the heartbeat was accepted: the caller is that node
+        sleeping = {cid: ref.model_dump() for cid, ref in body.sleeping.items()}
+        await run(f.sync_sleepers, c.path("name"), sleeping)
+    return out
 
 
 async def set_node(f: Fleet, c: Call) -> Any:
@@ -320,7 +339,7 @@ _LIST_PARAMS = (
     Param("project", "query", "Project id (admin tokens).", {"type": "integer", "minimum": 1}),
     Param("template", "query", "Only this template."),
     Param("node", "query", "Only this node."),
-    Param("state", "query", "creating, running, stopped, failed, deleting or deleted."),
+    Param("state", "query", "creating, running, sleeping, stopped, failed, deleting or deleted."),
     Param(
         "metadata",
         "query",
@@ -399,6 +418,36 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         response=m.ContainerOut,
         params=(_CID,),
         errors=(400, 401, 403, 404, 409),
+    ),
+    Endpoint(
+        "POST",
+        "/containers/{cid}/sleep",
+        sleep,
+        "Put a container to sleep: stopped (memory freed) or frozen (memory kept)",
+        "containers",
+        body=m.SleepBody,
+        response=m.ContainerOut,
+        params=(_CID,),
+        errors=(400, 401, 403, 404, 409),
+    ),
+    Endpoint(
+        "POST",
+        "/containers/{cid}/wake",
+        wake,
+        "Wake a sleeping container (routers do this for its next request)",
+        "containers",
+        response=m.ContainerOut,
+        params=(_CID,),
+        errors=(400, 401, 403, 404, 409),
+    ),
+    Endpoint(
+        "POST",
+        "/router/activity",
+        report_activity,
+        "Which containers got requests and how long ago (routers report; idle ones sleep)",
+        "claims",
+        body=m.ActivityBody,
+        response=m.ActivityOut,
     ),
     Endpoint(
         "POST",
@@ -854,9 +903,9 @@ def create_app(
     async def docs_endpoint(request: Request) -> Response:
         return HTMLResponse(page)
 
-    async def every(what: str, fn: Callable[[], Any]) -> None:
+    async def every(what: str, fn: Callable[[], Any], period: float | None = None) -> None:
         while True:
-            await asyncio.sleep(check_every)
+            await asyncio.sleep(period or check_every)
             try:
                 await run(fn)
             except Exception:
@@ -869,6 +918,10 @@ def create_app(
                 asyncio.create_task(every("node health check", fleet.mark_down_stale)),
                 asyncio.create_task(every("template replication", fleet.replicate_once)),
                 asyncio.create_task(dashboard.sample_forever()),
+                # Idle timeouts are whole seconds: once a second is soon enough.
+                asyncio.create_task(
+                    every("idle sleep", fleet.sleep_idle_once, max(1.0, check_every))
+                ),
             ]
             if monitor
             else []

@@ -24,7 +24,8 @@ SCOPES: tuple[Scope, ...] = ("admin", "project", "join", "node", "router")
 _ONLY = {
     "join": "a join token may only join new nodes",
     "node": "a node token may only rejoin its node and send its heartbeats",
-    "router": "a router token may only read the route table and spend claims",
+    "router": "a router token may only read the route table, spend claims, wake "
+    "sleeping tenants and report their activity",
 }
 
 _TOKEN = re.compile(r"^hdy_([a-z0-9]{10})_([A-Za-z0-9_-]{20,100})$")
@@ -79,7 +80,8 @@ class Principal:
             raise Forbidden("this needs an admin token; `hoody token create --admin` makes one")
 
     def require_router(self) -> None:
-        """The router's calls (route table, claim exchange): router or admin tokens."""
+        """The router's calls (route table, claim exchange, activity reports): router or
+        admin tokens."""
         if self.scope not in ("router", "admin"):
             raise Forbidden(
                 "this is the router's call; run routers with a router token "

@@ -45,7 +45,7 @@ INT_MAX = 2**31 - 1
 _PRINTABLE = re.compile(r"^[^\x00-\x1f\x7f]*$")
 _NAME = re.compile(r"^[a-z0-9-]{1,63}$")
 # Container states that hold resources on a node (everything but "deleted").
-LIVE = ("creating", "running", "stopped", "failed", "deleting")
+LIVE = ("creating", "running", "sleeping", "stopped", "failed", "deleting")
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ __all__ = ["CLAIM_PATH", "Claims", "tenant_url"]
 
 CLAIM_PATH = "/_hoody/claim"
 # Containers the router serves: they have, or are about to have, an address.
-_ROUTED = ("creating", "running", "stopped", "failed")
+_ROUTED = ("creating", "running", "sleeping", "stopped", "failed")
 
 
 def tenant_url(router_url: str, cid: str) -> str:

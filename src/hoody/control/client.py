@@ -131,12 +131,15 @@ class Client:
         project: int | None = None,
         strategy: str | None = None,
         memory_request_mib: int | None = None,
+        sleep: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Create a container; the same `idempotency_key` always returns the same one.
 
         `project` (admin tokens only; default: the client's `project`) is the project
         the container belongs to. `memory_request_mib` is the memory placement counts
         for it (default: its template's, else learned from the template's tenants).
+        `sleep` ({"idle_seconds": 300, "mode": "frozen"}) overrides the template's idle
+        sleep.
         """
         if memory_request_mib is not None:
             limits = {**(limits or {}), "memory_request_mib": memory_request_mib}
@@ -150,6 +153,7 @@ class Client:
                 "metadata": metadata,
                 "project": project if project is not None else self.project,
                 "strategy": strategy,
+                "sleep": sleep,
             }
         )
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
@@ -224,6 +228,18 @@ class Client:
         result: dict[str, Any] = self._req("POST", f"/containers/{cid}/stop")
         return result
 
+    def sleep(self, cid: str, mode: str | None = None) -> dict[str, Any]:
+        """Put the container to sleep: "stopped" (memory freed) or "frozen" (memory
+        kept, instant wake); default its own sleep mode. Its next request wakes it."""
+        body = {"mode": mode} if mode else {}
+        result: dict[str, Any] = self._req("POST", f"/containers/{cid}/sleep", json=body)
+        return result
+
+    def wake(self, cid: str) -> dict[str, Any]:
+        """Wake a sleeping container (harmless when it runs)."""
+        result: dict[str, Any] = self._req("POST", f"/containers/{cid}/wake")
+        return result
+
     def snapshot(self, cid: str, template: str | None = None) -> dict[str, Any]:
         """The finished operation; its `result` names the new template version."""
         result: dict[str, Any] = self._req(
@@ -265,6 +281,7 @@ class Client:
         usage: list[dict[str, Any]] | None = None,
         *,
         tenant_usage: dict[str, list[int]] | None = None,
+        sleeping: dict[str, dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
         body: dict[str, Any] = {"headroom": headroom}
         if templates is not None:
@@ -273,6 +290,8 @@ class Client:
             body["usage"] = usage
         if tenant_usage is not None:
             body["tenant_usage"] = tenant_usage
+        if sleeping:
+            body["sleeping"] = sleeping
         result: dict[str, Any] = self._req("POST", f"/nodes/{name}/heartbeat", json=body)
         return result
 

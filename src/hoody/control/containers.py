@@ -30,7 +30,14 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from hoody.agent.spec import FirewallPolicy, Limits, check_env, check_name, check_tenant_id
+from hoody.agent.spec import (
+    FirewallPolicy,
+    Limits,
+    SleepPolicy,
+    check_env,
+    check_name,
+    check_tenant_id,
+)
 from hoody.control import capacity
 from hoody.control.auth import Principal
 from hoody.control.base import FleetBase, check_int, check_text
@@ -97,6 +104,7 @@ class Containers(FleetBase):
         metadata: dict[str, Any] | None = None,
         idempotency_key: str | None = None,
         strategy: Strategy | None = None,
+        sleep: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Create a tenant of `template` in `project` on the node placement picks.
 
@@ -105,7 +113,9 @@ class Containers(FleetBase):
         same container, also when calls race; the same key with a different request
         is a Conflict. On failure nothing is left: no container row, no key row.
         """
-        body = self._copy_body(project, template, name, version, limits, env, firewall, metadata)
+        body = self._copy_body(
+            project, template, name, version, limits, env, firewall, metadata, sleep
+        )
         if idempotency_key is None:
             return self._copy(project, body, None, strategy)
         if not isinstance(idempotency_key, str) or not _KEY.match(idempotency_key):
@@ -144,6 +154,7 @@ class Containers(FleetBase):
         env: dict[str, str] | None,
         firewall: dict[str, Any] | None,
         metadata: dict[str, Any] | None,
+        sleep: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """The validated request, as hashed for idempotency and passed to the agent."""
         check_int(project, "project")
@@ -161,7 +172,8 @@ class Containers(FleetBase):
             check_env(env)
         if metadata is not None and len(json.dumps(metadata, default=str)) > 16384:
             raise InvalidInput("metadata is too large; keep it under 16 KiB of JSON")
-        return {
+        SleepPolicy().merged(sleep)  # validates; the agent merges it with the template's
+        body = {
             "template": template,
             "name": name,
             "version": version,
@@ -170,6 +182,9 @@ class Containers(FleetBase):
             "firewall": firewall,
             "metadata": metadata,
         }
+        if sleep:  # absent from the hash unless given: keys made before keep their hash
+            body["sleep"] = sleep
+        return body
 
     def _claim_or_wait(self, project: int, key: str, digest: str) -> dict[str, Any] | None:
         """None once this call owns `key`; else the container the owner made."""
@@ -267,6 +282,7 @@ class Containers(FleetBase):
                     env=body["env"],
                     firewall=body["firewall"],
                     metadata=body["metadata"],
+                    sleep=body.get("sleep"),
                 )
                 break
             except BaseException as exc:
@@ -351,6 +367,7 @@ class Containers(FleetBase):
                     limits=limits,
                     meta=body.get("metadata") or {},
                     created_at=self.clock(),
+                    active_at=self.clock(),
                 )
             )
             if key is not None:
@@ -383,6 +400,13 @@ class Containers(FleetBase):
                 row.url = f"https://{res.cid}.{self.settings.public_domain}/"
             else:
                 row.url = str(rec.get("url", ""))
+            policy = rec.get("sleep")
+            if isinstance(policy, dict):
+                idle = policy.get("idle_seconds")
+                row.sleep_after = int(idle) if isinstance(idle, int) else None
+                row.sleep_mode = str(policy.get("mode") or "stopped")
+            row.asleep = str(rec.get("sleep_mode") or "") if row.state == "sleeping" else ""
+            row.active_at = self.clock()
             lim = rec.get("limits")
             if isinstance(lim, dict):
                 row.limits = lim
@@ -537,6 +561,9 @@ class Containers(FleetBase):
         with self.store.write() as s:
             row = self._find(s, None, cid)
             row.state = str(rec.get("state", row.state))
+            row.asleep = str(rec.get("sleep_mode") or "") if row.state == "sleeping" else ""
+            if row.state == "running":
+                row.active_at = max(row.active_at, self.clock())  # idle from now on
             return _container_json(row)
 
     def start(self, who: Principal, cid: str) -> dict[str, Any]:
@@ -590,6 +617,8 @@ def _container_json(row: Container) -> dict[str, Any]:
         "url": row.url,
         "placement": row.placement,
         "limits": row.limits,
+        "sleep": {"idle_seconds": row.sleep_after, "mode": row.sleep_mode},
+        "sleep_mode": row.asleep or None,
         "metadata": row.meta,
         "created_at": row.created_at,
         "deleted_at": row.deleted_at,

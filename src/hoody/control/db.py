@@ -192,7 +192,7 @@ class Container(Base):
     template: Mapped[str] = mapped_column(String(63))
     version: Mapped[int] = mapped_column(Integer)
     node: Mapped[str] = mapped_column(String(63))
-    # creating → running | stopped | failed → deleting → deleted
+    # creating → running ⇄ sleeping | stopped | failed → deleting → deleted
     state: Mapped[str] = mapped_column(String(16))
     ip: Mapped[str] = mapped_column(String(64), default="")
     url: Mapped[str] = mapped_column(String(300), default="")
@@ -210,6 +210,14 @@ class Container(Base):
     port: Mapped[int] = mapped_column(Integer, default=8080, server_default="8080")
     # Bumped by claims/revoke: every session minted under an older value is refused.
     claims_gen: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Sleep: after `sleep_after` idle seconds (None: never for idleness) the fleet puts
+    # it to sleep in `sleep_mode`; `asleep` is the mode it sleeps in now ("" awake).
+    # `active_at` is when it last got a request through a router (as the routers
+    # report them), was made, started or woken: what idleness is measured from.
+    sleep_after: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    sleep_mode: Mapped[str] = mapped_column(String(16), default="stopped", server_default="stopped")
+    asleep: Mapped[str] = mapped_column(String(16), default="", server_default="")
+    active_at: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
 
 
 class IdempotencyKey(Base):

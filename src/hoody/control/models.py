@@ -13,6 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 __all__ = [
     "INT_MAX",
+    "ActivityBody",
+    "ActivityOut",
     "AuthorizeBody",
     "ClaimKeyOut",
     "ClaimOut",
@@ -35,6 +37,9 @@ __all__ = [
     "RevokeOut",
     "RouteTableOut",
     "SessionOut",
+    "SleepBody",
+    "SleepPolicyBody",
+    "SleeperRef",
     "SnapshotBody",
     "TemplateEstimateOut",
     "TemplateOut",
@@ -76,6 +81,42 @@ class LimitsBody(_Body):
         return value
 
 
+class SleepPolicyBody(_Body):
+    """When an idle container sleeps, and how; overrides the template's."""
+
+    idle_seconds: int | None = Field(
+        None, ge=1, le=INT_MAX, description="Sleep after this long without requests."
+    )
+    mode: Literal["stopped", "frozen"] | None = Field(
+        None,
+        description="stopped: processes end, memory freed (wake ~ a start); "
+        "frozen: cgroup freezer, memory kept (wake ~ 1 ms).",
+    )
+
+
+class SleepBody(_Body):
+    mode: Literal["stopped", "frozen"] | None = Field(
+        None, description="Default: the container's own sleep mode."
+    )
+
+
+class ActivityBody(_Body):
+    seen: dict[str, float] = Field(
+        description="Container id → seconds since its last request through this router."
+    )
+
+
+class ActivityOut(BaseModel):
+    recorded: int
+
+
+class SleeperRef(BaseModel):
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+
+    mode: Literal["stopped", "frozen"] = "stopped"
+    at: float = Field(description="When it went to sleep (the node's clock).")
+
+
 class CopyBody(_Body):
     name: str | None = Field(None, description="Container id (DNS label); generated if absent.")
     version: int | None = Field(None, ge=1, le=INT_MAX, description="Default: the newest.")
@@ -89,6 +130,9 @@ class CopyBody(_Body):
         None, ge=1, le=INT_MAX, description="Only for admin tokens: the project to copy into."
     )
     strategy: Literal["spread", "pack"] | None = None
+    sleep: SleepPolicyBody | None = Field(
+        None, description="Idle sleep; default: the template's (off unless it says)."
+    )
 
 
 class SnapshotBody(_Body):
@@ -154,6 +198,9 @@ class HeartbeatBody(_Body):
         description="Each tenant's measured [memory bytes, own disk bytes]; omitted: unchanged.",
         max_length=100_000,
     )
+    sleeping: dict[str, SleeperRef] | None = Field(
+        None, description="Tenants asleep on the node (it may sleep some under memory pressure)."
+    )
 
 
 class NodeSettingsBody(_Body):
@@ -195,6 +242,8 @@ class ContainerOut(BaseModel):
     url: str
     placement: str = Field(description="Why this node was chosen.")
     limits: dict[str, Any]
+    sleep: dict[str, Any] = Field(description="{idle_seconds, mode}: when and how it sleeps.")
+    sleep_mode: str | None = Field(description="While sleeping: stopped or frozen.")
     metadata: dict[str, Any]
     created_at: float
     deleted_at: float | None

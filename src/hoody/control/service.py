@@ -7,6 +7,7 @@ class per area, each in its own module over the shared state of `FleetBase`:
     nodes.py         join, heartbeats, health, cordon and drain
     templates.py     templates and versions across the fleet, snapshots
     containers.py    copy (idempotency, placement), list, get, start, stop, delete
+    sleep.py         sleep and wake, idleness from the routers' reports
     replication.py   template versions streamed from node to node (btrfs send/receive)
     claims.py        container claims, tenant sessions, the router's route table
     exec/scripts.py  Exec scripts, their invocations, per-project limits and secrets
@@ -40,13 +41,14 @@ from hoody.control.claims import Claims
 from hoody.control.containers import Containers, Reservation
 from hoody.control.nodes import Nodes
 from hoody.control.replication import Replication
+from hoody.control.sleep import Sleep
 from hoody.control.templates import Templates
 from hoody.exec.scripts import Scripts
 
 __all__ = ["AgentFactory", "Fleet", "Reservation", "Settings"]
 
 
-class Fleet(Access, Nodes, Templates, Containers, Replication, Claims, Scripts):
+class Fleet(Access, Nodes, Templates, Containers, Sleep, Replication, Claims, Scripts):
     """The control plane's services over one Store. Thread-safe: share one per process.
 
     Fleet(store, agents=None, settings=None, clock=time.time): `agents` makes agent

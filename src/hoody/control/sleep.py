@@ -1,0 +1,183 @@
+"""Sleep: idle tenants asleep, woken by their next request (the `Sleep` area of Fleet).
+
+    sleep            project token → the tenant sleeps on its node (stopped or frozen)
+    wake             project or router token → it runs again; a router calls this for
+                     the first request to a sleeping tenant and holds that request
+    report_activity  router → which tenants got requests, and how long ago
+    sleep_idle_once  background: running tenants idle past their `sleep_after` sleep
+    sync_sleepers    heartbeat: tenants a node put to sleep itself (memory pressure)
+
+Idleness is decided here rather than by a router or a node: every router reports the
+requests it served, and the control plane keeps the latest per tenant (`active_at`),
+so with several routers a tenant is idle only when none of them served it lately.
+Reports carry ages, not timestamps, so the routers' clocks do not matter. A sleep is
+claimed by a conditional UPDATE (running and still idle → sleeping) before its node is
+asked, so several control plane processes never sleep one tenant twice and a request
+reported in the meantime wins.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, cast
+
+from sqlalchemy import Table, bindparam, select, update
+
+from hoody.agent.spec import SLEEP_MODES
+from hoody.control.auth import Principal
+from hoody.control.base import FleetBase
+from hoody.control.containers import _container_json
+from hoody.control.db import Container, Node
+from hoody.errors import HoodyError, InvalidInput
+
+__all__ = ["MAX_ACTIVITY_BATCH", "Sleep"]
+
+log = logging.getLogger(__name__)
+
+MAX_ACTIVITY_BATCH = 20_000
+# Reported ages beyond this are not news: idle timeouts are shorter than a day.
+_MAX_AGE = 86_400.0
+_SLEEPERS = 8  # sleeps asked of nodes at once by one sweep
+
+
+class Sleep(FleetBase):
+    def sleep(self, who: Principal, cid: str, mode: str | None = None) -> dict[str, Any]:
+        """Put container `cid` to sleep in `mode` (default: its own sleep mode).
+
+        Harmless when it sleeps already. Conflict unless it runs; NotFound when it is
+        not the caller's.
+        """
+        if mode is not None and mode not in SLEEP_MODES:
+            raise InvalidInput(f"sleep mode {mode!r} is invalid; use stopped or frozen")
+        _, node = self._node_of(who.project_filter(), cid, "sleep")
+        rec = self._agent(node.url, node.agent_token).sleep(cid, mode)
+        return self._record_state(cid, rec)
+
+    def wake(self, who: Principal, cid: str) -> dict[str, Any]:
+        """Wake container `cid`: a thaw when frozen, a start when stopped; harmless when
+        it runs. Project tokens wake their own containers, router tokens any."""
+        project = None if who.scope in ("admin", "router") else who.project_filter()
+        _, node = self._node_of(project, cid, "wake")
+        rec = self._agent(node.url, node.agent_token).wake(cid)
+        return self._record_state(cid, rec, active=True)
+
+    def _record_state(self, cid: str, rec: dict[str, Any], active: bool = False) -> dict[str, Any]:
+        with self.store.write() as s:
+            row = self._find(s, None, cid)
+            row.state = str(rec.get("state", row.state))
+            row.asleep = str(rec.get("sleep_mode") or "") if row.state == "sleeping" else ""
+            if active:
+                row.active_at = max(row.active_at, self.clock())
+            return _container_json(row)
+
+    def report_activity(self, who: Principal, seen: dict[str, float]) -> dict[str, Any]:
+        """Record that each container in `seen` got a request `seen[cid]` seconds ago.
+
+        Only routers (and admins) report. Unknown ids are ignored: a router may report
+        a tenant deleted a moment ago. Returns how many were recorded.
+        """
+        who.require_router()
+        if len(seen) > MAX_ACTIVITY_BATCH:
+            raise InvalidInput(
+                f"{len(seen)} entries in one activity report; send at most {MAX_ACTIVITY_BATCH}"
+            )
+        now = self.clock()
+        params = []
+        for cid, age in seen.items():
+            if not isinstance(age, int | float) or isinstance(age, bool) or age < 0:
+                raise InvalidInput(f"the age reported for {cid[:63]!r} must be seconds >= 0")
+            if age <= _MAX_AGE and isinstance(cid, str) and len(cid) <= 63:
+                params.append({"b_cid": cid, "b_at": now - float(age)})
+        if params:
+            table = cast(Table, Container.__table__)
+            stmt = (
+                update(table)
+                .where(table.c.id == bindparam("b_cid"), table.c.active_at < bindparam("b_at"))
+                .values(active_at=bindparam("b_at"))
+            )
+            with self.store.write() as s:
+                s.connection().execute(stmt, params)
+        return {"recorded": len(params)}
+
+    def sleep_idle_once(self) -> list[str]:
+        """Put every running container idle past its `sleep_after` to sleep; returns
+        the ids put to sleep. Containers on nodes that are down wait for their node."""
+        now = self.clock()
+        with self.store.read() as s:
+            nodes = {n.name: n for n in s.scalars(select(Node)) if n.health == "up"}
+            rows = s.execute(
+                select(
+                    Container.id,
+                    Container.node,
+                    Container.sleep_after,
+                    Container.sleep_mode,
+                    Container.active_at,
+                    Container.created_at,
+                ).where(Container.state == "running", Container.sleep_after.is_not(None))
+            ).all()
+        due = [
+            (cid, node, mode)
+            for cid, node, after, mode, active, created in rows
+            if node in nodes and after is not None and max(active, created) + after <= now
+        ]
+        if not due:
+            return []
+        with ThreadPoolExecutor(min(_SLEEPERS, len(due)), "hoody-sleeper") as pool:
+            done = pool.map(lambda d: self._sleep_idle(d[0], nodes[d[1]], d[2], now), due)
+            return [cid for cid, slept in zip((d[0] for d in due), done, strict=True) if slept]
+
+    def _sleep_idle(self, cid: str, node: Node, mode: str, now: float) -> bool:
+        table = cast(Table, Container.__table__)
+        with self.store.write() as s:
+            claimed = s.connection().execute(
+                update(table)
+                .where(
+                    table.c.id == cid,
+                    table.c.state == "running",
+                    table.c.sleep_after.is_not(None),
+                    table.c.active_at + table.c.sleep_after <= now,
+                    table.c.created_at + table.c.sleep_after <= now,
+                )
+                .values(state="sleeping", asleep=mode)
+            )
+            if claimed.rowcount != 1:
+                return False  # woken, reported active, or claimed by another process
+        try:
+            rec = self._agent(node.url, node.agent_token).sleep(cid, mode)
+        except HoodyError as exc:
+            log.warning("could not put idle tenant %s to sleep: %s", cid, exc.message)
+            with self.store.write() as s:
+                s.execute(
+                    update(Container)
+                    .where(Container.id == cid, Container.state == "sleeping")
+                    .values(state="running", asleep="")
+                )
+            return False
+        log.info("tenant %s was idle past its sleep_after; asleep (%s)", cid, mode)
+        self._record_state(cid, rec)
+        return True
+
+    def sync_sleepers(self, node: str, sleeping: dict[str, dict[str, Any]]) -> None:
+        """Record the tenants node `node` says sleep: id → {"mode", "at": when it slept,
+        node clock}.
+
+        Only running → sleeping is applied, and only for a sleep that happened after
+        the container's last activity here: a heartbeat built before a wake must not
+        put the woken tenant back to sleep. The other way (a row says sleeping, the
+        node runs it) costs at most one wake that finds it running.
+        """
+        if not sleeping:
+            return
+        with self.store.write() as s:
+            rows = s.scalars(
+                select(Container).where(
+                    Container.node == node,
+                    Container.state == "running",
+                    Container.id.in_(list(sleeping)),
+                )
+            )
+            for row in rows:
+                entry = sleeping[row.id]
+                if float(entry.get("at", 0)) > row.active_at:
+                    row.state, row.asleep = "sleeping", str(entry.get("mode") or "stopped")

@@ -1,0 +1,110 @@
+"""Sleep and wake through the control plane; idleness from the routers' reports."""
+
+from __future__ import annotations
+
+import pytest
+
+from hoody.control.auth import Principal
+from hoody.control.db import Store
+from hoody.errors import Conflict, Forbidden, InvalidInput, NotFound
+from tests.control_support import make_world
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_sleep_and_wake_show_in_the_api_and_on_the_node(store: Store) -> None:
+    w = make_world(store, nodes={"n1": {}})
+    c = w.fleet.copy(w.project, "demo", sleep={"mode": "frozen"})
+    assert c["sleep"] == {"idle_seconds": None, "mode": "frozen"}
+    slept = w.fleet.sleep(w.who, c["id"])
+    assert (slept["state"], slept["sleep_mode"]) == ("sleeping", "frozen")
+    assert w.agents["n1"].tenants[c["id"]]["state"] == "sleeping"
+    listed = w.fleet.list_containers(w.who, state="sleeping")["items"]
+    assert [r["id"] for r in listed] == [c["id"]]
+    assert w.fleet.route_table(w.admin)["routes"][c["id"]]["state"] == "sleeping"
+    woken = w.fleet.wake(w.who, c["id"])
+    assert (woken["state"], woken["sleep_mode"]) == ("running", None)
+    assert w.fleet.wake(w.who, c["id"])["state"] == "running", "waking twice is harmless"
+    w.fleet.sleep(w.who, c["id"], "stopped")
+    assert w.fleet.start(w.who, c["id"])["state"] == "running", "start wakes a sleeper"
+    with pytest.raises(InvalidInput, match="sleep mode"):
+        w.fleet.sleep(w.who, c["id"], "hibernate")
+    w.fleet.stop(w.who, c["id"])
+    with pytest.raises(Conflict, match="only a running one"):
+        w.fleet.sleep(w.who, c["id"])
+
+
+def test_who_may_sleep_wake_and_report(store: Store) -> None:
+    w = make_world(store, nodes={"n1": {}})
+    c = w.fleet.copy(w.project, "demo")
+    other = w.fleet.create_project(w.admin, "other")["id"]
+    stranger = Principal("project", project_id=other)
+    with pytest.raises(NotFound):
+        w.fleet.sleep(stranger, c["id"])
+    with pytest.raises(NotFound):
+        w.fleet.wake(stranger, c["id"])
+    router = Principal("router")
+    w.fleet.sleep(w.who, c["id"])
+    assert w.fleet.wake(router, c["id"])["state"] == "running", "routers wake any tenant"
+    with pytest.raises(Forbidden):
+        w.fleet.sleep(router, c["id"])
+    with pytest.raises(Forbidden, match="router token"):
+        w.fleet.report_activity(w.who, {c["id"]: 1.0})
+    with pytest.raises(InvalidInput, match="seconds"):
+        w.fleet.report_activity(router, {c["id"]: -1.0})
+
+
+def test_idle_tenants_sleep_and_any_routers_report_keeps_one_awake(store: Store) -> None:
+    clock = Clock()
+    w = make_world(store, nodes={"n1": {}}, clock=clock)
+    idle = w.fleet.copy(w.project, "demo", sleep={"idle_seconds": 60})["id"]
+    busy = w.fleet.copy(w.project, "demo", sleep={"idle_seconds": 60, "mode": "frozen"})["id"]
+    never = w.fleet.copy(w.project, "demo")["id"]
+    router = Principal("router")
+    clock.now += 50
+    assert w.fleet.sleep_idle_once() == []
+    # Two routers: one saw `busy` 5 s ago, the other 40 s ago; the latest counts.
+    w.fleet.report_activity(router, {busy: 5.0, "gone-tenant": 1.0})
+    w.fleet.report_activity(router, {busy: 40.0})
+    clock.now += 20
+    assert w.fleet.sleep_idle_once() == [idle]
+    assert w.agents["n1"].tenants[idle]["state"] == "sleeping"
+    assert w.fleet.get_container(w.who, never)["state"] == "running"
+    clock.now += 60
+    assert w.fleet.sleep_idle_once() == [busy]
+    assert w.fleet.get_container(w.who, busy)["sleep_mode"] == "frozen"
+    # A wake makes it active again: it sleeps only after another idle minute.
+    w.fleet.wake(router, busy)
+    clock.now += 30
+    assert w.fleet.sleep_idle_once() == []
+    clock.now += 31
+    assert w.fleet.sleep_idle_once() == [busy]
+
+
+def test_a_failed_sleep_leaves_the_tenant_running(store: Store) -> None:
+    clock = Clock()
+    w = make_world(store, nodes={"n1": {}}, clock=clock)
+    cid = w.fleet.copy(w.project, "demo", sleep={"idle_seconds": 10})["id"]
+    w.agents["n1"].tenants[cid]["state"] = "stopped"  # the node says otherwise
+    clock.now += 11
+    assert w.fleet.sleep_idle_once() == []
+    assert w.fleet.get_container(w.who, cid)["state"] == "running"
+
+
+def test_heartbeats_record_what_a_node_put_to_sleep(store: Store) -> None:
+    clock = Clock()
+    w = make_world(store, nodes={"n1": {}}, clock=clock)
+    a = w.fleet.copy(w.project, "demo")["id"]
+    b = w.fleet.copy(w.project, "demo")["id"]
+    clock.now += 10
+    w.fleet.sync_sleepers("n1", {a: {"mode": "stopped", "at": clock.now - 1}})
+    # A heartbeat older than b's last wake must not put it back to sleep.
+    w.fleet.sync_sleepers("n1", {b: {"mode": "stopped", "at": clock.now - 20}})
+    assert w.fleet.get_container(w.who, a)["state"] == "sleeping"
+    assert w.fleet.get_container(w.who, b)["state"] == "running"
