@@ -59,7 +59,9 @@ async def serve(
         source.exchange,
         secure=tls is not None,
         refresh=source.refresh_for_miss,
+        wake=source.wake,
     )
+    source.report_activity(router.take_seen)
     server = await router.start(host or "127.0.0.1", int(port), tls)
     log.info("router on %s for *.%s (%d tenants)", listen, domain, len(source.table.routes))
     if ready is not None:

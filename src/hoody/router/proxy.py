@@ -22,6 +22,8 @@ Before a request reaches a tenant:
     GET /_hoody/claim?claim=…                       → spend the claim (control plane),
                                                       set the session cookie, 303 to /
     no valid session cookie, tenant not public      → 401 page
+    tenant sleeping                                 → woken (control plane), the request
+                                                      held until it answers (WAKE_TIMEOUT)
     tenant stopped / not answering / too slow       → 503 / 502 / 504 page
 
 What the tenant and the client see of each other's heads is in `headers.py`.
@@ -36,7 +38,7 @@ import time
 import urllib.parse
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
 from hoody import claims
@@ -77,10 +79,15 @@ CONNECT_TIMEOUT = 2.0
 SESSION_CACHE = 10_000
 # Requests one connection may have parsed and waiting behind the one being answered.
 MAX_PIPELINED = 64
+# A request to a sleeping tenant waits this long for the wake and the tenant's port.
+WAKE_TIMEOUT = 30.0
+# While a woken tenant's port refuses (its app is starting), try again this often.
+WAKE_RETRY = 0.003
 
 _CLAIM_PATH = CLAIM_PATH.encode()
 
 Exchange = Callable[[str, str], Awaitable[tuple[int, dict[str, Any]]]]
+Wake = Callable[[str], Awaitable[None]]
 
 
 @dataclass(slots=True)
@@ -313,6 +320,13 @@ class ClientConnection(asyncio.Protocol):
         target = origin_target(head.start[0], head.start[1], raw_host)
         route = router.table.routes.get(cid) if cid else None
         if route is None:
+            if (
+                cid is None
+                and target == b"/metrics"
+                and self.client_ip.startswith((b"127.", b"::1"))
+            ):
+                self._metrics()  # the router's own counters, to this machine only
+                return
             if router.table.stale:
                 self._answer(
                     503,
@@ -345,7 +359,9 @@ class ClientConnection(asyncio.Protocol):
             if refusal:
                 self._answer(401, "Sign in through the app", refusal)
                 return
-        if route.state != "running" or not route.port:
+        router.seen[route.cid] = self.loop.time()  # what idleness is measured from
+        sleeping = route.state == "sleeping" and router.wake is not None and route.port
+        if not sleeping and (route.state != "running" or not route.port):
             self._answer(
                 503,
                 "Tenant not running",
@@ -356,6 +372,9 @@ class ClientConnection(asyncio.Protocol):
             self.forwarding = (host, forwarded(host, self.client_ip, router.proto))
         out = tenant_request(head, target, host, self.forwarding[1], others, req.upgrade)
         self.pending = _Pending(out, route, head.start[0], req.upgrade, retry=req.kind == NONE)
+        if sleeping:
+            self._later(self._woken())
+            return
         up = router.pool.take(route.upstream)
         if up is None:
             self._later(self._connect())
@@ -403,17 +422,44 @@ class ClientConnection(asyncio.Protocol):
 
     # --- waiting on others ---------------------------------------------------------------
 
-    async def _connect(self) -> None:
+    async def _woken(self) -> None:
+        """The tenant sleeps: have it woken (one wake per tenant however many requests
+        wait), then send the request once its port takes connections."""
+        pending = self.pending
+        assert pending is not None
+        deadline = self.loop.time() + WAKE_TIMEOUT
+        failed = await self.router.wake_tenant(pending.route.cid)
+        if failed is not None:
+            self.task = None
+            if not self.closed:
+                self._answer(503, "Tenant asleep", f"{pending.route.cid} could not wake: {failed}")
+            return
+        pending.route = replace(pending.route, state="running")
+        await self._connect(until=deadline)
+
+    async def _connect(self, until: float = 0.0) -> None:
+        """Connect to the pending request's tenant and send it. `until`: a woken
+        tenant's app may still be starting, so a refused connection is tried again
+        until then."""
         pending = self.pending
         assert pending is not None
         address = pending.route.upstream
         pool = self.router.pool
-        try:
-            _, up = await asyncio.wait_for(
-                self.loop.create_connection(lambda: UpstreamConnection(pool, address), *address),
-                timeout=CONNECT_TIMEOUT,
-            )
-        except (OSError, TimeoutError):
+        while True:
+            try:
+                _, up = await asyncio.wait_for(
+                    self.loop.create_connection(
+                        lambda: UpstreamConnection(pool, address), *address
+                    ),
+                    timeout=CONNECT_TIMEOUT,
+                )
+                break
+            except ConnectionRefusedError:
+                if self.loop.time() + WAKE_RETRY < until and not self.closed:
+                    await asyncio.sleep(WAKE_RETRY)
+                    continue
+            except (OSError, TimeoutError):
+                pass
             self.task = None
             cid = pending.route.cid
             self._answer(502, "Tenant not answering", f"{cid} refused the connection.")
@@ -491,6 +537,28 @@ class ClientConnection(asyncio.Protocol):
         self.router.statuses[status] += 1
         assert self.transport is not None
         _write(self.transport, pages.response(status, title, message, close=not keep))
+        self._done(keep)
+
+    def _metrics(self) -> None:
+        """The router's own counters in the Prometheus text format."""
+        req = self.current
+        keep = self.keep
+        if req is not None:
+            req.drop = True
+            req.body.clear()
+            req.buffered = 0
+            if req.expects_continue and not req.complete:
+                keep = False
+        body = self.router.wakes.prometheus()
+        assert self.transport is not None
+        _write(
+            self.transport,
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n"
+            + b"Content-Length: %d\r\nCache-Control: no-store\r\n" % len(body)
+            + (b"Connection: keep-alive" if keep else b"Connection: close")
+            + b"\r\n\r\n"
+            + body,
+        )
         self._done(keep)
 
     def _done(self, keep: bool) -> None:
@@ -618,9 +686,35 @@ class ClientConnection(asyncio.Protocol):
                 self._answer(504, "Tenant too slow", f"{cid} did not answer in time.", keep=False)
 
 
+@dataclass
+class WakeCounters:
+    """What the router did for sleeping tenants (`/metrics` on the router's own host)."""
+
+    wakes: int = 0  # tenants woken for a request
+    failed: int = 0  # wakes the control plane refused or did not answer
+    seconds: float = 0.0  # time spent waking, summed over `wakes`
+    held: int = 0  # requests held while their tenant woke
+
+    def prometheus(self) -> bytes:
+        return (
+            "# HELP hoody_router_wakes_total Sleeping tenants woken for a request.\n"
+            "# TYPE hoody_router_wakes_total counter\n"
+            f'hoody_router_wakes_total{{result="ok"}} {self.wakes}\n'
+            f'hoody_router_wakes_total{{result="failed"}} {self.failed}\n'
+            "# HELP hoody_router_wake_seconds Time from a wake asked to its answer.\n"
+            "# TYPE hoody_router_wake_seconds summary\n"
+            f"hoody_router_wake_seconds_sum {self.seconds:.6f}\n"
+            f"hoody_router_wake_seconds_count {self.wakes}\n"
+            "# HELP hoody_router_wake_held_requests_total Requests held for a wake.\n"
+            "# TYPE hoody_router_wake_held_requests_total counter\n"
+            f"hoody_router_wake_held_requests_total {self.held}\n"
+        ).encode()
+
+
 class Router:
     """Serves `<cid>.<domain>` from `table`; `exchange` spends claims (control plane);
-    `refresh` reloads the table when a host is not in it (a tenant made a moment ago)."""
+    `refresh` reloads the table when a host is not in it (a tenant made a moment ago);
+    `wake` wakes a sleeping tenant (control plane), raising if it cannot."""
 
     def __init__(
         self,
@@ -631,11 +725,17 @@ class Router:
         secure: bool = False,
         refresh: Callable[[], Awaitable[None]] | None = None,
         limits: Limits | None = None,
+        wake: Wake | None = None,
     ) -> None:
         self.table = table
         self.limits = limits or Limits()
         self.per_client: dict[bytes, int] = {}
         self.refresh = refresh
+        self.wake = wake
+        self.wakes = WakeCounters()
+        self._waking: dict[str, asyncio.Future[str | None]] = {}
+        # Tenant → loop time of its latest request, taken by the activity reporter.
+        self.seen: dict[str, float] = {}
         self.domain = domain.lower().strip(".")
         self.exchange = exchange
         self.secure = secure
@@ -691,6 +791,43 @@ class Router:
         for conn in list(self.connections):
             conn._close()
         self.pool.close()
+
+    async def wake_tenant(self, cid: str) -> str | None:
+        """Wake `cid`, sharing one wake among the requests that wait for it. Returns
+        None once it is awake, else why it could not be woken."""
+        self.wakes.held += 1
+        waking = self._waking.get(cid)
+        if waking is None:
+            waking = asyncio.ensure_future(self._wake(cid))
+            self._waking[cid] = waking
+        return await asyncio.shield(waking)
+
+    async def _wake(self, cid: str) -> str | None:
+        assert self.wake is not None
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        try:
+            await asyncio.wait_for(self.wake(cid), WAKE_TIMEOUT)
+        except Exception as exc:
+            self.wakes.failed += 1
+            log.warning("could not wake tenant %s: %s", cid, exc)
+            return str(exc) or type(exc).__name__
+        finally:
+            self._waking.pop(cid, None)
+        self.wakes.wakes += 1
+        self.wakes.seconds += loop.time() - start
+        route = self.table.routes.get(cid)
+        if route is not None and route.state == "sleeping":
+            # Awake now; the next table refresh from the control plane says so too.
+            self.table.routes[cid] = replace(route, state="running")
+        return None
+
+    def take_seen(self) -> dict[str, float]:
+        """Seconds since each tenant's latest request, for those with requests since
+        the last call (what the control plane measures idleness from)."""
+        seen, self.seen = self.seen, {}
+        now = asyncio.get_running_loop().time()
+        return {cid: max(0.0, now - at) for cid, at in seen.items()}
 
     # --- decisions ---------------------------------------------------------------------
 

@@ -6,6 +6,9 @@ A table the router cannot refresh for STALE_AFTER seconds is dropped (the router
 answers 503 and says why): a deleted tenant's address may go to a new tenant once the
 node's quarantine for it ends (agent/state.py, QUARANTINE, longer than this), and an
 old route must not lead there.
+
+The control plane is also where the router wakes sleeping tenants and reports, once a
+second, which tenants it served (so that idle ones can be put to sleep).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -108,6 +112,7 @@ class ControlPlaneTable:
             transport=transport,
         )
         self._task: asyncio.Task[None] | None = None
+        self._reporter: asyncio.Task[None] | None = None
         self._inflight: asyncio.Task[None] | None = None
         self._last_miss = 0.0
 
@@ -180,9 +185,49 @@ class ControlPlaneTable:
             body = {"error": {"code": "bad_gateway", "message": response.text[:200]}}
         return response.status_code, body
 
+    async def wake(self, cid: str) -> None:
+        """Wake sleeping tenant `cid` (`POST /containers/{cid}/wake`); raises with the
+        control plane's reason when it is refused or unanswered."""
+        try:
+            response = await self.http.post(f"/containers/{cid}/wake", timeout=30.0)
+        except httpx.HTTPError as exc:
+            raise RuntimeError(f"the control plane did not answer ({exc})") from exc
+        if response.status_code != 200:
+            try:
+                reason = str(response.json()["error"]["message"])
+            except (ValueError, KeyError, TypeError):
+                reason = f"control plane answered {response.status_code}"
+            raise RuntimeError(reason)
+
+    def report_activity(self, take: Callable[[], dict[str, float]], every: float = 1.0) -> None:
+        """Send `take()` (tenant → seconds since its latest request here) to the control
+        plane every `every` seconds. A report that fails is merged into the next."""
+
+        async def loop() -> None:
+            unsent: dict[str, float] = {}
+            while True:
+                await asyncio.sleep(every)
+                fresh = take()
+                # An unsent age grew by the time waited; the freshest sighting wins.
+                for cid, age in unsent.items():
+                    fresh[cid] = min(fresh.get(cid, age + every), age + every)
+                if not fresh:
+                    continue
+                try:
+                    response = await self.http.post("/router/activity", json={"seen": fresh})
+                    response.raise_for_status()
+                    unsent = {}
+                except httpx.HTTPError as exc:
+                    if not unsent:
+                        log.warning("cannot report tenant activity (%s); will retry", exc)
+                    unsent = fresh
+
+        self._reporter = asyncio.create_task(loop())
+
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._reporter):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self.http.aclose()

@@ -1,0 +1,127 @@
+"""Idle tenants asleep, woken by their next request through the real router.
+
+A control plane (SQLite) with the scratch node joined, the router polling it and
+reporting activity, demo-app tenants made through the API with a short idle timeout.
+Only loopback and the scratch node's tenants are contacted.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from hoody import router as tenant_router
+from hoody.agent.node_info import headroom
+from hoody.agent.templates import DEMO_NAME
+from hoody.bench.provision import wait_http_ok
+from hoody.bench.scratch import ScratchNode, free_port, serve_in_thread
+from hoody.control.api import create_app
+from hoody.control.client import Client
+from hoody.control.db import Store
+from hoody.control.heartbeat import start_heartbeat
+from hoody.control.service import Fleet, Settings
+
+
+@dataclass
+class Stack:
+    client: Client
+    router_port: int
+
+    def get(self, cid: str, path: str = "/") -> httpx.Response:
+        headers = {"Host": f"{cid}.localhost:{self.router_port}"}
+        return httpx.get(f"http://127.0.0.1:{self.router_port}{path}", headers=headers, timeout=30)
+
+    def metrics(self) -> str:
+        url = f"http://127.0.0.1:{self.router_port}/metrics"
+        return httpx.get(url, headers={"Host": "localhost"}, timeout=5).text
+
+
+def until(check: Callable[[], bool], timeout: float) -> float:
+    start = time.monotonic()
+    while not check():
+        assert time.monotonic() - start < timeout, "not within the time allowed"
+        time.sleep(0.05)
+    return time.monotonic() - start
+
+
+@pytest.fixture(scope="module")
+def stack(scratch: ScratchNode) -> Iterator[Stack]:
+    tmp = Path(tempfile.mkdtemp(prefix="hoody-sleep-"))
+    router_port = free_port()
+    store = Store(f"sqlite:///{tmp / 'control.db'}")
+    fleet = Fleet(store, settings=Settings(router_url=f"http://localhost:{router_port}"))
+    admin = fleet.bootstrap_admin()
+    assert admin
+    node = scratch.node
+    with serve_in_thread(create_app(fleet), free_port()) as api:
+        beats = start_heartbeat(
+            api,
+            admin,
+            node.config.name,
+            scratch.url,
+            scratch.token,
+            lambda: headroom(node),
+            get_templates=lambda: [t.to_json() for t in node.store.templates()],
+        )
+        stop_router = tenant_router.start_in_thread(
+            api, admin, f"127.0.0.1:{router_port}", "localhost"
+        )
+        with Client(api, admin) as root:
+            project = int(root.ensure_project("sleep-test")["id"])
+            token = root.create_token("project", project_id=project)["token"]
+        client = Client(api, token)
+        until(lambda: any(t["name"] == DEMO_NAME for t in client.templates()), timeout=30)
+        try:
+            yield Stack(client, router_port)
+        finally:
+            for c in client.containers()["items"]:
+                client.delete(c["id"])
+            client.close()
+            stop_router()
+            beats.set()
+    fleet.close()
+    store.close()
+
+
+@pytest.mark.parametrize("mode", ["stopped", "frozen"])
+def test_an_idle_tenant_sleeps_and_its_next_request_wakes_it(stack: Stack, mode: str) -> None:
+    c = stack.client.copy(
+        DEMO_NAME, metadata={"public": True}, sleep={"idle_seconds": 3, "mode": mode}
+    )
+    cid = c["id"]
+    wait_http_ok(f"http://{c['address']}/healthz")
+    # Requests through the router keep it awake past its idle timeout.
+    for _ in range(5):
+        assert stack.get(cid).status_code == 200
+        time.sleep(1)
+    assert stack.client.container(cid)["state"] == "running"
+    until(lambda: stack.client.container(cid)["state"] == "sleeping", timeout=15)
+    assert stack.client.container(cid)["sleep_mode"] == mode
+    time.sleep(1)  # the router's table says so too
+    before = stack.metrics()
+    start = time.monotonic()
+    r = stack.get(cid, "/api/visits")
+    took = time.monotonic() - start
+    assert r.status_code == 200, r.text
+    assert r.json()["tenant"] == cid
+    assert stack.client.container(cid)["state"] == "running"
+    assert took < 5, f"the first request to a sleeping tenant took {took:.2f} s"
+    after = stack.metrics()
+    assert _wakes(after) == _wakes(before) + 1
+    # It sleeps again once idle, and wakes again.
+    until(lambda: stack.client.container(cid)["state"] == "sleeping", timeout=15)
+    time.sleep(1)
+    assert stack.get(cid, "/api/visits").json()["visits"] > r.json()["visits"]
+
+
+def _wakes(metrics: str) -> int:
+    for line in metrics.splitlines():
+        if line.startswith('hoody_router_wakes_total{result="ok"}'):
+            return int(line.split()[-1])
+    raise AssertionError(f"no wake counter in {metrics!r}")

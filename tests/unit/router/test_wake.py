@@ -1,0 +1,115 @@
+"""Requests to sleeping tenants: woken once, held until the tenant answers, counted.
+
+The tenant stand-in starts listening only some time after the wake (as a stopped
+tenant's app does); tests/integration/test_sleep.py does the same with real tenants,
+the real control plane and both sleep modes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from hoody.router.proxy import Router
+from hoody.router.table import Route, RouteTable
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Sleeper:
+    """A tenant that starts answering `delay` s after it is woken."""
+
+    def __init__(self, delay: float = 0.2, fail: str | None = None) -> None:
+        self.port = _free_port()
+        self.delay = delay
+        self.fail = fail
+        self.wakes: list[str] = []
+        self.server: asyncio.Server | None = None
+        self.starting: asyncio.Future[None] | None = None
+
+    async def wake(self, cid: str) -> None:
+        self.wakes.append(cid)
+        await asyncio.sleep(0.02)  # the control plane's round trip
+        if self.fail:
+            raise RuntimeError(self.fail)
+        asyncio.get_running_loop().call_later(self.delay, self._listen)
+
+    def _listen(self) -> None:
+        self.starting = asyncio.ensure_future(self._start())
+
+    async def _start(self) -> None:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                await reader.readuntil(b"\r\n\r\n")
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nawake")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+async def _router(sleeper: Sleeper) -> tuple[Router, asyncio.Server, int]:
+    table = RouteTable(loaded=True)
+    table.routes["s"] = Route("s", "127.0.0.1", sleeper.port, "sleeping", public=True)
+
+    async def exchange(cid: str, claim: str) -> tuple[int, dict[str, str]]:
+        return 401, {}
+
+    router = Router(table, "localhost", exchange, wake=sleeper.wake)
+    server = await router.start("127.0.0.1", 0)
+    return router, server, server.sockets[0].getsockname()[1]
+
+
+@pytest.fixture
+async def sleeper() -> AsyncIterator[Sleeper]:
+    s = Sleeper()
+    yield s
+    if s.server is not None:
+        s.server.close()
+
+
+async def test_requests_to_a_sleeper_wake_it_once_and_are_answered(sleeper: Sleeper) -> None:
+    router, server, port = await _router(sleeper)
+    try:
+        async with httpx.AsyncClient(timeout=10) as http:
+            url, host = f"http://127.0.0.1:{port}/", {"Host": f"s.localhost:{port}"}
+            answers = await asyncio.gather(*(http.get(url, headers=host) for _ in range(5)))
+            assert [r.status_code for r in answers] == [200] * 5
+            assert {r.text for r in answers} == {"awake"}
+            assert sleeper.wakes == ["s"], "one wake for all the held requests"
+            assert router.table.routes["s"].state == "running"
+            again = await http.get(url, headers=host)
+            assert again.status_code == 200 and sleeper.wakes == ["s"]
+            metrics = await http.get(url + "metrics", headers={"Host": f"localhost:{port}"})
+        assert 'hoody_router_wakes_total{result="ok"} 1' in metrics.text
+        assert "hoody_router_wake_held_requests_total 5" in metrics.text
+        assert set(router.take_seen()) == {"s"}
+        assert router.take_seen() == {}, "each sighting is reported once"
+    finally:
+        router.close()
+        server.close()
+
+
+async def test_a_wake_that_fails_is_a_503_that_says_why() -> None:
+    sleeper = Sleeper(fail="container s is on node n1, which is down")
+    router, server, port = await _router(sleeper)
+    try:
+        async with httpx.AsyncClient(timeout=10) as http:
+            r = await http.get(f"http://127.0.0.1:{port}/", headers={"Host": f"s.localhost:{port}"})
+        assert r.status_code == 503 and "which is down" in r.text
+        assert router.wakes.failed == 1 and router.table.routes["s"].state == "sleeping"
+    finally:
+        router.close()
+        server.close()
