@@ -121,3 +121,10 @@ class RuntimeContract:
             runtime.freeze("ct-nobody")
         runtime.thaw("ct-nobody")  # harmless
         assert not runtime.frozen("ct-nobody")
+
+    def test_cpu_time_counts_up_from_zero(self, runtime: Runtime, make_spec: MakeSpec) -> None:
+        runtime.start(make_spec("ct-cpu"))
+        used = runtime.cpu_time("ct-cpu")
+        assert isinstance(used, float) and used >= 0.0
+        assert runtime.cpu_time("ct-cpu") >= used
+        assert runtime.cpu_time("ct-nobody") == 0.0

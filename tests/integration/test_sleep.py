@@ -68,6 +68,7 @@ def stack(scratch: ScratchNode) -> Iterator[Stack]:
             scratch.token,
             lambda: headroom(node),
             get_templates=lambda: [t.to_json() for t in node.store.templates()],
+            get_sleeping=node.sleepers,
         )
         stop_router = tenant_router.start_in_thread(
             api, admin, f"127.0.0.1:{router_port}", "localhost"

@@ -44,6 +44,7 @@ from hoody.agent import templates
 from hoody.agent.engine import Node, TemplateSource
 from hoody.agent.ids import TEMPLATE_ID_SHIFT
 from hoody.agent.node_info import configure, node_info
+from hoody.agent.pressure import PressureRelief
 from hoody.agent.spec import FirewallPolicy, Limits, SleepPolicy
 from hoody.agent.state import TemplateRecord
 from hoody.errors import HoodyError, HostError, InvalidInput, Unauthorized
@@ -147,7 +148,8 @@ async def _stream(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
 
 
 def create_app(node: Node, token: str, *, supervise_every: float = 0.5) -> Starlette:
-    """The agent app. Runs `reconcile` on startup and the restart supervisor while up."""
+    """The agent app. Runs `reconcile` on startup, and while up the restart supervisor
+    and (when the node watches memory pressure) the pressure relief, once a second."""
 
     def guarded(
         handler: Callable[[Request], Awaitable[Any]], status: int = 200
@@ -365,15 +367,27 @@ def create_app(node: Node, token: str, *, supervise_every: float = 0.5) -> Starl
             except Exception:
                 log.exception("supervisor round failed")
 
+    async def relieve(relief: PressureRelief) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                await _call(relief.once)
+            except Exception:
+                log.exception("memory pressure round failed")
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         report = await _call(node.reconcile)
         log.info("reconciled: %s", report)
-        task = asyncio.create_task(supervise())
+        tasks = [asyncio.create_task(supervise())]
+        if node.pressure is not None:
+            relief = PressureRelief(node, node.pressure, node.config.pressure_idle_seconds)
+            tasks.append(asyncio.create_task(relieve(relief)))
         try:
             yield
         finally:
-            task.cancel()
+            for task in tasks:
+                task.cancel()
 
     routes = [
         Route("/v1/node", guarded(get_node)),

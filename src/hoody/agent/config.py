@@ -57,6 +57,12 @@ class NodeConfig:
     # The servers' own networks (LAN, other nodes' tenant subnets): tenants' default
     # egress never reaches them (`hoody node init --management`).
     management: tuple[str, ...] = ()
+    # Memory pressure (PSI, see agent/pressure.py): sustained once tasks stalled on
+    # memory at least `pressure_pct` % of every second for `pressure_seconds`; then
+    # the node takes no tenants and puts those idle `pressure_idle_seconds` to sleep.
+    pressure_pct: float = 10.0
+    pressure_seconds: float = 5.0
+    pressure_idle_seconds: float = 60.0
 
     def __post_init__(self) -> None:
         over = self.overcommit
@@ -87,6 +93,16 @@ class NodeConfig:
                     raise InvalidInput(
                         f"{what} {cidr!r} is invalid; give an IPv4 CIDR like 192.0.2.0/24"
                     ) from exc
+        for knob, low, high in (
+            ("pressure_pct", 0.01, 100.0),
+            ("pressure_seconds", 1.0, 3600.0),
+            ("pressure_idle_seconds", 0.0, 86400.0),
+        ):
+            value = getattr(self, knob)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise InvalidInput(f"{knob} {value!r} is invalid; give a number")
+            if not low <= value <= high:
+                raise InvalidInput(f"{knob} {value} is invalid; give {low:g} to {high:g}")
         try:
             self.network.network.hosts()
         except ValueError as exc:

@@ -33,6 +33,7 @@ from typing import Any
 from hoody.agent.config import NodeConfig
 from hoody.agent.ids import TEMPLATE_ID_SHIFT, TenantIds
 from hoody.agent.network import Firewall, Network
+from hoody.agent.pressure import MemoryPressure
 from hoody.agent.runtime import ContainerSpec, ExecResult, Runtime, UserNamespace
 from hoody.agent.spec import (
     SLEEP_MODES,
@@ -44,7 +45,7 @@ from hoody.agent.spec import (
 )
 from hoody.agent.state import NodeStore, TemplateRecord, TenantRecord
 from hoody.agent.storage import StorageDriver, StorageMode, TemplateVersionRef
-from hoody.errors import Conflict, HoodyError, InvalidInput, NotFound
+from hoody.errors import Conflict, Exhausted, HoodyError, InvalidInput, NotFound
 from hoody.private import private_dir
 from hoody.undo import Undo
 
@@ -74,8 +75,11 @@ class Node:
         network: Network,
         firewall: Firewall,
         runtime: Runtime,
+        pressure: MemoryPressure | None = None,
     ) -> None:
         self.config = config
+        # Memory pressure of this host (None: not watched); api.py samples it.
+        self.pressure = pressure
         self.store = store
         self.storage = storage
         self.network = network
@@ -261,6 +265,7 @@ class Node:
         Returns the running tenant. On any failure every step taken is undone and the
         error is raised; the id is then free to use again.
         """
+        self._check_pressure()
         tmpl = self.store.template(template, version)
         tid = check_tenant_id(name) if name is not None else self._new_id(tmpl.name)
         storage_mode: StorageMode = mode or self.config.storage_mode  # type: ignore[assignment]
@@ -310,6 +315,7 @@ class Node:
 
     def copy_tenant(self, src: str, *, name: str | None = None) -> TenantRecord:
         """A new tenant whose files start as a copy of tenant `src`'s."""
+        self._check_pressure()
         source = self.store.tenant(src)
         tid = check_tenant_id(name) if name is not None else self._new_id(source.template)
         rec = replace(
@@ -338,6 +344,22 @@ class Node:
     def ids(self, rec: TenantRecord) -> TenantIds:
         """The tenant's owner uid and host id range (from the slot its record holds)."""
         return self.config.ids.ids(rec.slot)
+
+    def _check_pressure(self) -> None:
+        if self.pressure is not None and self.pressure.sustained:
+            raise Exhausted(
+                f"this node is under {self.pressure.describe()}; it takes no new tenants "
+                "until that ends (its idle tenants are being put to sleep); place the "
+                "tenant on another node"
+            )
+
+    def sleepers(self) -> dict[str, dict[str, Any]]:
+        """The sleeping tenants: id → {"mode", "at": when it fell asleep}."""
+        return {
+            r.id: {"mode": r.asleep or "stopped", "at": r.slept_at}
+            for r in self.store.tenants()
+            if r.status == "sleeping"
+        }
 
     def _bring_up(self, rec: TenantRecord, undo: Undo, *, start: bool) -> TenantRecord:
         """Mount, attach, firewall and (if `start`) run: the steps shared by copy and start.
@@ -676,7 +698,7 @@ class Node:
             state = self.runtime.state(rec.id)
             if rec.status == "sleeping":
                 if rec.asleep == "frozen" and state.status == "running":
-                    self.storage.mount_tenant(rec.id)
+                    self._remount(rec.id, state.pid)
                     self.network.attach(rec.id, rec.ip)
                     self.firewall.apply_tenant(rec.id, rec.ip, rec.firewall)
                     self.runtime.freeze(rec.id)  # harmless when frozen still

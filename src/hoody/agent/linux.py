@@ -10,6 +10,7 @@ from hoody.agent.engine import Node
 from hoody.agent.host import tune_host
 from hoody.agent.network.firewall import NftFirewall
 from hoody.agent.network.linux import LinuxNetwork
+from hoody.agent.pressure import MemoryPressure
 from hoody.agent.runtime.lxcfs import Lxcfs
 from hoody.agent.runtime.oci import OciRuntime
 from hoody.agent.state import NodeStore
@@ -69,4 +70,5 @@ def build_node(config: NodeConfig) -> Node:
             pool=config.pool,
             lxcfs=Lxcfs(run / "lxcfs"),
         ),
+        pressure=MemoryPressure(config.pressure_pct, config.pressure_seconds),
     )

@@ -178,6 +178,8 @@ def headroom(node: Node) -> dict[str, Any]:
         # How old the measured figures are: copies made since are not in them.
         "measured_age_seconds": round(age, 2),
         "templates": templates,
+        "sleeping": sum(1 for t in tenants if t.status == "sleeping"),
+        **(node.pressure.headroom() if node.pressure is not None else {}),
         **_usage_or_nothing(node, uses),
     }
 
@@ -309,5 +311,6 @@ def node_info(node: Node) -> dict[str, Any]:
         "overcommit": node.config.overcommit,
         "memory_reserve": node.config.memory_reserve,
         "headroom": headroom(node),
+        "sleeping": node.sleepers(),
         "ksm": ksm.stats(),
     }

@@ -153,11 +153,13 @@ def scratch_config(
     prefix: str = "hs",
     storage_mode: str = "overlay",
     pool_size: str = "6G",
+    settings: dict[str, Any] | None = None,
     *,
     ports_per_bridge: int = 512,
 ) -> Iterator[NodeConfig]:
     """An initialised node config (pool, dirs, an id area of its own) under /var/tmp;
-    everything removed on exit."""
+    everything removed on exit. `settings` are other NodeConfig fields (e.g. the
+    memory pressure thresholds)."""
     name = prefix[:2] + secrets.token_hex(2)
     with scratch_id_area() as area:
         tmp = Path(tempfile.mkdtemp(prefix=f"hoody-{name}-", dir="/var/tmp"))
@@ -175,6 +177,7 @@ def scratch_config(
             id_base=area.base,
             id_slots=area.slots,
             ports_per_bridge=ports_per_bridge,
+            **(settings or {}),
         )
         try:
             init_node(config)
@@ -228,6 +231,7 @@ def scratch_node(
     *,
     process: bool = False,
     ports_per_bridge: int = 512,
+    settings: dict[str, Any] | None = None,
 ) -> Iterator[ScratchNode]:
     """A real node, served over HTTP on loopback, removed entirely on exit.
 
@@ -235,7 +239,7 @@ def scratch_node(
     `ScratchNode.node` then only serves to make templates and read state.
     """
     with scratch_config(
-        prefix, storage_mode, pool_size, ports_per_bridge=ports_per_bridge
+        prefix, storage_mode, pool_size, settings, ports_per_bridge=ports_per_bridge
     ) as config:
         token = config.token_path.read_text().strip()
         node = build_node(config)

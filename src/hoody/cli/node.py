@@ -235,6 +235,7 @@ def serve(
             lambda: headroom(node),
             get_templates=lambda: [t.to_json() for t in node.store.templates()],
             get_usage=lambda: tenant_usage(node),
+            get_sleeping=node.sleepers,
             interval=heartbeat_every,
         )
     try:

@@ -229,6 +229,7 @@ def heartbeat(stack: Stack) -> Component | None:
     get_headroom: Callable[[], dict[str, Any]] | None = None
     get_templates: Callable[[], list[dict[str, Any]]] | None = None
     get_usage: Callable[[], dict[str, list[int]]] | None = None
+    get_sleeping: Callable[[], dict[str, dict[str, Any]]] | None = None
     local = stack.node
     if local is not None:  # in this process: ask it directly, not over HTTP
         from hoody.agent.node_info import headroom, tenant_usage
@@ -242,6 +243,8 @@ def heartbeat(stack: Stack) -> Component | None:
         def get_usage() -> dict[str, list[int]]:
             return tenant_usage(local)
 
+        get_sleeping = local.sleepers
+
     stop = start_heartbeat(
         stack.api_url,
         stack.admin_token,
@@ -251,6 +254,7 @@ def heartbeat(stack: Stack) -> Component | None:
         get_headroom,
         get_templates=get_templates,
         get_usage=get_usage,
+        get_sleeping=get_sleeping,
     )
     return Component("heartbeat", stack.api_url, stop.set)
 

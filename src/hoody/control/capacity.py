@@ -37,6 +37,7 @@ __all__ = [
     "learned",
     "node_view",
     "pending",
+    "pressure",
     "resolve_request",
 ]
 
@@ -46,8 +47,9 @@ _MIB = 1 << 20
 RECENT = 5.0
 # Disk a tenant is expected to use before any tenant of its template was measured.
 DEFAULT_DISK_NEED = 64 * _MIB
-# States whose tenants should run (a stopped tenant does not count, as on the node).
-_COUNTED = ("creating", "running", "failed")
+# States whose tenants should run (a stopped tenant does not count, as on the node;
+# a sleeping one does: it wakes on its next request).
+_COUNTED = ("creating", "running", "sleeping", "failed")
 
 
 @dataclass(frozen=True)
@@ -241,6 +243,18 @@ def node_view(
         disk_margin=disk_margin(disk_total),
         tenants=max(int(_num(h.get("tenants"))), mine.tenants),
         max_tenants=int(h["max_tenants"]) if _num(h.get("max_tenants")) else None,
+        pressure=pressure(h),
+    )
+
+
+def pressure(h: dict[str, Any]) -> str:
+    """Why a node's heartbeat says it is under memory pressure, or "" (see
+    hoody.agent.pressure)."""
+    if not _num(h.get("memory_pressured")):
+        return ""
+    return (
+        f"tasks stalled on memory {_num(h.get('memory_pressure_pct'))}% of the time, "
+        f"over its {h.get('memory_pressure_threshold_pct', '?')}% threshold"
     )
 
 

@@ -37,6 +37,7 @@ def heartbeat_loop(
     get_templates: Callable[[], list[dict[str, Any]]] | None = None,
     get_usage: Callable[[], dict[str, list[int]]] | None = None,
     usage_every: int = 5,
+    get_sleeping: Callable[[], dict[str, dict[str, Any]]] | None = None,
     interval: float = 2.0,
     stop: threading.Event | None = None,
     rounds: int | None = None,
@@ -46,7 +47,8 @@ def heartbeat_loop(
     """Join as `node_name` (agent at `agent_url`), then heartbeat every `interval` s.
 
     `get_usage` (each tenant's [memory, disk] bytes) is sent every `usage_every`
-    rounds when given. `get_headroom` and `get_templates` default to asking the agent
+    rounds when given. `get_headroom`, `get_templates` and `get_sleeping` (the tenants it put to
+    sleep) default to asking the agent
     (`GET /v1/node`, `GET /v1/templates`); an agent running in this process passes its
     own. Runs until
     `stop` is set, or for `rounds` rounds (tests). Never raises for a failed round.
@@ -65,10 +67,12 @@ def heartbeat_loop(
                     token = joined.get("token") or join_token_or_node_token
                     node = Client(control_url, token, transport=transport, timeout=10)
                     log.info("joined %s as node %s", control_url, node_name)
-                headroom = dict(get_headroom() if get_headroom else agent.node()["headroom"])
+                info = agent.node() if get_headroom is None or get_sleeping is None else {}
+                headroom = dict(get_headroom() if get_headroom else info["headroom"])
                 # Nested, so it travels beside the flat numbers (what each template
                 # version's tenants use: the fleet learns requests from it).
                 usage = headroom.pop("templates", None)
+                sleeping = get_sleeping() if get_sleeping else info.get("sleeping", {})
                 templates = [
                     {"name": t["name"], "version": t["version"], "limits": t.get("limits")}
                     for t in (get_templates() if get_templates else agent.templates())
@@ -81,7 +85,14 @@ def heartbeat_loop(
                         per_tenant = get_usage()
                     except Exception:  # the table's figures must not cost a heartbeat
                         log.exception("measuring each tenant's use failed")
-                node.heartbeat(node_name, headroom, templates, usage, tenant_usage=per_tenant)
+                node.heartbeat(
+                    node_name,
+                    headroom,
+                    templates,
+                    usage,
+                    tenant_usage=per_tenant,
+                    sleeping=sleeping,
+                )
             except (Unauthorized, NotFound) as exc:
                 log.warning("heartbeat refused (%s); joining again", exc.message)
                 if node is not None:
@@ -109,6 +120,7 @@ def start_heartbeat(
     *,
     get_templates: Callable[[], list[dict[str, Any]]] | None = None,
     get_usage: Callable[[], dict[str, list[int]]] | None = None,
+    get_sleeping: Callable[[], dict[str, dict[str, Any]]] | None = None,
     interval: float = 2.0,
 ) -> threading.Event:
     """Run `heartbeat_loop` in a daemon thread; set the returned event to stop it."""
@@ -121,6 +133,7 @@ def start_heartbeat(
             "stop": stop,
             "get_templates": get_templates,
             "get_usage": get_usage,
+            "get_sleeping": get_sleeping,
         },
         name=f"heartbeat-{node_name}",
         daemon=True,

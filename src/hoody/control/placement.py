@@ -63,6 +63,7 @@ class NodeView:
     disk_margin: int = 0
     tenants: int = 0
     max_tenants: int | None = None
+    pressure: str = ""  # why the node is under memory pressure; "" when it is not
 
     @property
     def memory_capacity(self) -> int:
@@ -132,6 +133,8 @@ def _skip_reason(node: NodeView, req: Request) -> str | None:
         return node.cordon
     if not node.has_template:
         return f"does not have template {req.template} v{req.version} yet"
+    if node.pressure:
+        return f"under memory pressure ({node.pressure}); putting idle tenants to sleep"
     if node.max_tenants is not None and node.tenants >= node.max_tenants:
         return f"full ({node.tenants} of {node.max_tenants} tenants)"
     memory = _memory_reason(node, req)

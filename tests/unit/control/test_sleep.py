@@ -6,7 +6,7 @@ import pytest
 
 from hoody.control.auth import Principal
 from hoody.control.db import Store
-from hoody.errors import Conflict, Forbidden, InvalidInput, NotFound
+from hoody.errors import Conflict, Exhausted, Forbidden, InvalidInput, NotFound
 from tests.control_support import make_world
 
 
@@ -108,3 +108,17 @@ def test_heartbeats_record_what_a_node_put_to_sleep(store: Store) -> None:
     w.fleet.sync_sleepers("n1", {b: {"mode": "stopped", "at": clock.now - 20}})
     assert w.fleet.get_container(w.who, a)["state"] == "sleeping"
     assert w.fleet.get_container(w.who, b)["state"] == "running"
+
+
+def test_placement_skips_a_node_under_memory_pressure(store: Store) -> None:
+    w = make_world(store, nodes={"n1": {}, "n2": {}})
+    hot = {**w.agents["n1"].headroom(), "memory_pressured": 1, "memory_pressure_pct": 37}
+    hot["memory_pressure_threshold_pct"] = 10
+    w.fleet.heartbeat(w.admin, "n1", hot)
+    placed = {w.fleet.copy(w.project, "demo")["node"] for _ in range(4)}
+    assert placed == {"n2"}
+    c = w.fleet.copy(w.project, "demo")
+    assert "n1 (under memory pressure (tasks stalled on memory 37% of the time" in c["placement"]
+    w.fleet.heartbeat(w.admin, "n2", {**hot, "memory_pressure_pct": 50})
+    with pytest.raises(Exhausted, match="memory pressure"):
+        w.fleet.copy(w.project, "demo")

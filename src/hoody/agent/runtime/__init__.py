@@ -162,6 +162,10 @@ class Runtime(Protocol):
     def list(self) -> list[str]:
         """Container ids this runtime knows (running or stopped)."""
 
+    def cpu_time(self, tid: str) -> float:
+        """CPU seconds the tenant's processes used since it started (its cgroup's
+        counter); 0.0 when it has no cgroup. Cheap: read for every tenant each round."""
+
     def memory_events(self, tid: str) -> dict[str, int]:
         """Counters of the tenant's cgroup, one per EVENT_KEYS entry; all zero when
         the tenant has no cgroup (stopped or absent)."""

@@ -37,6 +37,7 @@ class _Container:
     pid: int
     running: bool = True
     frozen: bool = False
+    cpu: float = 0.0
     events: dict[str, int] = field(default_factory=dict)
 
 
@@ -114,6 +115,16 @@ class FakeRuntime:
         with self._lock:
             current = self.containers.get(tid)
             return current is not None and current.running and current.frozen
+
+    def cpu_time(self, tid: str) -> float:
+        with self._lock:
+            current = self.containers.get(tid)
+            return current.cpu if current is not None else 0.0
+
+    def burn(self, tid: str, seconds: float) -> None:
+        """Test hook: the tenant used `seconds` of CPU."""
+        with self._lock:
+            self.containers[tid].cpu += seconds
 
     def crash(self, tid: str, oom: bool = False) -> None:
         """Test hook: the tenant's init exits (by the OOM killer when `oom`)."""

@@ -591,6 +591,14 @@ class OciRuntime:
         entries: list[dict[str, Any]] | None = json.loads(result.stdout or "null")
         return sorted(str(e["id"]) for e in entries or [])
 
+    def cpu_time(self, tid: str) -> float:
+        """v1 cpuacct.usage (ns), v2 cpu.stat usage_usec."""
+        check_tenant_id(tid)
+        rel = Path(self.cgroup_parent) / tid
+        if self.caps.cgroup == "v2":
+            return _keyed(CGROUP_ROOT / rel / "cpu.stat").get("usage_usec", 0) / 1e6
+        return _number(CGROUP_ROOT / "cpuacct" / rel / "cpuacct.usage") / 1e9
+
     def memory_events(self, tid: str) -> dict[str, int]:
         """EVENT_KEYS read from the tenant's cgroup (v1 memory.oom_control, failcnt,
         pids.events; v2 memory.events, pids.events); zero when it has none."""
