@@ -38,7 +38,9 @@ log = logging.getLogger(__name__)
 MAX_ACTIVITY_BATCH = 20_000
 # Reported ages beyond this are not news: idle timeouts are shorter than a day.
 _MAX_AGE = 86_400.0
-_SLEEPERS = 8  # sleeps asked of nodes at once by one sweep
+# Sleeps asked of nodes at once by one sweep: a stopped sleep mostly waits (for the
+# app to exit on SIGTERM), so many can overlap.
+_SLEEPERS = 16
 
 
 class Sleep(FleetBase):
