@@ -97,6 +97,8 @@ def test_an_idle_tenant_sleeps_and_its_next_request_wakes_it(stack: Stack, mode:
     )
     cid = c["id"]
     wait_http_ok(f"http://{c['address']}/healthz")
+    # The router may still hold the route as it was while being created (it polls).
+    until(lambda: stack.get(cid).status_code == 200, timeout=10)
     # Requests through the router keep it awake past its idle timeout.
     for _ in range(5):
         assert stack.get(cid).status_code == 200

@@ -120,3 +120,19 @@ def noisy(
     from hoody.bench.noisy import noisy as run
 
     typer.echo(json.dumps(run(rounds, requests, wakeups, spinners, cpu), indent=2))
+
+
+def sleep(
+    registered: Annotated[int, typer.Option(help="Tenants made through the API.")] = 200,
+    active: Annotated[int, typer.Option(help="Of them, kept busy with requests.")] = 20,
+    samples: Annotated[int, typer.Option(help="Wakes timed per sleep mode.")] = 40,
+    idle_seconds: Annotated[int, typer.Option(help="Idle timeout of the idle tenants.")] = 10,
+    memory: Annotated[int, typer.Option(help="Memory limit (MiB) of each tenant.")] = 24,
+    as_json: JsonOpt = True,
+) -> None:
+    """Through control plane, router and one node: idle tenants asleep; first request to
+    a sleeping tenant → 200, p50/p95 ms for stopped and frozen sleep; node memory."""
+    from hoody.bench.sleep import sleep_bench
+
+    result = sleep_bench(registered, active, samples, idle_seconds, memory)
+    typer.echo(json.dumps(result, indent=2))

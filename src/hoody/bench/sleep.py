@@ -1,0 +1,248 @@
+"""Sleep: N tenants registered on one node, the idle ones asleep, and how long the first
+request to a sleeping tenant takes to be answered through the router.
+
+Everything goes through the product: a control plane process, one node agent process
+(a scratch node), a router process; tenants are made with the API, fall asleep by
+their idle timeout (the router reports activity, the control plane sleeps them), and
+are woken by a request through the router. `active` tenants get a request every few
+seconds meanwhile, so they stay awake. Half the idle tenants sleep stopped, half
+frozen; a wake is timed from sending a request to a sleeping tenant to its 200.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from hoody.agent.templates import DEMO_ARGS, DEMO_NAME
+from hoody.bench.density import memory_in_use
+from hoody.bench.fleet import ScratchFleet, scratch_fleet
+from hoody.bench.provision import percentile
+from hoody.bench.scratch import free_port
+from hoody.errors import HostError
+
+__all__ = ["sleep_bench"]
+
+_CLI = [sys.executable, "-c", "from hoody.cli.main import main; main()"]
+_MIB = 1 << 20
+
+
+def _get(port: int, cid: str, timeout: float = 30.0) -> tuple[int, float]:
+    """(status, seconds) of one GET / to `cid` through the router on a new connection."""
+    request = f"GET /healthz HTTP/1.1\r\nHost: {cid}.localhost:{port}\r\nConnection: close\r\n\r\n"
+    start = time.perf_counter()
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as conn:
+        conn.sendall(request.encode())
+        head = conn.recv(64)
+    took = time.perf_counter() - start
+    try:
+        return int(head.split(b" ", 2)[1]), took
+    except (IndexError, ValueError):
+        return 0, took
+
+
+@contextlib.contextmanager
+def _router(fleet: ScratchFleet) -> Iterator[int]:
+    port = free_port()
+    argv = [*_CLI, "router", "--listen", f"127.0.0.1:{port}", "--domain", "localhost"]
+    argv += ["--api", fleet.url, "--token", fleet.admin_token]
+    log = fleet.control_dir / "router.log"
+    with log.open("ab") as out:
+        child = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if child.poll() is not None or time.monotonic() > deadline:
+                    raise HostError(f"the router did not start; see {log}") from None
+                time.sleep(0.1)
+        yield port
+    finally:
+        child.terminate()
+        try:
+            child.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+
+
+def _states(fleet: ScratchFleet) -> dict[str, tuple[str, str | None]]:
+    return {
+        c["id"]: (c["state"], c.get("sleep_mode"))
+        for c in fleet.admin.iter_containers(project=_project(fleet), limit=500)
+    }
+
+
+def _project(fleet: ScratchFleet) -> int:
+    return int(fleet.admin.ensure_project("bench-sleep")["id"])
+
+
+def sleep_bench(
+    registered: int = 200,
+    active: int = 20,
+    samples: int = 40,
+    idle_seconds: int = 10,
+    memory_mib: int = 24,
+    concurrency: int = 4,
+) -> dict[str, Any]:
+    """Make `registered` tenants (`active` of them kept busy), let the others fall
+    asleep, then time `samples` first requests to sleepers of each mode."""
+    if not 0 <= active < registered:
+        raise HostError("give --active below --registered: the idle ones are what is measured")
+    with scratch_fleet(1, pool_size="40G") as fleet, _router(fleet) as port:
+        with fleet.nodes[0].client() as agent:
+            agent.create_template(DEMO_NAME, {"demo": True}, args=DEMO_ARGS)
+        project = _project(fleet)
+        deadline = time.monotonic() + 120
+        while not any(t["name"] == DEMO_NAME for t in fleet.admin.templates()):
+            if time.monotonic() > deadline:
+                raise HostError("the demo-app template did not reach the control plane")
+            time.sleep(0.5)
+        mem_empty = memory_in_use()
+
+        def make(i: int) -> str:
+            busy = i < active
+            sleep = {
+                "idle_seconds": 120 if busy else idle_seconds,
+                "mode": "frozen" if i % 2 else "stopped",
+            }
+            rec = fleet.admin.copy(
+                DEMO_NAME,
+                project=project,
+                metadata={"public": True, "bench": "busy" if busy else "idle"},
+                limits={"memory_mib": memory_mib},
+                sleep=sleep,
+            )
+            return str(rec["id"])
+
+        started = time.monotonic()
+        with ThreadPoolExecutor(concurrency) as pool:
+            cids = list(pool.map(make, range(registered)))
+        made_in = time.monotonic() - started
+        busy, idle = cids[:active], cids[active:]
+
+        stop = threading.Event()
+        driven = {"requests": 0, "errors": 0}
+
+        def drive() -> None:
+            # Each active tenant gets a request about every 5 s: awake and in use.
+            for cid in itertools.cycle(busy):
+                if stop.wait(5.0 / max(1, len(busy))):
+                    return
+                try:
+                    status, _ = _get(port, cid, timeout=10)
+                    driven["requests"] += 1
+                    driven["errors"] += status != 200
+                except OSError:
+                    driven["errors"] += 1
+
+        driver = threading.Thread(target=drive, name="bench-active", daemon=True)
+        if busy:
+            driver.start()
+        try:
+            deadline = time.monotonic() + idle_seconds + 120 + registered * 0.2
+            while True:
+                states = _states(fleet)
+                asleep = sum(1 for cid in idle if states.get(cid, ("",))[0] == "sleeping")
+                if asleep == len(idle):
+                    break
+                if time.monotonic() > deadline:
+                    raise HostError(f"only {asleep} of {len(idle)} idle tenants fell asleep")
+                time.sleep(1.0)
+            time.sleep(2.0)  # the router's table (0.5 s) and the node settle
+            states = _states(fleet)
+            awake_busy = sum(1 for cid in busy if states[cid][0] == "running")
+            mem_asleep = memory_in_use()
+            by_mode: dict[str, list[str]] = {"stopped": [], "frozen": []}
+            for cid in idle:
+                state, mode = states[cid]
+                if state == "sleeping" and mode in by_mode:
+                    by_mode[mode].append(cid)
+            wakes: dict[str, list[float]] = {}
+            failures: dict[str, int] = {}
+            asking: dict[str, float] = {}
+            for mode, pool_cids in by_mode.items():
+                times, failed = [], 0
+                before = _router_wakes(port)
+                for cid in pool_cids[:samples]:
+                    status, took = _get(port, cid)
+                    if status == 200:
+                        times.append(took * 1000)
+                    else:
+                        failed += 1
+                after = _router_wakes(port)
+                # The router's own time from asking the control plane to its answer.
+                if after[0] > before[0]:
+                    asking[mode] = (after[1] - before[1]) / (after[0] - before[0]) * 1000
+                wakes[mode], failures[mode] = times, failed
+        finally:
+            stop.set()
+            if busy:
+                driver.join(timeout=15)
+        node_headroom = fleet.admin.nodes()[0]["headroom"]
+        return {
+            "benchmark": "sleep",
+            "registered": registered,
+            "active": active,
+            "active_awake": awake_busy,
+            "asleep": {mode: len(c) for mode, c in by_mode.items()},
+            "made_seconds": round(made_in, 1),
+            "idle_seconds": idle_seconds,
+            "memory_limit_mib": memory_mib,
+            **{
+                mode: {
+                    **_summary(times, failures[mode]),
+                    "control_plane_wake_mean_ms": round(asking.get(mode, 0.0), 1),
+                }
+                for mode, times in wakes.items()
+            },
+            "node_memory_in_use_mib": round(mem_asleep / _MIB),
+            "tenants_memory_mib": round((mem_asleep - mem_empty) / _MIB),
+            "node_memory_available_mib": round(
+                node_headroom.get("memory_available_bytes", 0) / _MIB
+            ),
+            "active_requests": driven["requests"],
+            "active_errors": driven["errors"],
+        }
+
+
+def _router_wakes(port: int) -> tuple[int, float]:
+    """(wakes, seconds spent asking for them) from the router's /metrics."""
+    request = b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.sendall(request)
+        data = b""
+        while chunk := conn.recv(65536):
+            data += chunk
+    values = {}
+    for line in data.decode(errors="replace").splitlines():
+        if line.startswith("hoody_router_wake_seconds_"):
+            key, _, value = line.partition(" ")
+            values[key] = float(value)
+    return int(values.get("hoody_router_wake_seconds_count", 0)), values.get(
+        "hoody_router_wake_seconds_sum", 0.0
+    )
+
+
+def _summary(times: list[float], failed: int) -> dict[str, Any]:
+    return {
+        "wakes": len(times),
+        "failed": failed,
+        "wake_p50_ms": round(statistics.median(times), 1) if times else None,
+        "wake_p95_ms": round(percentile(times, 0.95), 1) if times else None,
+        "wake_max_ms": round(max(times), 1) if times else None,
+    }
