@@ -106,6 +106,15 @@ def test_top_level_verbs_go_through_the_control_plane(
     assert hoody("show", "web-1")["node"] == made["node"]
     assert hoody("stop", "web-1")["state"] == "stopped"
     assert hoody("start", "web-1")["state"] == "running"
+    slept = hoody("sleep", "web-1", "--mode", "frozen")
+    assert (slept["state"], slept["sleep_mode"]) == ("sleeping", "frozen")
+    shown = cli.invoke(app, ["ls"]).output  # the table may wrap the cell
+    assert "sleeping" in shown and "(frozen)" in shown
+    assert hoody("wake", "web-1")["state"] == "running"
+    assert hoody("copy", "demo", "--sleep-after", "60", "--sleep-mode", "frozen")["sleep"] == {
+        "idle_seconds": 60,
+        "mode": "frozen",
+    }
     snap = hoody("snapshot", "web-1", "--template", "demo")
     assert snap["result"]["version"] == 2
     assert [v["version"] for v in hoody("templates")[0]["versions"]] == [1, 2]
@@ -126,6 +135,8 @@ def test_top_level_verbs_go_through_the_control_plane(
         {"id": "web-1", "deleted": True, "existed": True},
         {"id": again["id"], "deleted": True, "existed": True},
     ]
+    for left in hoody("ls"):
+        hoody("rm", left["id"])
     assert hoody("ls") == []
 
     # Errors: one line naming the fix, non-zero exit, JSON with --json.
