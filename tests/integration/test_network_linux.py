@@ -26,11 +26,13 @@ PROBE_TIMEOUT = 0.4
 
 @pytest.fixture(scope="module")
 def config() -> Iterator[NetworkConfig]:
-    cfg = NetworkConfig(name="tnet", subnet=_free_subnet())
+    # A name of its own: other runs on the machine may test their networks meanwhile.
+    name = f"tn{secrets.token_hex(2)}"
+    cfg = NetworkConfig(name=name, subnet=_free_subnet())
     yield cfg
-    assert "tnet" not in run(["ip", "-o", "link"]).stdout
-    assert not any(n.startswith("tnet-") for n in run(["ip", "netns"]).stdout.split())
-    assert "inet tnet" not in run(["nft", "list", "tables"]).stdout
+    assert name not in run(["ip", "-o", "link"]).stdout
+    assert not any(n.startswith(f"{name}-") for n in run(["ip", "netns"]).stdout.split())
+    assert f"inet {name}" not in run(["nft", "list", "tables"]).stdout
 
 
 @pytest.fixture
