@@ -107,7 +107,6 @@ def exec_(
 
 
 @app.command()
-@app.command()
 def noisy(
     rounds: Annotated[int, typer.Option(help="Quiet/noisy round pairs.")] = 5,
     requests: Annotated[int, typer.Option(help="HTTP requests per round (0: none).")] = 500,
@@ -122,6 +121,7 @@ def noisy(
     typer.echo(json.dumps(run(rounds, requests, wakeups, spinners, cpu), indent=2))
 
 
+@app.command()
 def sleep(
     registered: Annotated[int, typer.Option(help="Tenants made through the API.")] = 200,
     active: Annotated[int, typer.Option(help="Of them, kept busy with requests.")] = 20,
