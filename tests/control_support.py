@@ -8,9 +8,11 @@ from empty tables.
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import os
 import secrets
+import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -106,6 +108,19 @@ class World:
         return self.fleet.heartbeat(self.admin, name, headroom, agent.template_list(), usage)
 
 
+_STATE_DIRS: list[Path] = []
+
+
+def _state_dir() -> Path:
+    """A scratch control-plane state dir, removed when the test process exits (a unit
+    run makes hundreds of worlds; each used to leave its folder in /tmp)."""
+    if not _STATE_DIRS:
+        atexit.register(lambda: [shutil.rmtree(p, ignore_errors=True) for p in _STATE_DIRS])
+    path = Path(tempfile.mkdtemp(prefix="hw-"))
+    _STATE_DIRS.append(path)
+    return path
+
+
 def make_world(
     store: Store,
     nodes: dict[str, dict[str, Any]] | None = None,
@@ -115,7 +130,7 @@ def make_world(
     nodes = nodes if nodes is not None else {"n1": {}, "n2": {}}
     settings = settings or Settings()
     if settings.state_dir is None:  # Exec keeps its key there
-        settings = dataclasses.replace(settings, state_dir=Path(tempfile.mkdtemp(prefix="hw-")))
+        settings = dataclasses.replace(settings, state_dir=_state_dir())
     agents = {
         name: FakeAgent(name, subnet=i + 1, **kw) for i, (name, kw) in enumerate(nodes.items())
     }

@@ -95,7 +95,7 @@ def _set_limits(stack: ExecStack, **limits: int) -> None:
 
 
 def test_each_misbehaviour_ends_that_invocation_only(exec_stack: ExecStack) -> None:
-    _set_limits(exec_stack, wall_ms=10000, cpu_ms=60000, heap_mib=64, memory_mib=192, workers=8)
+    _set_limits(exec_stack, wall_ms=20000, cpu_ms=60000, heap_mib=64, memory_mib=192, workers=8)
     exec_stack.deploy("misbehave", MISBEHAVE)
     exec_stack.deploy("neighbour", HELLO)
     assert exec_stack.call("misbehave").text == "fine"
