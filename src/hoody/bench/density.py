@@ -93,7 +93,9 @@ def _wait_for_ksm_scans(scans: int, timeout: float) -> None:
 def density(
     count: int = 50, storage: str = "overlay", use_ksm: bool = False, settle: float = 5.0
 ) -> dict[str, Any]:
-    with scratch_node("bd", storage_mode=storage, pool_size="20G", process=True) as scratch:
+    with scratch_node(
+        "bd", storage_mode=storage, pool_size="20G", process=True, id_slots=count + 8
+    ) as scratch:
         scratch.demo_template(ksm=use_ksm)
         warm = scratch.client.copy("demo-app")
         wait_http_ok(warm["url"])
@@ -138,7 +140,7 @@ def density_api(count: int = 50, storage: str = "overlay", concurrency: int = 4)
     moves it too); marginal_memory_attributed_mib counts only the tenants' cgroups and
     the control plane and agent processes. Reports how many copies placement accepted and the node's
     figures afterwards (committed, measured, and the estimate of further tenants)."""
-    with scratch_fleet(1, pool_size="20G", storage_mode=storage) as fleet:
+    with scratch_fleet(1, pool_size="20G", storage_mode=storage, id_slots=count + 8) as fleet:
         node = fleet.nodes[0]
         with node.client() as agent:
             agent.create_template(DEMO_NAME, {"demo": True}, args=DEMO_ARGS)

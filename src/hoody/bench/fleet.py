@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 
 from hoody.agent.client import AgentClient
 from hoody.agent.config import NodeConfig
-from hoody.bench.scratch import free_port, scratch_config
+from hoody.bench.scratch import SCRATCH_SLOTS, free_port, scratch_config
 from hoody.control import auth
 from hoody.control.client import Client
 from hoody.errors import HoodyError, HostError
@@ -252,13 +252,16 @@ def scratch_fleet(
     heartbeat_timeout: float = 8.0,
     database_url: str | None = None,
     history_every: float = 2.0,
+    id_slots: int = SCRATCH_SLOTS,
 ) -> Iterator[ScratchFleet]:
     """A control plane process and `count` joined node agent processes; see the module."""
     if count < 1:
         raise HostError("a fleet needs at least one node")
     with contextlib.ExitStack() as stack:
         configs = [
-            stack.enter_context(scratch_config(f"f{i + 1}", storage_mode, pool_size))
+            stack.enter_context(
+                scratch_config(f"f{i + 1}", storage_mode, pool_size, id_slots=id_slots)
+            )
             for i in range(count)
         ]
         names = [c.name for c in configs]

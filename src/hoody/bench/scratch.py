@@ -32,7 +32,13 @@ from hoody.agent.api import create_app
 from hoody.agent.client import AgentClient
 from hoody.agent.config import NodeConfig
 from hoody.agent.engine import Node
-from hoody.agent.ids import DEFAULT_ID_BASE, IDS_PER_TENANT, OWNER_BLOCK, IdArea
+from hoody.agent.ids import (
+    DEFAULT_ID_BASE,
+    DEFAULT_ID_SLOTS,
+    IDS_PER_TENANT,
+    OWNER_BLOCK,
+    IdArea,
+)
 from hoody.agent.linux import build_node, init_node
 from hoody.agent.storage.pool import destroy_pool
 from hoody.agent.templates import DEMO_ARGS, DEMO_NAME, demo_source
@@ -51,6 +57,11 @@ __all__ = [
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 SCRATCH_SLOTS = 256  # tenants per scratch node (bench density --count 200 fits)
 _SCRATCH_IDS_FROM = 1 << 24  # scratch areas lie below a real node's default area
+# Benchmarks with more tenants (density --count 1000, sleep --registered 2000) get an
+# area of this size, above a real node's default area and below 2^31: room for 4.
+SCRATCH_BIG_SLOTS = 2048
+_BIG_IDS_FROM = DEFAULT_ID_BASE + OWNER_BLOCK + DEFAULT_ID_SLOTS * IDS_PER_TENANT
+_BIG_IDS_TO = 2**31 - 1
 _LOCKS = Path("/run/lock")
 
 
@@ -120,8 +131,14 @@ def scratch_id_area(slots: int = SCRATCH_SLOTS) -> Iterator[IdArea]:
     Two nodes with one area would give two tenants the same owner and range, sharing
     the very counters this isolation is about: tests attacking them would flake.
     """
+    big = slots > SCRATCH_SLOTS
+    if big:
+        if slots > SCRATCH_BIG_SLOTS:
+            raise RuntimeError(f"a scratch node holds at most {SCRATCH_BIG_SLOTS} tenants")
+        slots = SCRATCH_BIG_SLOTS  # one size, so big areas never overlap each other
+    start, stop = (_BIG_IDS_FROM, _BIG_IDS_TO) if big else (_SCRATCH_IDS_FROM, DEFAULT_ID_BASE)
     size = OWNER_BLOCK + slots * IDS_PER_TENANT
-    count = (DEFAULT_ID_BASE - _SCRATCH_IDS_FROM) // size
+    count = (stop - start) // size
     for index in random.sample(range(count), count):
         fd = os.open(_LOCKS / f"hoody-ids-{size}-{index}.lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
@@ -130,7 +147,7 @@ def scratch_id_area(slots: int = SCRATCH_SLOTS) -> Iterator[IdArea]:
             os.close(fd)
             continue
         try:
-            yield IdArea(base=_SCRATCH_IDS_FROM + index * size, slots=slots)
+            yield IdArea(base=start + index * size, slots=slots)
         finally:
             os.close(fd)
         return
@@ -156,12 +173,13 @@ def scratch_config(
     settings: dict[str, Any] | None = None,
     *,
     ports_per_bridge: int = 512,
+    id_slots: int = SCRATCH_SLOTS,
 ) -> Iterator[NodeConfig]:
     """An initialised node config (pool, dirs, an id area of its own) under /var/tmp;
     everything removed on exit. `settings` are other NodeConfig fields (e.g. the
     memory pressure thresholds)."""
     name = prefix[:2] + secrets.token_hex(2)
-    with scratch_id_area() as area:
+    with scratch_id_area(id_slots) as area:
         tmp = Path(tempfile.mkdtemp(prefix=f"hoody-{name}-", dir="/var/tmp"))
         tmp.chmod(0o711)  # tenant roots (each its own host uid) walk down to their rootfs
         config = NodeConfig(
@@ -232,6 +250,7 @@ def scratch_node(
     process: bool = False,
     ports_per_bridge: int = 512,
     settings: dict[str, Any] | None = None,
+    id_slots: int = SCRATCH_SLOTS,
 ) -> Iterator[ScratchNode]:
     """A real node, served over HTTP on loopback, removed entirely on exit.
 
@@ -239,7 +258,12 @@ def scratch_node(
     `ScratchNode.node` then only serves to make templates and read state.
     """
     with scratch_config(
-        prefix, storage_mode, pool_size, settings, ports_per_bridge=ports_per_bridge
+        prefix,
+        storage_mode,
+        pool_size,
+        settings,
+        ports_per_bridge=ports_per_bridge,
+        id_slots=id_slots,
     ) as config:
         token = config.token_path.read_text().strip()
         node = build_node(config)
