@@ -52,6 +52,10 @@ def serve_control_plane(
     domain: str | None = None,
     router_url: str | None = None,
     scripts_dir: Path | None = None,
+    *,
+    reconcile_every: float = 10.0,
+    creating_deadline: float = 60.0,
+    orphan_grace: float | None = 3600.0,
 ) -> tuple[Fleet, str | None]:
     """Open the store (migrating it) and make sure an admin token exists.
 
@@ -79,6 +83,9 @@ def serve_control_plane(
             router_url=router_url,
             state_dir=state_dir,
             scripts_dir=scripts_dir,
+            reconcile_every=reconcile_every,
+            creating_deadline=creating_deadline,
+            orphan_grace=orphan_grace,
         ),
     )
     admin = fleet.bootstrap_admin(os.environ.get("HOODY_ADMIN_TOKEN"))
@@ -116,6 +123,20 @@ def server(
     history_every: Annotated[
         float, typer.Option(help="Seconds between points of the dashboard's fleet history.")
     ] = 60.0,
+    reconcile_every: Annotated[
+        float, typer.Option(help="Seconds between reconcile rounds with every node.")
+    ] = 10.0,
+    creating_deadline: Annotated[
+        float,
+        typer.Option(help="Seconds before a copy left `creating` by a crash is adopted or failed."),
+    ] = 60.0,
+    orphan_grace: Annotated[
+        float,
+        typer.Option(
+            help="Seconds a tenant without a container row is reported before it is "
+            "removed; negative: reported, never removed."
+        ),
+    ] = 3600.0,
 ) -> None:
     """Run the control plane. Migrates the database, then serves until stopped.
 
@@ -134,8 +155,22 @@ def server(
         raise InvalidInput(f"--history-every {history_every} is invalid; give 0.5 to 86400 s")
     if not port.isdigit():
         raise InvalidInput(f"--listen {listen!r} is invalid; give HOST:PORT like 127.0.0.1:7080")
+    for value, flag in (
+        (reconcile_every, "--reconcile-every"),
+        (creating_deadline, "--creating-deadline"),
+    ):
+        if not value > 0:
+            raise InvalidInput(f"{flag} must be a positive number of seconds")
     fleet, admin = serve_control_plane(
-        state_dir, database_url, heartbeat_timeout, strategy, domain, router_url
+        state_dir,
+        database_url,
+        heartbeat_timeout,
+        strategy,
+        domain,
+        router_url,
+        reconcile_every=reconcile_every,
+        creating_deadline=creating_deadline,
+        orphan_grace=orphan_grace if orphan_grace >= 0 else None,
     )
     if admin and not os.environ.get("HOODY_ADMIN_TOKEN"):
         path = state_dir / "admin.token"
@@ -329,6 +364,28 @@ _node_verb("uncordon", "Let NAME take new containers again.")
 _node_verb("drain", "Cordon NAME and start a drain operation.")
 
 
+def orphans(
+    reconcile: Annotated[
+        bool, typer.Option("--reconcile", help="Run a reconcile round first.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Tenants nodes have that no container accounts for (admin), and when each goes."""
+    with Client() as client:
+        if reconcile:
+            client.reconcile()
+        rows = client.orphans()
+    if as_json:
+        emit(rows, True)
+        return
+    now = time.time()
+    for row in rows:
+        row["seen for"] = f"{now - row['first_seen']:.0f} s"
+        at = row["remove_at"]
+        row["removed"] = "never (kept)" if at is None else f"in {max(0, at - now):.0f} s"
+    emit(rows, False, ["node", "tenant", "state", "seen for", "removed"])
+
+
 def _replica_cell(replica: dict[str, Any]) -> str:
     if replica["state"] == "ready":
         return str(replica["node"])
@@ -451,5 +508,6 @@ def register(app: typer.Typer, bench_app: typer.Typer | None = None) -> None:
     app.add_typer(project_app, name="project")
     app.add_typer(nodes_app, name="nodes")
     app.add_typer(templates_app, name="templates")
+    app.command()(orphans)
     if bench_app is not None:
         bench_app.command("api")(bench_api)

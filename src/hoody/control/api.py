@@ -328,6 +328,14 @@ async def retire_claim_key(f: Fleet, c: Call) -> Any:
     return await run(f.retire_key, c.who, c.path("kid"))
 
 
+async def list_orphans(f: Fleet, c: Call) -> Any:
+    return await run(f.list_orphans, c.who)
+
+
+async def reconcile(f: Fleet, c: Call) -> Any:
+    return await run(f.reconcile, c.who)
+
+
 async def whoami(f: Fleet, c: Call) -> Any:
     return {"scope": c.who.scope, "project_id": c.who.project_id, "node": c.who.node}
 
@@ -677,6 +685,23 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     ),
     Endpoint(
         "GET",
+        "/orphans",
+        list_orphans,
+        "Tenants nodes have that no container accounts for, and when each is removed (admin)",
+        "admin",
+        response=m.OrphanOut,
+        many=True,
+    ),
+    Endpoint(
+        "POST",
+        "/reconcile",
+        reconcile,
+        "Reconcile rows with every node now, as the loop does periodically (admin)",
+        "admin",
+        response=m.ReconcileOut,
+    ),
+    Endpoint(
+        "GET",
         "/whoami",
         whoami,
         "The scope of the calling token",
@@ -888,7 +913,9 @@ def create_app(
     With `monitor`, background tasks mark nodes down once their heartbeats stop
     (`fleet.settings.heartbeat_timeout`), send template versions to the nodes that
     lack them (`fleet.replicate_once`), every `check_every` s, and record a point of
-    the fleet's history every `history_every` s. `registry` is where /metrics reads
+    the fleet's history every `history_every` s; rows are reconciled with every node
+    (`fleet.reconcile_once`) at start and every `fleet.settings.reconcile_every` s.
+    `registry` is where /metrics reads
     (a new one by default; `hoody up` passes one its router also counts in)."""
     spec = openapi()
     page = docs_page(spec)
@@ -911,6 +938,14 @@ def create_app(
             except Exception:
                 log.exception("%s failed", what)
 
+    async def reconciling() -> None:
+        # At start (what a crash left is settled before long), then periodically.
+        try:
+            await run(fleet.reconcile_once)
+        except Exception:
+            log.exception("reconcile failed")
+        await every("reconcile", fleet.reconcile_once, fleet.settings.reconcile_every)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         tasks = (
@@ -922,6 +957,7 @@ def create_app(
                 asyncio.create_task(
                     every("idle sleep", fleet.sleep_idle_once, max(1.0, check_every))
                 ),
+                asyncio.create_task(reconciling()),
             ]
             if monitor
             else []

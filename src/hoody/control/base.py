@@ -90,6 +90,16 @@ class Settings:
     # A local folder of <project>/<name>.ts served as Exec scripts (`hoody up
     # --scripts`): an edit takes effect on the next request.
     scripts_dir: Path | None = None
+    # The reconcile loop (reconcile.py) compares every node's tenants with the rows,
+    # at start and this often. A row still `creating` this long after its reservation
+    # belonged to a copy that died with its process: it is adopted if its node has the
+    # tenant, else failed. A copy takes well under a second; this process's own copies
+    # in flight are never touched, so the deadline only guards other processes' ones.
+    reconcile_every: float = 10.0
+    creating_deadline: float = 60.0
+    # A tenant on a node with no live row is reported at once and removed only after
+    # this long (None: reported, never removed).
+    orphan_grace: float | None = 3600.0
 
 
 def check_text(value: str, what: str, max_len: int = 200) -> str:
@@ -147,6 +157,10 @@ class FleetBase:
         self._transfers: dict[int, threading.Thread] = {}
         self._transfers_lock = threading.Lock()
         self._closing = threading.Event()
+        # Copies this process is making (container ids): the reconcile leaves their
+        # `creating` rows alone however long the node takes.
+        self._in_flight: set[str] = set()
+        self._in_flight_lock = threading.Lock()
 
     def close(self) -> None:
         """Close agent clients; transfers still running stop at their next chunk."""

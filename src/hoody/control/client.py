@@ -381,6 +381,14 @@ class Client:
         result: dict[str, Any] = self._req("GET", f"/operations/{op_id}")
         return result
 
+    def orphans(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self._req("GET", "/orphans")
+        return result
+
+    def reconcile(self) -> dict[str, list[str]]:
+        result: dict[str, list[str]] = self._req("POST", "/reconcile")
+        return result
+
     def whoami(self) -> dict[str, Any]:
         result: dict[str, Any] = self._req("GET", "/whoami")
         return result

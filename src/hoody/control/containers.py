@@ -6,11 +6,15 @@ A copy is three steps, and only the middle one talks to a node:
     agent     the chosen node makes it (on an unreachable node: mark it down, place again)
     finish    record what the node made (state, address, limits)
 
-A failure at any step removes the record (and the idempotency key), so a failed copy
-leaves nothing. Placement only picks nodes that hold the template version `ready`; when
-none of those can take the tenant but a node that could is still to receive the version
-(or is receiving it), the copy waits for the transfer (`Settings.replica_wait`) instead
-of failing half-way.
+Each step registers its undo (`hoody.undo`): a failure at any step removes the record
+(and the idempotency key) and whatever the node made, so a failed copy leaves nothing;
+a process that dies half-way leaves a `creating` row that the reconcile loop
+(reconcile.py) adopts or fails.
+
+Placement only picks nodes that hold the template version `ready`; when none of those
+can take the tenant but a node that could is still to receive the version (or is
+receiving it), the copy waits for the transfer (`Settings.replica_wait`) instead of
+failing half-way.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from hoody.agent.client import AgentClient
 from hoody.agent.spec import (
     FirewallPolicy,
     Limits,
@@ -60,6 +65,7 @@ from hoody.errors import (
     InvalidInput,
     NotFound,
 )
+from hoody.undo import Undo
 
 __all__ = ["Containers", "Reservation"]
 
@@ -84,6 +90,10 @@ class Reservation:
 
 class _StillReceiving(Exhausted):
     """No node holds the version ready, but some are receiving it: wait, then retry."""
+
+
+class _Unreachable(HostError):
+    """The chosen node could not be connected to: nothing reached it; place again."""
 
 
 def _request_hash(body: dict[str, Any]) -> str:
@@ -272,6 +282,27 @@ class Containers(FleetBase):
                     raise
                 time.sleep(0.5)
                 continue
+            with self._in_flight_lock:
+                self._in_flight.add(res.cid)
+            try:
+                made = self._make(res, body)
+            except _Unreachable:
+                log.warning("node %s is unreachable; marked down, placing again", res.node)
+                unreachable.add(res.node)
+                continue
+            finally:
+                with self._in_flight_lock:
+                    self._in_flight.discard(res.cid)
+            return made
+
+    def _make(self, res: Reservation, body: dict[str, Any]) -> dict[str, Any]:
+        """reserve (done; undo: drop the row) → agent copy (undo: delete it there) →
+        finish. When the node cannot confirm the undo delete, the row stays `deleting`
+        rather than vanishing, so the reconcile loop retries until the node confirms
+        and no tenant is left running without a row."""
+        on_node = {"unsure": False}
+        with Undo() as undo:
+            undo.add(lambda: self._drop_reservation(res, on_node["unsure"]), "drop the row")
             agent = self._agent(res.url, res.token)
             try:
                 rec = agent.copy(
@@ -284,27 +315,48 @@ class Containers(FleetBase):
                     metadata=body["metadata"],
                     sleep=body.get("sleep"),
                 )
-                break
             except BaseException as exc:
                 cause = exc.__cause__ if isinstance(exc, HostError) else None
-                if isinstance(cause, httpx.TimeoutException):
-                    # The agent may have made it after all; do not leave it behind.
-                    try:
-                        agent.delete(res.cid)
-                    except HoodyError:
-                        log.warning(
-                            "could not remove %s from %s after a timeout", res.cid, res.node
-                        )
-                with self.store.write() as s:
-                    s.execute(delete(Container).where(Container.id == res.cid))
-                    if isinstance(cause, httpx.ConnectError):
-                        s.execute(update(Node).where(Node.name == res.node).values(health="down"))
                 if isinstance(cause, httpx.ConnectError):
-                    log.warning("node %s is unreachable; marked down, placing again", res.node)
-                    unreachable.add(res.node)
-                    continue
+                    # Nothing reached the node; the undo drops the row.
+                    with self.store.write() as s:
+                        s.execute(update(Node).where(Node.name == res.node).values(health="down"))
+                    raise _Unreachable(res.node) from exc
+                if cause is not None or not isinstance(exc, HoodyError):
+                    # A timeout, a cut connection or our own cancel: the node may have
+                    # made it after all. (An error the agent answered with means its
+                    # own undo already removed everything.)
+                    undo.add(lambda: self._undo_copy(agent, res, on_node), "delete on the node")
                 raise
-        return self.finish(res, rec)
+            undo.add(lambda: self._undo_copy(agent, res, on_node), "delete on the node")
+            out = self.finish(res, rec)
+            undo.commit()
+            return out
+
+    def _undo_copy(self, agent: AgentClient, res: Reservation, on_node: dict[str, bool]) -> None:
+        try:
+            agent.delete(res.cid)
+        except NotFound:
+            pass  # the node never made it
+        except HoodyError as exc:
+            on_node["unsure"] = True
+            log.warning(
+                "could not remove %s from %s (%s); left deleting for the reconcile loop",
+                res.cid,
+                res.node,
+                exc.message,
+            )
+
+    def _drop_reservation(self, res: Reservation, unsure: bool) -> None:
+        with self.store.write() as s:
+            if unsure:
+                s.execute(
+                    update(Container)
+                    .where(Container.id == res.cid, Container.state != "deleted")
+                    .values(state="deleting")
+                )
+            else:
+                s.execute(delete(Container).where(Container.id == res.cid))
 
     def reserve(
         self,
@@ -386,32 +438,29 @@ class Containers(FleetBase):
             )
 
     def finish(self, res: Reservation, rec: dict[str, Any]) -> dict[str, Any]:
-        """Record what the node made for `res` (its agent record); returns the container."""
+        """Record what the node made for `res` (its agent record); returns the container.
+
+        Conflict when the row is no longer this copy's to finish (failed by the
+        reconcile loop, or taken over with a stale idempotency key): the caller's undo
+        then removes the tenant from its node. A row the reconcile loop already adopted
+        is returned as it is.
+        """
         with self.store.write() as s:
             row = s.scalar(select(Container).where(Container.id == res.cid))
             if row is None:  # removed by a stale-key takeover meanwhile
                 raise Conflict(f"container {res.cid} vanished while being created; retry the copy")
-            row.state = str(rec.get("state", "running"))
-            row.ip = str(rec.get("ip", ""))
-            row.port = int(rec.get("port", 8080))
-            if self.settings.router_url:
-                row.url = tenant_url(self.settings.router_url, res.cid)
-            elif self.settings.public_domain:
-                row.url = f"https://{res.cid}.{self.settings.public_domain}/"
-            else:
-                row.url = str(rec.get("url", ""))
-            policy = rec.get("sleep")
-            if isinstance(policy, dict):
-                idle = policy.get("idle_seconds")
-                row.sleep_after = int(idle) if isinstance(idle, int) else None
-                row.sleep_mode = str(policy.get("mode") or "stopped")
-            row.asleep = str(rec.get("sleep_mode") or "") if row.state == "sleeping" else ""
-            row.active_at = self.clock()
-            lim = rec.get("limits")
-            if isinstance(lim, dict):
-                row.limits = lim
-                row.memory_mib = int(lim.get("memory_mib", row.memory_mib))
-                row.disk_mib = int(lim.get("disk_mib", row.disk_mib))
+            if row.state == "creating":
+                self._record_made(row, rec)
+            elif row.node != res.node or row.state not in (
+                "running",
+                "stopped",
+                "sleeping",
+                "failed",
+            ):
+                raise Conflict(
+                    f"container {res.cid} was marked {row.state} while its node made it "
+                    "(the copy outlived the reconcile deadline); retry the copy"
+                )
             if res.key is not None:
                 s.execute(
                     update(IdempotencyKey)
@@ -419,6 +468,30 @@ class Containers(FleetBase):
                     .values(state="done")
                 )
             return _container_json(row)
+
+    def _record_made(self, row: Container, rec: dict[str, Any]) -> None:
+        """Fill `row` from the agent's record of the tenant it made."""
+        row.state = str(rec.get("state", "running"))
+        row.ip = str(rec.get("ip", ""))
+        row.port = int(rec.get("port", 8080))
+        if self.settings.router_url:
+            row.url = tenant_url(self.settings.router_url, row.id)
+        elif self.settings.public_domain:
+            row.url = f"https://{row.id}.{self.settings.public_domain}/"
+        else:
+            row.url = str(rec.get("url", ""))
+        policy = rec.get("sleep")
+        if isinstance(policy, dict):
+            idle = policy.get("idle_seconds")
+            row.sleep_after = int(idle) if isinstance(idle, int) else None
+            row.sleep_mode = str(policy.get("mode") or "stopped")
+        row.asleep = str(rec.get("sleep_mode") or "") if row.state == "sleeping" else ""
+        row.active_at = self.clock()
+        lim = rec.get("limits")
+        if isinstance(lim, dict):
+            row.limits = lim
+            row.memory_mib = int(lim.get("memory_mib", row.memory_mib))
+            row.disk_mib = int(lim.get("disk_mib", row.disk_mib))
 
     def _place(
         self,

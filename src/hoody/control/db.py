@@ -51,6 +51,7 @@ __all__ = [
     "IdempotencyKey",
     "Node",
     "Operation",
+    "Orphan",
     "Project",
     "Store",
     "Template",
@@ -324,6 +325,21 @@ class FleetChange(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     n: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class Orphan(Base):
+    """A tenant a node has that no live container row accounts for: reported from the
+    first reconcile round that sees it, removed only once it outlives the grace period."""
+
+    __tablename__ = "orphans"
+    __table_args__ = (UniqueConstraint("node", "tenant"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    node: Mapped[str] = mapped_column(String(63))
+    tenant: Mapped[str] = mapped_column(String(63))
+    state: Mapped[str] = mapped_column(String(16))  # what the node says it is
+    first_seen: Mapped[float] = mapped_column(Float, default=_now)
+    last_seen: Mapped[float] = mapped_column(Float, default=_now)
 
 
 # SQLite: a transaction that will write starts with BEGIN IMMEDIATE, taking the write

@@ -32,8 +32,10 @@ __all__ = [
     "NodeOut",
     "NodeSettingsBody",
     "OperationOut",
+    "OrphanOut",
     "ProjectBody",
     "ProjectOut",
+    "ReconcileOut",
     "RevokeOut",
     "RouteTableOut",
     "SessionOut",
@@ -365,6 +367,26 @@ class OperationOut(BaseModel):
     error: dict[str, Any] | None
     created_at: float
     updated_at: float
+
+
+class OrphanOut(BaseModel):
+    node: str
+    tenant: str = Field(description="The tenant id on that node; no container row has it.")
+    state: str = Field(description="What the node says the tenant is doing")
+    first_seen: float
+    last_seen: float
+    remove_at: float | None = Field(
+        description="When the reconcile loop removes it (null: kept until removed by hand)"
+    )
+
+
+class ReconcileOut(BaseModel):
+    adopted: list[str] = Field(description="Rows left creating that their node had: kept")
+    failed: list[str] = Field(description="Rows left creating that no node had: failed")
+    deleted: list[str] = Field(description="Rows left deleting, now deleted on their node")
+    orphans: list[str] = Field(description="Tenants on a node without a row")
+    removed: list[str] = Field(description="Orphans removed after their grace period")
+    unreachable: list[str] = Field(description="Nodes that could not be asked this round")
 
 
 class WhoamiOut(BaseModel):
