@@ -203,29 +203,33 @@ def serve(
 
     With --join URL --token T the node registers with the control plane and reports
     its headroom and templates every two seconds; it is marked down when they stop.
+    The node token it gets is kept in <state-dir>/node.token (0600): later starts
+    rejoin with it and need no --token.
     """
     import uvicorn
 
     from hoody.agent.api import create_app
     from hoody.agent.linux import build_node
     from hoody.agent.node_info import headroom, tenant_usage
-    from hoody.control.heartbeat import start_heartbeat
+    from hoody.control.heartbeat import load_credential, start_heartbeat
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per heartbeat otherwise
     config = NodeConfig.load(state_dir)
     address = listen or config.listen
     host, _, port = address.rpartition(":")
-    if join and not token:
+    credential = config.state_dir / "node.token"
+    if join and not token and load_credential(credential) is None:
         raise InvalidInput(
             "--join needs --token: a join token from `hoody token create --join` "
-            "(or HOODY_JOIN_TOKEN)"
+            "(or HOODY_JOIN_TOKEN); a node that joined once keeps its credential in "
+            f"{credential} and rejoins without one"
         )
     agent_url = advertised_url(address, advertise) if join else ""
     node = build_node(config)
     agent_token = config.token_path.read_text().strip()
     stop = None
-    if join and token:
+    if join:
         stop = start_heartbeat(
             join,
             token,
@@ -237,6 +241,7 @@ def serve(
             get_usage=lambda: tenant_usage(node),
             get_sleeping=node.sleepers,
             interval=heartbeat_every,
+            credential=credential,
         )
     try:
         uvicorn.run(create_app(node, agent_token), host=host, port=int(port), log_level="warning")

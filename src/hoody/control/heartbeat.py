@@ -6,29 +6,93 @@ agent. Each round reads the agent's headroom and template versions and posts the
 stop arriving for its heartbeat timeout (8 s by default), so the interval (2 s) must
 stay well below that. A rejected token or unknown node makes the next round join again;
 other errors are logged and retried, so a control plane restart is survived.
+
+The node token a join hands out is the node's credential: with `credential` (a file in
+the node's state dir, `node.token`, mode 0600) it is kept across agent restarts, and a
+restarted agent rejoins with it; the join token is needed again only if the control
+plane refuses the saved one (revoked, or another control plane).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
 
 from hoody.agent.client import AgentClient
 from hoody.control.client import Client
-from hoody.errors import HoodyError, NotFound, Unauthorized
+from hoody.errors import Forbidden, HoodyError, NotFound, Unauthorized
 
-__all__ = ["heartbeat_loop", "start_heartbeat"]
+__all__ = ["heartbeat_loop", "load_credential", "save_credential", "start_heartbeat"]
 
 log = logging.getLogger(__name__)
 
 
+def load_credential(path: Path | None) -> str | None:
+    """The node token saved at `path`, or None when there is none."""
+    if path is None:
+        return None
+    try:
+        token = path.read_text().strip()
+    except FileNotFoundError:
+        return None
+    return token or None
+
+
+def save_credential(path: Path, token: str) -> None:
+    """Write the node token to `path` (0600, replaced atomically)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _join(
+    control_url: str,
+    join_token: str | None,
+    saved: str | None,
+    node_name: str,
+    agent_url: str,
+    agent_token: str,
+    credential: Path | None,
+    transport: httpx.BaseTransport | None,
+) -> tuple[Client, str | None]:
+    """A client with this node's token: the saved one if the control plane takes it,
+    else a new one from joining with `join_token`. Returns (client, token now saved)."""
+    if saved is not None:
+        node = Client(control_url, saved, transport=transport, timeout=10)
+        try:
+            node.join(node_name, agent_url, agent_token)
+            return node, saved
+        except (Unauthorized, Forbidden) as exc:
+            node.close()
+            if join_token is None:
+                raise
+            log.warning("saved node credential refused (%s); joining with the join token", exc)
+    if join_token is None:
+        raise Unauthorized(
+            f"node {node_name} has no saved credential; pass a join token "
+            "(`hoody token create --join`) with --token"
+        )
+    with Client(control_url, join_token, transport=transport, timeout=10) as joiner:
+        joined = joiner.join(node_name, agent_url, agent_token)
+    token = joined.get("token") or join_token
+    if credential is not None and joined.get("token"):
+        save_credential(credential, token)
+    return Client(control_url, token, transport=transport, timeout=10), token
+
+
 def heartbeat_loop(
     control_url: str,
-    join_token_or_node_token: str,
+    join_token_or_node_token: str | None,
     node_name: str,
     agent_url: str,
     agent_token: str,
@@ -43,6 +107,7 @@ def heartbeat_loop(
     rounds: int | None = None,
     transport: httpx.BaseTransport | None = None,
     agent_transport: httpx.BaseTransport | None = None,
+    credential: Path | None = None,
 ) -> None:
     """Join as `node_name` (agent at `agent_url`), then heartbeat every `interval` s.
 
@@ -52,10 +117,10 @@ def heartbeat_loop(
     (`GET /v1/node`, `GET /v1/templates`); an agent running in this process passes its
     own. Runs until
     `stop` is set, or for `rounds` rounds (tests). Never raises for a failed round.
+    With `credential`, the node token is saved there and used first (see the module).
     """
     stop = stop or threading.Event()
     agent = AgentClient(agent_url, agent_token, transport=agent_transport, timeout=10)
-    joiner = Client(control_url, join_token_or_node_token, transport=transport, timeout=10)
     node: Client | None = None
     done = 0
     try:
@@ -63,9 +128,17 @@ def heartbeat_loop(
             done += 1
             try:
                 if node is None:
-                    joined = joiner.join(node_name, agent_url, agent_token)
-                    token = joined.get("token") or join_token_or_node_token
-                    node = Client(control_url, token, transport=transport, timeout=10)
+                    saved = load_credential(credential)
+                    node, _ = _join(
+                        control_url,
+                        join_token_or_node_token,
+                        saved,
+                        node_name,
+                        agent_url,
+                        agent_token,
+                        credential,
+                        transport,
+                    )
                     log.info("joined %s as node %s", control_url, node_name)
                 info = agent.node() if get_headroom is None or get_sleeping is None else {}
                 headroom = dict(get_headroom() if get_headroom else info["headroom"])
@@ -105,14 +178,13 @@ def heartbeat_loop(
             stop.wait(interval)
     finally:
         agent.close()
-        joiner.close()
         if node is not None:
             node.close()
 
 
 def start_heartbeat(
     control_url: str,
-    token: str,
+    token: str | None,
     node_name: str,
     agent_url: str,
     agent_token: str,
@@ -122,6 +194,7 @@ def start_heartbeat(
     get_usage: Callable[[], dict[str, list[int]]] | None = None,
     get_sleeping: Callable[[], dict[str, dict[str, Any]]] | None = None,
     interval: float = 2.0,
+    credential: Path | None = None,
 ) -> threading.Event:
     """Run `heartbeat_loop` in a daemon thread; set the returned event to stop it."""
     stop = threading.Event()
@@ -134,6 +207,7 @@ def start_heartbeat(
             "get_templates": get_templates,
             "get_usage": get_usage,
             "get_sleeping": get_sleeping,
+            "credential": credential,
         },
         name=f"heartbeat-{node_name}",
         daemon=True,

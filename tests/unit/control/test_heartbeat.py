@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import stat
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from hoody.control.client import Client
 from hoody.control.heartbeat import heartbeat_loop
@@ -62,4 +64,45 @@ def test_node_joins_sends_heartbeats_and_is_marked_down_when_silent(
     wait_for(lambda: state() == "up")
     stop.set()
     thread.join(5)
+    admin.close()
+
+
+def test_the_node_credential_survives_a_restart(server: tuple[str, Fleet], tmp_path: Path) -> None:
+    url, fleet = server
+    admin_token = fleet.bootstrap_admin()
+    assert admin_token
+    admin = Client(url, admin_token)
+    join = admin.create_token("join")
+    agent = FakeAgent("n1")
+    credential = tmp_path / "node.token"
+
+    def run(token: str | None) -> None:
+        heartbeat_loop(
+            url,
+            token,
+            "n1",
+            agent.url,
+            agent.token,
+            rounds=1,
+            agent_transport=agent.transport(),
+            credential=credential,
+        )
+
+    run(join["token"])
+    saved = credential.read_text().strip()
+    assert saved.startswith("hdy_") and saved != join["token"]
+    assert stat.S_IMODE(credential.stat().st_mode) == 0o600
+    first_beat = admin.nodes()[0]["last_heartbeat"]
+
+    # The join token is gone; a restarted agent rejoins with its own credential.
+    admin.revoke_token(join["id"])
+    time.sleep(0.01)
+    run(None)
+    assert admin.nodes()[0]["last_heartbeat"] > first_beat
+    assert credential.read_text().strip() == saved
+
+    # A credential the control plane refuses is replaced by joining again.
+    credential.write_text("hdy_notavalidtokenatall\n")
+    run(admin.create_token("join")["token"])
+    assert credential.read_text().strip() not in (saved, "hdy_notavalidtokenatall")
     admin.close()
