@@ -160,6 +160,8 @@ class FleetBase:
         # Copies this process is making (container ids): the reconcile leaves their
         # `creating` rows alone however long the node takes.
         self._in_flight: set[str] = set()
+        # Idempotency keys (project, key) this process holds for a copy it is making.
+        self._keys_in_flight: set[tuple[int, str]] = set()
         self._in_flight_lock = threading.Lock()
 
     def close(self) -> None:

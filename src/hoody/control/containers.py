@@ -142,6 +142,9 @@ class Containers(FleetBase):
         done = self._claim_or_wait(project, idempotency_key, digest)
         if done is not None:
             return done
+        held = (project, idempotency_key)
+        with self._in_flight_lock:
+            self._keys_in_flight.add(held)
         try:
             return self._copy(project, body, idempotency_key, strategy)
         except BaseException:
@@ -153,6 +156,9 @@ class Containers(FleetBase):
                     )
                 )
             raise
+        finally:
+            with self._in_flight_lock:
+                self._keys_in_flight.discard(held)
 
     @staticmethod
     def _copy_body(
@@ -280,6 +286,14 @@ class Containers(FleetBase):
                 waited_until = waited_until or now + self.settings.replica_wait
                 if now > waited_until:
                     raise
+                if key is not None:
+                    # Still alive: the reconcile loop releases keys of copies that died.
+                    with self.store.write() as s:
+                        s.execute(
+                            update(IdempotencyKey)
+                            .where(IdempotencyKey.project_id == project, IdempotencyKey.key == key)
+                            .values(created_at=now)
+                        )
                 time.sleep(0.5)
                 continue
             with self._in_flight_lock:

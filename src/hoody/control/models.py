@@ -387,6 +387,9 @@ class ReconcileOut(BaseModel):
     orphans: list[str] = Field(description="Tenants on a node without a row")
     removed: list[str] = Field(description="Orphans removed after their grace period")
     unreachable: list[str] = Field(description="Nodes that could not be asked this round")
+    released_keys: list[str] = Field(
+        description="Idempotency keys of copies that died before making a row: released"
+    )
 
 
 class WhoamiOut(BaseModel):

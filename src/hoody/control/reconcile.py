@@ -48,6 +48,7 @@ class ReconcileReport:
     orphans: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     unreachable: list[str] = field(default_factory=list)
+    released_keys: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, list[str]]:
         return {k: sorted(v) for k, v in self.__dict__.items()}
@@ -82,6 +83,7 @@ class Reconcile(Containers):
             self._settle_rows(node, tenants, report)
             self._track_orphans(node, tenants, report)
         self._settle_nodeless({n.name for n in nodes}, {n.name for n in nodes if not n.up}, report)
+        self._release_abandoned_keys(report)
         if any((report.adopted, report.failed, report.deleted, report.orphans, report.removed)):
             log.info("reconciled: %s", report.to_json())
         return report
@@ -193,6 +195,28 @@ class Reconcile(Containers):
                     report.failed.append(cid)
             elif state == "deleting" and node not in known and self._mark_deleted(cid):
                 report.deleted.append(cid)
+
+    def _release_abandoned_keys(self, report: ReconcileReport) -> None:
+        """Pending idempotency keys whose copy died before it had a live row: released,
+        so a retry with the same key makes the container instead of waiting."""
+        cutoff = self.clock() - self.settings.creating_deadline
+        with self._in_flight_lock:
+            held = set(self._keys_in_flight)
+        with self.store.write() as s:
+            rows = s.execute(
+                select(IdempotencyKey, Container.state)
+                .outerjoin(Container, Container.id == IdempotencyKey.container_id)
+                .where(IdempotencyKey.state == "pending", IdempotencyKey.created_at < cutoff)
+            ).all()
+            for key, state in rows:
+                if (key.project_id, key.key) in held or state == "creating":
+                    continue  # in flight here, or settled with its row
+                if state in ("running", "stopped"):
+                    key.state = "done"
+                    continue
+                s.delete(key)
+                report.released_keys.append(key.key)
+                log.warning("released idempotency key %r left by a copy that died", key.key)
 
     def _track_orphans(
         self, node: _NodeRef, tenants: dict[str, dict[str, Any]], report: ReconcileReport

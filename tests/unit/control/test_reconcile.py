@@ -223,3 +223,18 @@ def test_orphans_and_reconcile_through_the_api(world: World) -> None:
             project.orphans()
         with pytest.raises(Forbidden):
             project.reconcile()
+
+
+def test_a_key_left_without_a_row_is_released(world: World, clock: Clock) -> None:
+    """The process died after claiming the key, before placing the copy."""
+    with world.store.write() as s:
+        s.add(
+            IdempotencyKey(
+                project_id=world.project, key="evt_x", request_hash="h", created_at=clock.now
+            )
+        )
+    assert world.fleet.reconcile_once().released_keys == []
+    clock.now += 61
+    assert world.fleet.reconcile_once().released_keys == ["evt_x"]
+    made = world.fleet.copy(world.project, "demo", idempotency_key="evt_x")
+    assert made["state"] == "running"
