@@ -10,6 +10,7 @@ mounts, loop devices, namespaces, links and nft tables.
     with scratch_fleet(3, netns=True) as fleet:
         fleet.admin.nodes()               # hoody.Client with the admin token
         fleet.nodes[1].kill()             # SIGKILL its agent; .start() brings it back
+        fleet.kill_control()              # SIGKILL the control plane; .start_control()
         fleet.nodes[0].run(fn)            # fn() inside node 0's network namespace
 """
 
@@ -173,6 +174,16 @@ class ScratchFleet:
     control: subprocess.Popen[bytes]
     control_dir: Path
     extra: list[Any] = field(default_factory=list)
+    control_argv: list[str] = field(default_factory=list)
+
+    def kill_control(self) -> None:
+        """SIGKILL the control plane, as a crash would."""
+        _stop(self.control, signal.SIGKILL)
+
+    def start_control(self) -> None:
+        """Start the control plane again (same database, token and port); wait for it."""
+        self.control = _start_control(self.control_argv, self.admin_token, self.control_dir)
+        _wait_serving(self.control, self.admin, self.control_dir / "server.log")
 
     def node(self, name: str) -> FleetNode:
         return next(n for n in self.nodes if n.name == name)
@@ -253,6 +264,7 @@ def scratch_fleet(
     database_url: str | None = None,
     history_every: float = 2.0,
     id_slots: int = SCRATCH_SLOTS,
+    server_args: tuple[str, ...] = (),
 ) -> Iterator[ScratchFleet]:
     """A control plane process and `count` joined node agent processes; see the module."""
     if count < 1:
@@ -280,36 +292,18 @@ def scratch_fleet(
         stack.callback(shutil.rmtree, control_dir, True)
         admin_token, _ = auth.mint_token()
         url = f"http://{host}:{free_port()}"
-        env = {**os.environ, "HOODY_ADMIN_TOKEN": admin_token}
-        env.pop("HOODY_DATABASE_URL", None)
         argv = [*_CLI, "server", "--listen", url.removeprefix("http://")]
         argv += ["--state-dir", str(control_dir), "--heartbeat-timeout", str(heartbeat_timeout)]
         argv += ["--history-every", str(history_every)]
+        argv += list(server_args)
         if database_url:
             argv += ["--database-url", database_url]
-        log = control_dir / "server.log"
-        with log.open("ab") as out:
-            control = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=out,
-                env=env,
-                start_new_session=True,
-            )
-        stack.callback(_stop, control)
+        control = _start_control(argv, admin_token, control_dir)
+        processes = [control]
+        # Whichever control plane process is current when the fleet ends.
+        stack.callback(lambda: _stop(processes[-1]))
         admin = stack.enter_context(Client(url, admin_token, timeout=600))
-
-        def serving() -> bool:
-            if control.poll() is not None:
-                raise HostError(f"the control plane exited; see {log}")
-            try:
-                admin.whoami()
-                return True
-            except HoodyError:
-                return False
-
-        _wait(serving, "the control plane did not answer", 60, log)
+        _wait_serving(control, admin, control_dir / "server.log")
         join = admin.create_token("join", description="scratch fleet")["token"]
         nodes = []
         for config in configs:
@@ -324,9 +318,34 @@ def scratch_fleet(
             nodes.append(node)
         for node in nodes:
             node.start()
-        fleet = ScratchFleet(url, admin_token, admin, nodes, control, control_dir)
+        fleet = ScratchFleet(url, admin_token, admin, nodes, control, control_dir, [], argv)
         fleet.wait_nodes("up")
-        yield fleet
+        try:
+            yield fleet
+        finally:
+            processes.append(fleet.control)
+
+
+def _start_control(argv: list[str], admin_token: str, control_dir: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "HOODY_ADMIN_TOKEN": admin_token}
+    env.pop("HOODY_DATABASE_URL", None)
+    with (control_dir / "server.log").open("ab") as out:
+        return subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env, start_new_session=True
+        )
+
+
+def _wait_serving(control: subprocess.Popen[bytes], admin: Client, log: Path) -> None:
+    def serving() -> bool:
+        if control.poll() is not None:
+            raise HostError(f"the control plane exited; see {log}")
+        try:
+            admin.whoami()
+            return True
+        except HoodyError:
+            return False
+
+    _wait(serving, "the control plane did not answer", 60, log)
 
 
 def _teardown_in(config: NodeConfig, netns: Path) -> None:

@@ -162,6 +162,8 @@ class FleetBase:
         self._in_flight: set[str] = set()
         # Idempotency keys (project, key) this process holds for a copy it is making.
         self._keys_in_flight: set[tuple[int, str]] = set()
+        # Tenants the last reconcile round saw on a node without a row: node → {id: when}.
+        self._suspects: dict[str, dict[str, float]] = {}
         self._in_flight_lock = threading.Lock()
 
     def close(self) -> None:

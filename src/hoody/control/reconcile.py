@@ -232,11 +232,18 @@ class Reconcile(Containers):
                     )
                 )
             )
-        strays = {
+        seen_stray = {
             tid: str(rec.get("state", ""))
             for tid, rec in tenants.items()
             if tid not in owned and rec.get("state") != "creating"
         }
+        # A delete or a failed copy's undo that finished between the node's list and
+        # our read of the rows looks like a stray for one round: only a tenant seen
+        # stray twice in a row is an orphan (its first sighting is when it was seen).
+        with self._in_flight_lock:
+            earlier = self._suspects.get(node.name, {})
+            self._suspects[node.name] = {t: earlier.get(t, now) for t in seen_stray}
+        strays = {t: st for t, st in seen_stray.items() if t in earlier}
         due: list[str] = []
         with self.store.write() as s:
             known = {o.tenant: o for o in s.scalars(select(Orphan).where(Orphan.node == node.name))}
@@ -245,7 +252,11 @@ class Reconcile(Containers):
                 if orphan is None:
                     s.add(
                         Orphan(
-                            node=node.name, tenant=tid, state=state, first_seen=now, last_seen=now
+                            node=node.name,
+                            tenant=tid,
+                            state=state,
+                            first_seen=earlier[tid],
+                            last_seen=now,
                         )
                     )
                     log.warning(
@@ -255,7 +266,7 @@ class Reconcile(Containers):
                         tid,
                         "it is kept (no orphan grace set)"
                         if self.settings.orphan_grace is None
-                        else f"removed in {self.settings.orphan_grace:.0f} s",
+                        else f"removed {self.settings.orphan_grace:.0f} s after it was first seen",
                     )
                 else:
                     orphan.state, orphan.last_seen = state, now
