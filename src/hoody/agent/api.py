@@ -18,7 +18,8 @@ errors are rendered once, as `{"error": {"code", "message"}}` with their status.
     POST   /v1/tenants/{id}/start|stop|restart|exec|copy|snapshot
     POST   /v1/tenants/{id}/sleep           {mode: stopped|frozen} (default: its policy's)
     POST   /v1/tenants/{id}/wake
-    GET    /v1/tenants/{id}/logs?tail=N
+    GET    /v1/tenants/{id}/logs?tail=N[&follow=1]   follow: streams what comes next
+    WS     /v1/tenants/{id}/exec            an exec session (hoody.execwire)
     DELETE /v1/tenants/{id}
 """
 
@@ -38,16 +39,20 @@ import anyio
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket
 
 from hoody.agent import templates
 from hoody.agent.engine import Node, TemplateSource
+from hoody.agent.exec_ws import serve_exec
 from hoody.agent.ids import TEMPLATE_ID_SHIFT
 from hoody.agent.node_info import configure, node_info
 from hoody.agent.pressure import PressureRelief
+from hoody.agent.runtime import ExecSession
 from hoody.agent.spec import FirewallPolicy, Limits, SleepPolicy
 from hoody.agent.state import TemplateRecord
-from hoody.errors import HoodyError, HostError, InvalidInput, Unauthorized
+from hoody.errors import HoodyError, HostError, InvalidInput, NotFound, Unauthorized
+from hoody.execwire import ExecStart
 
 __all__ = ["create_app"]
 
@@ -145,6 +150,40 @@ async def _stream(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
         if close is not None:
             with anyio.CancelScope(shield=True):
                 await _call(close)
+
+
+_FOLLOW_EVERY = 0.2
+
+
+async def _follow(node: Node, tid: str, tail: int) -> AsyncIterator[bytes]:
+    """The last `tail` lines, then what the tenant writes, as it writes it; ends when
+    the tenant is deleted. A copytruncate rotation (the file shrank) reads on from
+    its start."""
+    yield (await _call(node.logs, tid, tail)).encode()
+    path = node.log_path(tid)
+    try:
+        offset = path.stat().st_size
+    except FileNotFoundError:
+        offset = 0
+    while True:
+        await asyncio.sleep(_FOLLOW_EVERY)
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            size = 0
+        if size < offset:
+            offset = 0
+        if size > offset:
+            with path.open("rb") as f:
+                f.seek(offset)
+                chunk = f.read(min(size - offset, 1 << 20))
+            offset += len(chunk)
+            yield chunk
+            continue
+        try:
+            await _call(node.tenant, tid)
+        except NotFound:
+            return
 
 
 def create_app(node: Node, token: str, *, supervise_every: float = 0.5) -> Starlette:
@@ -342,8 +381,29 @@ def create_app(node: Node, token: str, *, supervise_every: float = 0.5) -> Starl
             tail = int(request.query_params.get("tail", "200"))
         except ValueError as exc:
             raise InvalidInput("tail must be a whole number of lines") from exc
+        if request.query_params.get("follow") in ("1", "true"):
+            await _call(node.tenant, tid(request))  # NotFound before the stream starts
+            return await logs_stream(request, tid(request), tail)
         text = await _call(node.logs, tid(request), tail)
         return Response(text, media_type="text/plain")
+
+    async def exec_session(ws: WebSocket) -> None:
+        given = ws.headers.get("authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            await ws.close(code=1008)  # refuses the handshake: 403
+            return
+        await ws.accept()
+        tenant = str(ws.path_params["tid"])
+
+        def open_session(start: ExecStart) -> ExecSession:
+            return node.open_exec(
+                tenant, start.argv, tty=start.tty, env=start.env, cols=start.cols, rows=start.rows
+            )
+
+        await serve_exec(ws, open_session, f"tenant {tenant}")
+
+    async def logs_stream(request: Request, tenant: str, tail: int) -> Response:
+        return StreamingResponse(_follow(node, tenant, tail), media_type="text/plain")
 
     async def copy_tenant(request: Request) -> Any:
         data = await _body(request)
@@ -413,6 +473,7 @@ def create_app(node: Node, token: str, *, supervise_every: float = 0.5) -> Starl
         Route("/v1/tenants/{tid}/wake", guarded(wake), methods=["POST"]),
         Route("/v1/tenants/{tid}/exec", guarded(exec_), methods=["POST"]),
         Route("/v1/tenants/{tid}/logs", guarded(logs)),
+        WebSocketRoute("/v1/tenants/{tid}/exec", exec_session),
         Route("/v1/tenants/{tid}/copy", guarded(copy_tenant, 201), methods=["POST"]),
         Route("/v1/tenants/{tid}/snapshot", guarded(snapshot, 201), methods=["POST"]),
     ]

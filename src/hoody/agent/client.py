@@ -17,7 +17,7 @@ import httpx
 from hoody import errors
 from hoody.errors import HoodyError, HostError
 
-__all__ = ["AgentClient", "TemplateStream", "raise_for_error"]
+__all__ = ["AgentClient", "TemplateStream", "error_from", "raise_for_error"]
 
 _BY_CODE: dict[str, type[HoodyError]] = {
     cls.code: cls
@@ -47,12 +47,17 @@ def raise_for_error(response: httpx.Response) -> None:
             f"{response.request.method} {response.request.url} answered "
             f"{response.status_code}: {response.text[:200]}"
         ) from None
+    exc = error_from(code, message)
+    exc.status = response.status_code
+    raise exc
+
+
+def error_from(code: str, message: str) -> HoodyError:
+    """The HoodyError for an `{"error": {"code", "message"}}` answer."""
     cls = _BY_CODE.get(code, HoodyError)
     if cls is errors.CommandFailed:
         cls = HostError
-    exc = cls(message)
-    exc.status = response.status_code
-    raise exc
+    return cls(message)
 
 
 @dataclass(frozen=True)

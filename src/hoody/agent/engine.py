@@ -34,7 +34,7 @@ from hoody.agent.config import NodeConfig
 from hoody.agent.ids import TEMPLATE_ID_SHIFT, TenantIds
 from hoody.agent.network import Firewall, Network
 from hoody.agent.pressure import MemoryPressure
-from hoody.agent.runtime import ContainerSpec, ExecResult, Runtime, UserNamespace
+from hoody.agent.runtime import ContainerSpec, ExecResult, ExecSession, Runtime, UserNamespace
 from hoody.agent.spec import (
     SLEEP_MODES,
     FirewallPolicy,
@@ -585,6 +585,25 @@ class Node:
         if self.runtime.state(tid).status != "running":
             raise Conflict(f"tenant {tid} is {rec.status}; start it with `hoody start {tid}`")
         return self.runtime.exec(tid, argv, timeout=timeout)
+
+    def open_exec(
+        self,
+        tid: str,
+        argv: list[str],
+        *,
+        tty: bool = False,
+        env: dict[str, str] | None = None,
+        cols: int = 80,
+        rows: int = 24,
+    ) -> ExecSession:
+        """Start argv in the running tenant with its streams open (no time limit: the
+        caller kills it). Raises NotFound for an unknown tenant, Conflict when stopped."""
+        if not argv or not all(isinstance(a, str) for a in argv):
+            raise InvalidInput("give the command to run, like `hoody exec CID -- ls /`")
+        rec = self.store.tenant(tid)
+        if self.runtime.state(tid).status != "running":
+            raise Conflict(f"tenant {tid} is {rec.status}; start it with `hoody start {tid}`")
+        return self.runtime.open_exec(tid, argv, tty=tty, env=env, cols=cols, rows=rows)
 
     def logs(self, tid: str, tail: int = 200) -> str:
         self.store.tenant(tid)

@@ -25,7 +25,7 @@ from typing import Any
 import typer
 from rich.console import Console
 
-from hoody.cli import bench, containers, fleet, node, router, scripts, up
+from hoody.cli import bench, containers, fleet, node, router, scripts, shell, up
 from hoody.cli.common import console
 from hoody.errors import HoodyError
 from hoody.private import set_umask
@@ -45,6 +45,7 @@ fleet.register(app, bench.app)
 up.register(app)
 router.register(app)
 scripts.register(app)
+shell.register(app)
 
 
 @app.command()
@@ -59,7 +60,9 @@ def main() -> None:
     """Entry point: run the app and render HoodyError as one line plus exit code."""
     set_umask()  # every hoody process: what it writes is its owner's alone
     try:
-        app(standalone_mode=False)
+        # Without standalone mode click returns a typer.Exit's code instead of raising
+        # it: pass it on (`hoody exec` and `hoody node exec` exit with the command's).
+        code = app(standalone_mode=False)
     except HoodyError as exc:
         if "--json" in sys.argv:
             print(json.dumps(exc.to_json()), file=sys.stderr)
@@ -74,3 +77,5 @@ def main() -> None:
         usage: Any = exc
         usage.show()
         sys.exit(getattr(usage, "exit_code", 2))
+    if isinstance(code, int) and code:
+        sys.exit(code)

@@ -29,11 +29,13 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket
 
 from hoody.control import models as m
 from hoody.control.auth import Principal
 from hoody.control.service import Fleet
+from hoody.control.shell import exec_endpoint, logs_endpoint
 from hoody.dashboard.figures import FleetFigures
 from hoody.dashboard.metrics import ApiMetrics
 from hoody.dashboard.metrics import registry as metrics_registry
@@ -981,9 +983,18 @@ def create_app(
         }.get(status, "bad request")
         return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
 
+    async def exec_session(ws: WebSocket) -> None:
+        await exec_endpoint(fleet, ws)
+
+    async def logs(request: Request) -> Response:
+        return await logs_endpoint(fleet, request)
+
     routes = [
         Route(f"{PREFIX}/openapi.json", spec_endpoint),
         Route(f"{PREFIX}/docs", docs_endpoint),
+        # Streams, outside the JSON table (shell.py has their contract).
+        WebSocketRoute(f"{PREFIX}/containers/{{cid}}/exec", exec_session),
+        Route(f"{PREFIX}/containers/{{cid}}/logs", logs),
         *(
             Route(PREFIX + ep.path, _endpoint(fleet, ep, api_metrics), methods=[ep.method])
             for ep in ENDPOINTS

@@ -24,6 +24,7 @@ from typing import Any
 import httpx
 
 from hoody.agent.client import raise_for_error
+from hoody.control.exec_client import ExecOutput, ExecSession, run_to_end, start_message
 from hoody.errors import Conflict, HostError, InvalidInput
 
 __all__ = ["Client", "config_path", "load_config", "save_config"]
@@ -203,6 +204,70 @@ class Client:
     def container(self, cid: str) -> dict[str, Any]:
         result: dict[str, Any] = self._req("GET", f"/containers/{cid}")
         return result
+
+    def exec_session(
+        self,
+        cid: str,
+        argv: list[str],
+        *,
+        tty: bool = False,
+        cols: int = 80,
+        rows: int = 24,
+        timeout: float | None = None,
+        env: dict[str, str] | None = None,
+    ) -> ExecSession:
+        """Start argv in tenant `cid` with its streams open (exec_client.py)."""
+        start = start_message(argv, tty=tty, cols=cols, rows=rows, timeout=timeout, env=env)
+        token = str(self.http.headers["authorization"]).removeprefix("Bearer ")
+        return ExecSession(self.url, token, cid, start)
+
+    def exec(
+        self,
+        cid: str,
+        argv: list[str],
+        *,
+        stdin: bytes | None = None,
+        timeout: float | None = None,
+        env: dict[str, str] | None = None,
+    ) -> ExecOutput:
+        """Run argv in tenant `cid` to the end: its exit code, stdout and stderr."""
+        with self.exec_session(cid, argv, timeout=timeout, env=env) as session:
+            return run_to_end(session, stdin)
+
+    def logs(self, cid: str, tail: int = 200) -> str:
+        """The last `tail` lines of the tenant's output."""
+        response = self._raw("GET", f"/containers/{cid}/logs", params={"tail": tail})
+        return response.text
+
+    def follow_logs(self, cid: str, tail: int = 200) -> Iterator[bytes]:
+        """The last `tail` lines, then the tenant's output as it comes, until the tenant
+        is deleted (or the caller stops iterating)."""
+        params: dict[str, str | int] = {"tail": tail, "follow": "1"}
+        try:
+            with self.http.stream(
+                "GET",
+                f"{self.url}/api/v1/containers/{cid}/logs",
+                params=params,
+                timeout=httpx.Timeout(30, read=None),
+            ) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise_for_error(response)
+                yield from response.iter_raw()
+        except httpx.TransportError as exc:
+            raise HostError(
+                f"the log stream from {self.url} broke off: {exc}; run it again"
+            ) from exc
+
+    def _raw(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self.http.request(method, f"{self.url}/api/v1{path}", **kwargs)
+        except httpx.TransportError as exc:
+            raise HostError(
+                f"cannot reach the control plane at {self.url}: {exc}; is `hoody server` running?"
+            ) from exc
+        raise_for_error(response)
+        return response
 
     def authorize(self, cid: str, ttl_seconds: int | None = None) -> dict[str, Any]:
         """{"container_claim", "expires_at", "url"}: the URL lets one person in, once."""

@@ -9,6 +9,7 @@ class per area, each in its own module over the shared state of `FleetBase`:
     containers.py    copy (idempotency, placement), list, get, start, stop, delete
     sleep.py         sleep and wake, idleness from the routers' reports
     reconcile.py     rows and nodes agree again after a crash; orphan tenants
+    shell.py         exec and logs, relayed to the tenant's node
     replication.py   template versions streamed from node to node (btrfs send/receive)
     claims.py        container claims, tenant sessions, the router's route table
     exec/scripts.py  Exec scripts, their invocations, per-project limits and secrets
@@ -43,6 +44,7 @@ from hoody.control.containers import Containers, Reservation
 from hoody.control.nodes import Nodes
 from hoody.control.reconcile import Reconcile
 from hoody.control.replication import Replication
+from hoody.control.shell import Shell
 from hoody.control.sleep import Sleep
 from hoody.control.templates import Templates
 from hoody.exec.scripts import Scripts
@@ -50,7 +52,9 @@ from hoody.exec.scripts import Scripts
 __all__ = ["AgentFactory", "Fleet", "Reservation", "Settings"]
 
 
-class Fleet(Access, Nodes, Templates, Reconcile, Containers, Sleep, Replication, Claims, Scripts):
+class Fleet(
+    Access, Nodes, Templates, Reconcile, Containers, Sleep, Replication, Claims, Scripts, Shell
+):
     """The control plane's services over one Store. Thread-safe: share one per process.
 
     Fleet(store, agents=None, settings=None, clock=time.time): `agents` makes agent

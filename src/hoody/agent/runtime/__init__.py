@@ -23,6 +23,7 @@ __all__ = [
     "ContainerSpec",
     "ContainerState",
     "ExecResult",
+    "ExecSession",
     "Runtime",
     "RuntimeCaps",
     "UserNamespace",
@@ -96,6 +97,29 @@ class ExecResult:
     stderr: str
 
 
+class ExecSession(Protocol):
+    """A command running in a tenant with its streams open (session.ProcessExec).
+
+    `stdout_fd` (with a TTY: the terminal, stderr included) and `stderr_fd` are
+    non-blocking; read them until EOF (b"", or EIO for a terminal)."""
+
+    tty: bool
+    stdout_fd: int
+    stderr_fd: int | None
+
+    def write_stdin(self, data: bytes) -> None: ...
+
+    def close_stdin(self) -> None: ...
+
+    def resize(self, cols: int, rows: int) -> None: ...
+
+    def wait(self, timeout: float | None = None) -> int | None: ...
+
+    def kill(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class Runtime(Protocol):
     """Contract: tests/contract/runtime.py (RuntimeContract), passed by OciRuntime
     (tests/integration/test_runtime_oci.py) and FakeRuntime (tests/unit/agent)."""
@@ -158,6 +182,20 @@ class Runtime(Protocol):
         """Run argv inside the running tenant (as its root, with its env and cwd) and
         collect its output. Raises NotFound when absent, Conflict when stopped,
         HostError after killing the command when it outlives `timeout`."""
+
+    def open_exec(
+        self,
+        tid: str,
+        argv: list[str],
+        *,
+        tty: bool = False,
+        env: dict[str, str] | None = None,
+        cols: int = 80,
+        rows: int = 24,
+    ) -> ExecSession:
+        """Start argv in the running tenant with its streams open (session.py): output
+        readable as it comes, stdin writable, a pseudo-terminal with `tty`. No time
+        limit; the caller `kill`s and always `close`s it. Raises as `exec` does."""
 
     def list(self) -> list[str]:
         """Container ids this runtime knows (running or stopped)."""

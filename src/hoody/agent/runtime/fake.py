@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import os
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -160,6 +161,23 @@ class FakeRuntime:
                 return ExecResult(0, "".join(f"{k}={v}\n" for k, v in env.items()), "")
         return ExecResult(127, "", f"{argv[0] if argv else ''}: command not found\n")
 
+    def open_exec(
+        self,
+        tid: str,
+        argv: list[str],
+        *,
+        tty: bool = False,
+        env: dict[str, str] | None = None,
+        cols: int = 80,
+        rows: int = 24,
+    ) -> CannedExec:
+        """`exec`'s answer as a session: its output on pipes, already exited. `cat`
+        answers with its stdin (so a session's input can be tested)."""
+        if argv == ["cat"]:
+            self.state(tid)
+            return CannedExec(None, tty)
+        return CannedExec(self.exec(tid, argv), tty)
+
     def list(self) -> list[str]:
         with self._lock:
             return sorted(self.containers)
@@ -181,3 +199,54 @@ class FakeRuntime:
                 if current.running:
                     events["pids"] = max(events["pids"], 1)
         return events
+
+
+class CannedExec:
+    """An exec session over pipes; with `result` None it echoes stdin until EOF."""
+
+    def __init__(self, result: ExecResult | None, tty: bool) -> None:
+        self.tty = tty
+        self.size = (80, 24)
+        out_r, self._out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        self.stdout_fd, self.stderr_fd = out_r, (None if tty else err_r)
+        os.set_blocking(out_r, False)
+        os.set_blocking(err_r, False)
+        self._err_r = err_r
+        self._code = 0
+        self._done = threading.Event()
+        if result is not None:
+            os.write(self._out_w, (result.stdout + (result.stderr if tty else "")).encode())
+            if not tty:
+                os.write(err_w, result.stderr.encode())
+            self._code = result.exit_code
+            self._finish()
+        os.close(err_w)
+
+    def _finish(self) -> None:
+        if not self._done.is_set():
+            os.close(self._out_w)
+            self._done.set()
+
+    def write_stdin(self, data: bytes) -> None:
+        if not self._done.is_set():
+            os.write(self._out_w, data)
+
+    def close_stdin(self) -> None:
+        self._finish()
+
+    def resize(self, cols: int, rows: int) -> None:
+        self.size = (cols, rows)
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        return self._code if self._done.wait(timeout) else None
+
+    def kill(self) -> None:
+        self._code = 137
+        self._finish()
+
+    def close(self) -> None:
+        self._finish()
+        for fd in (self.stdout_fd, self._err_r):
+            with contextlib.suppress(OSError):
+                os.close(fd)

@@ -50,6 +50,7 @@ from hoody.agent.runtime import userns as userns_mod
 from hoody.agent.runtime.bundle import DEFAULT_PATH, HostParts, oci_config
 from hoody.agent.runtime.devices import backing_devices
 from hoody.agent.runtime.lxcfs import Lxcfs
+from hoody.agent.runtime.session import ProcessExec
 from hoody.agent.spec import Limits, check_tenant_id
 from hoody.errors import CommandFailed, Conflict, HostError, MissingDependency, NotFound
 from hoody.private import private_dir
@@ -580,6 +581,37 @@ class OciRuntime:
         finally:
             pid_file.unlink(missing_ok=True)
         return ExecResult(result.returncode, result.stdout, result.stderr)
+
+    def open_exec(
+        self,
+        tid: str,
+        argv: list[str],
+        *,
+        tty: bool = False,
+        env: dict[str, str] | None = None,
+        cols: int = 80,
+        rows: int = 24,
+    ) -> ProcessExec:
+        """Start argv in the running tenant with its streams open (session.py); no time
+        limit here: whoever holds it decides when to `kill`. Raises as `exec` does."""
+        check_tenant_id(tid)
+        current = self.state(tid)
+        if current.status == "absent":
+            raise NotFound(f"container {tid} does not exist; start the tenant first")
+        if current.status == "stopped":
+            raise Conflict(f"container {tid} is stopped; start it with `hoody start {tid}`")
+        pid_file = self.bundle_dir / tid / f"exec-{os.getpid()}-{time.monotonic_ns()}.pid"
+        flags = ["--tty"] if tty else []
+        for key, value in (env or {}).items():
+            flags += ["--env", f"{key}={value}"]
+        cmd = [
+            self.nsenter,
+            f"--net=/proc/{current.pid}/ns/net",
+            *self._limits,
+            *self._cli("exec", "--user", "0:0", *flags, "--pid-file", str(pid_file), tid),
+            *argv,
+        ]
+        return ProcessExec(cmd, tty=tty, pid_file=pid_file, cols=cols, rows=rows)
 
     # list, counters
 
