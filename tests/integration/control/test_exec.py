@@ -107,13 +107,15 @@ def test_stdin_round_trips_and_exit_codes_pass_through(world: World) -> None:
 
 def read_until(session: ExecSession, needles: list[bytes], seen: bytes = b"") -> bytes:
     """Output until every needle is in it; a watchdog fails the test instead of a hang."""
-    watchdog = threading.Timer(30, session.close)
+    watchdog = threading.Timer(60, session.close)  # the machine may be busy
     watchdog.start()
     try:
         for _, data in session:
             seen += data
             if all(n in seen for n in needles):
                 return seen
+    except HoodyError as exc:
+        raise AssertionError(f"waited for {needles} in {seen!r}: {exc}") from exc
     finally:
         watchdog.cancel()
     return seen
