@@ -4,8 +4,9 @@ busy ones running, and takes no new tenants until the pressure ends.
 The pressure is real: a hog in a small memory cgroup of the test's own rereads a file
 larger than that cgroup, so the kernel reclaims and refaults its page cache all the
 time and PSI (/proc/pressure/memory) counts the stalls (measured here on a quiet
-machine: some ~19% of the time with three readers in 32 MiB). The scratch node's threshold is set low (2% for 2 s) so that this modest
-hog crosses it; production defaults are 10% for 5 s.
+machine: some ~19% of the time with three readers in 32 MiB). The scratch node's
+threshold is set low (2% for 2 s) so that this modest hog crosses it; production
+defaults are 10% for 5 s.
 """
 
 from __future__ import annotations
