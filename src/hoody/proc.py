@@ -23,7 +23,7 @@ from typing import IO, Any
 
 from hoody.errors import CommandFailed, HostError, MissingDependency
 
-__all__ = ["Result", "exited_within", "require", "run", "run_fed", "stream_out", "wait"]
+__all__ = ["Result", "exited_within", "require", "run", "run_fed", "stop", "stream_out", "wait"]
 
 # Debian package that provides each program, for the "install it" hint.
 _PACKAGES = {
@@ -135,6 +135,17 @@ def wait(proc: subprocess.Popen[Any], timeout: float | None = None) -> int:
                 raise subprocess.TimeoutExpired(proc.args, timeout)
         finally:
             os.close(fd)
+    return proc.wait()
+
+
+def stop(proc: subprocess.Popen[Any], grace: float = 20.0) -> int:
+    """SIGTERM `proc`, SIGKILL it if it is still there after `grace` s; its exit code."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            return wait(proc, grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
     return proc.wait()
 
 

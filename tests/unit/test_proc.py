@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -54,3 +55,11 @@ def test_run_kills_on_timeout_and_names_missing_programs() -> None:
 def test_run_fed_waits_for_the_command() -> None:
     result = proc.run_fed(["cat"], iter([b"a", b"b"]), timeout=30)
     assert result.stdout == "ab"
+
+
+def test_stop_terms_then_kills_what_ignores_sigterm() -> None:
+    polite = subprocess.Popen(["sleep", "30"])
+    assert proc.stop(polite) == -15
+    stubborn = subprocess.Popen(["sh", "-c", "trap '' TERM; sleep 30 & wait; sleep 30"])
+    time.sleep(0.2)  # let the shell install its trap
+    assert proc.stop(stubborn, grace=0.3) == -9

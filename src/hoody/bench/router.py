@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from hoody import proc
 from hoody.agent.engine import TemplateSource
 from hoody.agent.templates import demo_source
 from hoody.bench.provision import wait_http_ok
@@ -130,12 +131,7 @@ def _process(argv: list[str], url: str, host: str | None = None) -> Iterator[int
                 time.sleep(0.05)
         yield child.pid
     finally:
-        child.terminate()
-        try:
-            child.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
+        proc.stop(child, 10)
 
 
 def _nginx_conf(prefix: Path, port: int, upstream: str) -> Path:

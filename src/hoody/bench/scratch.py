@@ -28,6 +28,7 @@ from typing import Any
 import httpx
 import uvicorn
 
+from hoody import proc
 from hoody.agent.api import create_app
 from hoody.agent.client import AgentClient
 from hoody.agent.config import NodeConfig
@@ -233,12 +234,7 @@ def agent_process(config: NodeConfig) -> Iterator[str]:
                     time.sleep(0.05)
         yield url
     finally:
-        child.terminate()
-        try:
-            child.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
+        proc.stop(child)
 
 
 @contextlib.contextmanager

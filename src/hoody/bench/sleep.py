@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from hoody import proc
 from hoody.agent.templates import DEMO_ARGS, DEMO_NAME
 from hoody.bench.density import memory_in_use
 from hoody.bench.fleet import ScratchFleet, scratch_fleet
@@ -72,12 +73,7 @@ def _router(fleet: ScratchFleet) -> Iterator[int]:
                 time.sleep(0.1)
         yield port
     finally:
-        child.terminate()
-        try:
-            child.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
+        proc.stop(child)
 
 
 def _states(fleet: ScratchFleet) -> dict[str, tuple[str, str | None]]:
