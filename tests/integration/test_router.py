@@ -8,7 +8,6 @@ Only loopback and the scratch node's tenants are contacted.
 
 from __future__ import annotations
 
-import tempfile
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
@@ -19,16 +18,11 @@ from typing import Any
 import httpx
 import pytest
 
-from hoody import router as tenant_router
-from hoody.agent.node_info import headroom
 from hoody.agent.templates import DEMO_NAME
 from hoody.bench.provision import wait_http_ok
-from hoody.bench.scratch import ScratchNode, free_port, serve_in_thread
-from hoody.control.api import create_app
+from hoody.bench.scratch import ScratchNode
 from hoody.control.client import Client
-from hoody.control.db import Store
-from hoody.control.heartbeat import start_heartbeat
-from hoody.control.service import Fleet, Settings
+from tests.integration.stack import product_stack
 
 CHROMIUM = Path("/usr/bin/chromium")
 
@@ -65,43 +59,8 @@ def until(check: Callable[[], bool], timeout: float = 1.0) -> float:
 
 @pytest.fixture(scope="module")
 def stack(scratch: ScratchNode) -> Iterator[Stack]:
-    tmp = Path(tempfile.mkdtemp(prefix="hoody-router-"))
-    router_port = free_port()
-    store = Store(f"sqlite:///{tmp / 'control.db'}")
-    fleet = Fleet(store, settings=Settings(router_url=f"http://localhost:{router_port}"))
-    admin = fleet.bootstrap_admin()
-    assert admin
-    node = scratch.node
-    with serve_in_thread(create_app(fleet), free_port()) as api:
-        beats = start_heartbeat(
-            api,
-            admin,
-            node.config.name,
-            scratch.url,
-            scratch.token,
-            lambda: headroom(node),
-            get_templates=lambda: [t.to_json() for t in node.store.templates()],
-        )
-        with Client(api, admin) as root:
-            project = int(root.ensure_project("router-test")["id"])
-            token = root.create_token("project", project_id=project)["token"]
-            router_token = root.create_token("router")["token"]
-        # The router runs with its own scope: route table and claim exchange only.
-        stop_router = tenant_router.start_in_thread(
-            api, router_token, f"127.0.0.1:{router_port}", "localhost"
-        )
-        client = Client(api, token)
-        until(lambda: any(t["name"] == DEMO_NAME for t in client.templates()), timeout=30)
-        try:
-            yield Stack(api, admin, client, router_port)
-        finally:
-            for c in client.containers()["items"]:
-                client.delete(c["id"])
-            client.close()
-            stop_router()
-            beats.set()
-    fleet.close()
-    store.close()
+    with product_stack(scratch, "router") as s:
+        yield Stack(s.api, s.admin, s.client, s.router_port)
 
 
 @pytest.fixture

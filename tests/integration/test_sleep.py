@@ -7,25 +7,18 @@ Only loopback and the scratch node's tenants are contacted.
 
 from __future__ import annotations
 
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import pytest
 
-from hoody import router as tenant_router
-from hoody.agent.node_info import headroom
 from hoody.agent.templates import DEMO_NAME
 from hoody.bench.provision import wait_http_ok
-from hoody.bench.scratch import ScratchNode, free_port, serve_in_thread
-from hoody.control.api import create_app
+from hoody.bench.scratch import ScratchNode
 from hoody.control.client import Client
-from hoody.control.db import Store
-from hoody.control.heartbeat import start_heartbeat
-from hoody.control.service import Fleet, Settings
+from tests.integration.stack import product_stack
 
 
 @dataclass
@@ -52,42 +45,8 @@ def until(check: Callable[[], bool], timeout: float) -> float:
 
 @pytest.fixture(scope="module")
 def stack(scratch: ScratchNode) -> Iterator[Stack]:
-    tmp = Path(tempfile.mkdtemp(prefix="hoody-sleep-"))
-    router_port = free_port()
-    store = Store(f"sqlite:///{tmp / 'control.db'}")
-    fleet = Fleet(store, settings=Settings(router_url=f"http://localhost:{router_port}"))
-    admin = fleet.bootstrap_admin()
-    assert admin
-    node = scratch.node
-    with serve_in_thread(create_app(fleet), free_port()) as api:
-        beats = start_heartbeat(
-            api,
-            admin,
-            node.config.name,
-            scratch.url,
-            scratch.token,
-            lambda: headroom(node),
-            get_templates=lambda: [t.to_json() for t in node.store.templates()],
-            get_sleeping=node.sleepers,
-        )
-        stop_router = tenant_router.start_in_thread(
-            api, admin, f"127.0.0.1:{router_port}", "localhost"
-        )
-        with Client(api, admin) as root:
-            project = int(root.ensure_project("sleep-test")["id"])
-            token = root.create_token("project", project_id=project)["token"]
-        client = Client(api, token)
-        until(lambda: any(t["name"] == DEMO_NAME for t in client.templates()), timeout=30)
-        try:
-            yield Stack(client, router_port)
-        finally:
-            for c in client.containers()["items"]:
-                client.delete(c["id"])
-            client.close()
-            stop_router()
-            beats.set()
-    fleet.close()
-    store.close()
+    with product_stack(scratch, "sleep") as s:
+        yield Stack(s.client, s.router_port)
 
 
 @pytest.mark.parametrize("mode", ["stopped", "frozen"])

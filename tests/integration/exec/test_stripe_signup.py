@@ -13,7 +13,6 @@ import hashlib
 import hmac
 import json
 import secrets
-import tempfile
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -25,17 +24,11 @@ import httpx
 import pytest
 import stripe
 
-from hoody import router as tenant_router
-from hoody.agent.node_info import headroom
-from hoody.agent.templates import DEMO_NAME
 from hoody.bench.provision import wait_http_ok
-from hoody.bench.scratch import ScratchNode, free_port, serve_in_thread
-from hoody.control.api import create_app
+from hoody.bench.scratch import ScratchNode
 from hoody.control.client import Client
-from hoody.control.db import Store
-from hoody.control.heartbeat import start_heartbeat
-from hoody.control.service import Fleet, Settings
 from hoody.errors import NotFound
+from tests.integration.stack import product_stack
 
 EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "stripe-signup" / "signup.ts"
 SECRET = "whsec_" + secrets.token_hex(16)
@@ -55,48 +48,10 @@ class Signup:
 
 @pytest.fixture(scope="module")
 def signup(scratch: ScratchNode) -> Iterator[Signup]:
-    tmp = Path(tempfile.mkdtemp(prefix="hoody-signup-"))
-    router_port = free_port()
-    store = Store(f"sqlite:///{tmp / 'control.db'}")
-    settings = Settings(router_url=f"http://localhost:{router_port}", state_dir=tmp)
-    fleet = Fleet(store, settings=settings)
-    admin = fleet.bootstrap_admin()
-    assert admin
-    node = scratch.node
-    with serve_in_thread(create_app(fleet), free_port()) as api:
-        beats = start_heartbeat(
-            api,
-            admin,
-            node.config.name,
-            scratch.url,
-            scratch.token,
-            lambda: headroom(node),
-            get_templates=lambda: [t.to_json() for t in node.store.templates()],
-        )
-        with Client(api, admin) as root:
-            project = int(root.ensure_project("signup-test")["id"])
-            token = root.create_token("project", project_id=project)["token"]
-            router_token = root.create_token("router")["token"]
-        stop_router = tenant_router.start_in_thread(
-            api, router_token, f"127.0.0.1:{router_port}", "localhost"
-        )
-        client = Client(api, token)
-        client.deploy_script(project, "signup", EXAMPLE.read_text())
-        client.set_secret(project, "STRIPE_WEBHOOK_SECRET", SECRET)
-        deadline = time.monotonic() + 30
-        while not any(t["name"] == DEMO_NAME for t in client.templates()):
-            assert time.monotonic() < deadline, "the node's template never showed"
-            time.sleep(0.1)
-        try:
-            yield Signup(api, client, project, router_port)
-        finally:
-            for c in client.containers()["items"]:
-                client.delete(c["id"])
-            client.close()
-            stop_router()
-            beats.set()
-    fleet.close()
-    store.close()
+    with product_stack(scratch, "signup") as s:
+        s.client.deploy_script(s.project, "signup", EXAMPLE.read_text())
+        s.client.set_secret(s.project, "STRIPE_WEBHOOK_SECRET", SECRET)
+        yield Signup(s.api, s.client, s.project, s.router_port)
 
 
 def event(kind: str, customer: str, event_id: str | None = None) -> bytes:
