@@ -111,6 +111,10 @@ def run_demo(
     console.print()
     console.print(f"Router: tenants at {info.router_url.replace('localhost', '<cid>.localhost')}/")
     console.print("        (a tenant URL without a session answers 401: open a link above)")
+    console.print(
+        f"Fleet:  {info.api_url}/   (the dashboard; sign in with the admin token in "
+        f"{state_dir / 'control' / 'admin.token'})"
+    )
     console.print(f"API:    {info.api_url}/api/v1   docs: {info.api_url}/api/v1/docs")
     console.print(f"Try:    curl http://{tenants[0]['address']}/   (from this server)")
     console.print("        .venv/bin/hoody ls  |  hoody nodes  |  hoody templates")
