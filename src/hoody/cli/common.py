@@ -36,6 +36,11 @@ MonthlyCostOpt = Annotated[
     float | None, typer.Option(help="What the server costs a month, e.g. 29 (the bill is the sum).")
 ]
 CurrencyOpt = Annotated[str | None, typer.Option(help="ISO code of the cost, e.g. USD.")]
+OvercommitOpt = Annotated[float | None, typer.Option(help="Placement counts up to memory x this.")]
+ReserveOpt = Annotated[
+    str | None,
+    typer.Option(help="Memory kept for the host: 2G, 512M, 10%, or auto (10 %, >= 1 GiB)."),
+]
 CpuOpt = Annotated[float | None, typer.Option(help="CPU limit in cores, e.g. 0.5.")]
 MemOpt = Annotated[int | None, typer.Option("--memory", help="Memory limit in MiB.")]
 RequestOpt = Annotated[

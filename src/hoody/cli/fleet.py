@@ -20,7 +20,16 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.progress import BarColumn, Progress, TaskID, TextColumn
 
-from hoody.cli.common import CurrencyOpt, JsonOpt, MonthlyCostOpt, console, emit, status
+from hoody.cli.common import (
+    CurrencyOpt,
+    JsonOpt,
+    MonthlyCostOpt,
+    OvercommitOpt,
+    ReserveOpt,
+    console,
+    emit,
+    status,
+)
 from hoody.control.client import Client, save_config
 from hoody.errors import HoodyError, InvalidInput
 from hoody.private import private_dir, private_file
@@ -321,13 +330,8 @@ def nodes(ctx: typer.Context, as_json: JsonOpt = False) -> None:
 @nodes_app.command("set")
 def node_set(
     name: str,
-    overcommit: Annotated[
-        float | None, typer.Option(help="Placement counts up to memory x this.")
-    ] = None,
-    reserve: Annotated[
-        str | None,
-        typer.Option(help="Memory kept for the host: 2G, 512M, 10%, or auto (10 %, >= 1 GiB)."),
-    ] = None,
+    overcommit: OvercommitOpt = None,
+    reserve: ReserveOpt = None,
     monthly_cost: MonthlyCostOpt = None,
     currency: CurrencyOpt = None,
     as_json: JsonOpt = False,

@@ -30,8 +30,10 @@ from hoody.cli.common import (
     JsonOpt,
     MemOpt,
     MonthlyCostOpt,
+    OvercommitOpt,
     PidsOpt,
     RequestOpt,
+    ReserveOpt,
     emit,
     firewall,
     key_values,
@@ -256,13 +258,8 @@ def set_settings(
         str | None,
         typer.Argument(help="A node of the fleet (for --monthly-cost; default: this one)."),
     ] = None,
-    overcommit: Annotated[
-        float | None, typer.Option(help="Placement counts up to memory x this.")
-    ] = None,
-    reserve: Annotated[
-        str | None,
-        typer.Option(help="Memory kept for the host: 2G, 512M, 10%, or auto (10 %, >= 1 GiB)."),
-    ] = None,
+    overcommit: OvercommitOpt = None,
+    reserve: ReserveOpt = None,
     monthly_cost: MonthlyCostOpt = None,
     currency: CurrencyOpt = None,
     as_json: JsonOpt = False,
