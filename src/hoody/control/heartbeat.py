@@ -122,14 +122,18 @@ def heartbeat_loop(
     stop = stop or threading.Event()
     agent = AgentClient(agent_url, agent_token, transport=agent_transport, timeout=10)
     node: Client | None = None
+    # The node token this loop got, also without a credential file: a join token
+    # registers new nodes only, so a rejoin (after the control plane forgot this
+    # session, or refused a heartbeat) must use the node's own token.
+    own: str | None = None
     done = 0
     try:
         while not stop.is_set() and (rounds is None or done < rounds):
             done += 1
             try:
                 if node is None:
-                    saved = load_credential(credential)
-                    node, _ = _join(
+                    saved = load_credential(credential) or own
+                    node, own = _join(
                         control_url,
                         join_token_or_node_token,
                         saved,

@@ -8,6 +8,7 @@ import re
 from typing import Any
 
 from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from hoody.agent.spec import check_name
@@ -32,27 +33,57 @@ def node_state(node: Node) -> str:
 
 class Nodes(FleetBase):
     def join(self, who: Principal, name: str, url: str, agent_token: str) -> dict[str, Any]:
-        """Register (or re-register) node `name` at agent `url`.
+        """Register node `name` at agent `url`, or re-register it (a rejoin).
 
-        Conflict when another node of that name at another URL is up.
+        A join token registers new nodes only: a name already in the fleet is a
+        Conflict that nothing changed, since whoever holds a join token (it sits in
+        provisioning scripts) could otherwise point an existing node's name at a
+        server of theirs and receive its tenants and its agent's credential. A node
+        rejoins with its own node token (kept in its state dir, `node.token`), which
+        gets `token: null` back: keep using the one you have; that token cannot
+        register any other name. An admin token may also re-register a node (the way
+        back for a node that lost its credential); it gets a new node token and the
+        node's earlier ones are revoked.
 
-        Allowed for join and admin tokens, which get a new node token back (earlier
-        node tokens of this node are revoked), and for the node's own token (a rejoin),
-        which gets `token: null`: keep using the one you have.
+        Conflict too when another node of that name at another URL is up, unless
+        the caller is that node (its own token).
         """
-        if not (who.scope in ("join", "admin") or (who.scope == "node" and who.node == name)):
+        if who.scope == "node" and who.node != name:
+            raise Forbidden(
+                f"this is node {who.node}'s credential; it rejoins node {who.node} only. "
+                f"Join {name} with its own credential, or a join token if it is new"
+            )
+        if who.scope not in ("join", "admin", "node"):
             raise Forbidden("joining a node needs a join token; `hoody token create --join`")
         check_name(name, "node name")
         check_text(url, "agent url", 300)
         check_text(agent_token, "agent token", 200)
         if not re.match(r"^https?://[^\s/]+", url):
             raise InvalidInput(f"agent url {url!r} is invalid; give http://HOST:PORT")
+        try:
+            return self._join(who, name, url, agent_token)
+        except IntegrityError as exc:  # two joins of one new name raced: one won
+            raise Conflict(
+                f"node {name} was registered by another join meanwhile; a join token only "
+                "registers new nodes: give this server its own name (`hoody node init --name`)"
+            ) from exc
+
+    def _join(self, who: Principal, name: str, url: str, agent_token: str) -> dict[str, Any]:
         now = self.clock()
         with self.store.write() as s:
             node = s.scalar(select(Node).where(Node.name == name))
-            if node is not None and node.url != url and node.health == "up":
+            if node is not None and who.scope == "join":
+                raise Conflict(
+                    f"node {name} is already registered, and a join token only registers "
+                    "new nodes; its agent rejoins with its own credential (node.token in "
+                    "its state dir: `hoody node serve --join URL` needs no --token then). "
+                    "A new server needs its own name (`hoody node init --name`); a node "
+                    "that lost its credential rejoins once with an admin token"
+                )
+            if node is not None and node.url != url and node.health == "up" and who.scope != "node":
                 # Two servers initialised with the same name would take turns
-                # replacing each other; a node that moved can rejoin once it is down.
+                # replacing each other; a node that moved can rejoin once it is down,
+                # or at once with its own credential (which proves it is that node).
                 raise Conflict(
                     f"node name {name} is taken by the node at {node.url}, which is up; "
                     "give this server its own name (`hoody node init --name`)"

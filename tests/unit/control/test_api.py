@@ -94,6 +94,9 @@ def test_admin_manages_nodes_and_projects(world: World, http: TestClient) -> Non
     node = sdk(http, join["token"])
     joined = node.join("n9", "http://127.0.0.1:9", "agent-token")
     assert joined["node"]["state"] == "up" and joined["token"].startswith("hdy_")
+    with pytest.raises(Conflict, match="join token only registers new nodes"):
+        node.join("n9", "http://127.0.0.1:10", "someone-elses-agent")
+    assert sdk(http, joined["token"]).join("n9", "http://127.0.0.1:10", "a2")["token"] is None
     with pytest.raises(Forbidden):
         node.containers()
 

@@ -22,7 +22,7 @@ def wait_for(check: Callable[[], bool], timeout: float = 5.0) -> None:
 
 
 def test_node_joins_sends_heartbeats_and_is_marked_down_when_silent(
-    server: tuple[str, Fleet],
+    server: tuple[str, Fleet], tmp_path: Path
 ) -> None:
     url, fleet = server
     admin_token = fleet.bootstrap_admin()
@@ -35,7 +35,12 @@ def test_node_joins_sends_heartbeats_and_is_marked_down_when_silent(
         t = threading.Thread(
             target=heartbeat_loop,
             args=(url, join_token, "n1", agent.url, agent.token),
-            kwargs={"interval": 0.1, "stop": stop, "agent_transport": agent.transport()},
+            kwargs={
+                "interval": 0.1,
+                "stop": stop,
+                "agent_transport": agent.transport(),
+                "credential": tmp_path / "node.token",
+            },
             daemon=True,
         )
         t.start()
@@ -60,7 +65,7 @@ def test_node_joins_sends_heartbeats_and_is_marked_down_when_silent(
     assert time.monotonic() - silent_since < 2.0  # 0.6 s timeout + 0.1 s checks
 
     stop = threading.Event()
-    thread = run(stop)  # joins again with the join token
+    thread = run(stop)  # rejoins with its own credential (the join token makes new nodes)
     wait_for(lambda: state() == "up")
     stop.set()
     thread.join(5)
@@ -101,8 +106,17 @@ def test_the_node_credential_survives_a_restart(server: tuple[str, Fleet], tmp_p
     assert admin.nodes()[0]["last_heartbeat"] > first_beat
     assert credential.read_text().strip() == saved
 
-    # A credential the control plane refuses is replaced by joining again.
+    # A credential the control plane refuses cannot be replaced with a join token:
+    # those register new nodes only. The node stays as it was.
     credential.write_text("hdy_notavalidtokenatall\n")
+    before = admin.nodes()[0]
     run(admin.create_token("join")["token"])
+    assert credential.read_text().strip() == "hdy_notavalidtokenatall"
+    after = admin.nodes()[0]
+    assert (after["url"], after["last_heartbeat"]) == (before["url"], before["last_heartbeat"])
+    # The way back for a node that lost its credential: rejoin once with an admin token.
+    time.sleep(0.01)
+    run(admin_token)
     assert credential.read_text().strip() not in (saved, "hdy_notavalidtokenatall")
+    assert admin.nodes()[0]["last_heartbeat"] > after["last_heartbeat"]
     admin.close()
