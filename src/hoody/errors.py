@@ -4,6 +4,7 @@
     ├── InvalidInput (400)                a name, limit, rule or argument is malformed
     ├── Unauthorized (401)                no token, or a wrong one
     ├── Forbidden (403)                   the token may not touch this resource
+    │   └── QuotaExceeded                 the project is at a quota (tenants, memory, disk)
     ├── NotFound (404)                    no such tenant, template, version or node
     ├── Conflict (409)                    the name is taken, the resource is in use
     ├── Exhausted (507)                   pool full, no free IP left, no node with headroom
@@ -30,6 +31,7 @@ __all__ = [
     "InvalidInput",
     "MissingDependency",
     "NotFound",
+    "QuotaExceeded",
     "Unauthorized",
 ]
 
@@ -61,6 +63,10 @@ class Unauthorized(HoodyError):
 class Forbidden(HoodyError):
     status = 403
     code = "forbidden"
+
+
+class QuotaExceeded(Forbidden):
+    code = "quota_exceeded"
 
 
 class NotFound(HoodyError):

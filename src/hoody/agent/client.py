@@ -25,6 +25,7 @@ _BY_CODE: dict[str, type[HoodyError]] = {
         errors.InvalidInput,
         errors.Unauthorized,
         errors.Forbidden,
+        errors.QuotaExceeded,
         errors.NotFound,
         errors.Conflict,
         errors.Exhausted,

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.progress import BarColumn, Progress, TaskID, TextColumn
 
+from hoody.agent.storage.pool import parse_size
 from hoody.cli.common import (
     CurrencyOpt,
     JsonOpt,
@@ -271,11 +272,95 @@ def project_create(name: str, as_json: JsonOpt = False) -> None:
         emit(client.create_project(name), as_json, ["id", "name"])
 
 
+_PROJECT_COLUMNS = ["id", "name", "tenants", "memory", "disk"]
+
+
+def _project_row(p: dict[str, Any]) -> dict[str, Any]:
+    """Use / quota per resource, for the table (--json prints the record itself)."""
+    q, u = p["quota"], p["usage"]
+
+    def mib(value: int | None) -> str:
+        if value is None:
+            return "-"
+        return f"{value / 1024:g}G" if value >= 1024 and value % 1024 == 0 else f"{value}M"
+
+    return {
+        "id": p["id"],
+        "name": p["name"],
+        "tenants": f"{u['tenants']} / {q['max_tenants'] if q['max_tenants'] is not None else '-'}",
+        "memory": f"{mib(u['memory_mib'])} / {mib(q['max_memory_mib'])}",
+        "disk": f"{mib(u['disk_mib'])} / {mib(q['max_disk_mib'])}",
+    }
+
+
+def _emit_projects(data: Any, as_json: bool) -> None:
+    if as_json:
+        emit(data, True)
+        return
+    rows = [_project_row(p) for p in (data if isinstance(data, list) else [data])]
+    emit(rows, False, _PROJECT_COLUMNS, title="use / quota (- : none)")
+
+
 @project_app.command("ls")
 def project_ls(as_json: JsonOpt = False) -> None:
-    """List projects (admin)."""
+    """List projects with their use and quotas (admin)."""
     with Client() as client:
-        emit(client.projects(), as_json, ["id", "name"])
+        _emit_projects(client.projects(), as_json)
+
+
+@project_app.command("show")
+def project_show(project_id: int, as_json: JsonOpt = False) -> None:
+    """A project's use and quotas (admin, or the project's own token)."""
+    with Client() as client:
+        _emit_projects(client.get_project(project_id), as_json)
+
+
+def _quota(value: str | None, what: str, size: bool) -> dict[str, int | None]:
+    """{} to keep, {key: None} to remove ("none"), else {key: number (MiB for sizes)}."""
+    if value is None:
+        return {}
+    key = {"tenants": "max_tenants", "memory": "max_memory_mib", "disk": "max_disk_mib"}[what]
+    if value.strip().lower() == "none":
+        return {key: None}
+    if not size:
+        if not value.strip().isdigit():
+            raise InvalidInput(f"--max-{what} {value!r} is invalid; give a whole number or none")
+        return {key: int(value)}
+    try:
+        return {key: -(-parse_size(value) // (1 << 20))}
+    except InvalidInput:
+        raise InvalidInput(
+            f"--max-{what} {value!r} is invalid; give a size like 4G or 512M, or none"
+        ) from None
+
+
+@project_app.command("set")
+def project_set(
+    project_id: int,
+    max_tenants: Annotated[
+        str | None, typer.Option(help="At most this many live containers (none: no quota).")
+    ] = None,
+    max_memory: Annotated[
+        str | None,
+        typer.Option(help="Sum of the containers' memory limits, e.g. 4G (none: no quota)."),
+    ] = None,
+    max_disk: Annotated[
+        str | None,
+        typer.Option(help="Sum of the containers' disk limits, e.g. 20G (none: no quota)."),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Set a project's quotas (admin): `hoody project set 3 --max-tenants 100
+    --max-memory 4G --max-disk 20G`. Copies past one are refused, naming it."""
+    changes = {
+        **_quota(max_tenants, "tenants", False),
+        **_quota(max_memory, "memory", True),
+        **_quota(max_disk, "disk", True),
+    }
+    if not changes:
+        raise InvalidInput("give --max-tenants, --max-memory and/or --max-disk")
+    with Client() as client:
+        _emit_projects(client.set_project(project_id, **changes), as_json)
 
 
 def _gib(value: Any) -> str:

@@ -9,15 +9,17 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from hoody.agent.spec import check_name
-from hoody.control import auth
+from hoody.control import auth, quotas
 from hoody.control.auth import Principal, Scope
-from hoody.control.base import FleetBase, check_int, check_text
+from hoody.control.base import INT_MAX, FleetBase, check_int, check_text
 from hoody.control.db import Project, Token
-from hoody.errors import Conflict, InvalidInput, NotFound
+from hoody.errors import Conflict, Forbidden, InvalidInput, NotFound
 from hoody.errors import Unauthorized as UnauthorizedError
 from hoody.exec.tokens import PREFIX as EXEC_TOKEN
 
-__all__ = ["JOIN_TTL", "JOIN_TTL_MAX", "Access"]
+__all__ = ["JOIN_TTL", "JOIN_TTL_MAX", "QUOTAS", "Access"]
+
+QUOTAS = ("max_tenants", "max_memory_mib", "max_disk_mib")
 
 JOIN_TTL = 86_400
 JOIN_TTL_MAX = 30 * 86_400
@@ -85,7 +87,7 @@ class Access(FleetBase):
                 row = Project(name=name, created_at=self.clock())
                 s.add(row)
                 s.flush()
-                return _project_json(row)
+                return quotas.project_json(row)
         except IntegrityError as exc:
             raise Conflict(f"project {name} exists; pick another name") from exc
 
@@ -95,19 +97,59 @@ class Access(FleetBase):
         with self.store.read() as s:
             row = s.scalar(select(Project).where(Project.name == name))
             if row is not None:
-                return _project_json(row)
+                return quotas.project_json(row)
         try:
             return self.create_project(who, name)
         except Conflict:  # made meanwhile by another request
             with self.store.read() as s:
                 row = s.scalar(select(Project).where(Project.name == name))
                 assert row is not None
-                return _project_json(row)
+                return quotas.project_json(row)
 
     def list_projects(self, who: Principal) -> list[dict[str, Any]]:
+        """Every project with its quotas and what its live containers count (admin)."""
         who.require_admin()
         with self.store.read() as s:
-            return [_project_json(p) for p in s.scalars(select(Project).order_by(Project.id))]
+            used = quotas.usage(s)
+            return [
+                quotas.project_json(p, used.get(p.id))
+                for p in s.scalars(select(Project).order_by(Project.id))
+            ]
+
+    def get_project(self, who: Principal, project: int) -> dict[str, Any]:
+        """One project, its quotas and usage: admin tokens, and the project's own."""
+        check_int(project, "project")
+        if not who.is_admin and who.project_filter() != project:
+            raise Forbidden(f"this token may read its own project only, not project {project}")
+        with self.store.read() as s:
+            row = quotas.lock(s, project, for_update=False)
+            return quotas.project_json(row, quotas.usage(s, [project]).get(project))
+
+    def set_project(
+        self, who: Principal, project: int, changes: dict[str, int | None]
+    ) -> dict[str, Any]:
+        """Set quotas of `project` (admin): keys of `QUOTAS`, a whole number >= 0
+        sets it, None removes it, a missing key keeps it. A quota below what the
+        project holds already is kept: only new copies are refused until it fits.
+        InvalidInput for an unknown key or a bad number, before anything changes."""
+        who.require_admin()
+        check_int(project, "project")
+        for key, value in changes.items():
+            if key not in QUOTAS:
+                raise InvalidInput(f"{key!r} is not a quota; give {', '.join(QUOTAS)}")
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= INT_MAX
+            ):
+                raise InvalidInput(
+                    f"{key} {value!r} is invalid; give a whole number from 0 to {INT_MAX}, "
+                    "or null for no quota"
+                )
+        with self.store.write() as s:
+            row = quotas.lock(s, project, for_update=self.store.is_postgres)
+            for key, value in changes.items():
+                setattr(row, key, value)
+            s.flush()
+            return quotas.project_json(row, quotas.usage(s, [project]).get(project))
 
     # tokens
 
@@ -178,10 +220,6 @@ class Access(FleetBase):
                 raise NotFound(f"token {token_id} does not exist; GET /api/v1/tokens lists them")
             row.revoked = True
             return _token_json(row)
-
-
-def _project_json(row: Project) -> dict[str, Any]:
-    return {"id": row.id, "name": row.name, "created_at": row.created_at}
 
 
 def _token_json(row: Token) -> dict[str, Any]:

@@ -273,6 +273,23 @@ async def create_project(f: Fleet, c: Call) -> Any:
     return await run(f.create_project, c.who, body.name)
 
 
+def _project_id(c: Call) -> int:
+    raw = c.path("project")
+    if not raw.isdigit() or len(raw) > 9:
+        raise NotFound(f"project {raw[:20]!r} does not exist; projects are numbered")
+    return int(raw)
+
+
+async def get_project(f: Fleet, c: Call) -> Any:
+    return await run(f.get_project, c.who, _project_id(c))
+
+
+async def set_project(f: Fleet, c: Call) -> Any:
+    body: m.ProjectSettingsBody = c.body
+    changes = {k: getattr(body, k) for k in body.model_fields_set}
+    return await run(f.set_project, c.who, _project_id(c), changes)
+
+
 async def list_tokens(f: Fleet, c: Call) -> Any:
     return await run(f.list_tokens, c.who)
 
@@ -345,6 +362,7 @@ async def whoami(f: Fleet, c: Call) -> Any:
 _CID = Param("cid", "path", "Container id.", required=True)
 _TEMPLATE = Param("template", "path", "Template name.", required=True)
 _NAME = Param("name", "path", required=True)
+_PROJECT = Param("project", "path", "Project id.", {"type": "integer", "minimum": 1}, True)
 _LIST_PARAMS = (
     Param("project", "query", "Project id (admin tokens).", {"type": "integer", "minimum": 1}),
     Param("template", "query", "Only this template."),
@@ -584,6 +602,25 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         response=m.ProjectOut,
         status=201,
         errors=(400, 401, 403, 409),
+    ),
+    Endpoint(
+        "GET",
+        "/projects/{project}",
+        get_project,
+        "Show a project, its quotas and what counts against them (admin, or its own token)",
+        "admin",
+        response=m.ProjectOut,
+        params=(_PROJECT,),
+    ),
+    Endpoint(
+        "PATCH",
+        "/projects/{project}",
+        set_project,
+        "Set a project's quotas: tenants, memory and disk (admin; null removes one)",
+        "admin",
+        body=m.ProjectSettingsBody,
+        response=m.ProjectOut,
+        params=(_PROJECT,),
     ),
     Endpoint(
         "GET",
@@ -858,7 +895,7 @@ def openapi() -> dict[str, Any]:
 _REASONS = {
     400: "malformed request",
     401: "no or wrong token",
-    403: "token may not do this",
+    403: "token may not do this, or a project quota is reached",
     404: "no such resource",
     409: "conflict",
     413: "body too large",

@@ -404,6 +404,17 @@ class Client:
         result: dict[str, Any] = self._req("POST", "/projects", json={"name": name})
         return result
 
+    def get_project(self, project_id: int) -> dict[str, Any]:
+        """A project with its quotas and usage (admin, or that project's token)."""
+        result: dict[str, Any] = self._req("GET", f"/projects/{int(project_id)}")
+        return result
+
+    def set_project(self, project_id: int, **quota: int | None) -> dict[str, Any]:
+        """Set quotas (admin): max_tenants, max_memory_mib, max_disk_mib; None removes
+        one, a quota not named is kept. `set_project(3, max_tenants=100)`."""
+        result: dict[str, Any] = self._req("PATCH", f"/projects/{int(project_id)}", json=quota)
+        return result
+
     def tokens(self) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = self._req("GET", "/tokens")
         return result

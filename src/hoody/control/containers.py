@@ -43,7 +43,7 @@ from hoody.agent.spec import (
     check_name,
     check_tenant_id,
 )
-from hoody.control import capacity
+from hoody.control import capacity, quotas
 from hoody.control.auth import Principal
 from hoody.control.base import FleetBase, check_int, check_text
 from hoody.control.claims import tenant_url
@@ -388,8 +388,9 @@ class Containers(FleetBase):
         """
         template = body["template"]
         with self.store.write() as s:
-            if s.get(Project, project) is None:
-                raise NotFound(f"project {project} does not exist; create it first")
+            # Locked first: copies of one project take their quota turn by turn, from
+            # any control plane process, until this row commits (SQLite: one writer).
+            owner = quotas.lock(s, project, for_update=self.store.is_postgres)
             tmpl = self._visible_template(s, project, template)
             vq = select(TemplateVersion).where(TemplateVersion.template_id == tmpl.id)
             if body.get("version") is not None:
@@ -408,6 +409,8 @@ class Containers(FleetBase):
                     f"memory request {request_mib:g} MiB is above the memory limit {memory} "
                     "MiB; a request is the expected use, at most the limit"
                 )
+            used = quotas.usage(s, [project]).get(project, quotas.Usage())
+            quotas.check(owner, used, memory, disk)
             placement, nodes, request, source = self._place(
                 s, ver, template, memory, asked, strategy, unreachable or set()
             )

@@ -88,6 +88,11 @@ class Project(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     name: Mapped[str] = mapped_column(String(63), unique=True)
     created_at: Mapped[float] = mapped_column(Float, default=_now)
+    # Quotas (None: none), checked by each copy in its reservation's transaction:
+    # live tenants, the sum of their memory limits and of their disk limits (MiB).
+    max_tenants: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    max_memory_mib: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    max_disk_mib: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class Token(Base):

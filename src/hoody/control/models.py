@@ -35,6 +35,9 @@ __all__ = [
     "OrphanOut",
     "ProjectBody",
     "ProjectOut",
+    "ProjectQuotaOut",
+    "ProjectSettingsBody",
+    "ProjectUsageOut",
     "ReconcileOut",
     "RevokeOut",
     "RouteTableOut",
@@ -339,10 +342,44 @@ class JoinOut(BaseModel):
     )
 
 
+class ProjectSettingsBody(_Body):
+    """Quotas to set (null: no quota; absent: unchanged). They count the project's
+    live containers' limits, so a project under them cannot grow past them."""
+
+    max_tenants: int | None = Field(None, ge=0, le=INT_MAX, description="Live containers.")
+    max_memory_mib: int | None = Field(
+        None, ge=0, le=INT_MAX, description="Sum of the live containers' memory limits."
+    )
+    max_disk_mib: int | None = Field(
+        None, ge=0, le=INT_MAX, description="Sum of the live containers' disk limits."
+    )
+
+    @field_validator("max_tenants", "max_memory_mib", "max_disk_mib", mode="before")
+    @classmethod
+    def _numbers_only(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError("give a whole number or null, not true or false")
+        return value
+
+
+class ProjectQuotaOut(BaseModel):
+    max_tenants: int | None = Field(description="null: no quota")
+    max_memory_mib: int | None
+    max_disk_mib: int | None
+
+
+class ProjectUsageOut(BaseModel):
+    tenants: int = Field(description="Live containers (being made, running, asleep, stopped…).")
+    memory_mib: int = Field(description="Sum of their memory limits.")
+    disk_mib: int = Field(description="Sum of their disk limits.")
+
+
 class ProjectOut(BaseModel):
     id: int
     name: str
     created_at: float
+    quota: ProjectQuotaOut
+    usage: ProjectUsageOut = Field(description="What counts against the quota now.")
 
 
 class TokenOut(BaseModel):

@@ -20,7 +20,7 @@ from hoody.cli.main import app
 from hoody.control.api import create_app
 from hoody.control.db import Store
 from hoody.control.service import Fleet
-from hoody.errors import NotFound
+from hoody.errors import Forbidden, InvalidInput, NotFound, QuotaExceeded
 from tests.control_support import World, make_world
 
 
@@ -151,3 +151,47 @@ def test_the_main_app_splits_fleet_and_node_commands() -> None:
     assert {"init", "serve", "copy", "ls", "rm", "exec", "logs", "template"} <= set(
         top["node"].commands
     )
+
+
+def test_project_quotas_from_the_cli(
+    live_world: tuple[str, World], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    url, w = live_world
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    monkeypatch.delenv("HOODY_TOKEN", raising=False)
+    monkeypatch.delenv("HOODY_URL", raising=False)
+    cli = CliRunner()
+    assert cli.invoke(app, ["login", url, "--token", w.admin_token]).exit_code == 0
+    pid = str(w.project)
+
+    limits = ["--max-tenants", "1", "--max-memory", "4G", "--max-disk", "20G"]
+    out = cli.invoke(app, ["project", "set", pid, *limits, "--json"])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.output)["quota"] == {
+        "max_tenants": 1,
+        "max_memory_mib": 4096,
+        "max_disk_mib": 20480,
+    }
+    w.fleet.copy(w.project, "demo")
+    table = cli.invoke(app, ["project", "ls"], env={"COLUMNS": "200"})
+    assert table.exit_code == 0, table.output
+    assert "1 / 1" in table.output and "256M / 4G" in table.output and "1G / 20G" in table.output
+    shown = json.loads(cli.invoke(app, ["project", "show", pid, "--json"]).output)
+    assert shown["usage"] == {"tenants": 1, "memory_mib": 256, "disk_mib": 1024}
+
+    # The refusal names the quota, the use and the fix, and exits non-zero.
+    out = cli.invoke(app, ["copy", "demo", "--project", pid])
+    assert out.exit_code != 0 and isinstance(out.exception, QuotaExceeded)
+    assert "tenant quota: 1 of 1" in str(out.exception) and "--max-tenants 2" in str(out.exception)
+    out = cli.invoke(app, ["project", "set", pid, "--max-tenants", "none", "--json"])
+    assert json.loads(out.output)["quota"]["max_tenants"] is None
+    for bad in (["--max-memory", "lots"], ["--max-tenants", "-3"], []):
+        out = cli.invoke(app, ["project", "set", pid, *bad])
+        assert isinstance(out.exception, InvalidInput) and "give" in str(out.exception)
+
+    # A project token reads its own project, and may not change it.
+    monkeypatch.setenv("HOODY_TOKEN", w.project_token)
+    monkeypatch.setenv("HOODY_URL", url)
+    assert json.loads(cli.invoke(app, ["project", "show", pid, "--json"]).output)["id"] == w.project
+    out = cli.invoke(app, ["project", "set", pid, "--max-tenants", "99"])
+    assert isinstance(out.exception, Forbidden) and "admin token" in str(out.exception)
