@@ -36,6 +36,12 @@ class ProductStack:
     project: int
     router_port: int
 
+    def address(self, cid: str) -> str:
+        """Tenant `cid`'s ip:port on the node: the admin's to know (a project token's
+        answers do not say where a tenant runs)."""
+        with Client(self.api, self.admin) as root:
+            return str(root.container(cid)["address"])
+
 
 @contextlib.contextmanager
 def product_stack(scratch: ScratchNode, name: str) -> Iterator[ProductStack]:

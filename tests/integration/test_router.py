@@ -33,6 +33,7 @@ class Stack:
     admin: str
     client: Client  # a project token's client, as the SaaS app has
     router_port: int
+    address: Callable[[str], str]  # a tenant's ip:port on its node, as the admin sees it
 
     def get(self, cid: str, path: str = "/", **kw: Any) -> httpx.Response:
         """A request to the router as a browser at http://<cid>.localhost:<port> sends it."""
@@ -60,13 +61,13 @@ def until(check: Callable[[], bool], timeout: float = 1.0) -> float:
 @pytest.fixture(scope="module")
 def stack(scratch: ScratchNode) -> Iterator[Stack]:
     with product_stack(scratch, "router") as s:
-        yield Stack(s.api, s.admin, s.client, s.router_port)
+        yield Stack(s.api, s.admin, s.client, s.router_port, s.address)
 
 
 @pytest.fixture
 def tenant(stack: Stack) -> Iterator[dict[str, Any]]:
     rec = stack.client.copy(DEMO_NAME)
-    wait_http_ok(f"http://{rec['address']}/healthz")
+    wait_http_ok(f"http://{stack.address(rec['id'])}/healthz")
     yield rec
     stack.client.delete(rec["id"])
 
@@ -93,7 +94,7 @@ def test_a_session_is_for_one_tenant_and_revoke_ends_it(stack: Stack) -> None:
     b = stack.client.copy(DEMO_NAME)
     try:
         for t in (a, b):
-            wait_http_ok(f"http://{t['address']}/healthz")
+            wait_http_ok(f"http://{stack.address(t['id'])}/healthz")
         until(lambda: stack.get(b["id"]).status_code == 401)
         session_a = stack.session(a["id"])
         assert stack.get(a["id"], headers={"Cookie": session_a}).status_code == 200
@@ -110,7 +111,7 @@ def test_a_session_is_for_one_tenant_and_revoke_ends_it(stack: Stack) -> None:
 def test_routes_follow_stop_start_and_delete_within_a_second(stack: Stack) -> None:
     rec = stack.client.copy(DEMO_NAME, metadata={"public": True})
     cid = rec["id"]
-    wait_http_ok(f"http://{rec['address']}/healthz")
+    wait_http_ok(f"http://{stack.address(rec['id'])}/healthz")
     until(lambda: stack.get(cid, "/healthz").status_code == 200)  # public: no session
     r = stack.get(cid, "/api/visits")
     assert r.json()["tenant"] == cid
@@ -133,7 +134,7 @@ def test_a_real_browser_follows_the_claim_link(stack: Stack) -> None:
     b = stack.client.copy(DEMO_NAME)
     try:
         for t in (a, b):
-            wait_http_ok(f"http://{t['address']}/healthz")
+            wait_http_ok(f"http://{stack.address(t['id'])}/healthz")
         until(lambda: stack.get(b["id"]).status_code == 401)
         link = stack.client.authorize(a["id"])["url"]
         with sync_playwright() as p:

@@ -25,6 +25,7 @@ from tests.integration.stack import product_stack
 class Stack:
     client: Client
     router_port: int
+    address: Callable[[str], str]  # a tenant's ip:port on its node, as the admin sees it
 
     def get(self, cid: str, path: str = "/") -> httpx.Response:
         headers = {"Host": f"{cid}.localhost:{self.router_port}"}
@@ -46,7 +47,7 @@ def until(check: Callable[[], bool], timeout: float) -> float:
 @pytest.fixture(scope="module")
 def stack(scratch: ScratchNode) -> Iterator[Stack]:
     with product_stack(scratch, "sleep") as s:
-        yield Stack(s.client, s.router_port)
+        yield Stack(s.client, s.router_port, s.address)
 
 
 @pytest.mark.parametrize("mode", ["stopped", "frozen"])
@@ -55,7 +56,7 @@ def test_an_idle_tenant_sleeps_and_its_next_request_wakes_it(stack: Stack, mode:
         DEMO_NAME, metadata={"public": True}, sleep={"idle_seconds": 3, "mode": mode}
     )
     cid = c["id"]
-    wait_http_ok(f"http://{c['address']}/healthz")
+    wait_http_ok(f"http://{stack.address(cid)}/healthz")
     # The router may still hold the route as it was while being created (it polls).
     until(lambda: stack.get(cid).status_code == 200, timeout=10)
     # Requests through the router keep it awake past its idle timeout.

@@ -107,9 +107,16 @@ def copy(
             strategy=strategy,
             sleep=_sleep_policy(sleep_after, sleep_mode),
         )
-    emit(rec, as_json, COLUMNS)
-    if not as_json:
+    emit(rec, as_json, _columns(rec))
+    if not as_json and rec.get("placement"):  # admin tokens only: placement is theirs
         console.print(f"[dim]placement: {rec['placement']}[/]", highlight=False)
+
+
+def _columns(rec: dict[str, Any] | None, columns: list[str] = COLUMNS) -> list[str]:
+    """`columns` that `rec` has: project tokens get no node, address or placement."""
+    if rec is None:
+        return columns
+    return [c for c in columns if c in rec]
 
 
 def ls(
@@ -139,16 +146,17 @@ def ls(
             rows.append(_shown(row, as_json))
             if len(rows) >= limit:
                 break
-    emit(rows, as_json, COLUMNS)
+    emit(rows, as_json, _columns(rows[0] if rows else None))
 
 
 def show(cid: str, as_json: JsonOpt = False) -> None:
     """Show one container: node, address, limits, metadata and why it was placed there."""
     with Client() as client:
+        rec = client.container(cid)
         emit(
-            _shown(client.container(cid), as_json),
+            _shown(rec, as_json),
             as_json,
-            [*COLUMNS, "ip", "sleep", "placement", "metadata"],
+            _columns(rec, [*COLUMNS, "ip", "sleep", "placement", "metadata"]),
         )
 
 
@@ -156,14 +164,14 @@ def start(cid: str, as_json: JsonOpt = False) -> None:
     """Start a stopped container."""
     with Client() as client, status(f"starting {cid}…", as_json):
         rec = client.start(cid)
-    emit(rec, as_json, COLUMNS)
+    emit(rec, as_json, _columns(rec))
 
 
 def stop(cid: str, as_json: JsonOpt = False) -> None:
     """Stop a container; its files and address stay."""
     with Client() as client, status(f"stopping {cid}…", as_json):
         rec = client.stop(cid)
-    emit(rec, as_json, COLUMNS)
+    emit(rec, as_json, _columns(rec))
 
 
 def sleep(
@@ -177,14 +185,14 @@ def sleep(
     """Put a container to sleep; its next request through the router wakes it."""
     with Client() as client, status(f"putting {cid} to sleep…", as_json):
         rec = client.sleep(cid, mode)
-    emit(_shown(rec, as_json), as_json, COLUMNS)
+    emit(_shown(rec, as_json), as_json, _columns(rec))
 
 
 def wake(cid: str, as_json: JsonOpt = False) -> None:
     """Wake a sleeping container."""
     with Client() as client, status(f"waking {cid}…", as_json):
         rec = client.wake(cid)
-    emit(rec, as_json, COLUMNS)
+    emit(rec, as_json, _columns(rec))
 
 
 def rm(

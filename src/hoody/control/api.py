@@ -93,6 +93,18 @@ class Endpoint:
     status: int = 200
     params: tuple[Param, ...] = ()
     errors: tuple[int, ...] = (400, 401, 403, 404)
+    # With a project view, the answer is serialised through `response` for admin
+    # tokens and through this model for every other caller (project, Exec, router):
+    # what a model does not name is not sent.
+    project_response: type[BaseModel] | None = None
+
+    def serialise(self, who: Principal, result: Any) -> Any:
+        if self.project_response is None or self.response is None:
+            return result
+        model = self.response if who.is_admin else self.project_response
+        if self.many:
+            return [model.model_validate(r).model_dump(mode="json") for r in result]
+        return model.model_validate(result).model_dump(mode="json")
 
 
 async def run(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -395,6 +407,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "containers",
         body=m.CopyBody,
         response=m.ContainerOut,
+        project_response=m.ProjectContainerOut,
         status=201,
         params=(_TEMPLATE, _IDEMPOTENCY),
         errors=(400, 401, 403, 404, 409, 507),
@@ -406,6 +419,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "List containers, oldest first, one page at a time",
         "containers",
         response=m.ContainerPage,
+        project_response=m.ProjectContainerPage,
         params=_LIST_PARAMS,
     ),
     Endpoint(
@@ -415,6 +429,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "Show a container",
         "containers",
         response=m.ContainerOut,
+        project_response=m.ProjectContainerOut,
         params=(_CID,),
     ),
     Endpoint(
@@ -434,6 +449,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "Start a stopped container",
         "containers",
         response=m.ContainerOut,
+        project_response=m.ProjectContainerOut,
         params=(_CID,),
         errors=(400, 401, 403, 404, 409),
     ),
@@ -444,6 +460,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "Stop a container; its files stay",
         "containers",
         response=m.ContainerOut,
+        project_response=m.ProjectContainerOut,
         params=(_CID,),
         errors=(400, 401, 403, 404, 409),
     ),
@@ -455,6 +472,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "containers",
         body=m.SleepBody,
         response=m.ContainerOut,
+        project_response=m.ProjectContainerOut,
         params=(_CID,),
         errors=(400, 401, 403, 404, 409),
     ),
@@ -465,6 +483,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "Wake a sleeping container (routers do this for its next request)",
         "containers",
         response=m.ContainerOut,
+        project_response=m.ProjectContainerOut,
         params=(_CID,),
         errors=(400, 401, 403, 404, 409),
     ),
@@ -798,7 +817,7 @@ def _endpoint(
         try:
             who = await run(fleet.authenticate, request.headers.get("authorization"))
             body = await _parse_body(request, ep.body)
-            result = await ep.handler(fleet, Call(request, who, body))
+            result = ep.serialise(who, await ep.handler(fleet, Call(request, who, body)))
             response: Response = JSONResponse(result, status_code=ep.status)
             code = None
         except HoodyError as exc:
@@ -867,6 +886,9 @@ def openapi() -> dict[str, Any]:
         ok: dict[str, Any] = {"description": "success"}
         if ep.response is not None:
             schema = ref(ep.response)
+            if ep.project_response is not None:
+                # Admin tokens get the first, every other token the second.
+                schema = {"anyOf": [schema, ref(ep.project_response)]}
             ok["content"] = {
                 "application/json": {
                     "schema": {"type": "array", "items": schema} if ep.many else schema

@@ -604,6 +604,10 @@ class Containers(FleetBase):
         scope = who.project_filter()
         if scope is not None and project is not None and project != scope:
             raise Forbidden(f"this token belongs to project {scope}, not {project}")
+        if scope is not None and node is not None:
+            # It would tell a project which nodes exist and which of them hold its
+            # tenants: placement is the operator's to know.
+            raise Forbidden("only admin tokens list containers by node; drop `node`")
         if not 1 <= limit <= 500:
             raise InvalidInput(f"limit {limit} is invalid; give 1 to 500")
         after = 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = [
     "INT_MAX",
@@ -34,6 +34,8 @@ __all__ = [
     "OperationOut",
     "OrphanOut",
     "ProjectBody",
+    "ProjectContainerOut",
+    "ProjectContainerPage",
     "ProjectOut",
     "ProjectQuotaOut",
     "ProjectSettingsBody",
@@ -235,23 +237,48 @@ class ErrorOut(BaseModel):
     error: ErrorDetail
 
 
-class ContainerOut(BaseModel):
+class _ContainerFields(BaseModel):
     id: str
     project_id: int
     template: str
     version: int
-    node: str
     state: str
-    ip: str
-    address: str = Field(description="ip:port on its node (what the router forwards to).")
     url: str
-    placement: str = Field(description="Why this node was chosen.")
     limits: dict[str, Any]
     sleep: dict[str, Any] = Field(description="{idle_seconds, mode}: when and how it sleeps.")
     sleep_mode: str | None = Field(description="While sleeping: stopped or frozen.")
     metadata: dict[str, Any]
     created_at: float
     deleted_at: float | None
+
+
+class ProjectContainerOut(_ContainerFields):
+    """A container as project tokens (and Exec scripts) see it: where it runs (its
+    node, its address there, why it was placed there) is the operator's to know.
+    `url` is where its customers reach it (the router); empty when the fleet has no
+    router, since it would be the tenant's address on its node."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_node_address(cls, data: Any) -> Any:
+        node_local = isinstance(data, dict) and data.get("address")
+        if node_local and data.get("url") == f"http://{data['address']}/":
+            return {**data, "url": ""}
+        return data
+
+
+class ContainerOut(_ContainerFields):
+    """A container as admin tokens see it: with its node and its address there."""
+
+    node: str
+    ip: str
+    address: str = Field(description="ip:port on its node (what the router forwards to).")
+    placement: str = Field(description="Why this node was chosen.")
+
+
+class ProjectContainerPage(BaseModel):
+    items: list[ProjectContainerOut]
+    next_cursor: str | None = Field(description="Pass back as `cursor`; null on the last page.")
 
 
 class ContainerPage(BaseModel):

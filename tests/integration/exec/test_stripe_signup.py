@@ -15,7 +15,7 @@ import json
 import secrets
 import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,7 @@ class Signup:
     client: Client
     project: int
     router_port: int
+    address: Callable[[str], str]  # a tenant's ip:port on its node, as the admin sees it
 
     @property
     def url(self) -> str:
@@ -51,7 +52,7 @@ def signup(scratch: ScratchNode) -> Iterator[Signup]:
     with product_stack(scratch, "signup") as s:
         s.client.deploy_script(s.project, "signup", EXAMPLE.read_text())
         s.client.set_secret(s.project, "STRIPE_WEBHOOK_SECRET", SECRET)
-        yield Signup(s.api, s.client, s.project, s.router_port)
+        yield Signup(s.api, s.client, s.project, s.router_port, s.address)
 
 
 def event(kind: str, customer: str, event_id: str | None = None) -> bytes:
@@ -129,7 +130,8 @@ def test_a_paid_checkout_makes_exactly_one_tenant_and_cancelling_removes_it(
     assert mine[0]["metadata"]["stripe_event"] == json.loads(payload)["id"]
 
     # The customer follows the claim URL through the router and sees their app.
-    wait_http_ok(f"http://{mine[0]['address']}/healthz")
+    address = signup.address(cid)
+    wait_http_ok(f"http://{address}/healthz")
     page = open_claim(signup, answers[-1]["url"], cid)
     assert page.status_code == 200 and cid in page.text
 
@@ -141,7 +143,7 @@ def test_a_paid_checkout_makes_exactly_one_tenant_and_cancelling_removes_it(
     with pytest.raises(NotFound, match="deleted"):
         signup.client.container(cid)
     with pytest.raises(httpx.HTTPError):
-        httpx.get(f"http://{mine[0]['address']}/healthz", timeout=2)
+        httpx.get(f"http://{address}/healthz", timeout=2)
 
     runs = signup.client.script_logs(signup.project, "signup", limit=10)
     assert runs[0]["status"] == 200 and any(cid in line for run in runs for line in run["console"])

@@ -195,3 +195,33 @@ def test_project_quotas_from_the_cli(
     assert json.loads(cli.invoke(app, ["project", "show", pid, "--json"]).output)["id"] == w.project
     out = cli.invoke(app, ["project", "set", pid, "--max-tenants", "99"])
     assert isinstance(out.exception, Forbidden) and "admin token" in str(out.exception)
+
+
+def test_a_project_token_sees_no_node_in_the_cli(
+    live_world: tuple[str, World], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    url, w = live_world
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    monkeypatch.setenv("HOODY_URL", url)
+    cli = CliRunner()
+    where = {"node", "ip", "address", "placement"}
+
+    monkeypatch.setenv("HOODY_TOKEN", w.project_token)
+    out = cli.invoke(app, ["copy", "demo", "--name", "web-1"], env={"COLUMNS": "200"})
+    assert out.exit_code == 0, out.output
+    assert "placement" not in out.output and not any(n in out.output for n in w.agents)
+    for args in (["show", "web-1"], ["ls"], ["stop", "web-1"], ["start", "web-1"]):
+        as_json = cli.invoke(app, [*args, "--json"])
+        assert as_json.exit_code == 0, as_json.output
+        data = json.loads(as_json.output)
+        for rec in data if isinstance(data, list) else [data]:
+            assert rec["id"] == "web-1" and not where & set(rec), rec
+        table = cli.invoke(app, args, env={"COLUMNS": "200"})
+        assert table.exit_code == 0 and "web-1" in table.output, table.output
+        assert "node" not in table.output and not any(n in table.output for n in w.agents)
+
+    monkeypatch.setenv("HOODY_TOKEN", w.admin_token)
+    shown = json.loads(cli.invoke(app, ["show", "web-1", "--json"]).output)
+    assert where <= set(shown) and shown["node"] in w.agents
+    table = cli.invoke(app, ["show", "web-1"], env={"COLUMNS": "250"}).output
+    assert "node" in table and shown["node"] in table

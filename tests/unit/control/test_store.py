@@ -132,8 +132,10 @@ def test_list_filters_and_pages(store: Store) -> None:
     assert ids == [c["id"] for c in made]
     pro = w.fleet.list_containers(w.who, metadata={"plan": "pro"})["items"]
     assert [c["metadata"]["i"] for c in pro] == [1, 3, 5]
-    on_n1 = w.fleet.list_containers(w.who, node="n1", template="demo")["items"]
+    on_n1 = w.fleet.list_containers(w.admin, node="n1", template="demo")["items"]
     assert on_n1 and all(c["node"] == "n1" for c in on_n1)
+    with pytest.raises(Forbidden, match="admin tokens"):  # where tenants run: the operator's
+        w.fleet.list_containers(w.who, node="n1")
 
 
 def test_snapshot_makes_a_project_template_and_delete_is_refused_while_used(

@@ -13,6 +13,7 @@ from starlette.testclient import TestClient
 from hoody.control.api import create_app
 from hoody.control.client import Client
 from hoody.control.db import Node, Store
+from hoody.control.service import Settings
 from hoody.errors import Conflict, Exhausted, Forbidden, InvalidInput, Unauthorized
 from tests.control_support import World, make_world
 
@@ -63,11 +64,66 @@ def test_no_room_tells_a_project_nothing_about_the_nodes(world: World, http: Tes
 def test_a_down_node_is_not_named_to_a_project(world: World, http: TestClient) -> None:
     api = sdk(http, world.project_token)
     c = api.copy("demo")
+    node = sdk(http, world.admin_token).container(c["id"])["node"]
     with world.store.write() as s:
-        s.execute(update(Node).where(Node.name == c["node"]).values(health="down"))
+        s.execute(update(Node).where(Node.name == node).values(health="down"))
     with pytest.raises(Conflict) as exc:
         api.stop(c["id"])
-    assert c["node"] not in exc.value.message and "down" in exc.value.message
+    assert node not in exc.value.message and "down" in exc.value.message
+
+
+_WHERE = {"node", "ip", "address", "placement"}
+
+
+def test_project_tokens_see_containers_without_where_they_run(
+    world: World, http: TestClient
+) -> None:
+    mine, admin = sdk(http, world.project_token), sdk(http, world.admin_token)
+    made = mine.copy("demo", metadata={"customer": "cus_1"})
+    c = made["id"]
+    seen = [
+        made,
+        mine.container(c),
+        mine.containers()["items"][0],
+        mine.stop(c),
+        mine.start(c),
+        mine.sleep(c, "frozen"),
+        mine.wake(c),
+        mine.copy("demo", idempotency_key="evt_1"),
+        mine.copy("demo", idempotency_key="evt_1"),  # the stored answer, replayed
+    ]
+    for rec in seen:
+        assert not _WHERE & set(rec), rec
+        assert rec["url"] == ""  # no router here: the URL would be the node address
+        text = repr(rec)
+        assert not any(name in text for name in world.agents), rec
+    assert made["metadata"] == {"customer": "cus_1"} and made["limits"]["memory_mib"] == 256
+    # Admins keep seeing where it runs, and the node-local URL.
+    full = admin.container(c)
+    assert set(full) >= _WHERE and full["node"] in world.agents
+    assert full["url"] == f"http://{full['address']}/"
+    assert set(admin.containers()["items"][0]) >= _WHERE
+    # Filtering by node would tell a project where its tenants are.
+    with pytest.raises(Forbidden, match="admin tokens"):
+        mine.containers(node=full["node"])
+    assert [x["id"] for x in admin.containers(node=full["node"])["items"]].count(c) == 1
+    # The OpenAPI document says which view is which.
+    schema = http.get("/api/v1/openapi.json").json()
+    ok = schema["paths"]["/api/v1/containers/{cid}"]["get"]["responses"]["200"]
+    refs = [x["$ref"] for x in ok["content"]["application/json"]["schema"]["anyOf"]]
+    assert refs == ["#/components/schemas/ContainerOut", "#/components/schemas/ProjectContainerOut"]
+    assert "node" not in schema["components"]["schemas"]["ProjectContainerOut"]["properties"]
+
+
+def test_a_project_sees_the_router_url_but_not_the_node(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'router.db'}")
+    w = make_world(store, settings=Settings(router_url="http://localhost:8000"))
+    with TestClient(create_app(w.fleet, monitor=False)) as tc:
+        rec = sdk(tc, w.project_token).copy("demo")
+        assert rec["url"] == f"http://{rec['id']}.localhost:8000/"
+        assert not _WHERE & set(rec)
+        assert sdk(tc, w.admin_token).container(rec["id"])["url"] == rec["url"]
+    store.close()
 
 
 @pytest.mark.parametrize(

@@ -22,17 +22,15 @@ export interface Env {
   [secret: string]: string;
 }
 
+/** A container as a project sees it: where it runs (node, address, placement) is the
+ * fleet operator's to know; `url` is the router's address of it. */
 export interface Container {
   id: string;
   project_id: number;
   template: string;
   version: number;
-  node: string;
-  state: "creating" | "running" | "stopped" | "failed" | "deleting" | "deleted" | string;
-  ip: string;
-  address: string;
+  state: "creating" | "running" | "stopped" | "sleeping" | "failed" | "deleting" | "deleted" | string;
   url: string;
-  placement: string;
   limits: Record<string, unknown>;
   metadata: Record<string, unknown>;
   created_at: number;
