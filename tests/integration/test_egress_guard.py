@@ -178,3 +178,19 @@ def test_the_guarded_set_holds_metadata_loopback_multicast_and_management(
     out = run(["nft", "list", "set", "inet", "tegr", "guarded"]).stdout
     for cidr in ("127.0.0.0/8", "169.254.0.0/16", "224.0.0.0/3", *world.network.config.management):
         assert cidr in out, out
+
+
+def test_a_copys_own_broad_allow_stays_out_of_guarded_networks(world: World) -> None:
+    """What the node makes of a copy's `allow 0.0.0.0/0` its template does not cover
+    (FirewallPolicy.for_copy): the outside, never metadata or management."""
+    policy = FirewallPolicy.from_json(
+        {"egress": [{"action": "allow", "cidr": "0.0.0.0/0"}], "egress_default": "deny"}
+    ).for_copy(FirewallPolicy(), world.network.config.guarded, "web")
+    assert policy.egress[0].confined
+    world.firewall.apply_tenant("t1", world.tenant_ip, policy)
+    try:
+        assert probe(world, world.ordinary) is not None, "allowed out (the default is deny)"
+        assert probe(world, world.metadata) is None
+        assert probe(world, world.management) is None
+    finally:
+        world.firewall.apply_tenant("t1", world.tenant_ip, FirewallPolicy())

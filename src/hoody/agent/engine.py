@@ -292,7 +292,12 @@ class Node:
             env={**tmpl.env, **(env or {})},
             port=tmpl.port,
             limits=tmpl.limits.merged(limits),
-            firewall=FirewallPolicy.from_json(firewall) if firewall else tmpl.firewall,
+            # A copy's own rules never open more guarded networks than its template's.
+            firewall=FirewallPolicy.from_json(firewall).for_copy(
+                tmpl.firewall, self.config.network.guarded, tmpl.name
+            )
+            if firewall
+            else tmpl.firewall,
             ksm=tmpl.ksm,
             metadata=dict(metadata or {}),
             init=tmpl.init,

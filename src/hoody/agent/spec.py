@@ -246,12 +246,18 @@ class IngressRule:
 
 @dataclass(frozen=True)
 class EgressRule:
-    """Allow or deny new connections from the tenant to `cidr` (optionally one port)."""
+    """Allow or deny new connections from the tenant to `cidr` (optionally one port).
+
+    `confined`: the allow never reaches the node's guarded networks (metadata,
+    loopback, multicast, management), whatever its `cidr`. Set by the node on a
+    copy's own allow rules that its template does not cover (`FirewallPolicy.for_copy`).
+    """
 
     action: Literal["allow", "deny"]
     cidr: str
     port: int | None = None
     proto: Literal["tcp", "udp"] = "tcp"
+    confined: bool = False
 
     def __post_init__(self) -> None:
         if self.action not in ("allow", "deny"):
@@ -260,6 +266,17 @@ class EgressRule:
         if self.port is not None:
             _port(self.port)
         _proto(self.proto)
+        if not isinstance(self.confined, bool):
+            raise InvalidInput(f"egress confined {self.confined!r} is invalid; use true or false")
+
+    def covers(self, other: EgressRule) -> bool:
+        """True when this allow lets through everything the allow `other` would."""
+        return (
+            self.action == "allow"
+            and not self.confined
+            and ipaddress.IPv4Network(other.cidr).subnet_of(ipaddress.IPv4Network(self.cidr))
+            and (self.port is None or (self.port == other.port and self.proto == other.proto))
+        )
 
 
 @dataclass(frozen=True)
@@ -287,6 +304,32 @@ class FirewallPolicy:
             "egress": [asdict(r) for r in self.egress],
             "egress_default": self.egress_default,
         }
+
+    def for_copy(self, template: FirewallPolicy, guarded: list[str], name: str) -> FirewallPolicy:
+        """This policy, given by a copy of template `name` (whose policy is
+        `template`), made unable to open what the template does not: a copy's allow
+        that the template's allows cover stays as it is; one inside a `guarded`
+        network is refused (InvalidInput); one that overlaps a guarded network (like
+        0.0.0.0/0) is confined to the rest. Only a template, made by an admin, opens a
+        guarded network to its tenants."""
+        nets = [ipaddress.IPv4Network(g) for g in guarded]
+        rules = []
+        for rule in self.egress:
+            if rule.action == "allow":
+                cidr = ipaddress.IPv4Network(rule.cidr)
+                if any(t.covers(rule) for t in template.egress):
+                    rule = replace(rule, confined=False)
+                elif any(cidr.subnet_of(net) for net in nets):
+                    raise InvalidInput(
+                        f"egress allow {rule.cidr} is inside a network guarded on this node "
+                        "(cloud metadata, loopback, multicast or the fleet's management "
+                        "networks); a copy cannot open it. Only its template can: an admin "
+                        f"adds the allow rule to template {name}'s firewall"
+                    )
+                else:
+                    rule = replace(rule, confined=any(cidr.overlaps(net) for net in nets))
+            rules.append(rule)
+        return replace(self, egress=tuple(rules))
 
     @classmethod
     def from_json(cls, data: dict[str, Any] | None) -> FirewallPolicy:

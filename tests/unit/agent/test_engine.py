@@ -277,3 +277,32 @@ def test_a_restarted_agent_keeps_sleepers_asleep(make_node: Factory) -> None:
     third = make_node()
     assert (third.tenant("cold").status, third.tenant("cold").asleep) == ("sleeping", "stopped")
     assert third.wake("cold").status == "running"
+
+
+def test_a_copys_firewall_cannot_open_what_its_template_keeps_closed(make_node: Factory) -> None:
+    node = make_node()
+    metadata = {"action": "allow", "cidr": "169.254.169.254/32", "port": 80}
+    node.create_template("app", SOURCE, args=["/app"])
+    node.create_template("meta", SOURCE, args=["/app"], firewall={"egress": [metadata]})
+    firewall = fakes(node)[2]
+    with pytest.raises(InvalidInput, match="Only its template can"):
+        node.copy("app", name="sneaky", firewall={"egress": [metadata]})
+    assert nothing_of(node, "sneaky")
+    # A broad allow of a copy reaches the internet, never metadata or loopback.
+    broad = node.copy(
+        "app", name="broad", firewall={"egress": [{"action": "allow", "cidr": "0.0.0.0/0"}]}
+    )
+    assert broad.firewall.egress[0].confined
+    assert firewall.allows(broad.ip, "198.51.100.7", 443)
+    assert not firewall.allows(broad.ip, "169.254.169.254", 80)
+    assert not firewall.allows(broad.ip, "127.0.0.1", 80)
+    # The template opened it: its copies may keep it, also in their own rules.
+    plain = node.copy("meta", name="plain")
+    own = node.copy("meta", name="own", firewall={"egress": [metadata], "egress_default": "deny"})
+    for rec in (plain, own):
+        assert firewall.allows(rec.ip, "169.254.169.254", 80)
+        assert not firewall.allows(rec.ip, "169.254.169.254", 443)
+    assert not firewall.allows(own.ip, "198.51.100.7", 443), "its default is deny"
+    # What the node keeps is what it applies after a restart.
+    again = make_node()
+    assert again.store.tenant("broad").firewall.egress[0].confined

@@ -47,6 +47,19 @@ CASES = {
         ),
         mapped=True,
     ),
+    # A copy's own allow its template does not cover: never to the guarded networks.
+    "tenant_copy_confined": lambda: render_tenant(
+        CONFIG,
+        "acme-3",
+        "10.88.0.5",
+        FirewallPolicy(
+            egress=(
+                EgressRule("allow", "0.0.0.0/0", 443, confined=True),
+                EgressRule("allow", "169.254.169.254/32", 80),
+            ),
+            egress_default="deny",
+        ),
+    ),
 }
 
 

@@ -59,3 +59,67 @@ def test_firewall_round_trips_through_json() -> None:
 def test_bad_firewall_rules_are_refused(data: dict[str, object], match: str) -> None:
     with pytest.raises(InvalidInput, match=match):
         FirewallPolicy.from_json(data)
+
+
+GUARDED = ["127.0.0.0/8", "169.254.0.0/16", "224.0.0.0/3", "192.168.7.0/24"]  # + management
+
+
+def _copy(egress: list[dict[str, object]], template: FirewallPolicy) -> FirewallPolicy:
+    return FirewallPolicy.from_json({"egress": egress}).for_copy(template, GUARDED, "web")
+
+
+@pytest.mark.parametrize(
+    "cidr",
+    ["169.254.169.254/32", "169.254.0.0/16", "127.0.0.1/32", "224.0.0.251/32", "192.168.7.9"],
+)
+def test_a_copy_cannot_open_a_guarded_network_by_itself(cidr: str) -> None:
+    with pytest.raises(InvalidInput, match="Only its template can") as err:
+        _copy([{"action": "allow", "cidr": cidr}], FirewallPolicy())
+    assert "template web" in err.value.message
+
+
+def test_a_copys_broad_allow_is_confined_to_what_is_not_guarded() -> None:
+    got = _copy(
+        [
+            {"action": "allow", "cidr": "0.0.0.0/0", "port": 443},
+            {"action": "allow", "cidr": "192.168.0.0/16"},  # holds the management /24
+            {"action": "allow", "cidr": "198.51.100.0/24"},  # guarded nowhere
+            {"action": "deny", "cidr": "169.254.0.0/16"},  # denying is always fine
+            {"action": "allow", "cidr": "10.0.0.0/8", "confined": False},  # not the caller's say
+        ],
+        FirewallPolicy(),
+    )
+    assert [r.confined for r in got.egress] == [True, True, False, False, False]
+    # Kept as given otherwise, and through JSON (the node's records keep it).
+    assert FirewallPolicy.from_json(got.to_json()) == got
+
+
+def test_what_the_template_allows_a_copy_may_keep() -> None:
+    template = FirewallPolicy(
+        egress=(
+            EgressRule("allow", "169.254.169.254/32", 80),
+            EgressRule("allow", "192.168.7.0/24"),
+            EgressRule("allow", "127.0.0.0/8", confined=True),  # a copy's, snapshotted
+        )
+    )
+    got = _copy(
+        [
+            {"action": "allow", "cidr": "169.254.169.254/32", "port": 80},
+            {"action": "allow", "cidr": "192.168.7.10/32", "port": 22},
+        ],
+        template,
+    )
+    assert [r.confined for r in got.egress] == [False, False]
+    for egress in (
+        [{"action": "allow", "cidr": "169.254.169.254/32", "port": 443}],  # another port
+        [{"action": "allow", "cidr": "169.254.169.254/32"}],  # every port
+        [{"action": "allow", "cidr": "169.254.0.0/16", "port": 80}],  # wider
+        [{"action": "allow", "cidr": "127.0.0.1/32"}],  # a confined rule covers nothing
+    ):
+        with pytest.raises(InvalidInput, match="guarded"):
+            _copy(egress, template)
+    assert EgressRule("allow", "169.254.169.254/32", 80).covers(
+        EgressRule("allow", "169.254.169.254/32", 80)
+    )
+    with pytest.raises(InvalidInput, match="confined"):
+        EgressRule("allow", "10.0.0.0/8", confined="yes")  # type: ignore[arg-type]

@@ -107,11 +107,14 @@ class FakeFirewall:
     def _egress(
         self, policy: FirewallPolicy, dst: ipaddress._BaseAddress, port: int, proto: str
     ) -> bool:
+        guarded = any(dst in ipaddress.ip_network(g) for g in self.config.guarded)
         for rule in policy.egress:
             if dst in ipaddress.ip_network(rule.cidr) and (
                 rule.port is None or (rule.port == port and rule.proto == proto)
             ):
+                if rule.confined and rule.action == "allow" and guarded:
+                    continue  # `ip daddr != @guarded` does not match: on to the next rule
                 return rule.action == "allow"
-        if dst in self.config.network:
+        if dst in self.config.network or guarded:
             return False
         return policy.egress_default == "allow"

@@ -26,10 +26,12 @@ address of this server (`fib saddr type local`), e.g. a router here, or from the
 `routers` (the fleet's routers elsewhere, `hoody node init --allow-router CIDR`).
 
 Guarded networks are reached only through an explicit egress allow rule of the
-tenant's template. Tenant traffic is masqueraded towards the internet only: towards
-private and guarded networks, where the fleet's servers are, it keeps the tenant's own
-address, so on another node it never matches `routers` (this node's address, where a
-router may live): a tenant cannot pose as a router, whatever its rules allow.
+tenant's template: a copy's own allow rules are `confined` (`ip daddr != @guarded`)
+unless its template's rules cover them. Tenant traffic is masqueraded towards the
+internet only: towards private and guarded networks, where the fleet's servers are, it
+keeps the tenant's own address, so on another node it never matches `routers` (this
+node's address, where a router may live): a tenant cannot pose as a router, whatever
+its rules allow.
 """
 
 from __future__ import annotations
@@ -58,6 +60,9 @@ def _ingress_rules(table: str, chain: str, ip: str, rule: IngressRule) -> list[s
 
 def _egress_rule(table: str, chain: str, rule: EgressRule) -> str:
     match = f"ip daddr {rule.cidr}"
+    if rule.confined and rule.action == "allow":
+        # A copy's own allow: it never opens the guarded networks (only a template may).
+        match = f"ip daddr != @guarded {match}"
     if rule.port is not None:
         match += f" {rule.proto} dport {rule.port}"
     verdict = "goto deliver" if rule.action == "allow" else "drop"
