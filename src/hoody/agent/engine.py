@@ -40,6 +40,7 @@ from hoody.agent.spec import (
     FirewallPolicy,
     Limits,
     SleepPolicy,
+    check_env,
     check_name,
     check_tenant_id,
 )
@@ -128,7 +129,7 @@ class Node:
             version=version,
             created_at=time.time(),
             args=tuple(args or ("/bin/sh",)),
-            env=dict(env or {}),
+            env=check_env(env),
             port=port,
             limits=Limits.from_json(limits),
             firewall=FirewallPolicy.from_json(firewall),
@@ -274,10 +275,9 @@ class Node:
                 f"storage mode {storage_mode!r} is not offered by this node; "
                 f"use one of {', '.join(self.storage.caps.modes)}"
             )
-        if env is not None and not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in env.items()
-        ):
-            raise InvalidInput('env must map names to strings, like {"PLAN": "pro"}')
+        # The control plane's own check, repeated here: the agent's API is called
+        # directly too (`hoody node copy`, scripts holding the agent token).
+        env = check_env(env)
         rec = TenantRecord(
             id=tid,
             template=tmpl.name,
@@ -289,7 +289,7 @@ class Node:
             pid=0,
             created_at=time.time(),
             args=tmpl.args,
-            env={**tmpl.env, **(env or {})},
+            env={**tmpl.env, **env},
             port=tmpl.port,
             limits=tmpl.limits.merged(limits),
             # A copy's own rules never open more guarded networks than its template's.

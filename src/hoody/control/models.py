@@ -82,9 +82,12 @@ class LimitsBody(_Body):
     @field_validator("cpu", "memory_mib", "pids", "disk_mib", mode="before")
     @classmethod
     def _numbers_only(cls, value: Any) -> Any:
-        # JSON true would otherwise read as 1 (cpu: true → one core).
+        # JSON true would otherwise read as 1 (cpu: true → one core), and "2" as 2:
+        # the node agent refuses both (hoody.agent.spec.Limits), so refuse them here.
         if isinstance(value, bool):
             raise ValueError("give a number, not true or false")
+        if isinstance(value, str):
+            raise ValueError("give a number, not a string")
         return value
 
 

@@ -15,6 +15,7 @@ from hoody.control.client import Client
 from hoody.control.db import Node, Store
 from hoody.control.service import Settings
 from hoody.errors import Conflict, Exhausted, Forbidden, InvalidInput, Unauthorized
+from tests.bad_input import BAD_LIMITS_AND_ENV
 from tests.control_support import World, make_world
 
 
@@ -126,20 +127,7 @@ def test_a_project_sees_the_router_url_but_not_the_node(tmp_path: Path) -> None:
     store.close()
 
 
-@pytest.mark.parametrize(
-    ("limits", "env", "problem"),
-    [
-        ({"cpu": True}, None, "not true or false"),
-        ({"memory_mib": True}, None, "not true or false"),
-        (None, {"1ABC": "x"}, "env name"),
-        (None, {"A-B": "x"}, "env name"),
-        (None, {"A" * 129: "x"}, "env name"),
-        (None, {"A": "x\x00y"}, "NUL"),
-        (None, {"A": "x" * 5000}, "4096 bytes"),
-        (None, {f"V{i}": "x" for i in range(65)}, "65 variables"),
-        (None, {f"V{i}": "x" * 4000 for i in range(10)}, "in all"),
-    ],
-)
+@pytest.mark.parametrize(("limits", "env", "problem"), BAD_LIMITS_AND_ENV)
 def test_bad_limits_and_env_are_refused(
     world: World, http: TestClient, limits: dict | None, env: dict | None, problem: str
 ) -> None:

@@ -1,0 +1,82 @@
+"""The node agent's own API refuses what the control plane's refuses (one validator,
+one table of bad requests: tests/bad_input.py), and makes nothing."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from starlette.testclient import TestClient
+
+from hoody.agent.api import create_app
+from hoody.agent.config import NodeConfig
+from hoody.agent.engine import Node, TemplateSource
+from hoody.agent.network.fake import FakeFirewall, FakeNetwork
+from hoody.agent.runtime.fake import FakeRuntime
+from hoody.agent.state import NodeStore
+from hoody.agent.storage.fake import FakeStorage
+from tests.bad_input import BAD_LIMITS_AND_ENV
+
+TOKEN = "secret"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def _rootfs(target: Path) -> None:
+    (target / "app").mkdir()
+
+
+@pytest.fixture
+def agent(tmp_path: Path) -> Iterator[tuple[Node, TestClient]]:
+    config = NodeConfig(
+        name="ai", state_dir=tmp_path / "state", run_dir=tmp_path / "run", pool=tmp_path / "pool"
+    )
+    config.log_dir.mkdir(parents=True)
+    node = Node(
+        config=config,
+        store=NodeStore(config.db_path),
+        storage=FakeStorage(tmp_path / "storage"),
+        network=FakeNetwork(config.network),
+        firewall=FakeFirewall(config.network),
+        runtime=FakeRuntime(),
+    )
+    node.create_template("app", TemplateSource(_rootfs, "test"), args=["/app"])
+    with TestClient(create_app(node, TOKEN)) as http:
+        yield node, http
+    node.store.close()
+
+
+@pytest.mark.parametrize(("limits", "env", "problem"), BAD_LIMITS_AND_ENV)
+def test_a_bad_copy_is_refused_by_the_agent_too(
+    agent: tuple[Node, TestClient],
+    tmp_path: Path,
+    limits: dict[str, Any] | None,
+    env: dict[str, Any] | None,
+    problem: str,
+) -> None:
+    node, http = agent
+    body = {"name": "bad", "limits": limits, "env": env}
+    r = http.post("/v1/templates/app/copy", json=body, headers=AUTH)
+    assert r.status_code == 400, r.text
+    assert re.search(problem, r.json()["error"]["message"]), r.json()
+    assert node.tenants() == []
+    # A template is held to the same rules.
+    rootfs = tmp_path / "rootfs"
+    rootfs.mkdir()
+    r = http.post(
+        "/v1/templates",
+        json={"name": "bad", "source": {"rootfs": str(rootfs)}, "env": env, "limits": limits},
+        headers=AUTH,
+    )
+    assert r.status_code == 400, r.text
+    assert [t.name for t in node.store.templates()] == ["app"]
+
+
+def test_a_good_copy_passes(agent: tuple[Node, TestClient]) -> None:
+    node, http = agent
+    body = {"name": "good", "limits": {"cpu": 0.5}, "env": {"PLAN": "pro", "_X1": "é" * 100}}
+    r = http.post("/v1/templates/app/copy", json=body, headers=AUTH)
+    assert r.status_code == 201, r.text
+    assert node.tenant("good").env["PLAN"] == "pro" and node.tenant("good").limits.cpu == 0.5
