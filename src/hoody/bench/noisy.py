@@ -7,8 +7,9 @@ Two demo-app tenants with the same limits on a scratch node. The neighbour runs
   timer and lock hand-off in the tenant waits for);
 - HTTP from the host: sequential `GET /healthz`, each on a fresh connection, with a
   short pause in between (a request stream that leaves the CPU idle in between, as most
-  tenants' traffic does). The client is an ordinary host process, so it also waits for
-  the CPU like the host's other work.
+  tenants' traffic does). The client runs in `hoody-services` with the agent, as the
+  router does (`hoody.services`): it stands for a browser elsewhere, not for one more
+  host process competing with the tenants.
 
 Rounds alternate quiet (neighbour idle) and noisy (neighbour spinning), so both are
 measured under whatever else the machine is doing at that time; each figure is the
@@ -28,6 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from hoody import services
 from hoody.bench.provision import wait_http_ok
 from hoody.bench.scratch import CGROUP_ROOT, ScratchNode, scratch_node
 
@@ -162,7 +164,9 @@ def noisy(
     rounds: int = 5, requests: int = 500, wakeups: int = 1500, spinners: int = 4, cpu: float = 1.0
 ) -> dict[str, Any]:
     """The benchmark on a scratch node of its own (agent in its own process)."""
-    with scratch_node("bn", process=True) as scratch:
+    # The client stands for a browser on another machine: it runs weighed like hoody's
+    # own processes (the router, the agents), not as one more host process.
+    with services.joined(), scratch_node("bn", process=True) as scratch:
         scratch.demo_template()
         victim = scratch.client.copy("demo-app", limits={"cpu": cpu})
         neighbour = scratch.client.copy("demo-app", limits={"cpu": cpu})

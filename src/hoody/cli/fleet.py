@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.progress import BarColumn, Progress, TaskID, TextColumn
 
+from hoody import services
 from hoody.agent.storage.pool import parse_size
 from hoody.cli.common import (
     CurrencyOpt,
@@ -161,6 +162,7 @@ def server(
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per heartbeat otherwise
     logging.getLogger("alembic").setLevel(logging.WARNING)
     host, _, port = listen.rpartition(":")
+    services.join()
     if not 0.5 <= history_every <= 86400:
         raise InvalidInput(f"--history-every {history_every} is invalid; give 0.5 to 86400 s")
     if not port.isdigit():

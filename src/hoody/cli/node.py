@@ -18,6 +18,7 @@ from typing import Annotated, Any
 
 import typer
 
+from hoody import services
 from hoody.agent.client import AgentClient
 from hoody.agent.config import DEFAULT_STATE_DIR, NodeConfig
 from hoody.agent.ids import DEFAULT_ID_BASE, DEFAULT_ID_SLOTS
@@ -218,6 +219,7 @@ def serve(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per heartbeat otherwise
     config = NodeConfig.load(state_dir)
+    services.join()
     address = listen or config.listen
     host, _, port = address.rpartition(":")
     credential = config.state_dir / "node.token"

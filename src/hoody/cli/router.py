@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from hoody import services
 from hoody.cli.common import JsonOpt, emit
 from hoody.control.client import Client, load_config
 from hoody.errors import InvalidInput
@@ -60,6 +61,7 @@ def router(
         from hoody.router.metrics import serve_metrics
 
         serve_metrics(metrics_listen)
+    services.join()
     tenant_router.run(url, secret, listen, domain, tls)
 
 

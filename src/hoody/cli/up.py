@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import httpx
 import typer
 
+from hoody import services
 from hoody.agent.client import AgentClient
 from hoody.agent.config import DEFAULT_STATE_DIR, NodeConfig
 from hoody.cli.common import JsonOpt, console
@@ -401,6 +402,7 @@ def run_up(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per heartbeat otherwise
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    services.join()
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())

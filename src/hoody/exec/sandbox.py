@@ -66,14 +66,17 @@ class ScriptFiles:
 
 
 class Cgroup:
-    """A worker's memory and CPU accounting cgroups (v1 memory + cpuacct, or v2)."""
+    """A worker's memory and CPU accounting cgroups (v1 memory + cpuacct + cpu, or v2).
+
+    On v1 the worker also joins a cpu cgroup of its own: it would otherwise keep the
+    control plane's, which is weighed ahead of tenants (`hoody.services`)."""
 
     def __init__(self, parent: str, name: str) -> None:
         self.v2 = not (CGROUP_ROOT / "memory").is_dir()
         if self.v2:
             self.dirs = [CGROUP_ROOT / parent / name]
         else:
-            self.dirs = [CGROUP_ROOT / c / parent / name for c in ("memory", "cpuacct")]
+            self.dirs = [CGROUP_ROOT / c / parent / name for c in ("memory", "cpuacct", "cpu")]
 
     def create(self, memory_bytes: int) -> None:
         for d in self.dirs:
@@ -245,7 +248,7 @@ class Sandbox:
 
     def remove(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
-        for c in ("", "memory", "cpuacct"):
+        for c in ("", "memory", "cpuacct", "cpu"):
             with contextlib.suppress(OSError):
                 (CGROUP_ROOT / c / self.cgroup_parent).rmdir()
 
