@@ -221,8 +221,19 @@ def test_a_tenant_cannot_pose_as_its_nodes_router_to_reach_a_private_tenant_else
         nft_two = ["nsenter", f"--net={two.netns}", "nft"]
         routers = f"{{ {one_address} }}"
         run([*nft_two, "add", "element", "inet", two.config.network.table, "routers", routers])
-        # Node one itself (its router) is admitted by node two: the path works.
-        in_netns(one.netns, lambda: socket.create_connection((theirs["ip"], 8080), 3).close())
+
+        # Node one itself (its router) is admitted by node two: the path works (once the
+        # tenant's app listens: a copy returns when its process runs, not when it answers).
+        def node_one_gets_in() -> bool:
+            try:
+                in_netns(
+                    one.netns, lambda: socket.create_connection((theirs["ip"], 8080), 3).close()
+                )
+            except ConnectionRefusedError:
+                return False
+            return True
+
+        wait_for(node_one_gets_in, f"{theirs['id']} to answer node one")
 
         check = "import socket; socket.create_connection((%r, 8080), timeout=2)"
 
