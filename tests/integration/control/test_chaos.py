@@ -103,7 +103,6 @@ def client_loop(url: str, token: str, n: int, ledger: Ledger, stop: threading.Ev
 
 
 def test_the_fleet_converges_after_sigkills_during_churn(fleet: ScratchFleet) -> None:
-    started = time.monotonic()
     project = fleet.admin.create_project("chaos")["id"]
     token = fleet.admin.create_token("project", project_id=project)["token"]
     ledger = Ledger()
@@ -207,4 +206,3 @@ def test_the_fleet_converges_after_sigkills_during_churn(fleet: ScratchFleet) ->
         f"{log.count('delete finished')} deletes, released {log.count('released idempotency')} "
         f"keys, saw {log.count('no container row accounts for')} orphans"
     )
-    assert time.monotonic() - started < 120, "the chaos test should stay under two minutes"
