@@ -67,6 +67,7 @@ def serve_control_plane(
     reconcile_every: float = 10.0,
     creating_deadline: float = 60.0,
     orphan_grace: float | None = 3600.0,
+    exec_spares: bool = True,
 ) -> tuple[Fleet, str | None]:
     """Open the store (migrating it) and make sure an admin token exists.
 
@@ -97,6 +98,7 @@ def serve_control_plane(
             reconcile_every=reconcile_every,
             creating_deadline=creating_deadline,
             orphan_grace=orphan_grace,
+            exec_spares=exec_spares,
         ),
     )
     admin = fleet.bootstrap_admin(os.environ.get("HOODY_ADMIN_TOKEN"))
@@ -148,6 +150,14 @@ def server(
             "removed; negative: reported, never removed."
         ),
     ] = 3600.0,
+    exec_spares: Annotated[
+        bool,
+        typer.Option(
+            "--exec-spares/--no-exec-spares",
+            help="Keep one warmed-up Deno process per active project for Exec's next "
+            "worker (~11 MiB private memory each).",
+        ),
+    ] = True,
 ) -> None:
     """Run the control plane. Migrates the database, then serves until stopped.
 
@@ -183,6 +193,7 @@ def server(
         reconcile_every=reconcile_every,
         creating_deadline=creating_deadline,
         orphan_grace=orphan_grace if orphan_grace >= 0 else None,
+        exec_spares=exec_spares,
     )
     if admin and not os.environ.get("HOODY_ADMIN_TOKEN"):
         path = state_dir / "admin.token"

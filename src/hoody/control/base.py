@@ -90,6 +90,10 @@ class Settings:
     # A local folder of <project>/<name>.ts served as Exec scripts (`hoody up
     # --scripts`): an edit takes effect on the next request.
     scripts_dir: Path | None = None
+    # Exec keeps one started, warmed-up Deno process per active project, so the next
+    # worker it needs skips the process start (exec/pool.py). Off: every new worker
+    # is a new process started for its script.
+    exec_spares: bool = True
     # The reconcile loop (reconcile.py) compares every node's tenants with the rows,
     # at start and this often. A row still `creating` this long after its reservation
     # belonged to a copy that died with its process: it is adopted if its node has the

@@ -62,7 +62,7 @@ class Gateway:
             root = self._root or RUN_ROOT / f"{os.getpid()}-{secrets.token_hex(3)}"
             RUN_ROOT.mkdir(mode=0o711, exist_ok=True)
             RUN_ROOT.chmod(0o711)  # the workers' uids traverse it, whatever the umask
-            self._pool = Pool(Sandbox(root))
+            self._pool = Pool(Sandbox(root), spares=self.fleet.settings.exec_spares)
         return self._pool
 
     def routes(self) -> list[Route]:

@@ -9,6 +9,17 @@ serves again; a worker that broke a limit or died is closed and the next request
 starts a new one. Idle workers are closed after `idle_ttl`, and old versions' idle
 workers as soon as a newer version is used.
 
+Spares: once a project has started a worker, the pool keeps one more process of that
+project started and warmed up, with no script yet (`Worker.start_spare`), under the
+same uid, cgroup limits, heap flag and network permissions a worker of the project
+gets; the next worker the project needs (a new version, a second concurrent
+invocation, a replacement) takes it and loads its script into it instead of paying
+for a Deno start (`Worker.take`). A spare serves one script and is a worker like any
+other from then on; a new spare is started after the invocation that used one. It
+costs one idle Deno process per active project (its memory is in `hoody bench exec`),
+is closed after `idle_ttl` unused, when the project's limits or allowed hosts change,
+and first when the host-wide worker cap needs room.
+
 All of it runs on one event loop (the control plane's), so no locks beyond asyncio's.
 """
 
@@ -42,10 +53,26 @@ class Key:
     limits: Limits
     net: tuple[str, ...]
 
+    @property
+    def spare(self) -> tuple[int, Limits, tuple[str, ...]]:
+        """What a spare for this key must match: everything but the script."""
+        return (self.project, self.limits, self.net)
+
+
+SpareKey = tuple[int, Limits, tuple[str, ...]]
+
 
 class Pool:
-    def __init__(self, sandbox: Sandbox, *, idle_ttl: float = 300.0, max_workers: int = 64) -> None:
+    def __init__(
+        self,
+        sandbox: Sandbox,
+        *,
+        idle_ttl: float = 300.0,
+        max_workers: int = 64,
+        spares: bool = True,
+    ) -> None:
         self.sandbox = sandbox
+        self.spares = spares
         self.idle_ttl = idle_ttl
         # Across all projects: a warm worker holds 10-30 MB, so this bounds Exec's
         # memory on the control plane's host whatever the number of scripts.
@@ -58,8 +85,10 @@ class Pool:
         self._ids = itertools.count(1)
         self._tasks: set[asyncio.Task[None]] = set()
         self._reaper: asyncio.Task[None] | None = None
-        self.started = 0  # workers spawned, for tests and the benchmark
-        self._workers: set[Worker] = set()  # every live worker, busy or idle
+        self.started = 0  # workers spawned for a script, for tests and the benchmark
+        self.spares_started = 0
+        self._workers: set[Worker] = set()  # every live worker, busy, idle or spare
+        self._spares: dict[SpareKey, asyncio.Task[Worker | None]] = {}
 
     async def invoke(
         self,
@@ -95,6 +124,9 @@ class Pool:
         out.cold = cold
         out.duration_ms = (time.monotonic() - start) * 1000
         self._spawn(self._finish(key, worker, out, done))
+        if cold:
+            # After the answer, so the new spare's start does not compete with it.
+            self._refill(key)
         return out
 
     async def _finish(
@@ -142,10 +174,14 @@ class Pool:
                 await freed.wait()
         self._retire_older(key)
         try:
+            script = await files()
+            spare = await self._from_spare(key, script)
+            if spare is not None:
+                return spare, True
             self._make_room()
             worker = Worker(
                 self.sandbox,
-                await files(),
+                script,
                 key.project,
                 key.limits,
                 list(key.net),
@@ -168,11 +204,73 @@ class Pool:
             raise
         return worker, True
 
+    async def _from_spare(self, key: Key, script: ScriptFiles) -> Worker | None:
+        """The project's spare with `script` loaded into it; None when there is no
+        usable spare (then a worker is started for the script)."""
+        task = self._spares.pop(key.spare, None)
+        if task is None:
+            return None
+        spare = await task  # usually long ready; if still starting, nearly so
+        if spare is None or spare.broken or spare.proc is None or spare.proc.returncode is not None:
+            if spare is not None:
+                await self._close(spare)
+            return None
+        try:
+            await spare.take(script)
+        except BaseException:
+            await self._close(spare)
+            raise
+        return spare
+
+    def _refill(self, key: Key) -> None:
+        """Start a spare for `key`'s project unless one is there (or starting), and
+        close the project's spares that no longer match its limits or hosts."""
+        if not self.spares or key.spare in self._spares:
+            return
+        for other in [k for k in self._spares if k[0] == key.project]:
+            self._spawn(self._close_spare(self._spares.pop(other)))
+        if len(self._workers) >= self.max_workers:
+            return  # a spare never pushes out a warm worker
+        spare = Worker(
+            self.sandbox,
+            None,
+            key.project,
+            key.limits,
+            list(key.net),
+            f"s{os.getpid()}-{next(self._ids)}",
+        )
+        self._workers.add(spare)
+        self.spares_started += 1
+
+        async def start() -> Worker | None:
+            try:
+                await spare.start_spare()
+            except Exception as exc:
+                log.warning("a spare Exec worker of project %d did not start: %s", key.project, exc)
+                await self._close(spare)
+                return None
+            spare.idle_since = time.monotonic()
+            return spare
+
+        self._spares[key.spare] = asyncio.ensure_future(start())
+
+    async def _close_spare(self, task: asyncio.Task[Worker | None]) -> None:
+        spare = await task
+        if spare is not None:
+            await self._close(spare)
+
     def _make_room(self) -> None:
         """Close the longest-idle worker when the host-wide cap is reached; refuse
         (503) when every worker is busy."""
         if len(self._workers) < self.max_workers:
             return
+        for skey, task in list(self._spares.items()):  # spares go first
+            if task.done() and not task.cancelled():
+                spare = self._spares.pop(skey).result()
+                if spare is not None:
+                    self._workers.discard(spare)
+                    self._spawn(self._close(spare))
+                    return
         idle = [(w.idle_since, k, w) for k, ws in self._idle.items() for w in ws]
         if not idle:
             raise ScriptFailed(
@@ -216,6 +314,13 @@ class Pool:
                 for worker in [w for w in idle if now - w.idle_since > self.idle_ttl]:
                     idle.remove(worker)
                     self._spawn(self._close(worker))
+            for skey, task in list(self._spares.items()):
+                if not task.done():
+                    continue
+                spare = None if task.cancelled() else task.result()
+                if spare is None or now - spare.idle_since > self.idle_ttl:
+                    self._spares.pop(skey)
+                    self._spawn(self._close_spare(task))
 
     async def _close(self, worker: Worker) -> None:
         self._workers.discard(worker)
@@ -247,6 +352,10 @@ class Pool:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(task, 10)
         self._idle.clear()
+        for starting in self._spares.values():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(starting, 30)
+        self._spares.clear()
         for worker in list(self._workers):
             await self._close(worker)
         await asyncio.to_thread(self.sandbox.remove)

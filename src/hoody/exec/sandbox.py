@@ -4,6 +4,8 @@
       p<project>/                 0750 root:<project gid>   read-only for the worker
         runtime.ts import_map.json sdk/hoody.ts
         <name>/<version>/<name>.ts
+        spare/s<n>/<name>.ts      a spare worker's folder; the script is linked in
+                                  when the spare takes it (pool.py)
       deno/p<project>/            0700 <project uid>        DENO_DIR (V8 code cache)
       run/<worker>/               0700 <project uid>        the worker's unix socket
 
@@ -12,10 +14,12 @@ so one project's workers cannot read another's files or sockets. A worker starts
 a new session (its own process group), in its own memory and cpuacct cgroups, with
 no supplementary groups and no_new_privs. Deno gets only: net to the hoody API and
 the project's allowed hosts (allow-lists: a deny-list was bypassed through 0.0.0.0),
-read of its own script folder, the SDK and its socket, write of its socket; no env, run, ffi or
-sys; no remote modules, no npm, nothing fetched (`--no-remote --cached-only --no-npm`).
-Module imports ignore --allow-read, so file permissions, not Deno, keep a script
-out of other folders.
+read of its own script folder (the version's, or its spare folder holding only that
+script), the SDK and its socket, write of its socket; no env, run, ffi or sys; no
+remote modules, no npm, nothing fetched (`--no-remote --cached-only --no-npm`).
+The script is loaded by a dynamic import, so it and what it imports need that read
+permission (dynamic import graphs are checked; a static graph is not); file
+permissions keep a worker out of other projects' folders whatever Deno allows.
 """
 
 from __future__ import annotations
@@ -179,9 +183,10 @@ class Sandbox:
             d.chmod(0o711)
         self._runtime = _asset("deno/runtime.ts")
         self._sdk = _asset("sdk/hoody.ts")
+        self._spare_folders: dict[int, set[int]] = {}
 
-    def script_files(self, project: int, name: str, version: int, source: str) -> ScriptFiles:
-        """Write a script version (once) where its project's workers can read it."""
+    def project_dir(self, project: int) -> Path:
+        """The project's bootstrap, SDK, import map and DENO_DIR, made once."""
         uid, gid = project_ids(project)
         pdir = self.root / f"p{project}"
         if not (pdir / "import_map.json").exists():
@@ -191,17 +196,49 @@ class Sandbox:
             _write(pdir / "sdk" / "hoody.ts", self._sdk, gid)
             imports = {"imports": {"hoody": "./sdk/hoody.ts"}}
             _write(pdir / "import_map.json", json.dumps(imports), gid)
+        deno_dir = self.root / "deno" / f"p{project}"
+        if not deno_dir.exists():
+            deno_dir.mkdir(mode=0o700)
+            os.chown(deno_dir, uid, gid)
+        return pdir
+
+    def script_files(self, project: int, name: str, version: int, source: str) -> ScriptFiles:
+        """Write a script version (once) where its project's workers can read it."""
+        _, gid = project_ids(project)
+        pdir = self.project_dir(project)
         folder = pdir / name / str(version)
         entry = folder / f"{name}.ts"
         if not entry.exists():
             _mkdir(pdir / name, gid)
             _mkdir(folder, gid)
             _write(entry, source, gid)
-        deno_dir = self.root / "deno" / f"p{project}"
-        if not deno_dir.exists():
-            deno_dir.mkdir(mode=0o700)
-            os.chown(deno_dir, uid, gid)
         return ScriptFiles(folder, entry, pdir, f"scripts/{project}/{name}.ts")
+
+    def spare_folder(self, project: int) -> Path:
+        """An empty folder of its own for a spare worker, `spare/s<n>` with the lowest
+        free n: reusing names keeps Deno's caches (keyed by path) from growing with
+        every spare. Give it back with `free_spare_folder`."""
+        _, gid = project_ids(project)
+        taken = self._spare_folders.setdefault(project, set())
+        n = next(i for i in range(len(taken) + 1) if i not in taken)
+        taken.add(n)
+        pdir = self.project_dir(project)
+        _mkdir(pdir / "spare", gid)
+        folder = pdir / "spare" / f"s{n}"
+        shutil.rmtree(folder, ignore_errors=True)
+        _mkdir(folder, gid)
+        return folder
+
+    def take_script(self, folder: Path, files: ScriptFiles) -> ScriptFiles:
+        """Link a script version into a spare's folder: the spare then reads that
+        script, as a worker started for it reads its version's folder."""
+        entry = folder / files.entry.name
+        os.link(files.entry, entry)
+        return ScriptFiles(folder, entry, files.project_dir, files.display)
+
+    def free_spare_folder(self, project: int, folder: Path) -> None:
+        shutil.rmtree(folder, ignore_errors=True)
+        self._spare_folders.get(project, set()).discard(int(folder.name[1:]))
 
     def socket_dir(self, project: int, worker: str) -> Path:
         uid, gid = project_ids(project)
@@ -212,11 +249,15 @@ class Sandbox:
 
     def argv(
         self,
-        files: ScriptFiles,
+        project_dir: Path,
+        folder: Path,
         socket: Path,
         limits: Limits,
         net: list[str],
+        mode: str,
     ) -> list[str]:
+        """`deno run` of the bootstrap; `folder` is the one script folder it may read,
+        `mode` "now" (its script follows on stdin) or "spare" (warm up first)."""
         return [
             str(self.deno),
             "run",
@@ -227,15 +268,14 @@ class Sandbox:
             "--no-remote",
             "--cached-only",
             "--no-npm",
-            f"--import-map={files.project_dir / 'import_map.json'}",
+            f"--import-map={project_dir / 'import_map.json'}",
             f"--allow-net={','.join([*net, f'unix:{socket}'])}",
-            f"--allow-read={files.folder},{files.project_dir / 'sdk'},{socket}",
+            f"--allow-read={folder},{project_dir / 'sdk'},{socket}",
             f"--allow-write={socket}",
             f"--v8-flags=--max-old-space-size={limits.heap_mib}",
-            str(files.project_dir / "runtime.ts"),
+            str(project_dir / "runtime.ts"),
             str(socket),
-            files.entry.as_uri(),
-            files.display,
+            mode,
         ]
 
     def env(self, project: int) -> dict[str, str]:

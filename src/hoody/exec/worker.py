@@ -1,9 +1,11 @@
 """One warm Deno process serving one script version on a unix socket.
 
 `Worker.start()` spawns it (sandbox.py decides as whom, where and with what) and
-returns once it listens, or raises `ScriptFailed` with the script's load error (file,
-line, column). `invoke()` runs one invocation under the limits: the wall clock and
-the CPU time are watched here and end in SIGKILL of the process group; the V8 heap
+returns once its script is loaded, or raises `ScriptFailed` with the script's load
+error (file, line, column). `start_spare()` spawns one for the project before its
+script is known and warms it up; `take()` then gives it a script, as `start()`
+would. `invoke()` runs one invocation under the limits: the wall clock and the CPU
+time are watched here and end in SIGKILL of the process group; the V8 heap
 (--max-old-space-size) and total memory (the memory cgroup) are the kernel's and
 V8's, and are recognised afterwards. `settle()` waits for ctx.waitUntil work and
 returns the invocation's console output. A worker that broke a limit or died is
@@ -85,14 +87,15 @@ class Worker:
     def __init__(
         self,
         sandbox: Sandbox,
-        files: ScriptFiles,
+        files: ScriptFiles | None,
         project: int,
         limits: Limits,
         net: list[str],
         wid: str,
     ) -> None:
         self.sandbox = sandbox
-        self.files = files
+        self.files = files  # None: a spare, until take()
+        self.spare_folder: Path | None = None
         self.project = project
         self.limits = limits
         self.net = net
@@ -111,55 +114,109 @@ class Worker:
     def pid(self) -> int | None:
         return self.proc.pid if self.proc else None
 
+    @property
+    def display(self) -> str:
+        if self.files is None:
+            return f"a spare Exec worker of project {self.project}"
+        return self.files.display
+
     async def start(self) -> None:
-        """Spawn and wait until it listens. ScriptFailed(load_error) when the script
-        does not load; ScriptFailed(crashed) when the process dies first."""
+        """Spawn for `files` and wait until its script is loaded. ScriptFailed
+        (load_error) when the script does not load; (crashed) when the process dies
+        first; (timeout) when it is not ready within the wall clock."""
+        assert self.files is not None
+        await self._spawn(self.files.folder, "now")
+        await self._load(self.files)
+
+    async def start_spare(self) -> None:
+        """Spawn without a script, in a folder of its own, and warm it up: it then
+        waits for `take()`. Everything a worker for a script has (uid, cgroups,
+        limits, permissions) is set here already, for its project."""
+        self.spare_folder = self.sandbox.spare_folder(self.project)
+        await self._spawn(self.spare_folder, "spare")
+        line = await self._line()
+        if line != b"listening":
+            raise await self._start_failed(line)
+        # One request on the socket before any script's: V8 compiles the HTTP path
+        # on both ends now, and the keep-alive connection is there for the first
+        # invocation.
+        assert self.http is not None
+        (await self.http.get("/_hoody/settle")).raise_for_status()
+
+    async def take(self, files: ScriptFiles) -> None:
+        """Give a spare its script (linked into its folder) and wait until it is
+        loaded; raises as `start()` does."""
+        assert self.spare_folder is not None and self.files is None
+        self.files = self.sandbox.take_script(self.spare_folder, files)
+        await self._load(self.files)
+
+    async def _spawn(self, folder: Path, mode: str) -> None:
         uid, gid = project_ids(self.project)
         socket_dir = self.sandbox.socket_dir(self.project, self.id)
         self.socket = socket_dir / "w.sock"
         self.cgroup.create(self.limits.memory_mib << 20)
+        project_dir = self.sandbox.project_dir(self.project)
         self.proc = await asyncio.create_subprocess_exec(
-            *self.sandbox.argv(self.files, self.socket, self.limits, self.net),
-            stdin=asyncio.subprocess.DEVNULL,
+            *self.sandbox.argv(project_dir, folder, self.socket, self.limits, self.net, mode),
+            stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             env=self.sandbox.env(self.project),
-            cwd=str(self.files.folder),
+            cwd=str(folder),
             start_new_session=True,
             preexec_fn=child_setup(self.cgroup.procs_files, uid, gid),
         )
-        assert self.proc.stdout is not None and self.proc.stderr is not None
+        assert self.proc.stderr is not None
         self._drain.append(asyncio.create_task(self._keep_stderr(self.proc.stderr)))
-        try:
-            async with asyncio.timeout(max(self.limits.wall_ms / 1000, 10)):
-                line = await self.proc.stdout.readline()
-        except TimeoutError:
-            self.kill()
-            raise ScriptFailed(
-                f"{self.files.display} did not start within its wall-clock limit",
-                504,
-                "timeout",
-            ) from None
-        if line.strip() != b"ready":
-            self.kill()
-            await self.wait()
-            try:
-                message = str(json.loads(line)["load_error"])
-            except (ValueError, KeyError, TypeError):
-                raise ScriptFailed(
-                    f"the worker for {self.files.display} died while starting: "
-                    f"{self.stderr_tail() or 'no output'}",
-                    502,
-                    "crashed",
-                ) from None
-            raise ScriptFailed(_load_message(self.files.display, message), 500, "load_error")
-        # Later stdout is the script's own Deno.stdout writes: drain and drop.
-        self._drain.append(asyncio.create_task(self._discard(self.proc.stdout)))
         self.http = httpx.AsyncClient(
             transport=httpx.AsyncHTTPTransport(uds=str(self.socket), verify=_NO_TLS),
             base_url="http://worker",
             timeout=None,
         )
+
+    async def _line(self) -> bytes:
+        """The bootstrap's next line on stdout, within the start-up time allowed."""
+        assert self.proc is not None and self.proc.stdout is not None
+        try:
+            async with asyncio.timeout(max(self.limits.wall_ms / 1000, 10)):
+                return (await self.proc.stdout.readline()).strip()
+        except TimeoutError:
+            self.kill()
+            raise ScriptFailed(
+                f"{self.display} did not start within its wall-clock limit", 504, "timeout"
+            ) from None
+
+    async def _load(self, files: ScriptFiles) -> None:
+        assert self.proc is not None and self.proc.stdin is not None
+        job = json.dumps({"url": files.entry.as_uri(), "display": files.display})
+        try:
+            self.proc.stdin.write(job.encode() + b"\n")
+            await self.proc.stdin.drain()
+            self.proc.stdin.close()
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # it died: the next line says nothing, and _start_failed says why
+        line = await self._line()
+        while line == b"listening":
+            line = await self._line()
+        if line != b"ready":
+            raise await self._start_failed(line)
+        # Later stdout is the script's own Deno.stdout writes: drain and drop.
+        assert self.proc.stdout is not None
+        self._drain.append(asyncio.create_task(self._discard(self.proc.stdout)))
+
+    async def _start_failed(self, line: bytes) -> ScriptFailed:
+        self.kill()
+        await self.wait()
+        try:
+            message = str(json.loads(line)["load_error"])
+        except (ValueError, KeyError, TypeError):
+            return ScriptFailed(
+                f"the worker for {self.display} died while starting: "
+                f"{self.stderr_tail() or 'no output'}",
+                502,
+                "crashed",
+            )
+        return ScriptFailed(_load_message(self.display, message), 500, "load_error")
 
     async def _keep_stderr(self, stream: asyncio.StreamReader) -> None:
         while line := await stream.readline():
@@ -228,7 +285,7 @@ class Worker:
             if now >= deadline:
                 self.kill()
                 return ScriptFailed(
-                    f"{self.files.display} ran past its wall-clock limit "
+                    f"{self.display} ran past its wall-clock limit "
                     f"({self.limits.wall_ms} ms) and was stopped",
                     504,
                     "timeout",
@@ -237,7 +294,7 @@ class Worker:
             if used >= budget_ns:
                 self.kill()
                 return ScriptFailed(
-                    f"{self.files.display} used more than its CPU time limit "
+                    f"{self.display} used more than its CPU time limit "
                     f"({self.limits.cpu_ms} ms) and was stopped",
                     503,
                     "cpu",
@@ -255,7 +312,7 @@ class Worker:
                 size += len(chunk)
                 if size > self.limits.response_bytes:
                     raise ScriptFailed(
-                        f"{self.files.display} answered with more than "
+                        f"{self.display} answered with more than "
                         f"{self.limits.response_bytes} bytes (its response_bytes limit)",
                         502,
                         "too_large",
@@ -290,22 +347,21 @@ class Worker:
         tail = self.stderr_tail()
         if self.cgroup.oom_kills() > oom_before:
             return ScriptFailed(
-                f"{self.files.display} used more than its memory limit "
+                f"{self.display} used more than its memory limit "
                 f"({self.limits.memory_mib} MiB) and was stopped",
                 503,
                 "memory",
             )
         if "out of memory" in tail.lower() or "heap limit" in tail.lower():
             return ScriptFailed(
-                f"{self.files.display} ran out of V8 heap ({self.limits.heap_mib} MiB) "
-                "and was stopped",
+                f"{self.display} ran out of V8 heap ({self.limits.heap_mib} MiB) and was stopped",
                 503,
                 "heap",
             )
         how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
         last = tail.splitlines()[-1] if tail else "no output"
         return ScriptFailed(
-            f"the worker of {self.files.display} died ({how}): {last[:300]}", 502, "crashed"
+            f"the worker of {self.display} died ({how}): {last[:300]}", 502, "crashed"
         )
 
     async def settle(self, timeout: float) -> list[str]:
@@ -356,6 +412,9 @@ class Worker:
                 self.socket.unlink()
             with contextlib.suppress(OSError):
                 self.socket.parent.rmdir()
+        if self.spare_folder is not None:
+            self.sandbox.free_spare_folder(self.project, self.spare_folder)
+            self.spare_folder = None
         await asyncio.to_thread(self.cgroup.remove)
 
 

@@ -1,7 +1,14 @@
 // The bootstrap of one hoody Exec worker: a Deno process that loads one script and
 // serves its `fetch` handler on a unix socket, one invocation after another.
 //
-//   deno run … runtime.ts <socket path> <script file URL> <display name>
+//   deno run … runtime.ts <socket path> now|spare
+//
+// It listens at once, then reads one line on stdin, {"url": <script file URL>,
+// "display": <the name its author knows>}, and imports that script. A "spare" is
+// started before its script exists (hoody/exec/pool.py keeps one per active project):
+// it first warms what every first invocation would otherwise pay for (V8 compiling
+// Request, Headers, Response and body internals, the TypeScript parser), then waits
+// for its line.
 //
 // The supervisor (hoody/exec/worker.py) sends each invocation as an HTTP request on
 // the socket, with `x-hoody-invocation: <JSON {url, env}>`; the script sees the
@@ -9,11 +16,13 @@
 // `GET /_hoody/settle` waits for ctx.waitUntil work and returns the console output of
 // the invocation, so the next invocation starts clean.
 //
-// Lines on stdout are for the supervisor alone: "ready" once listening, or one JSON
-// object {"load_error": …} when the script cannot be loaded. The script's own console
-// output is captured, never written to stdout.
+// Lines on stdout are for the supervisor alone: "listening" once the socket is bound,
+// then "ready" once the script is loaded, or one JSON object {"load_error": …} when it
+// cannot be. The script's own console output is captured, never written to stdout.
 
-const [socketPath, scriptUrl, displayName] = Deno.args;
+const [socketPath, mode] = Deno.args;
+let scriptUrl = "";
+let displayName = "the script";
 const MAX_LOG = 64 * 1024;
 
 let logs: string[] = [];
@@ -59,20 +68,7 @@ type Handler = {
   fetch: (request: Request, env: Record<string, string>, ctx: unknown) => unknown;
 };
 
-let handler: Handler;
-try {
-  const mod = await import(scriptUrl);
-  handler = mod.default;
-  if (handler === null || typeof handler !== "object" || typeof handler.fetch !== "function") {
-    throw new Error(
-      `${displayName} has no handler; export one: ` +
-        "export default { async fetch(request, env, ctx) { return new Response(\"hi\") } }",
-    );
-  }
-} catch (err) {
-  tell(JSON.stringify({ load_error: where(err), name: err instanceof Error ? err.name : "Error" }));
-  Deno.exit(3);
-}
+let handler: Handler | null = null;
 
 let pending: Promise<unknown>[] = [];
 
@@ -98,7 +94,7 @@ function settledNow(res: Response): Response {
   return new Response(res.body, { status: res.status, statusText: res.statusText, headers });
 }
 
-async function invoke(req: Request): Promise<Response> {
+async function invoke(req: Request, h: Handler): Promise<Response> {
   const raw = req.headers.get("x-hoody-invocation");
   if (raw === null) return failure("bad_invocation", "no x-hoody-invocation header");
   const meta = JSON.parse(raw) as { url: string; env: Record<string, string> };
@@ -117,7 +113,7 @@ async function invoke(req: Request): Promise<Response> {
     passThroughOnException() {},
   };
   try {
-    const res = await handler.fetch(request, Object.freeze({ ...meta.env }), ctx);
+    const res = await h.fetch(request, Object.freeze({ ...meta.env }), ctx);
     if (!(res instanceof Response)) {
       record("error", [`fetch returned ${Deno.inspect(res)}, not a Response`]);
       return failure("bad_response", `${displayName} returned something that is not a Response`);
@@ -134,7 +130,7 @@ Deno.serve(
   {
     path: socketPath,
     onListen() {
-      tell("ready");
+      tell("listening");
     },
     onError(err) {
       record("error", ["hoody runtime:", err]);
@@ -151,6 +147,56 @@ Deno.serve(
       truncated = false;
       return Response.json(out);
     }
-    return await invoke(req);
+    if (handler === null) return failure("not_loaded", "no script is loaded in this worker yet");
+    return await invoke(req, handler);
   },
 );
+
+// What the first invocation of a fresh process would otherwise compile: measured
+// 13-50 ms for the first Request with a body and 10-40 ms for the first TypeScript
+// module (the parser's start-up), on this 2-core VM under load. No script code runs.
+async function warmUp(): Promise<void> {
+  const req = new Request("http://hoody.invalid/a?b=c", {
+    method: "POST",
+    headers: new Headers({ "content-type": "text/plain" }),
+    body: "x",
+  });
+  await req.arrayBuffer();
+  const res = new Response("x", { status: 200, headers: { "content-type": "text/plain" } });
+  const headers = new Headers(res.headers);
+  headers.set("x-hoody-console", encodeURIComponent(JSON.stringify({ console: [] })));
+  await new Response(res.body, { status: res.status, headers }).arrayBuffer();
+  Object.freeze({ ...JSON.parse('{"a":"b"}') });
+  // A module nobody has parsed before (no cache entry), so the parser starts now.
+  await import(`data:application/typescript,export default ${Math.random()} as number;`);
+}
+
+async function assignment(): Promise<{ url: string; display: string }> {
+  const buf = new Uint8Array(8192);
+  const decoder = new TextDecoder();
+  let text = "";
+  while (!text.includes("\n")) {
+    const n = await Deno.stdin.read(buf);
+    if (n === null) Deno.exit(0); // the supervisor went away before assigning a script
+    text += decoder.decode(buf.subarray(0, n), { stream: true });
+  }
+  return JSON.parse(text.slice(0, text.indexOf("\n")));
+}
+
+if (mode === "spare") await warmUp();
+({ url: scriptUrl, display: displayName } = await assignment());
+try {
+  const mod = await import(scriptUrl);
+  const loaded = mod.default;
+  if (loaded === null || typeof loaded !== "object" || typeof loaded.fetch !== "function") {
+    throw new Error(
+      `${displayName} has no handler; export one: ` +
+        "export default { async fetch(request, env, ctx) { return new Response(\"hi\") } }",
+    );
+  }
+  handler = loaded;
+} catch (err) {
+  tell(JSON.stringify({ load_error: where(err), name: err instanceof Error ? err.name : "Error" }));
+  Deno.exit(3);
+}
+tell("ready");
