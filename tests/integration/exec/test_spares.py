@@ -17,13 +17,15 @@ PID = "export default {{ fetch: () => new Response(String(Deno.pid)) }};\n// {ta
 
 
 def _spare(project: int, timeout: float = 20.0) -> int:
-    """The pid of `project`'s spare (a worker started with no script yet)."""
+    """The pid of `project`'s spare (a worker started with no script yet), once it
+    has exactly one (a replaced spare may take a moment to go)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for pid in _spares(project):
-            return pid
+        found = _spares(project)
+        if len(found) == 1:
+            return found[0]
         time.sleep(0.05)
-    raise AssertionError(f"project {project} has no spare after {timeout} s")
+    raise AssertionError(f"project {project} has spares {_spares(project)} after {timeout} s")
 
 
 def _spares(project: int) -> list[int]:
