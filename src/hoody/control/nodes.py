@@ -218,7 +218,10 @@ class Nodes(FleetBase):
     def list_nodes(self, who: Principal) -> list[dict[str, Any]]:
         who.require_admin()
         with self.store.read() as s:
-            return [self._node_json(s, n) for n in s.scalars(select(Node).order_by(Node.name))]
+            nodes = list(s.scalars(select(Node).order_by(Node.name)))
+            # One pass over the tenant rows for all nodes, not one per node.
+            pending = capacity.pending(s, {n.name: n for n in nodes}, self.clock())
+            return [self._node_json(s, n, nodes, pending) for n in nodes]
 
     def set_node(
         self,
@@ -283,15 +286,23 @@ class Nodes(FleetBase):
                 out["operation"] = op_json(op)
             return out
 
-    def _node_json(self, s: Session, node: Node) -> dict[str, Any]:
+    def _node_json(
+        self,
+        s: Session,
+        node: Node,
+        everyone: list[Node] | None = None,
+        pending: dict[str, capacity.Pending] | None = None,
+    ) -> dict[str, Any]:
+        """The node as the API shows it; `everyone` (all nodes) and `pending` (for at
+        least this node) are read here unless the caller already has them."""
         count, memory = s.execute(
             select(func.count(), func.coalesce(func.sum(Container.memory_mib), 0)).where(
                 Container.node == node.name, Container.state.in_(LIVE)
             )
         ).one()
-        mine = capacity.pending(s, {node.name: node}, self.clock()).get(
-            node.name, capacity.Pending()
-        )
+        if pending is None:
+            pending = capacity.pending(s, {node.name: node}, self.clock())
+        mine = pending.get(node.name, capacity.Pending())
         view = capacity.node_view(
             node,
             mine,
@@ -299,7 +310,8 @@ class Nodes(FleetBase):
             default_overcommit=self.settings.memory_overcommit,
             pending_disk=mine.creating * capacity.DEFAULT_DISK_NEED,
         )
-        everyone = list(s.scalars(select(Node)))
+        if everyone is None:
+            everyone = list(s.scalars(select(Node)))
         estimates = []
         for tmpl, version, limits in self._newest_ready(s, node):
             known = capacity.learned(everyone, tmpl, version)
