@@ -89,6 +89,12 @@ def test_the_dashboard_in_a_real_browser(stack: Stack) -> None:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             errors: list[str] = []
             page.on("pageerror", lambda e: errors.append(str(e)))
+            # The page's first data rides in a JSON block: the CSP must refuse nothing.
+            refused: list[str] = []
+            page.on(
+                "console",
+                lambda m: refused.append(m.text) if "Content Security Policy" in m.text else None,
+            )
             # Every request stays on the control plane: nothing from a CDN.
             elsewhere: list[str] = []
             page.on(
@@ -159,7 +165,7 @@ def test_the_dashboard_in_a_real_browser(stack: Stack) -> None:
             page.wait_for_selector("#h-tenants[data-count='4']", state="attached", timeout=5000)
             ids = {c["id"] for c in stack.client.containers()["items"]}
             assert victim["id"] not in ids and {c["id"] for c in made} <= ids
-            assert errors == [] and elsewhere == []
+            assert errors == [] and elsewhere == [] and refused == []
         finally:
             browser.close()
     # Without the session cookie nothing is shown, whatever token is sent.

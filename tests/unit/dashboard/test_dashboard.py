@@ -139,6 +139,30 @@ def test_login_cookie_and_who_may_see_the_dashboard(world: World) -> None:
     assert client.get("/dashboard/api/summary").status_code == 401
 
 
+def test_the_page_arrives_with_its_first_data_and_no_inline_code(world: World) -> None:
+    hostile = "</script><script>alert(1)</script><!--"
+    c = world.fleet.copy(world.project, "demo", metadata={"note": hostile, "x": "a&b>c"})
+    page = browser(world).get("/")
+    assert page.status_code == 200
+    assert "script-src 'self'" in page.headers["content-security-policy"]
+    _, rest = page.text.split('<script id="first" type="application/json">', 1)
+    block, _ = rest.split("</script>", 1)
+    # Nothing in the data can end the block or start markup: < > & are JSON escapes.
+    assert not {"<", ">", "&"} & set(block)
+    first = json.loads(block)
+    assert first["summary"]["headline"]["tenants"] == 1
+    (row,) = first["tenants"]["items"]
+    assert row["id"] == c["id"] and row["metadata"] == {"note": hostile, "x": "a&b>c"}
+    assert first["tenants"]["page"] == 1 and first["tenants"]["per_page"] == 50
+    assert set(first["history"]) >= {"at", "tenants", "cost_by_count"}
+    # Every other script on the page is a file of ours (no inline code to allow).
+    scripts = page.text.count("<script")
+    assert scripts == 1 + page.text.count('<script src="/dashboard/static/')
+    # Signed out, the login page carries none of it.
+    signed_out = TestClient(create_app(world.fleet, monitor=False), base_url="http://cp.test")
+    assert c["id"] not in signed_out.get("/").text
+
+
 def test_actions_need_the_csrf_token_and_same_origin(world: World) -> None:
     c = world.fleet.copy(world.project, "demo")
     client = browser(world)

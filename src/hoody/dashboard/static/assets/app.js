@@ -208,22 +208,25 @@ function fillChoices(select, values) {
   select.value = values.includes(keep) ? keep : "";
 }
 
+function renderTenants(page) {
+  state.pages = page.pages;
+  $("t-total").textContent = num(page.total) + " shown by these filters";
+  $("p-info").textContent = "page " + page.page + " of " + page.pages;
+  $("p-prev").disabled = page.page <= 1;
+  $("p-next").disabled = page.page >= page.pages;
+  fillChoices($("f-node"), page.choices.nodes);
+  fillChoices($("f-template"), page.choices.templates);
+  const seen = state.ids;
+  state.ids = new Set(page.items.map((t) => t.id));
+  $("t-body").replaceChildren(...page.items.map((t) => row(t, seen.size && !seen.has(t.id))));
+}
+
 let loading = null, again = false;
 async function loadTenants() {
   if (loading) { again = true; return loading; }
   loading = (async () => {
     try {
-      const page = await api("/dashboard/api/tenants?" + filters());
-      state.pages = page.pages;
-      $("t-total").textContent = num(page.total) + " shown by these filters";
-      $("p-info").textContent = "page " + page.page + " of " + page.pages;
-      $("p-prev").disabled = page.page <= 1;
-      $("p-next").disabled = page.page >= page.pages;
-      fillChoices($("f-node"), page.choices.nodes);
-      fillChoices($("f-template"), page.choices.templates);
-      const seen = state.ids;
-      state.ids = new Set(page.items.map((t) => t.id));
-      $("t-body").replaceChildren(...page.items.map((t) => row(t, seen.size && !seen.has(t.id))));
+      renderTenants(await api("/dashboard/api/tenants?" + filters()));
     } catch (e) {
       $("t-total").textContent = e.message;
     }
@@ -312,13 +315,15 @@ function connect() {
   });
 }
 
-async function start() {
-  const [summary, history] = await Promise.all([api("/dashboard/api/summary"), api("/dashboard/api/history")]);
-  state.summary = summary;
-  state.history = history;
-  renderSummary(summary);
+function start() {
+  // The page came with its first data (a JSON block, not code): draw it at once; the
+  // live feed and the filters fetch what changes later.
+  const first = JSON.parse($("first").textContent);
+  state.summary = first.summary;
+  state.history = first.history;
+  renderSummary(first.summary);
   drawPlots();
-  await loadTenants();
+  renderTenants(first.tenants);
   document.body.dataset.ready = "1";
   connect();
   // New history points are recorded about once a minute: fetch them now and then.
