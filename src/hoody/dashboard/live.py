@@ -46,13 +46,29 @@ class LiveFeed:
         self._subscribers: set[asyncio.Queue[str]] = set()
         self._task: asyncio.Task[None] | None = None
         self._last: str | None = None
+        # (change mark, monotonic time, summary JSON) of the latest computation
+        self._latest: tuple[int, float, str] | None = None
 
     async def _compute(self) -> tuple[int, str]:
         def read() -> tuple[int, str]:
             mark = self.figures.change_mark()
             return mark, json.dumps(self.figures.summary(), sort_keys=True)
 
-        return await anyio.to_thread.run_sync(read)
+        mark, payload = await anyio.to_thread.run_sync(read)
+        self._latest = (mark, time.monotonic(), payload)
+        return mark, payload
+
+    async def _current(self) -> str:
+        """The summary for a new subscriber: the latest one computed while nothing has
+        changed since and it is younger than `refresh` (the age the poller lets
+        heartbeat figures reach anyway), else a new one. A page opens its feed right
+        after loading, and each page of a fleet of 10,000 cost a summary read."""
+        latest = self._latest
+        if latest is not None and time.monotonic() - latest[1] < self.refresh:
+            mark = await anyio.to_thread.run_sync(self.figures.change_mark)
+            if mark == latest[0]:
+                return latest[2]
+        return (await self._compute())[1]
 
     async def _run(self) -> None:
         mark = -1
@@ -90,7 +106,7 @@ class LiveFeed:
         queue: asyncio.Queue[str] = asyncio.Queue(maxsize=1)
         self._subscribers.add(queue)
         try:
-            _, first = await self._compute()
+            first = await self._current()
             if queue.empty():
                 queue.put_nowait(first)
             if self._task is None:

@@ -4,6 +4,7 @@ real HTTP server."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -19,6 +20,7 @@ from hoody.bench.scratch import free_port, serve_in_thread
 from hoody.control.api import create_app
 from hoody.control.db import Container, Store
 from hoody.dashboard.figures import FleetFigures
+from hoody.dashboard.live import LiveFeed
 from hoody.errors import InvalidInput
 from tests.control_support import World, make_world
 
@@ -310,3 +312,31 @@ def test_the_live_feed_sends_a_copy_within_a_second(world: World, live: tuple[st
     reader.join(5)
     refused = httpx.get(f"{url}/dashboard/events", timeout=5)
     assert refused.status_code == 401
+
+
+def test_a_new_subscriber_gets_the_latest_summary_unless_something_changed(
+    world: World,
+) -> None:
+    figures = FleetFigures(world.store)
+    reads: list[float] = []
+    summary = figures.summary
+
+    def counted() -> dict[str, Any]:
+        reads.append(time.monotonic())
+        return summary()
+
+    figures.summary = counted  # type: ignore[method-assign]
+    feed = LiveFeed(figures, refresh=30.0)
+
+    async def first_event() -> dict[str, Any]:
+        async with feed.subscription() as queue:
+            payload = json.loads(await queue.get())
+        feed.stop()
+        return payload
+
+    assert asyncio.run(first_event())["headline"]["tenants"] == 0
+    assert asyncio.run(first_event())["headline"]["tenants"] == 0
+    assert len(reads) == 1  # the second page reused the first one's summary
+    world.fleet.copy(world.project, "demo")
+    assert asyncio.run(first_event())["headline"]["tenants"] == 1
+    assert len(reads) == 2
