@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client import CollectorRegistry
 from sqlalchemy import update
 from starlette.testclient import TestClient
 
@@ -21,6 +22,7 @@ from hoody.control.api import create_app
 from hoody.control.db import Container, Store
 from hoody.dashboard.figures import FleetFigures
 from hoody.dashboard.live import LiveFeed
+from hoody.dashboard.web import Dashboard
 from hoody.errors import InvalidInput
 from tests.control_support import World, make_world
 
@@ -340,3 +342,28 @@ def test_a_new_subscriber_gets_the_latest_summary_unless_something_changed(
     world.fleet.copy(world.project, "demo")
     assert asyncio.run(first_event())["headline"]["tenants"] == 1
     assert len(reads) == 2
+
+
+def test_placement_estimates_never_hold_up_a_read_once_known(world: World) -> None:
+    dashboard = Dashboard(world.fleet, CollectorRegistry())
+    first = dashboard._estimates()  # nothing known yet: read now
+    assert first["n1"][0]["template"] == "demo"
+    calls: list[float] = []
+    list_nodes = world.fleet.list_nodes
+
+    def slow(who: Any) -> list[dict[str, Any]]:
+        calls.append(time.monotonic())
+        time.sleep(0.5)
+        return list_nodes(who)
+
+    world.fleet.list_nodes = slow  # type: ignore[method-assign]
+    assert dashboard._estimates_cache is not None
+    dashboard._estimates_cache = (time.monotonic() - 10, dashboard._estimates_cache[1])
+    start = time.monotonic()
+    assert dashboard._estimates() == first  # the older value, at once
+    assert dashboard._estimates() == first  # one refresh at a time
+    assert time.monotonic() - start < 0.4
+    deadline = time.monotonic() + 10
+    while dashboard._estimates_cache[0] < start and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert dashboard._estimates_cache[0] >= start and len(calls) == 1
