@@ -161,7 +161,7 @@ def test_the_page_arrives_with_its_first_data_and_no_inline_code(world: World) -
     assert set(first["history"]) >= {"at", "tenants", "cost_by_count"}
     # Every other script on the page is a file of ours (no inline code to allow).
     scripts = page.text.count("<script")
-    assert scripts == 1 + page.text.count('<script src="/dashboard/static/')
+    assert scripts == 1 + page.text.count('<script defer src="/dashboard/static/')
     # Signed out, the login page carries none of it.
     signed_out = TestClient(create_app(world.fleet, monitor=False), base_url="http://cp.test")
     assert c["id"] not in signed_out.get("/").text
