@@ -9,7 +9,15 @@ measures:
 
     page_p50_ms    navigation to `/` → the page drew the headline, the nodes, the
                    plots and the first page of the tenant table (a fresh tab each
-                   time, logged in)                                  target <= 500 ms
+                   time, logged in), by the browser's own clock: the page's
+                   `hoody-first-data` mark (set a task after the frame with the data)
+                   on the Navigation Timing time line, which starts when the
+                   navigation does                                   target <= 500 ms
+    page_wall_p50_ms  the same seen from this process: `goto` → Playwright found the
+                   page ready; adds Playwright's round trips to the browser (its
+                   selector engine injected into each new tab), which a person
+                   opening the page does not wait for
+    page_ttfb_p50_ms  navigation → the first byte of the page (its data included)
     update_p50_ms  a copy through the API (a real tenant on the real node) → the
                    tenant counter in the open page moved, no reload  target <= 1,000 ms
 
@@ -123,7 +131,7 @@ def bench_dashboard(tenants: int = 10000, pages: int = 15, updates: int = 10) ->
                 root.set_node(node.config.name, monthly_cost=29, currency="USD")
                 _fill(store, project, tenants - 1)
                 made.append(root.copy(DEMO_NAME, project=project)["id"])  # one real tenant
-                page_ms, update_ms, copy_ms = _browse(
+                loads, update_ms, copy_ms = _browse(
                     sync_playwright, url, admin, root, project, tenants, pages, updates, made
                 )
             finally:
@@ -138,8 +146,11 @@ def bench_dashboard(tenants: int = 10000, pages: int = 15, updates: int = 10) ->
         "real_tenants": 1 + updates,
         "records_only": tenants - 1,
         "database": "sqlite",
-        "page_p50_ms": round(statistics.median(page_ms), 1),
-        "page_p90_ms": _p(page_ms, 0.9),
+        "page_p50_ms": round(statistics.median(loads["page"]), 1),
+        "page_p90_ms": _p(loads["page"], 0.9),
+        "page_wall_p50_ms": round(statistics.median(loads["page_wall"]), 1),
+        "page_wall_p90_ms": _p(loads["page_wall"], 0.9),
+        "page_ttfb_p50_ms": round(statistics.median(loads["page_ttfb"]), 1),
         "update_p50_ms": round(statistics.median(update_ms), 1),
         "update_p90_ms": _p(update_ms, 0.9),
         "copy_p50_ms": round(statistics.median(copy_ms), 1),
@@ -168,8 +179,10 @@ def _browse(
     pages: int,
     updates: int,
     made: list[str],
-) -> tuple[list[float], list[float], list[float]]:
+) -> tuple[dict[str, list[float]], list[float], list[float]]:
     page_ms: list[float] = []
+    wall_ms: list[float] = []
+    ttfb_ms: list[float] = []
     update_ms: list[float] = []
     copy_ms: list[float] = []
     with sync_playwright() as p:
@@ -187,14 +200,20 @@ def _browse(
             for _ in range(pages + 1):  # the first warms the caches; not counted
                 page = context.new_page()
                 t0 = time.perf_counter()
-                page.goto(url + "/")
+                page.goto(url + "/", wait_until="commit")
                 page.wait_for_selector("body[data-ready='1']", state="attached", timeout=60000)
-                page_ms.append((time.perf_counter() - t0) * 1000)
+                wall_ms.append((time.perf_counter() - t0) * 1000)
+                drawn, ttfb = page.evaluate(
+                    """() => [performance.getEntriesByName('hoody-first-data')[0].startTime,
+                    performance.getEntriesByType('navigation')[0].responseStart]"""
+                )
+                page_ms.append(float(drawn))
+                ttfb_ms.append(float(ttfb))
                 count = page.get_attribute("#h-tenants", "data-count")
                 if count != str(tenants):
                     raise HostError(f"the page showed {count} tenants, not {tenants}")
                 page.close()
-            page_ms = page_ms[1:]
+            page_ms, wall_ms, ttfb_ms = page_ms[1:], wall_ms[1:], ttfb_ms[1:]
             page = context.new_page()
             page.goto(url + "/")
             page.wait_for_selector("#live.on", timeout=60000)
@@ -219,4 +238,4 @@ def _browse(
                 copy_ms.append(box["ms"])
         finally:
             browser.close()
-    return page_ms, update_ms, copy_ms
+    return {"page": page_ms, "page_wall": wall_ms, "page_ttfb": ttfb_ms}, update_ms, copy_ms
