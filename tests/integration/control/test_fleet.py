@@ -459,8 +459,11 @@ def test_the_dashboard_of_three_nodes_with_three_dozen_tenants(world: World) -> 
                 page.goto(world.fleet.url + "/")
                 page.fill("#token", world.fleet.admin_token)
                 page.click("button[type=submit]")
-                page.wait_for_selector("body[data-ready='1']", state="attached", timeout=15000)
-                page.wait_for_selector("#live.on", timeout=5000)
+                # What this test checks is the picture, not its speed (`hoody bench
+                # dashboard` times the page): 15 s ran out once while four suites
+                # shared the 2-core VM (load 30), and passed alone in 2 minutes.
+                page.wait_for_selector("body[data-ready='1']", state="attached", timeout=60000)
+                page.wait_for_selector("#live.on", timeout=30000)
                 assert page.text_content("#h-tenants") == "36"
                 assert page.text_content("#h-nodes") == "3"
                 assert "$87" in (page.text_content("#h-bill") or "")
