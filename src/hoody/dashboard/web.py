@@ -6,6 +6,7 @@ and `Fleet`; every asset comes from `static/` in this package.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import html
 import json
 import logging
@@ -28,6 +29,7 @@ from starlette.responses import (
 )
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import Scope
 
 from hoody.control.auth import Principal
 from hoody.control.service import Fleet
@@ -71,6 +73,38 @@ def _page(name: str, data: dict[str, Any] | None = None, **values: str) -> str:
     return text
 
 
+def _assets_version(folder: Path) -> str:
+    """A digest of every asset: the pages ask for `…?v=<it>`, so an upgraded hoody's
+    assets are new URLs and the old ones may be cached for good."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(folder)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+class _Assets(StaticFiles):
+    """The page's assets. Asked for with the current version they are cached for a
+    year without asking again (Chromium otherwise guesses a freshness of a tenth of
+    a file's age and, on a fresh install, asks again with every page: one more trip
+    per asset before the page can run); any other way, checked on every use."""
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__(directory=folder)
+        self.version = _assets_version(folder)
+
+    def file_response(
+        self, full_path: Any, stat_result: Any, scope: Scope, status_code: int = 200
+    ) -> Response:
+        response = super().file_response(full_path, stat_result, scope, status_code)
+        current = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("v") == [
+            self.version
+        ]
+        response.headers["Cache-Control"] = (
+            "public, max-age=31536000, immutable" if current else "no-cache"
+        )
+        return response
+
+
 def _same_origin(request: Request) -> bool:
     """A browser's Origin (when sent) must be this server: a form on another site
     cannot post here."""
@@ -109,6 +143,7 @@ class Dashboard:
         self.live = LiveFeed(self.figures, poll=live_poll)
         self.registry = registry
         self.history_every = history_every
+        self.assets = _Assets(STATIC / "assets")
 
     def _estimates(self) -> dict[str, list[dict[str, Any]]]:
         # Placement's estimates change with heartbeats (every 2 s) and cost a few
@@ -189,9 +224,10 @@ class Dashboard:
         # after another, each checking the session again.
         found = await anyio.to_thread.run_sync(self._first_paint, request.cookies.get(COOKIE))
         if found is None:
-            return HTMLResponse(_page("login.html", message=""), headers=_SECURITY_HEADERS)
+            page = _page("login.html", message="", v=self.assets.version)
+            return HTMLResponse(page, headers=_SECURITY_HEADERS)
         session, first = found
-        page = _page("index.html", {"first": first}, csrf=session.csrf)
+        page = _page("index.html", {"first": first}, csrf=session.csrf, v=self.assets.version)
         return HTMLResponse(page, headers=_SECURITY_HEADERS)
 
     async def login(self, request: Request) -> Response:
@@ -207,7 +243,7 @@ class Dashboard:
             secret, session = await anyio.to_thread.run_sync(self.sessions.login, token)
         except HoodyError as exc:
             status = 403 if exc.status == 403 else 401
-            page = _page("login.html", message=exc.message)
+            page = _page("login.html", message=exc.message, v=self.assets.version)
             return HTMLResponse(page, status_code=status, headers=_SECURITY_HEADERS)
         response = RedirectResponse("/", status_code=303, headers=_SECURITY_HEADERS)
         response.set_cookie(
@@ -353,7 +389,7 @@ class Dashboard:
             ),
             Route("/dashboard/events", self.events),
             Route("/metrics", self.metrics),
-            Mount("/dashboard/static", StaticFiles(directory=STATIC / "assets"), name="static"),
+            Mount("/dashboard/static", self.assets, name="static"),
         ]
 
 

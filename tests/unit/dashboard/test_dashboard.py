@@ -367,3 +367,19 @@ def test_placement_estimates_never_hold_up_a_read_once_known(world: World) -> No
     while dashboard._estimates_cache[0] < start and time.monotonic() < deadline:
         time.sleep(0.05)
     assert dashboard._estimates_cache[0] >= start and len(calls) == 1
+
+
+def test_assets_are_cached_for_good_under_their_version_only(world: World) -> None:
+    client = browser(world)
+    page = client.get("/").text
+    src = page.split('<script defer src="', 1)[1].split('"', 1)[0]
+    assert src.startswith("/dashboard/static/vendor/uplot-") and "?v=" in src
+    current = client.get(src)
+    assert current.status_code == 200
+    assert current.headers["cache-control"] == "public, max-age=31536000, immutable"
+    other = client.get(src.split("?", 1)[0] + "?v=0000")
+    assert other.status_code == 200 and other.headers["cache-control"] == "no-cache"
+    bare = client.get(src.split("?", 1)[0])
+    assert bare.headers["cache-control"] == "no-cache"
+    signed_out = TestClient(create_app(world.fleet, monitor=False), base_url="http://cp.test")
+    assert f"app.css?v={src.split('?v=', 1)[1]}" in signed_out.get("/").text
