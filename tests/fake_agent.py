@@ -153,10 +153,24 @@ class FakeAgent:
             request.read()
             if m := re.fullmatch(r"/v1/templates/([^/]+)/(\d+)/send", request.url.path):
                 return self._send(m.group(1), int(m.group(2)), request.url.params.get("parent"))
+            if m := re.fullmatch(r"/v1/tenants/([^/]+)/wake", request.url.path):
+                return self._wake(m.group(1))
             status, body = self._route(request)
         except HoodyError as exc:
             return httpx.Response(exc.status, json=exc.to_json())
         return httpx.Response(status, json=body)
+
+    def _wake(self, tid: str) -> httpx.Response:
+        """As the agent: the record, and which sleep it was woken from."""
+        with self._lock:
+            rec = self.tenants.get(tid)
+            woke = (
+                (rec.get("sleep_mode") or "stopped") if rec and rec["state"] == "sleeping" else "no"
+            )
+        body = self._act(tid, "wake", {})
+        return httpx.Response(
+            200, json=body, headers={"Hoody-Woke": woke, "Server-Timing": "node;dur=0.5"}
+        )
 
     # replication: the "stream" is the record and the parent it was sent against
 

@@ -17,7 +17,7 @@ errors are rendered once, as `{"error": {"code", "message"}}` with their status.
     GET    /v1/tenants | /v1/tenants/{id}
     POST   /v1/tenants/{id}/start|stop|restart|exec|copy|snapshot
     POST   /v1/tenants/{id}/sleep           {mode: stopped|frozen} (default: its policy's)
-    POST   /v1/tenants/{id}/wake
+    POST   /v1/tenants/{id}/wake            header Hoody-Woke: frozen|stopped|no (was awake)
     GET    /v1/tenants/{id}/logs?tail=N[&follow=1]   follow: streams what comes next
     WS     /v1/tenants/{id}/exec            an exec session (hoody.execwire)
     DELETE /v1/tenants/{id}
@@ -43,6 +43,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from hoody.agent import templates
+from hoody.agent.client import WOKE_HEADER
 from hoody.agent.engine import Node, TemplateSource
 from hoody.agent.exec_ws import serve_exec
 from hoody.agent.ids import TEMPLATE_ID_SHIFT
@@ -360,7 +361,13 @@ def create_app(node: Node, token: str, *, supervise_every: float = 0.5) -> Starl
         return (await _call(node.sleep, tid(request), _opt(data, "mode", str))).to_json()
 
     async def wake(request: Request) -> Any:
-        return (await _call(node.wake, tid(request))).to_json()
+        # What it was woken from (a router waits for a started tenant's port, not for
+        # one that was awake) and how long the node took, for the wake's breakdown.
+        start = time.perf_counter()
+        rec, woke = await _call(node.wake_from, tid(request))
+        took = (time.perf_counter() - start) * 1000
+        headers = {WOKE_HEADER: woke or "no", "Server-Timing": f"node;dur={took:.2f}"}
+        return JSONResponse(rec.to_json(), headers=headers)
 
     async def restart(request: Request) -> Any:
         return (await _call(node.restart, tid(request))).to_json()

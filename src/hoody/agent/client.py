@@ -17,7 +17,18 @@ import httpx
 from hoody import errors
 from hoody.errors import HoodyError, HostError
 
-__all__ = ["AgentClient", "TemplateStream", "error_from", "raise_for_error"]
+__all__ = [
+    "WOKE_HEADER",
+    "AgentClient",
+    "TemplateStream",
+    "error_from",
+    "raise_for_error",
+    "server_timing",
+]
+
+# A wake's answer (agent and control plane) says which sleep the tenant was woken from:
+# "frozen", "stopped", or "no" when it was awake.
+WOKE_HEADER = "Hoody-Woke"
 
 _BY_CODE: dict[str, type[HoodyError]] = {
     cls.code: cls
@@ -61,6 +72,19 @@ def error_from(code: str, message: str) -> HoodyError:
     return cls(message)
 
 
+def server_timing(response: httpx.Response) -> dict[str, float]:
+    """The `Server-Timing` header's durations: name → milliseconds."""
+    out: dict[str, float] = {}
+    for item in response.headers.get("server-timing", "").split(","):
+        name, _, params = item.strip().partition(";")
+        for param in params.split(";"):
+            key, _, value = param.strip().partition("=")
+            if key == "dur" and name:
+                with contextlib.suppress(ValueError):
+                    out[name] = float(value)
+    return out
+
+
 @dataclass(frozen=True)
 class TemplateStream:
     """A template version being sent by a node: its record, the sender's estimate of
@@ -97,7 +121,7 @@ class AgentClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _req(self, method: str, path: str, **kwargs: Any) -> Any:
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
             response = self.http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
@@ -106,6 +130,10 @@ class AgentClient:
                 "is `hoody node serve` running?"
             ) from exc
         raise_for_error(response)
+        return response
+
+    def _req(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self._send(method, path, **kwargs)
         if response.headers.get("content-type", "").startswith("application/json"):
             return response.json()
         return response.text
@@ -165,6 +193,14 @@ class AgentClient:
 
     def wake(self, tid: str) -> dict[str, Any]:
         return self.action(tid, "wake")
+
+    def wake_from(self, tid: str) -> tuple[dict[str, Any], str, float]:
+        """Wake the tenant: (its record, the sleep it was woken from: "frozen",
+        "stopped" or "" when it was awake, milliseconds the node spent)."""
+        response = self._send("POST", f"/v1/tenants/{tid}/wake", json={})
+        woke = response.headers.get(WOKE_HEADER, "stopped")  # an older agent: assume a start
+        record: dict[str, Any] = response.json()
+        return record, "" if woke == "no" else woke, server_timing(response).get("node", 0.0)
 
     def delete(self, tid: str) -> dict[str, Any]:
         result: dict[str, Any] = self._req("DELETE", f"/v1/tenants/{tid}")

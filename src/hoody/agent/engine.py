@@ -460,7 +460,7 @@ class Node:
         with self._lock(tid):
             rec = self.store.tenant(tid)
             if rec.status == "sleeping":
-                return self._wake(rec)
+                return self._wake(rec)[0]
             self.store.update_tenant(tid, desired="running")
             rec = replace(rec, desired="running")
             if rec.status == "running" and self.runtime.state(tid).status == "running":
@@ -518,23 +518,30 @@ class Node:
         Returns the running tenant; harmless when it runs already. Raises Conflict for
         a tenant that is stopped or failed (`start` is for those).
         """
+        return self.wake_from(tid)[0]
+
+    def wake_from(self, tid: str) -> tuple[TenantRecord, str]:
+        """`wake`, and the sleep it was woken from: "frozen", "stopped" (its processes
+        were started again), or "" when it was awake."""
         with self._lock(tid):
             rec = self.store.tenant(tid)
             if rec.status == "running":
-                return rec
+                return rec, ""
             if rec.status != "sleeping":
                 raise Conflict(
                     f"tenant {tid} is {rec.status}, not sleeping; start it with `hoody start {tid}`"
                 )
             return self._wake(rec)
 
-    def _wake(self, rec: TenantRecord) -> TenantRecord:
-        """Wake `rec` (sleeping); the caller holds its lock."""
+    def _wake(self, rec: TenantRecord) -> tuple[TenantRecord, str]:
+        """Wake `rec` (sleeping); the caller holds its lock. Returns it and how it
+        slept ("frozen", or "stopped" when its processes had to be started)."""
         tid = rec.id
         state = self.runtime.state(tid)
+        how = "stopped"
         if rec.asleep == "frozen" and state.status == "running":
             self.runtime.thaw(tid)
-            pid = state.pid
+            pid, how = state.pid, "frozen"
         else:
             # Stopped, or frozen but gone since (the host restarted): start it again.
             # The network and firewall are still there; _bring_up checks them cheaply
@@ -544,7 +551,7 @@ class Node:
                 undo.commit()
         self._restarts.pop(tid, None)
         self.store.update_tenant(tid, status="running", pid=pid, asleep="", slept_at=0.0)
-        return replace(rec, status="running", pid=pid, asleep="", slept_at=0.0)
+        return replace(rec, status="running", pid=pid, asleep="", slept_at=0.0), how
 
     def restart(self, tid: str) -> TenantRecord:
         self.stop(tid)

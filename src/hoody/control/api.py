@@ -32,6 +32,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
+from hoody.agent.client import WOKE_HEADER
 from hoody.control import models as m
 from hoody.control.auth import Principal
 from hoody.control.service import Fleet
@@ -51,6 +52,14 @@ T = TypeVar("T")
 
 PREFIX = "/api/v1"
 MAX_BODY = 1 << 20
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A handler's answer with headers of its own (the body is serialised as any)."""
+
+    body: Any
+    headers: dict[str, str]
 
 
 @dataclass
@@ -202,7 +211,14 @@ async def sleep(f: Fleet, c: Call) -> Any:
 
 
 async def wake(f: Fleet, c: Call) -> Any:
-    return await run(f.wake, c.who, c.path("cid"))
+    # Routers read what the wake did (a started tenant's port takes a moment to open)
+    # and where its time went; `_endpoint` adds the control plane's own total.
+    rec, woken = await run(f.wake_traced, c.who, c.path("cid"))
+    headers = {
+        WOKE_HEADER: woken.was or "no",
+        "Server-Timing": f"agent;dur={woken.agent_ms:.2f}, node;dur={woken.node_ms:.2f}",
+    }
+    return Answer(rec, headers)
 
 
 async def report_activity(f: Fleet, c: Call) -> Any:
@@ -817,8 +833,18 @@ def _endpoint(
         try:
             who = await run(fleet.authenticate, request.headers.get("authorization"))
             body = await _parse_body(request, ep.body)
-            result = ep.serialise(who, await ep.handler(fleet, Call(request, who, body)))
-            response: Response = JSONResponse(result, status_code=ep.status)
+            result = await ep.handler(fleet, Call(request, who, body))
+            headers = None
+            if isinstance(result, Answer):
+                result, headers = result.body, dict(result.headers)
+            response: Response = JSONResponse(
+                ep.serialise(who, result), status_code=ep.status, headers=headers
+            )
+            if headers and "Server-Timing" in headers:
+                took = (time.perf_counter() - start) * 1000
+                response.headers["Server-Timing"] = (
+                    f"control;dur={took:.2f}, {headers['Server-Timing']}"
+                )
             code = None
         except HoodyError as exc:
             response, code = _error(exc), exc.code

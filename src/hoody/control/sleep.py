@@ -19,7 +19,9 @@ reported in the meantime wins.
 from __future__ import annotations
 
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, select, update
@@ -31,7 +33,7 @@ from hoody.control.containers import _container_json
 from hoody.control.db import Container, Node
 from hoody.errors import HoodyError, InvalidInput
 
-__all__ = ["MAX_ACTIVITY_BATCH", "Sleep"]
+__all__ = ["MAX_ACTIVITY_BATCH", "Sleep", "Woken"]
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,16 @@ _MAX_AGE = 86_400.0
 # Sleeps asked of nodes at once by one sweep: a stopped sleep mostly waits (for the
 # app to exit on SIGTERM), so many can overlap.
 _SLEEPERS = 16
+
+
+@dataclass(frozen=True)
+class Woken:
+    """What a wake did: the sleep the tenant was woken from ("frozen", "stopped", or ""
+    when it was awake), the node agent's round trip and the node's own share (ms)."""
+
+    was: str
+    agent_ms: float
+    node_ms: float
 
 
 class Sleep(FleetBase):
@@ -59,10 +71,16 @@ class Sleep(FleetBase):
     def wake(self, who: Principal, cid: str) -> dict[str, Any]:
         """Wake container `cid`: a thaw when frozen, a start when stopped; harmless when
         it runs. Project tokens wake their own containers, router tokens any."""
+        return self.wake_traced(who, cid)[0]
+
+    def wake_traced(self, who: Principal, cid: str) -> tuple[dict[str, Any], Woken]:
+        """`wake`, and what it did and where its time went (routers read both)."""
         project = None if who.scope in ("admin", "router") else who.project_filter()
         _, node = self._node_of(project, cid, "wake")
-        rec = self._agent(node.url, node.agent_token).wake(cid)
-        return self._record_state(cid, rec, active=True)
+        start = time.perf_counter()
+        rec, woke, node_ms = self._agent(node.url, node.agent_token).wake_from(cid)
+        agent_ms = (time.perf_counter() - start) * 1000
+        return self._record_state(cid, rec, active=True), Woken(woke, agent_ms, node_ms)
 
     def _record_state(self, cid: str, rec: dict[str, Any], active: bool = False) -> dict[str, Any]:
         with self.store.write() as s:

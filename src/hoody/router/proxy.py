@@ -24,6 +24,8 @@ Before a request reaches a tenant:
     no valid session cookie, tenant not public      → 401 page
     tenant sleeping                                 → woken (control plane), the request
                                                       held until it answers (WAKE_TIMEOUT)
+    tenant refuses the connection                   → woken too, then tried once more: the
+                                                      table may be a refresh behind a sleep
     tenant stopped / not answering / too slow       → 503 / 502 / 504 page
 
 What the tenant and the client see of each other's heads is in `headers.py`.
@@ -47,7 +49,7 @@ from hoody.router import pages
 from hoody.router.headers import Hosts, forwarded, origin_target, split_cookies, tenant_request
 from hoody.router.http import CHUNKED, MAX_HEAD, NONE, BadMessage, Head, RequestReader
 from hoody.router.metrics import ROUTERS
-from hoody.router.table import Route, RouteTable
+from hoody.router.table import Route, RouteTable, Woken
 from hoody.router.upstream import Pool, UpstreamConnection
 
 __all__ = ["CLAIM_PATH", "COOKIE", "SECURE_COOKIE", "Limits", "Router"]
@@ -83,11 +85,13 @@ MAX_PIPELINED = 64
 WAKE_TIMEOUT = 30.0
 # While a woken tenant's port refuses (its app is starting), try again this often.
 WAKE_RETRY = 0.003
+# A tenant found awake yet refusing connections is not asked to wake again this soon.
+REFUSED_AWAKE_PAUSE = 1.0
 
 _CLAIM_PATH = CLAIM_PATH.encode()
 
 Exchange = Callable[[str, str], Awaitable[tuple[int, dict[str, Any]]]]
-Wake = Callable[[str], Awaitable[None]]
+Wake = Callable[[str], Awaitable[Woken | None]]
 
 
 @dataclass(slots=True)
@@ -116,6 +120,7 @@ class _Pending:
     upgrade: bool
     retry: bool  # bodiless: may be sent again on a fresh connection once
     retried: bool = False
+    woken: bool = False  # its tenant was woken for it (asleep, or its connection refused)
 
 
 def _write(transport: asyncio.Transport, data: bytes) -> None:
@@ -428,23 +433,30 @@ class ClientConnection(asyncio.Protocol):
         pending = self.pending
         assert pending is not None
         deadline = self.loop.time() + WAKE_TIMEOUT
-        failed = await self.router.wake_tenant(pending.route.cid)
-        if failed is not None:
+        pending.woken = True
+        woken = await self.router.wake_tenant(pending.route.cid)
+        if isinstance(woken, str):
             self.task = None
             if not self.closed:
-                self._answer(503, "Tenant asleep", f"{pending.route.cid} could not wake: {failed}")
+                self._answer(503, "Tenant asleep", f"{pending.route.cid} could not wake: {woken}")
             return
         pending.route = replace(pending.route, state="running")
-        await self._connect(until=deadline)
+        await self._connect(until=deadline, woke_at=self.loop.time())
 
-    async def _connect(self, until: float = 0.0) -> None:
+    async def _connect(self, until: float = 0.0, woke_at: float = 0.0) -> None:
         """Connect to the pending request's tenant and send it. `until`: a woken
         tenant's app may still be starting, so a refused connection is tried again
-        until then."""
+        until then (`woke_at`: when its wake was answered).
+
+        A refused connection to a tenant the table says runs may mean the control
+        plane put it to sleep a moment ago (the table is up to a refresh behind): the
+        tenant is woken and, once it was asleep, tried again until its port opens; if
+        it was awake, tried once more."""
         pending = self.pending
         assert pending is not None
         address = pending.route.upstream
         pool = self.router.pool
+        why = "refused the connection"
         while True:
             try:
                 _, up = await asyncio.wait_for(
@@ -458,13 +470,27 @@ class ClientConnection(asyncio.Protocol):
                 if self.loop.time() + WAKE_RETRY < until and not self.closed:
                     await asyncio.sleep(WAKE_RETRY)
                     continue
+                cid = pending.route.cid
+                if not pending.woken and not self.closed and self.router.may_sleep(cid):
+                    pending.woken = True
+                    woken = await self.router.wake_tenant(cid, refused=True)
+                    if isinstance(woken, Woken):
+                        if woken.was:
+                            woke_at = self.loop.time()
+                            until = woke_at + WAKE_TIMEOUT
+                        else:
+                            self.router.refusing(cid)
+                        continue
+                    why = f"refused the connection and could not be woken: {woken}"
             except (OSError, TimeoutError):
                 pass
             self.task = None
             cid = pending.route.cid
-            self._answer(502, "Tenant not answering", f"{cid} refused the connection.")
+            self._answer(502, "Tenant not answering", f"{cid} {why}.")
             return
         self.task = None
+        if woke_at:
+            self.router.wakes.took("port", self.loop.time() - woke_at)
         if self.closed:
             pool.put(up)
             return
@@ -694,8 +720,22 @@ class WakeCounters:
     failed: int = 0  # wakes the control plane refused or did not answer
     seconds: float = 0.0  # time spent waking, summed over `wakes`
     held: int = 0  # requests held while their tenant woke
+    refused: int = 0  # wakes asked because a tenant the table had running refused
+    # Where the time of `wakes` went (seconds summed): control_plane (its whole
+    # answer), agent (its call to the node agent), node (the node's own work), port
+    # (the wake answered → the tenant's connection made).
+    phases: dict[str, float] = field(
+        default_factory=lambda: dict.fromkeys(("control_plane", "agent", "node", "port"), 0.0)
+    )
+
+    def took(self, phase: str, seconds: float) -> None:
+        self.phases[phase] = self.phases.get(phase, 0.0) + seconds
 
     def prometheus(self) -> bytes:
+        phases = "".join(
+            f'hoody_router_wake_phase_seconds_total{{phase="{name}"}} {value:.6f}\n'
+            for name, value in self.phases.items()
+        )
         return (
             "# HELP hoody_router_wakes_total Sleeping tenants woken for a request.\n"
             "# TYPE hoody_router_wakes_total counter\n"
@@ -708,7 +748,13 @@ class WakeCounters:
             "# HELP hoody_router_wake_held_requests_total Requests held for a wake.\n"
             "# TYPE hoody_router_wake_held_requests_total counter\n"
             f"hoody_router_wake_held_requests_total {self.held}\n"
-        ).encode()
+            "# HELP hoody_router_wake_refused_total Wakes asked because a tenant the route "
+            "table had running refused the connection (the table was behind a sleep).\n"
+            "# TYPE hoody_router_wake_refused_total counter\n"
+            f"hoody_router_wake_refused_total {self.refused}\n"
+            "# HELP hoody_router_wake_phase_seconds_total Where the wakes' time went.\n"
+            "# TYPE hoody_router_wake_phase_seconds_total counter\n"
+        ).encode() + phases.encode()
 
 
 class Router:
@@ -733,7 +779,9 @@ class Router:
         self.refresh = refresh
         self.wake = wake
         self.wakes = WakeCounters()
-        self._waking: dict[str, asyncio.Future[str | None]] = {}
+        self._waking: dict[str, asyncio.Future[Woken | str]] = {}
+        # Tenants found awake yet refusing connections: loop time, not asked again soon.
+        self._refusing: dict[str, float] = {}
         # Tenant → loop time of its latest request, taken by the activity reporter.
         self.seen: dict[str, float] = {}
         self.domain = domain.lower().strip(".")
@@ -792,35 +840,54 @@ class Router:
             conn._close()
         self.pool.close()
 
-    async def wake_tenant(self, cid: str) -> str | None:
-        """Wake `cid`, sharing one wake among the requests that wait for it. Returns
-        None once it is awake, else why it could not be woken."""
+    def may_sleep(self, cid: str) -> bool:
+        """Whether a refused connection to `cid` is worth a wake: this router wakes
+        tenants, and `cid` was not found awake and refusing a moment ago."""
+        if self.wake is None:
+            return False
+        since = self._refusing.get(cid)
+        return since is None or asyncio.get_running_loop().time() - since > REFUSED_AWAKE_PAUSE
+
+    def refusing(self, cid: str) -> None:
+        """`cid` was found awake yet refusing connections: no wake for it for a while."""
+        if len(self._refusing) >= SESSION_CACHE:
+            self._refusing.clear()
+        self._refusing[cid] = asyncio.get_running_loop().time()
+
+    async def wake_tenant(self, cid: str, refused: bool = False) -> Woken | str:
+        """Wake `cid`, sharing one wake among the requests that wait for it (`refused`:
+        asked because its connection was refused). Returns what the wake did once it
+        is awake, else why it could not be woken."""
         self.wakes.held += 1
+        self.wakes.refused += refused
         waking = self._waking.get(cid)
         if waking is None:
             waking = asyncio.ensure_future(self._wake(cid))
             self._waking[cid] = waking
         return await asyncio.shield(waking)
 
-    async def _wake(self, cid: str) -> str | None:
+    async def _wake(self, cid: str) -> Woken | str:
         assert self.wake is not None
         loop = asyncio.get_running_loop()
         start = loop.time()
         try:
-            await asyncio.wait_for(self.wake(cid), WAKE_TIMEOUT)
+            woken = await asyncio.wait_for(self.wake(cid), WAKE_TIMEOUT) or Woken()
         except Exception as exc:
             self.wakes.failed += 1
             log.warning("could not wake tenant %s: %s", cid, exc)
             return str(exc) or type(exc).__name__
         finally:
             self._waking.pop(cid, None)
-        self.wakes.wakes += 1
-        self.wakes.seconds += loop.time() - start
+        if woken.was:
+            self.wakes.wakes += 1
+            self.wakes.seconds += loop.time() - start
+            for phase, seconds in woken.phases.items():
+                self.wakes.took(phase, seconds)
         route = self.table.routes.get(cid)
         if route is not None and route.state == "sleeping":
             # Awake now; the next table refresh from the control plane says so too.
             self.table.routes[cid] = replace(route, state="running")
-        return None
+        return woken
 
     def take_seen(self) -> dict[str, float]:
         """Seconds since each tenant's latest request, for those with requests since

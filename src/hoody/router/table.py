@@ -23,12 +23,28 @@ from typing import Any
 import httpx
 
 from hoody import claims
+from hoody.agent.client import WOKE_HEADER, server_timing
 
-__all__ = ["STALE_AFTER", "ControlPlaneTable", "Route", "RouteTable"]
+__all__ = ["STALE_AFTER", "ControlPlaneTable", "Route", "RouteTable", "Woken"]
 
 log = logging.getLogger(__name__)
 
 STALE_AFTER = 30.0
+
+
+# The control plane's Server-Timing names → the router's wake phases.
+_PHASES = {"control": "control_plane", "agent": "agent", "node": "node"}
+
+
+@dataclass(frozen=True)
+class Woken:
+    """What a wake did: the sleep the tenant was woken from ("frozen", "stopped"; ""
+    when it was awake already) and where the control plane's time went (phase →
+    seconds: control_plane, its whole answer; agent, its call to the node agent; node,
+    the node's own work)."""
+
+    was: str = "stopped"
+    phases: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -185,9 +201,10 @@ class ControlPlaneTable:
             body = {"error": {"code": "bad_gateway", "message": response.text[:200]}}
         return response.status_code, body
 
-    async def wake(self, cid: str) -> None:
-        """Wake sleeping tenant `cid` (`POST /containers/{cid}/wake`); raises with the
-        control plane's reason when it is refused or unanswered."""
+    async def wake(self, cid: str) -> Woken:
+        """Wake sleeping tenant `cid` (`POST /containers/{cid}/wake`): what it was woken
+        from and where the time went. Raises with the control plane's reason when it is
+        refused or unanswered."""
         try:
             response = await self.http.post(f"/containers/{cid}/wake", timeout=30.0)
         except httpx.HTTPError as exc:
@@ -198,6 +215,10 @@ class ControlPlaneTable:
             except (ValueError, KeyError, TypeError):
                 reason = f"control plane answered {response.status_code}"
             raise RuntimeError(reason)
+        was = response.headers.get(WOKE_HEADER, "stopped")
+        timing = server_timing(response)
+        phases = {_PHASES[k]: v / 1000 for k, v in timing.items() if k in _PHASES}
+        return Woken("" if was == "no" else was, phases)
 
     def report_activity(self, take: Callable[[], dict[str, float]], every: float = 1.0) -> None:
         """Send `take()` (tenant → seconds since its latest request here) to the control

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import httpx
 import pytest
 
+from hoody.control.api import create_app
 from hoody.control.auth import Principal
 from hoody.control.db import Store
 from hoody.errors import Conflict, Exhausted, Forbidden, InvalidInput, NotFound
+from hoody.router.table import ControlPlaneTable
 from tests.control_support import make_world
 
 
@@ -122,3 +125,26 @@ def test_placement_skips_a_node_under_memory_pressure(store: Store) -> None:
     w.fleet.heartbeat(w.admin, "n2", {**hot, "memory_pressure_pct": 50})
     with pytest.raises(Exhausted, match="memory pressure"):
         w.fleet.copy(w.project, "demo")
+
+
+async def test_a_routers_wake_says_what_it_woke_and_where_the_time_went(store: Store) -> None:
+    """Through the API as a router calls it: the sleep the tenant was woken from (a
+    router waits for a started tenant's port, not for an awake one's) and the wake's
+    phases (Server-Timing), which the router sums into its metrics."""
+    w = make_world(store, nodes={"n1": {}})
+    c = w.fleet.copy(w.project, "demo", sleep={"mode": "frozen"})
+    w.fleet.sleep(w.who, c["id"])
+    token = w.fleet.create_token(w.admin, "router")["token"]
+    app = create_app(w.fleet, monitor=False)
+    table = ControlPlaneTable("http://cp", token, transport=httpx.ASGITransport(app))
+    try:
+        woken = await table.wake(c["id"])
+        assert woken.was == "frozen"
+        assert set(woken.phases) == {"control_plane", "agent", "node"}
+        assert woken.phases["control_plane"] >= woken.phases["agent"] >= woken.phases["node"]
+        assert w.agents["n1"].tenants[c["id"]]["state"] == "running"
+        assert (await table.wake(c["id"])).was == "", "it was awake"
+        w.fleet.sleep(w.who, c["id"], "stopped")
+        assert (await table.wake(c["id"])).was == "stopped"
+    finally:
+        await table.close()

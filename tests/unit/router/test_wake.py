@@ -1,4 +1,6 @@
-"""Requests to sleeping tenants: woken once, held until the tenant answers, counted.
+"""Requests to sleeping tenants: woken once, held until the tenant answers, counted;
+and a refused connection to a tenant the table still has running (the control plane
+put it to sleep since the last refresh) wakes it too.
 
 The tenant stand-in starts listening only some time after the wake (as a stopped
 tenant's app does); tests/integration/test_sleep.py does the same with real tenants,
@@ -15,7 +17,7 @@ import httpx
 import pytest
 
 from hoody.router.proxy import Router
-from hoody.router.table import Route, RouteTable
+from hoody.router.table import Route, RouteTable, Woken
 
 
 def _free_port() -> int:
@@ -27,20 +29,23 @@ def _free_port() -> int:
 class Sleeper:
     """A tenant that starts answering `delay` s after it is woken."""
 
-    def __init__(self, delay: float = 0.2, fail: str | None = None) -> None:
+    def __init__(self, delay: float = 0.2, fail: str | None = None, was: str = "stopped") -> None:
         self.port = _free_port()
         self.delay = delay
         self.fail = fail
+        self.was = was  # what the control plane says it woke it from ("": it was awake)
         self.wakes: list[str] = []
         self.server: asyncio.Server | None = None
         self.starting: asyncio.Future[None] | None = None
 
-    async def wake(self, cid: str) -> None:
+    async def wake(self, cid: str) -> Woken:
         self.wakes.append(cid)
         await asyncio.sleep(0.02)  # the control plane's round trip
         if self.fail:
             raise RuntimeError(self.fail)
-        asyncio.get_running_loop().call_later(self.delay, self._listen)
+        if self.was:
+            asyncio.get_running_loop().call_later(self.delay, self._listen)
+        return Woken(self.was, {"control_plane": 0.02, "agent": 0.015, "node": 0.01})
 
     def _listen(self) -> None:
         self.starting = asyncio.ensure_future(self._start())
@@ -60,9 +65,9 @@ class Sleeper:
             writer.close()
 
 
-async def _router(sleeper: Sleeper) -> tuple[Router, asyncio.Server, int]:
+async def _router(sleeper: Sleeper, state: str = "sleeping") -> tuple[Router, asyncio.Server, int]:
     table = RouteTable(loaded=True)
-    table.routes["s"] = Route("s", "127.0.0.1", sleeper.port, "sleeping", public=True)
+    table.routes["s"] = Route("s", "127.0.0.1", sleeper.port, state, public=True)
 
     async def exchange(cid: str, claim: str) -> tuple[int, dict[str, str]]:
         return 401, {}
@@ -110,6 +115,62 @@ async def test_a_wake_that_fails_is_a_503_that_says_why() -> None:
             r = await http.get(f"http://127.0.0.1:{port}/", headers={"Host": f"s.localhost:{port}"})
         assert r.status_code == 503 and "which is down" in r.text
         assert router.wakes.failed == 1 and router.table.routes["s"].state == "sleeping"
+    finally:
+        router.close()
+        server.close()
+
+
+async def test_a_refused_connection_to_a_running_route_wakes_the_tenant(sleeper: Sleeper) -> None:
+    """The router's table is a refresh behind: it still says running while the
+    control plane has stopped the tenant. The refusal wakes it and the request waits."""
+    router, server, port = await _router(sleeper, state="running")
+    try:
+        async with httpx.AsyncClient(timeout=10) as http:
+            url, host = f"http://127.0.0.1:{port}/", {"Host": f"s.localhost:{port}"}
+            answers = await asyncio.gather(*(http.get(url, headers=host) for _ in range(3)))
+            assert [r.status_code for r in answers] == [200] * 3
+            assert sleeper.wakes == ["s"], "one wake for all the refused requests"
+            metrics = await http.get(url + "metrics", headers={"Host": f"localhost:{port}"})
+        assert "hoody_router_wake_refused_total 3" in metrics.text
+        assert 'hoody_router_wakes_total{result="ok"} 1' in metrics.text
+        # Where the wake's time went: the control plane's phases, and the port's.
+        phases = {
+            line.split('"')[1]: float(line.split()[-1])
+            for line in metrics.text.splitlines()
+            if line.startswith("hoody_router_wake_phase_seconds_total{")
+        }
+        assert phases["control_plane"] == pytest.approx(0.02) and phases["node"] > 0
+        assert phases["port"] >= sleeper.delay * 0.5, "the port opened after the delay"
+    finally:
+        router.close()
+        server.close()
+
+
+async def test_a_tenant_awake_yet_refusing_is_a_502_and_not_woken_again_at_once() -> None:
+    sleeper = Sleeper(was="")  # the control plane finds it awake: its app does not listen
+    router, server, port = await _router(sleeper, state="running")
+    try:
+        async with httpx.AsyncClient(timeout=10) as http:
+            url, host = f"http://127.0.0.1:{port}/", {"Host": f"s.localhost:{port}"}
+            first = await http.get(url, headers=host)
+            second = await http.get(url, headers=host)
+        assert first.status_code == second.status_code == 502
+        assert "refused the connection" in first.text
+        assert sleeper.wakes == ["s"], "no wake per request for a tenant that refuses"
+        assert router.wakes.wakes == 0, "nothing was woken"
+    finally:
+        router.close()
+        server.close()
+
+
+async def test_a_refused_tenant_that_cannot_be_woken_is_a_502_that_says_why() -> None:
+    sleeper = Sleeper(fail="container s is on node n1, which is down")
+    router, server, port = await _router(sleeper, state="running")
+    try:
+        async with httpx.AsyncClient(timeout=10) as http:
+            r = await http.get(f"http://127.0.0.1:{port}/", headers={"Host": f"s.localhost:{port}"})
+        assert r.status_code == 502 and "which is down" in r.text
+        assert router.wakes.failed == 1
     finally:
         router.close()
         server.close()
