@@ -7,12 +7,23 @@ their idle timeout (the router reports activity, the control plane sleeps them),
 are woken by a request through the router. `active` tenants get a request every few
 seconds meanwhile, so they stay awake. Half the idle tenants sleep stopped, half
 frozen; a wake is timed from sending a request to a sleeping tenant to its 200.
+
+The router runs with a router token, as in production, and sums where each wake's
+time went (its /metrics); `breakdown_ms` gives the mean per wake of each hop:
+
+    router_to_control_plane   the router's HTTP call, less the control plane's answer
+    control_plane             its own share: auth, database, threads
+    control_plane_to_agent    its HTTP call to the node agent, less the node's work
+    node                      the node's wake: a thaw, or the tenant's start
+    tenant_port               the wake answered → the tenant's port took the connection
+    first_answer              the rest: request → tenant → first byte back to the client
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
+import os
 import socket
 import statistics
 import subprocess
@@ -28,13 +39,17 @@ from hoody.agent.templates import DEMO_ARGS, DEMO_NAME
 from hoody.bench.density import memory_in_use
 from hoody.bench.fleet import ScratchFleet, scratch_fleet
 from hoody.bench.provision import percentile
-from hoody.bench.scratch import free_port
-from hoody.errors import HostError
+from hoody.bench.scratch import SCRATCH_BIG_SLOTS, free_port
+from hoody.errors import Exhausted, HostError
 
 __all__ = ["sleep_bench"]
 
 _CLI = [sys.executable, "-c", "from hoody.cli.main import main; main()"]
 _MIB = 1 << 20
+# Id slots beyond the tenants: the warm-up copy and a little slack.
+_SPARE_SLOTS = 8
+MAX_REGISTERED = SCRATCH_BIG_SLOTS - _SPARE_SLOTS
+_PHASES = ("control_plane", "agent", "node", "port")
 
 
 def _get(port: int, cid: str, timeout: float = 30.0) -> tuple[int, float]:
@@ -53,9 +68,12 @@ def _get(port: int, cid: str, timeout: float = 30.0) -> tuple[int, float]:
 
 @contextlib.contextmanager
 def _router(fleet: ScratchFleet) -> Iterator[int]:
+    """A `hoody router` process with a router token of its own, as in production (an
+    admin token would also pass checks a router token fails)."""
     port = free_port()
+    token = fleet.admin.create_token("router", description="bench sleep")["token"]
     argv = [*_CLI, "router", "--listen", f"127.0.0.1:{port}", "--domain", "localhost"]
-    argv += ["--api", fleet.url, "--token", fleet.admin_token]
+    argv += ["--api", fleet.url, "--token", token]
     log = fleet.control_dir / "router.log"
     with log.open("ab") as out:
         child = subprocess.Popen(
@@ -92,14 +110,25 @@ def sleep_bench(
     active: int = 20,
     samples: int = 40,
     idle_seconds: int = 10,
-    memory_mib: int = 24,
+    memory_mib: int | None = None,
     concurrency: int = 4,
 ) -> dict[str, Any]:
     """Make `registered` tenants (`active` of them kept busy), let the others fall
-    asleep, then time `samples` first requests to sleepers of each mode."""
+    asleep, then time `samples` first requests to sleepers of each mode.
+
+    `memory_mib`: each tenant's memory limit; None keeps demo-app's default (256 MiB),
+    and placement counts what the tenants are measured to use, as it would in
+    production. Copies placement refuses while it has not measured them yet (it
+    counts each at its limit until the node's next usage report) are tried again."""
     if not 0 <= active < registered:
         raise HostError("give --active below --registered: the idle ones are what is measured")
-    with scratch_fleet(1, pool_size="40G") as fleet, _router(fleet) as port:
+    if registered > MAX_REGISTERED:
+        raise HostError(
+            f"a scratch node holds at most {MAX_REGISTERED} tenants; give --registered "
+            f"{MAX_REGISTERED} or fewer"
+        )
+    fleet_ctx = scratch_fleet(1, pool_size="40G", id_slots=registered + _SPARE_SLOTS)
+    with fleet_ctx as fleet, _router(fleet) as port:
         with fleet.nodes[0].client() as agent:
             agent.create_template(DEMO_NAME, {"demo": True}, args=DEMO_ARGS)
         project = _project(fleet)
@@ -110,20 +139,31 @@ def sleep_bench(
             time.sleep(0.5)
         mem_empty = memory_in_use()
 
+        retried = {"copies": 0}
+
         def make(i: int) -> str:
             busy = i < active
             sleep = {
                 "idle_seconds": 120 if busy else idle_seconds,
                 "mode": "frozen" if i % 2 else "stopped",
             }
-            rec = fleet.admin.copy(
-                DEMO_NAME,
-                project=project,
-                metadata={"public": True, "bench": "busy" if busy else "idle"},
-                limits={"memory_mib": memory_mib},
-                sleep=sleep,
-            )
-            return str(rec["id"])
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    rec = fleet.admin.copy(
+                        DEMO_NAME,
+                        project=project,
+                        metadata={"public": True, "bench": "busy" if busy else "idle"},
+                        limits={"memory_mib": memory_mib} if memory_mib else None,
+                        sleep=sleep,
+                    )
+                    return str(rec["id"])
+                except Exhausted:
+                    # Refused at the limit before the node measured its tenants' use.
+                    if time.monotonic() > deadline:
+                        raise
+                    retried["copies"] += 1
+                    time.sleep(1.0)
 
         started = time.monotonic()
         with ThreadPoolExecutor(concurrency) as pool:
@@ -171,6 +211,8 @@ def sleep_bench(
             wakes: dict[str, list[float]] = {}
             failures: dict[str, int] = {}
             asking: dict[str, float] = {}
+            breakdown: dict[str, dict[str, float]] = {}
+            load = [round(os.getloadavg()[0], 2)]
             for mode, pool_cids in by_mode.items():
                 times, failed = [], 0
                 before = _router_wakes(port)
@@ -182,9 +224,13 @@ def sleep_bench(
                         failed += 1
                 after = _router_wakes(port)
                 # The router's own time from asking the control plane to its answer.
-                if after[0] > before[0]:
-                    asking[mode] = (after[1] - before[1]) / (after[0] - before[0]) * 1000
+                woken = after["count"] - before["count"]
+                if woken > 0:
+                    per = {k: (after[k] - before[k]) / woken * 1000 for k in after}
+                    asking[mode] = per["sum"]
+                    breakdown[mode] = _breakdown(per, times)
                 wakes[mode], failures[mode] = times, failed
+                load.append(round(os.getloadavg()[0], 2))
         finally:
             stop.set()
             if busy:
@@ -197,15 +243,18 @@ def sleep_bench(
             "active_awake": awake_busy,
             "asleep": {mode: len(c) for mode, c in by_mode.items()},
             "made_seconds": round(made_in, 1),
+            "copies_retried": retried["copies"],
             "idle_seconds": idle_seconds,
-            "memory_limit_mib": memory_mib,
+            "memory_limit_mib": memory_mib or "demo-app default",
             **{
                 mode: {
                     **_summary(times, failures[mode]),
                     "control_plane_wake_mean_ms": round(asking.get(mode, 0.0), 1),
+                    "breakdown_ms": breakdown.get(mode, {}),
                 }
                 for mode, times in wakes.items()
             },
+            "load_1m_during_wakes": load,
             "node_memory_in_use_mib": round(mem_asleep / _MIB),
             "tenants_memory_mib": round((mem_asleep - mem_empty) / _MIB),
             "node_memory_available_mib": round(
@@ -216,22 +265,39 @@ def sleep_bench(
         }
 
 
-def _router_wakes(port: int) -> tuple[int, float]:
-    """(wakes, seconds spent asking for them) from the router's /metrics."""
+def _breakdown(per: dict[str, float], times: list[float]) -> dict[str, float]:
+    """The mean wake's hops (ms) from the router's per-wake sums `per` and the
+    client's timings `times`; see the module."""
+    ask, control = per["sum"], per["control_plane"]
+    total = statistics.fmean(times) if times else 0.0
+    hops = {
+        "router_to_control_plane": ask - control,
+        "control_plane": control - per["agent"],
+        "control_plane_to_agent": per["agent"] - per["node"],
+        "node": per["node"],
+        "tenant_port": per["port"],
+        "first_answer": total - ask - per["port"],
+    }
+    return {k: round(v, 1) for k, v in hops.items()}
+
+
+def _router_wakes(port: int) -> dict[str, float]:
+    """The router's wake sums from its /metrics: count (wakes), sum (seconds spent
+    asking the control plane), and seconds per phase."""
     request = b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
     with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
         conn.sendall(request)
         data = b""
         while chunk := conn.recv(65536):
             data += chunk
-    values = {}
+    values = dict.fromkeys(("count", "sum", *_PHASES), 0.0)
     for line in data.decode(errors="replace").splitlines():
-        if line.startswith("hoody_router_wake_seconds_"):
-            key, _, value = line.partition(" ")
-            values[key] = float(value)
-    return int(values.get("hoody_router_wake_seconds_count", 0)), values.get(
-        "hoody_router_wake_seconds_sum", 0.0
-    )
+        key, _, value = line.partition(" ")
+        if key.startswith("hoody_router_wake_seconds_"):
+            values[key.removeprefix("hoody_router_wake_seconds_")] = float(value)
+        elif key.startswith('hoody_router_wake_phase_seconds_total{phase="'):
+            values[key.split('"')[1]] = float(value)
+    return values
 
 
 def _summary(times: list[float], failed: int) -> dict[str, Any]:

@@ -127,7 +127,13 @@ def sleep(
     active: Annotated[int, typer.Option(help="Of them, kept busy with requests.")] = 20,
     samples: Annotated[int, typer.Option(help="Wakes timed per sleep mode.")] = 40,
     idle_seconds: Annotated[int, typer.Option(help="Idle timeout of the idle tenants.")] = 10,
-    memory: Annotated[int, typer.Option(help="Memory limit (MiB) of each tenant.")] = 24,
+    memory: Annotated[
+        int | None,
+        typer.Option(
+            help="Memory limit (MiB) of each tenant; default: demo-app's own (256 MiB), "
+            "what its tenants get in production. Placement counts their measured use."
+        ),
+    ] = None,
     as_json: JsonOpt = True,
 ) -> None:
     """Through control plane, router and one node: idle tenants asleep; first request to
