@@ -1,4 +1,5 @@
-"""Idle tenants asleep, woken by their next request through the real router.
+"""Idle tenants asleep, woken by their next request through the real router; and a
+router whose table is behind a sleep still answers.
 
 A control plane (SQLite) with the scratch node joined, the router polling it and
 reporting activity, demo-app tenants made through the API with a short idle timeout.
@@ -7,6 +8,7 @@ Only loopback and the scratch node's tenants are contacted.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -14,9 +16,10 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
+from hoody import router as tenant_router
 from hoody.agent.templates import DEMO_NAME
 from hoody.bench.provision import wait_http_ok
-from hoody.bench.scratch import ScratchNode
+from hoody.bench.scratch import ScratchNode, free_port
 from hoody.control.client import Client
 from tests.integration.stack import product_stack
 
@@ -26,6 +29,8 @@ class Stack:
     client: Client
     router_port: int
     address: Callable[[str], str]  # a tenant's ip:port on its node, as the admin sees it
+    api: str = ""
+    admin: str = ""
 
     def get(self, cid: str, path: str = "/") -> httpx.Response:
         headers = {"Host": f"{cid}.localhost:{self.router_port}"}
@@ -47,7 +52,7 @@ def until(check: Callable[[], bool], timeout: float) -> float:
 @pytest.fixture(scope="module")
 def stack(scratch: ScratchNode) -> Iterator[Stack]:
     with product_stack(scratch, "sleep") as s:
-        yield Stack(s.client, s.router_port, s.address)
+        yield Stack(s.client, s.router_port, s.address, s.api, s.admin)
 
 
 @pytest.mark.parametrize("mode", ["stopped", "frozen"])
@@ -83,8 +88,50 @@ def test_an_idle_tenant_sleeps_and_its_next_request_wakes_it(stack: Stack, mode:
     assert stack.get(cid, "/api/visits").json()["visits"] > r.json()["visits"]
 
 
-def _wakes(metrics: str) -> int:
+def _wakes(metrics: str, series: str = 'hoody_router_wakes_total{result="ok"}') -> int:
     for line in metrics.splitlines():
-        if line.startswith('hoody_router_wakes_total{result="ok"}'):
+        if line.startswith(series + " "):
             return int(line.split()[-1])
-    raise AssertionError(f"no wake counter in {metrics!r}")
+    raise AssertionError(f"no {series} in {metrics!r}")
+
+
+@pytest.mark.parametrize("mode", ["stopped", "frozen"])
+def test_a_router_whose_table_is_behind_a_sleep_still_answers(stack: Stack, mode: str) -> None:
+    """The control plane puts a tenant to sleep; a router that has not refreshed its
+    table since (here it never does on its own) still routes to it as running.
+    Stopped: the refused connection wakes the tenant and the request is answered, not
+    502. Frozen: the tenant's kernel takes the connection and the request waits; the
+    router's next refresh (forced here by a request for an unknown host) says the
+    tenant sleeps, and the router wakes it."""
+    c = stack.client.copy(DEMO_NAME, metadata={"public": True})
+    cid = c["id"]
+    wait_http_ok(f"http://{stack.address(cid)}/healthz")
+    with Client(stack.api, stack.admin) as root:
+        token = root.create_token("router", description="lagging router")["token"]
+    port = free_port()
+    stop = tenant_router.start_in_thread(
+        stack.api, token, f"127.0.0.1:{port}", "localhost", refresh_every=3600
+    )
+    lagging = Stack(stack.client, port, stack.address)
+    try:
+        assert lagging.get(cid).status_code == 200
+        assert stack.client.sleep(cid, mode)["state"] == "sleeping"
+        before = lagging.metrics()
+        answers: list[httpx.Response] = []
+        asking = threading.Thread(target=lambda: answers.append(lagging.get(cid, "/api/visits")))
+        asking.start()
+        if mode == "frozen":
+            asking.join(timeout=1.0)
+            assert asking.is_alive(), "a frozen tenant's request waits for the wake"
+            assert lagging.get("unknown-tenant").status_code == 404  # refreshes the table
+        asking.join(timeout=30)
+        assert answers and answers[0].status_code == 200, answers and answers[0].text
+        assert answers[0].json()["tenant"] == cid
+        assert stack.client.container(cid)["state"] == "running"
+        after = lagging.metrics()
+        assert _wakes(after) == _wakes(before) + 1
+        refused = "hoody_router_wake_refused_total"
+        assert _wakes(after, refused) == _wakes(before, refused) + (mode == "stopped")
+    finally:
+        stop()
+        stack.client.delete(cid)

@@ -46,12 +46,14 @@ async def serve(
     domain: str = "localhost",
     tls: ssl.SSLContext | None = None,
     ready: asyncio.Event | None = None,
+    refresh_every: float = 0.5,
 ) -> None:
-    """Route until cancelled. Raises if the control plane cannot be reached at start."""
+    """Route until cancelled, reloading the route table every `refresh_every` s.
+    Raises if the control plane cannot be reached at start."""
     host, _, port = listen.rpartition(":")
     if not port.isdigit():
         raise InvalidInput(f"listen address {listen!r} is invalid; give host:port")
-    source = ControlPlaneTable(api_url, token)
+    source = ControlPlaneTable(api_url, token, every=refresh_every)
     await source.start()
     router = Router(
         source.table,
@@ -96,6 +98,7 @@ def start_in_thread(
     listen: str,
     domain: str = "localhost",
     tls: ssl.SSLContext | None = None,
+    refresh_every: float = 0.5,
 ) -> Callable[[], None]:
     """`serve` on an event loop thread of this process (`hoody up`, tests); returns
     once it accepts connections, with the function that stops it."""
@@ -105,7 +108,9 @@ def start_in_thread(
 
     def main() -> None:
         asyncio.set_event_loop(loop)
-        task = loop.create_task(serve(api_url, token, listen, domain, tls, ready=ready))
+        task = loop.create_task(
+            serve(api_url, token, listen, domain, tls, ready=ready, refresh_every=refresh_every)
+        )
         try:
             loop.run_until_complete(task)
         except asyncio.CancelledError:

@@ -26,6 +26,8 @@ Before a request reaches a tenant:
                                                       held until it answers (WAKE_TIMEOUT)
     tenant refuses the connection                   → woken too, then tried once more: the
                                                       table may be a refresh behind a sleep
+    tenant falls asleep with a request unanswered   → woken (a frozen tenant took the
+                                                      connection, then froze)
     tenant stopped / not answering / too slow       → 503 / 502 / 504 page
 
 What the tenant and the client see of each other's heads is in `headers.py`.
@@ -780,6 +782,7 @@ class Router:
         self.wake = wake
         self.wakes = WakeCounters()
         self._waking: dict[str, asyncio.Future[Woken | str]] = {}
+        self._background: set[asyncio.Future[Woken | str]] = set()
         # Tenants found awake yet refusing connections: loop time, not asked again soon.
         self._refusing: dict[str, float] = {}
         # Tenant → loop time of its latest request, taken by the activity reporter.
@@ -796,6 +799,7 @@ class Router:
         self.proto = b"https" if secure else b"http"
         self.cookie = (SECURE_COOKIE if secure else COOKIE).encode()
         self.hosts = Hosts(self.domain)
+        table.on_sleep = self._fell_asleep
         # Verified session cookies: (ring, cid, generation, expiry) they were good for.
         self._sessions: dict[bytes, tuple[claims.KeyRing, str, int, float]] = {}
         self._sweeper: asyncio.Task[None] | None = None
@@ -839,6 +843,27 @@ class Router:
         for conn in list(self.connections):
             conn._close()
         self.pool.close()
+
+    def _fell_asleep(self, cids: list[str]) -> None:
+        """The table says `cids` sleep now. A request sent to one of them and not yet
+        answered went out while the table was behind: a frozen tenant's kernel took
+        the connection and the request waits in its socket, so wake it."""
+        if self.wake is None:
+            return
+        asleep = set(cids)
+        for conn in self.connections:
+            pending, up = conn.pending, conn.upstream
+            if (
+                pending is not None
+                and up is not None
+                and not up.answered
+                and pending.route.cid in asleep
+                and not pending.woken
+            ):
+                pending.woken = True
+                task = asyncio.ensure_future(self.wake_tenant(pending.route.cid))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
 
     def may_sleep(self, cid: str) -> bool:
         """Whether a refused connection to `cid` is worth a wake: this router wakes

@@ -67,6 +67,9 @@ class RouteTable:
     ring: claims.KeyRing = field(default_factory=lambda: claims.KeyRing({}))
     loaded: bool = False
     stale: bool = False  # dropped: not refreshed for STALE_AFTER seconds
+    # Called by `load` with the tenants that were running and now sleep (the router
+    # wakes those it sent a request to that is still unanswered).
+    on_sleep: Callable[[list[str]], None] | None = None
 
     def drop(self) -> None:
         """Forget every route and key (the control plane has been out of reach)."""
@@ -90,7 +93,16 @@ class RouteTable:
                 public=bool(r.get("public")),
                 generation=int(r.get("generation", 0)),
             )
+        old = self.routes
         self.routes = routes
+        if self.on_sleep is not None:
+            slept = [
+                cid
+                for cid, r in routes.items()
+                if r.state == "sleeping" and (was := old.get(cid)) and was.state == "running"
+            ]
+            if slept:
+                self.on_sleep(slept)
         ring = claims.KeyRing(
             dict(data.get("keys", {})), frozenset(data.get("retired", [])), data.get("newest")
         )

@@ -174,3 +174,51 @@ async def test_a_refused_tenant_that_cannot_be_woken_is_a_502_that_says_why() ->
     finally:
         router.close()
         server.close()
+
+
+async def test_a_request_to_a_tenant_frozen_under_it_is_answered_once_woken() -> None:
+    """The table still said running, so the request went out; the tenant froze (its
+    kernel took the connection, the app reads nothing). When the table says it sleeps,
+    the router wakes it and the request is answered."""
+    thawed = asyncio.Event()
+    wakes: list[str] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        await thawed.wait()  # frozen: the request waits in the socket
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nthawed")
+        await writer.drain()
+        writer.close()
+
+    async def wake(cid: str) -> Woken:
+        wakes.append(cid)
+        thawed.set()
+        return Woken("frozen")
+
+    tenant = await asyncio.start_server(handle, "127.0.0.1", 0)
+    tport = tenant.sockets[0].getsockname()[1]
+    table = RouteTable(loaded=True)
+    table.routes["f"] = Route("f", "127.0.0.1", tport, "running", public=True)
+
+    async def exchange(cid: str, claim: str) -> tuple[int, dict[str, str]]:
+        return 401, {}
+
+    router = Router(table, "localhost", exchange, wake=wake)
+    server = await router.start("127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with httpx.AsyncClient(timeout=10) as http:
+            asking = asyncio.ensure_future(
+                http.get(f"http://127.0.0.1:{port}/", headers={"Host": f"f.localhost:{port}"})
+            )
+            await asyncio.sleep(0.2)
+            assert not asking.done() and wakes == []
+            # The next refresh: it sleeps (frozen) since the last one.
+            table.load({"routes": {"f": {"upstream": f"127.0.0.1:{tport}", "state": "sleeping"}}})
+            r = await asking
+        assert r.status_code == 200 and r.text == "thawed"
+        assert wakes == ["f"]
+    finally:
+        router.close()
+        server.close()
+        tenant.close()
