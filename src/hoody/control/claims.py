@@ -50,7 +50,11 @@ def _active(row: ClaimKey) -> bool:
 
 
 def is_public(row: Container) -> bool:
-    return row.meta.get("public") in (True, "true", "1", "yes")
+    return _public(row.meta)
+
+
+def _public(meta: dict[str, Any] | None) -> bool:
+    return (meta or {}).get("public") in (True, "true", "1", "yes")
 
 
 class Claims(FleetBase):
@@ -175,17 +179,29 @@ class Claims(FleetBase):
         with the active public keys the router verifies sessions with."""
         who.require_router()
         ring = self._ring()
+        # The columns alone, not whole rows: routers ask twice a second, and loading
+        # 1,000 full rows (every JSON column decoded) took 85 ms of the control
+        # plane's CPU per ask.
+        columns = (
+            Container.id,
+            Container.ip,
+            Container.port,
+            Container.node,
+            Container.state,
+            Container.meta,
+            Container.claims_gen,
+        )
         with self.store.read() as s:
-            rows = s.scalars(select(Container).where(Container.state.in_(_ROUTED)))
+            rows = s.execute(select(*columns).where(Container.state.in_(_ROUTED)))
             routes = {
-                r.id: {
-                    "upstream": f"{r.ip}:{r.port}" if r.ip else "",
-                    "node": r.node,
-                    "state": r.state,
-                    "public": is_public(r),
-                    "generation": r.claims_gen,
+                cid: {
+                    "upstream": f"{ip}:{port}" if ip else "",
+                    "node": node,
+                    "state": state,
+                    "public": _public(meta),
+                    "generation": gen,
                 }
-                for r in rows
+                for cid, ip, port, node, state, meta, gen in rows
             }
         return {
             "routes": routes,
