@@ -58,6 +58,16 @@ class NetworkContract:
 
     # --- policy ---------------------------------------------------------------------
 
+    def test_has_tenant_follows_apply_and_remove(
+        self, network: Network, firewall: Firewall
+    ) -> None:
+        ip = self.tenant(network, firewall, "t1", 10)
+        assert firewall.has_tenant("t1", ip)
+        assert not firewall.has_tenant("t1", self.ip(network, 11)), "another address"
+        assert not firewall.has_tenant("t2", ip)
+        firewall.remove_tenant("t1")
+        assert not firewall.has_tenant("t1", ip)
+
     def test_default_policy_node_reaches_the_app_port_only(
         self, network: Network, firewall: Firewall, reach: Reach
     ) -> None:

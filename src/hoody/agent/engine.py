@@ -403,6 +403,11 @@ class Node:
         pid = 0
         if not start:
             self.firewall.apply_tenant(tid, rec.ip, rec.firewall)
+        elif self.firewall.has_tenant(tid, rec.ip):
+            # Stopped or asleep (stopped): its chain stayed; one nft run fewer on the
+            # way to a woken tenant's first answer (and no process beside runc's).
+            pid = self.runtime.start(self._container_spec(rec, rootfs, netns, userns))
+            undo.add(lambda: self.runtime.stop(tid, timeout=0), "stop container")
         else:
             # The firewall chain and the container start at the same time (both wait on
             # a subprocess). Safe: until the tenant's map entries exist, the base chains

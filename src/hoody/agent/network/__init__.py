@@ -160,6 +160,10 @@ class Firewall(Protocol):
     def remove_tenant(self, tid: str) -> None:
         """Remove the tenant's chain and map entries; harmless when absent."""
 
+    def has_tenant(self, tid: str, ip: str) -> bool:
+        """Whether the tenant's chain is in place for `ip` (applied, not removed since):
+        a start after a stop or a sleep need not apply it again."""
+
     def list_tenants(self) -> list[str]: ...
 
     def teardown(self) -> None:

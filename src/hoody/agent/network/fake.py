@@ -69,6 +69,10 @@ class FakeFirewall:
     def remove_tenant(self, tid: str) -> None:
         self.policies.pop(tid, None)
 
+    def has_tenant(self, tid: str, ip: str) -> bool:
+        applied = self.policies.get(tid)
+        return self.base and applied is not None and applied[0] == ip
+
     def list_tenants(self) -> list[str]:
         return sorted(self.policies)
 

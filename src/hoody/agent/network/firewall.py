@@ -218,6 +218,13 @@ class NftFirewall:
             for ip in ips:
                 del owners[ip]
 
+    def has_tenant(self, tid: str, ip: str) -> bool:
+        # The map entry and the chains are added and removed in one nft script each,
+        # so the entry stands for both; the map is read from the kernel once per
+        # process (a host restart empties it) and kept in step with every change.
+        with self._lock:
+            return self._known_owners().get(ip) == tid
+
     def list_tenants(self) -> list[str]:
         return sorted(self._tenant_chains())
 
