@@ -23,6 +23,7 @@ import errno
 import hashlib
 import ipaddress
 import os
+import socket
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -94,6 +95,16 @@ def _get_link(ipr: IPRoute, name: str) -> Any | None:
         raise
 
 
+def _link_here(name: str) -> bool:
+    """Whether link `name` exists in this thread's network namespace (an ioctl, not a
+    netlink socket: ~10 us)."""
+    try:
+        socket.if_nametoindex(name)
+    except OSError:
+        return False
+    return True
+
+
 def _write_sysctl(key: str, value: str) -> None:
     Path("/proc/sys", *key.split(".")).write_text(value)
 
@@ -104,6 +115,8 @@ class LinuxNetwork:
     def __init__(self, config: NetworkConfig) -> None:
         self.config = config
         self._lock = threading.Lock()
+        # Tenant → the address its attachment was made or checked with by this process.
+        self._known: dict[str, str] = {}
 
     # --- names ----------------------------------------------------------------------
 
@@ -180,8 +193,13 @@ class LinuxNetwork:
 
     def attach(self, tid: str, ip: str) -> Path:
         path = self._netns_path(tid)
-        if path.exists():  # re-attach (agent restart) or a half-made attachment
+        if path.exists():  # a start after a stop or sleep, an agent restart, a half-made one
+            # Made or checked by this process and its host end still there: whole (a
+            # full check enters the namespace: 9-25 ms of a stopped tenant's wake).
+            if self._known.get(tid) == ip and _link_here(self.host_link(tid)):
+                return path
             if self._attached_with(tid, ip):
+                self._known[tid] = ip
                 return path
             self.detach(tid)
         host = self.host_link(tid)
@@ -199,9 +217,11 @@ class LinuxNetwork:
                 raise HostError(f"cannot create the network of tenant {tid}: {exc}") from exc
             self._plug_host_end(tid, host, ip)
             undo.commit()
+        self._known[tid] = ip
         return path
 
     def detach(self, tid: str) -> None:
+        self._known.pop(tid, None)
         self._unplug(self.host_link(tid))
         self._remove_netns(self._netns_path(tid))
 
