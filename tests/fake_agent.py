@@ -169,7 +169,7 @@ class FakeAgent:
             )
         body = self._act(tid, "wake", {})
         return httpx.Response(
-            200, json=body, headers={"Hoody-Woke": woke, "Server-Timing": "node;dur=0.5"}
+            200, json=body, headers={"Hoody-Woke": woke, "Server-Timing": "node;dur=0.01"}
         )
 
     # replication: the "stream" is the record and the parent it was sent against
