@@ -361,9 +361,7 @@ class Node:
     def sleepers(self) -> dict[str, dict[str, Any]]:
         """The sleeping tenants: id → {"mode", "at": when it fell asleep}."""
         return {
-            r.id: {"mode": r.asleep or "stopped", "at": r.slept_at}
-            for r in self.store.tenants()
-            if r.status == "sleeping"
+            tid: {"mode": mode or "stopped", "at": at} for tid, mode, at in self.store.sleepers()
         }
 
     def _bring_up(self, rec: TenantRecord, undo: Undo, *, start: bool) -> TenantRecord:

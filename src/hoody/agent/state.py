@@ -387,6 +387,15 @@ class NodeStore:
             ).fetchall()
         return [(r["id"], r["desired"], r["status"]) for r in rows]
 
+    def sleepers(self) -> list[tuple[str, str, float]]:
+        """(id, sleep mode, when it fell asleep) of every sleeping tenant, without
+        decoding the configurations (every heartbeat asks; thousands may sleep)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, asleep, slept_at FROM tenants WHERE status = 'sleeping'"
+            ).fetchall()
+        return [(r["id"], r["asleep"], r["slept_at"]) for r in rows]
+
     def id_used(self, tid: str) -> bool:
         with self._lock:
             return bool(self._db.execute("SELECT 1 FROM used_ids WHERE id = ?", (tid,)).fetchone())

@@ -219,11 +219,15 @@ def test_a_sleeping_tenant_keeps_its_place_and_wakes(node: Node, mode: str) -> N
     else:
         assert runtime.state("t1").status == "absent"
     assert node.supervise_once(now=5000.0) == [], "the supervisor leaves a sleeper asleep"
-    woken = node.wake("t1")
+    assert node.sleepers() == {"t1": {"mode": mode, "at": slept.slept_at}}
+    woken, was = node.wake_from("t1")
+    assert was == mode, "what it was woken from"
     assert woken.status == "running" and woken.ip == rec.ip and woken.asleep == ""
+    assert node.sleepers() == {}
     assert runtime.state("t1").status == "running" and not runtime.frozen("t1")
     assert (woken.pid == rec.pid) is (mode == "frozen"), "a thaw keeps the processes"
     assert node.wake("t1").pid == woken.pid, "waking a running tenant is harmless"
+    assert node.wake_from("t1")[1] == "", "it was awake"
 
 
 def test_sleep_follows_the_policy_and_refuses_what_does_not_run(node: Node) -> None:
