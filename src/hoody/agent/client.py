@@ -16,6 +16,7 @@ import httpx
 
 from hoody import errors
 from hoody.errors import HoodyError, HostError
+from hoody.keepalive import CLIENT_LIMITS
 
 __all__ = [
     "WOKE_HEADER",
@@ -110,6 +111,7 @@ class AgentClient:
             headers={"Authorization": f"Bearer {token}"},
             transport=transport,
             timeout=timeout,
+            limits=CLIENT_LIMITS,
         )
 
     def close(self) -> None:

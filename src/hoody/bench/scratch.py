@@ -44,6 +44,7 @@ from hoody.agent.linux import build_node, init_node
 from hoody.agent.storage.pool import destroy_pool
 from hoody.agent.templates import DEMO_ARGS, DEMO_NAME, demo_source
 from hoody.errors import HoodyError
+from hoody.keepalive import SERVER_KEEP_ALIVE
 
 __all__ = [
     "ScratchNode",
@@ -106,7 +107,12 @@ def _free_subnet() -> str:
 def serve_in_thread(app: Any, port: int) -> Iterator[str]:
     """Run an ASGI app with uvicorn on 127.0.0.1:`port` in a thread; yield its URL."""
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=2
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        timeout_keep_alive=SERVER_KEEP_ALIVE,
+        timeout_graceful_shutdown=2,
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)

@@ -34,6 +34,7 @@ from hoody.cli.common import (
 )
 from hoody.control.client import Client, save_config
 from hoody.errors import HoodyError, InvalidInput
+from hoody.keepalive import SERVER_KEEP_ALIVE
 from hoody.private import private_dir, private_file
 
 if TYPE_CHECKING:
@@ -204,6 +205,7 @@ def server(
             host=host or "127.0.0.1",
             port=int(port),
             log_level="warning",
+            timeout_keep_alive=SERVER_KEEP_ALIVE,
             # Dashboard browsers hold event streams open: end them after 2 s on exit.
             timeout_graceful_shutdown=2,
         )

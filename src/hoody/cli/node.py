@@ -42,6 +42,7 @@ from hoody.cli.common import (
     status,
 )
 from hoody.errors import InvalidInput
+from hoody.keepalive import SERVER_KEEP_ALIVE
 
 __all__ = ["advertised_url", "agent", "app"]
 
@@ -248,7 +249,13 @@ def serve(
             credential=credential,
         )
     try:
-        uvicorn.run(create_app(node, agent_token), host=host, port=int(port), log_level="warning")
+        uvicorn.run(
+            create_app(node, agent_token),
+            host=host,
+            port=int(port),
+            log_level="warning",
+            timeout_keep_alive=SERVER_KEEP_ALIVE,
+        )
     finally:
         if stop is not None:
             stop.set()

@@ -40,6 +40,7 @@ from hoody.agent.config import DEFAULT_STATE_DIR, NodeConfig
 from hoody.cli.common import JsonOpt, console
 from hoody.control.client import Client, save_config
 from hoody.errors import HoodyError, HostError, InvalidInput
+from hoody.keepalive import SERVER_KEEP_ALIVE
 from hoody.private import private_dir
 
 if TYPE_CHECKING:
@@ -141,6 +142,7 @@ def _serve(app: Any, listen: str, name: str) -> Component:
             host=host or "127.0.0.1",
             port=int(port),
             log_level="warning",
+            timeout_keep_alive=SERVER_KEEP_ALIVE,
             # Dashboard browsers hold event streams open: end them after 2 s on exit.
             timeout_graceful_shutdown=2,
         )

@@ -26,6 +26,7 @@ import httpx
 from hoody.agent.client import raise_for_error
 from hoody.control.exec_client import ExecOutput, ExecSession, run_to_end, start_message
 from hoody.errors import Conflict, HostError, InvalidInput
+from hoody.keepalive import CLIENT_LIMITS
 
 __all__ = ["Client", "config_path", "load_config", "save_config"]
 
@@ -94,7 +95,11 @@ class Client:
             self.http = http
         else:
             self.http = httpx.Client(
-                base_url=self.url, headers=headers, transport=transport, timeout=timeout
+                base_url=self.url,
+                headers=headers,
+                transport=transport,
+                timeout=timeout,
+                limits=CLIENT_LIMITS,
             )
 
     def close(self) -> None:

@@ -24,6 +24,7 @@ import httpx
 
 from hoody import claims
 from hoody.agent.client import WOKE_HEADER, server_timing
+from hoody.keepalive import CLIENT_LIMITS
 
 __all__ = ["STALE_AFTER", "ControlPlaneTable", "Route", "RouteTable", "Woken"]
 
@@ -147,6 +148,7 @@ class ControlPlaneTable:
             headers={"Authorization": f"Bearer {token}"},
             timeout=10.0,
             transport=transport,
+            limits=CLIENT_LIMITS,
         )
         self._task: asyncio.Task[None] | None = None
         self._reporter: asyncio.Task[None] | None = None
