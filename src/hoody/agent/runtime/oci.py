@@ -509,7 +509,7 @@ class OciRuntime:
                 "this host has no cgroup freezer (no /sys/fs/cgroup/freezer); "
                 "use the stopped sleep mode"
             )
-        path, frozen, _ = self._freezer(tid)
+        path, frozen, thawed = self._freezer(tid)
         try:
             path.write_text(frozen)
         except OSError as exc:
@@ -518,6 +518,7 @@ class OciRuntime:
         # `frozen 1` in cgroup.events): wait, so a frozen tenant really uses no CPU.
         deadline = time.monotonic() + 5.0
         pause = 0.0002
+        tries = 0
         while not self.frozen(tid):
             if time.monotonic() > deadline:
                 self.thaw(tid)
@@ -527,6 +528,17 @@ class OciRuntime:
                 )
             time.sleep(pause)
             pause = min(pause * 2, 0.01)
+            tries += 1
+            if self.caps.cgroup != "v2":
+                # v1 freezes the tasks it finds once: one forking or busy in the kernel
+                # then can stay unfrozen for good (FREEZING; seen on a loaded host right
+                # after a start). Ask again, and now and then thaw a moment so it gets
+                # to where it can freeze, as runc's own freezer does.
+                with contextlib.suppress(OSError):
+                    if tries % 20 == 0:
+                        path.write_text(thawed)
+                        time.sleep(0.001)
+                    path.write_text(frozen)
 
     def thaw(self, tid: str) -> None:
         check_tenant_id(tid)
