@@ -845,9 +845,10 @@ class Router:
         self.pool.close()
 
     def _fell_asleep(self, cids: list[str]) -> None:
-        """The table says `cids` sleep now. A request sent to one of them and not yet
-        answered went out while the table was behind: a frozen tenant's kernel took
-        the connection and the request waits in its socket, so wake it."""
+        """The table says `cids` sleep now. A request to one of them that is being
+        sent or was sent and is not yet answered went out while the table was behind:
+        a frozen tenant's kernel takes the connection and the request waits in its
+        socket, so wake it."""
         if self.wake is None:
             return
         asleep = set(cids)
@@ -855,10 +856,9 @@ class Router:
             pending, up = conn.pending, conn.upstream
             if (
                 pending is not None
-                and up is not None
-                and not up.answered
                 and pending.route.cid in asleep
                 and not pending.woken
+                and (up is None or not up.answered)
             ):
                 pending.woken = True
                 task = asyncio.ensure_future(self.wake_tenant(pending.route.cid))
