@@ -483,6 +483,7 @@ class ClientConnection(asyncio.Protocol):
                         else:
                             self.router.refusing(cid)
                         continue
+                    self.router.refusing(cid)  # stopped by its owner, or its node down
                     why = f"refused the connection and could not be woken: {woken}"
             except (OSError, TimeoutError):
                 pass
