@@ -39,6 +39,8 @@ __all__ = [
 _FRAMING = frozenset({b"host", b"content-length", b"transfer-encoding"})
 _SKIP_REQUEST = HOP_BY_HOP | {b"host", b"cookie", b"forwarded", b"x-real-ip"}
 _PASSES: dict[bytes, bool] = {}  # request header name (as spelled) → goes to the tenant
+# Response headers that make a client's head differ from the tenant's header lines.
+_REWRITTEN = HOP_BY_HOP | {b"set-cookie"}
 _HOST = re.compile(rb"^(\[[0-9a-f:.]+\]|[a-z0-9.-]{1,253})(?::([0-9]{1,5}))?$")
 _LABEL = re.compile(rb"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 
@@ -205,6 +207,18 @@ def client_response(response: Head, keep: bool | None) -> bytes:
     """The tenant's response head as the client gets it (see the module docstring).
     `keep` chooses the Connection header; None for interim (1xx) answers, which carry
     none, except a 101 that keeps its Upgrade."""
+    if (
+        keep is not None
+        and response.lines is not None
+        and response.fields.keys().isdisjoint(_REWRITTEN)  # also no Connection-named ones
+    ):
+        # Nothing to drop or filter: the tenant's checked lines go on as they came.
+        return (
+            b" ".join(response.start)
+            + b"\r\n"
+            + response.lines
+            + (b"Connection: keep-alive\r\n\r\n" if keep else b"Connection: close\r\n\r\n")
+        )
     lines = [b" ".join(response.start)]
     named = _named(response)
     for key, value in response.headers:

@@ -84,11 +84,14 @@ class BadMessage(Exception):
 @dataclass(slots=True)
 class Head:
     """A parsed request or response head. `headers` keep their original spelling;
-    `fields` maps each lower-cased name to its values joined with ", " (RFC 9110 5.3)."""
+    `fields` maps each lower-cased name to its values joined with ", " (RFC 9110 5.3).
+    `lines` (responses only) are the header lines as received and checked, each ended
+    by CRLF: what `headers` says, ready to pass on as they are."""
 
     start: list[bytes]  # method, target, version  |  version, status, reason
     headers: list[tuple[bytes, bytes]]
     fields: dict[bytes, bytes]
+    lines: bytes | None = None
 
     def get(self, name: bytes) -> bytes | None:
         return self.fields.get(name)
@@ -274,17 +277,19 @@ def parse_response_head(raw: bytes) -> Head:
         or start[0] not in (b"HTTP/1.1", b"HTTP/1.0")
         or len(start[1]) != 3
         or not start[1].isdigit()
-        or (len(start) == 3 and _BAD_VALUE.search(start[2]))
+        or (len(start) == 3 and not start[2].isalpha() and _BAD_VALUE.search(start[2]))
     ):
         raise BadMessage("malformed status line", 502)
     if len(start) == 2:
         start.append(b"")
     block = raw[first + 2 : -2]
+    if not block:
+        return Head(start, [], {}, block)
     if not _FIELDS.fullmatch(block):  # one pass in C over every header line
         raise BadMessage("malformed header line or control character in a header", 502)
     headers = []
     fields: dict[bytes, bytes] = {}
-    for line in block[:-2].split(b"\r\n") if block else ():
+    for line in block[:-2].split(b"\r\n"):
         name, _, value = line.partition(b":")
         value = value.strip(b" \t")
         headers.append((name, value))
@@ -293,19 +298,16 @@ def parse_response_head(raw: bytes) -> Head:
     if b"transfer-encoding" in fields and b"content-length" in fields:
         headers = [(k, v) for k, v in headers if k.lower() != b"content-length"]
         del fields[b"content-length"]
-    return Head(start, headers, fields)
+        return Head(start, headers, fields)  # `lines` would still hold the length
+    return Head(start, headers, fields, block)
 
 
-def _length(head: Head) -> int:
-    length = head.get(b"content-length")
-    assert length is not None
-    if length.isdigit() and len(length) <= 15:
-        return int(length)
-    values = {v.strip() for v in length.split(b",")}  # "5, 5" is one length
-    value = values.pop()
-    if values or not value.isdigit() or len(value) > 15:
+def _length(value: bytes) -> int:
+    values = {v.strip() for v in value.split(b",")}  # "5, 5" is one length
+    length = values.pop()
+    if values or not length.isdigit() or len(length) > 15:
         raise BadMessage("bad Content-Length", 502)
-    return int(value)
+    return int(length)
 
 
 def response_framing(head: Head, method: bytes) -> tuple[int, int]:
@@ -313,15 +315,17 @@ def response_framing(head: Head, method: bytes) -> tuple[int, int]:
     status = head.start[1]
     if method == b"HEAD" or status[:1] == b"1" or status in (b"204", b"304"):
         return NONE, 0
-    te = head.get(b"transfer-encoding")
+    fields = head.fields
+    te = fields.get(b"transfer-encoding")
     if te is not None:
         # Chunked must be the last coding; any other ends with the connection.
         last = te.rsplit(b",", 1)[-1].strip().lower()
         return (CHUNKED, 0) if last == b"chunked" else (CLOSE, 0)
-    if head.get(b"content-length") is not None:
-        length = _length(head)
-        return (LENGTH, length) if length else (NONE, 0)
-    return CLOSE, 0
+    value = fields.get(b"content-length")
+    if value is None:
+        return CLOSE, 0
+    length = int(value) if value.isdigit() and len(value) <= 15 else _length(value)
+    return (LENGTH, length) if length else (NONE, 0)
 
 
 class Framer:

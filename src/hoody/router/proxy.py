@@ -156,6 +156,9 @@ class ClientConnection(asyncio.Protocol):
         self.session: bytes | None = None  # the session cookie the request came with
         self.counted = False
         self.forwarding = (b"", b"")  # (host, forwarding header lines for it)
+        # The Host of this connection's last routed request and what it routed to: a
+        # browser asks one host many times per connection (one entry, bounded memory).
+        self.routed: tuple[bytes | None, str, bytes] = (None, "", b"")
         self.keep = True
         self.version = b"HTTP/1.1"
         self.upstream: UpstreamConnection | None = None
@@ -278,7 +281,13 @@ class ClientConnection(asyncio.Protocol):
             req.drop = True
             return
         if self.current is None and not self.queue:
-            self._start(req)
+            self.current = req  # self._start(req), without the call on the fast path
+            self.version = head.start[2]
+            self.keep = keep
+            try:
+                self._dispatch(req, may_refresh=True)
+            except BadMessage as exc:
+                self._answer(exc.status, "Bad request", str(exc), keep=False)
         else:
             if len(self.queue) >= MAX_PIPELINED:
                 raise BadMessage("too many pipelined requests")
@@ -323,8 +332,15 @@ class ClientConnection(asyncio.Protocol):
         router = self.router
         head = req.head
         raw_host = head.fields[b"host"]
-        cid, host = router.tenant_of(raw_host)
-        target = origin_target(head.start[0], head.start[1], raw_host)
+        routed = self.routed
+        if raw_host == routed[0]:
+            cid: str | None = routed[1]
+            host = routed[2]
+        else:
+            cid, host = router.tenant_of(raw_host)
+        target = head.start[1]
+        if target[:1] != b"/":
+            target = origin_target(head.start[0], target, raw_host)
         route = router.table.routes.get(cid) if cid else None
         if route is None:
             if (
@@ -347,7 +363,9 @@ class ClientConnection(asyncio.Protocol):
                 return
             self._answer(404, "No tenant here", router.unknown(cid))
             return
-        router.hosts.remember(raw_host, route.cid, host)
+        if routed[0] != raw_host:
+            router.hosts.remember(raw_host, route.cid, host)
+            self.routed = (raw_host, route.cid, host)
         cookie = None
         if b"cookie" in head.fields:
             sessions, others = split_cookies(head, router.cookie)
@@ -357,7 +375,7 @@ class ClientConnection(asyncio.Protocol):
         else:
             others = None
         self.session = cookie
-        if target.split(b"?", 1)[0] == _CLAIM_PATH:
+        if target.startswith(_CLAIM_PATH) and target.split(b"?", 1)[0] == _CLAIM_PATH:
             req.drop = True
             self._later(self._claim(route, target))
             return
@@ -606,7 +624,10 @@ class ClientConnection(asyncio.Protocol):
         if not keep:
             self._close()
             return
-        self._advance()
+        # With nothing queued and reading on, _advance would change nothing: every
+        # change that could pause reading has already called _reading.
+        if self.queue or self.failure is not None or self.paused:
+            self._advance()
 
     def _advance(self) -> None:
         """Answer the requests that waited their turn (a loop, not recursion: each may

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, cast
 from hoody.router.headers import client_response
 from hoody.router.http import (
     CLOSE,
+    LENGTH,
     MAX_HEAD,
     NONE,
     BadMessage,
@@ -108,8 +109,12 @@ class UpstreamConnection(asyncio.Protocol):
             if framer.done:
                 self._finish(client, extra=n < len(data))
             return
-        self.buffer += data
-        self._heads(client)
+        buffer = self.buffer
+        if buffer:  # the start of a head came in an earlier piece
+            buffer += data
+            data = bytes(buffer)
+            buffer.clear()
+        self._heads(client, data)
 
     def eof_received(self) -> bool | None:
         self.eof = True
@@ -154,24 +159,30 @@ class UpstreamConnection(asyncio.Protocol):
 
     # --- responses -----------------------------------------------------------------------
 
-    def _heads(self, client: ClientConnection) -> None:
+    def _heads(self, client: ClientConnection, data: bytes) -> None:
+        """Answer from the response heads in `data` (what follows them is body); keep an
+        unfinished head in `buffer` for the next piece."""
         assert client.transport is not None and client.pending is not None
+        pos = 0
         while True:
-            end = self.buffer.find(b"\r\n\r\n")
+            end = data.find(b"\r\n\r\n", pos)
             if end < 0:
-                if len(self.buffer) > MAX_HEAD:
+                if len(data) - pos > MAX_HEAD:
                     self._bad_gateway(client, "answered with a head over 64 KiB")
+                else:
+                    self.buffer += data[pos:] if pos else data
                 return
-            raw = bytes(self.buffer[: end + 4])
-            del self.buffer[: end + 4]
+            end += 4
             try:
-                head = parse_response_head(raw)
+                head = parse_response_head(data[pos:end])
                 kind, length = response_framing(head, client.pending.method)
             except BadMessage as exc:
                 self._bad_gateway(client, f"answered with something that is not HTTP/1.1 ({exc})")
                 return
+            pos = end
             status = head.start[1]
             if status == b"101" and client.pending.upgrade:
+                self.buffer += data[pos:]
                 self._tunnel(client, client_response(head, None))
                 return
             if status[:1] == b"1":
@@ -183,46 +194,59 @@ class UpstreamConnection(asyncio.Protocol):
                     self.answered = True
                     _write(client.transport, client_response(head, None))
                 continue
-            self._respond(client, head, kind, length)
+            self._respond(client, head, kind, length, data, pos)
             return
 
-    def _respond(self, client: ClientConnection, head: Head, kind: int, length: int) -> None:
+    def _respond(
+        self, client: ClientConnection, head: Head, kind: int, length: int, data: bytes, pos: int
+    ) -> None:
+        """Send the client the answer's head and the body bytes in `data[pos:]` (one
+        write when the body came with the head); a whole answer frees this connection."""
         assert client.transport is not None
         client.router.statuses[head.start[1]] += 1
         self.answered = True
-        keep = client.keep and kind != CLOSE and client.request_sent()
+        current = client.current
+        keep = client.keep and kind != CLOSE and (current is None or current.complete)
         client.keep = keep
-        tokens = head.tokens(b"connection")
+        tokens = head.tokens(b"connection") if b"connection" in head.fields else ()
         if head.start[0] == b"HTTP/1.0":
             self.reusable = kind != CLOSE and b"keep-alive" in tokens
         else:
             self.reusable = kind != CLOSE and b"close" not in tokens
         out = client_response(head, keep)
-        if kind == NONE:
-            _write(client.transport, out)
-            self._finish(client, extra=bool(self.buffer))
+        rest = len(data) - pos
+        if kind == NONE or (kind == LENGTH and rest >= length):  # the whole answer is here
+            transport = client.transport
+            if not transport.is_closing():
+                transport.write(out + data[pos : pos + length] if length else out)
+            self._finish(client, extra=rest > length)
             return
         self.framer = framer = Framer(kind, length)
-        if not self.buffer:
+        if not rest:
             _write(client.transport, out)
             return
-        rest = bytes(self.buffer)
-        self.buffer.clear()
+        body = data[pos:]
         try:
-            n = framer.feed(rest)
+            n = framer.feed(body)
         except BadMessage:
             _write(client.transport, out)
             self._truncated(client)
             return
-        _write(client.transport, out + (rest if n == len(rest) else rest[:n]))  # one write
+        _write(client.transport, out + (body if n == rest else body[:n]))  # one write
         if framer.done:
-            self._finish(client, extra=n < len(rest))
+            self._finish(client, extra=n < rest)
 
     def _finish(self, client: ClientConnection, extra: bool) -> None:
         """The whole answer went to the client: pool or close, then the client goes on."""
         self.client = None
         self.framer = None
-        if self.reusable and not extra and not self.eof and client.request_sent():
+        current = client.current
+        if (
+            self.reusable
+            and not extra
+            and not self.eof
+            and (current is None or current.complete)  # client.request_sent()
+        ):
             self.pool.put(self)
         else:
             self.transport.close()
@@ -280,10 +304,13 @@ class Pool:
         return None
 
     def put(self, up: UpstreamConnection) -> None:
-        conns = self.idle.setdefault(up.address, [])
+        conns = self.idle.get(up.address)
+        if conns is None:
+            conns = self.idle[up.address] = []
         if len(conns) < POOL_PER_UPSTREAM and not up.transport.is_closing():
             up.idle_since = time.monotonic()
-            up.resume()  # so a tenant closing it is noticed
+            if up.paused:
+                up.resume()  # so a tenant closing it is noticed
             conns.append(up)
         else:
             up.transport.close()
