@@ -35,8 +35,10 @@ __all__ = [
     "tenant_request",
 ]
 
-# Never dropped because a Connection header named them: they frame the message.
-_FRAMING = frozenset({b"host", b"content-length", b"transfer-encoding"})
+# Never dropped because a Connection header named them: they frame the message. Nor
+# looked up when named: hop-by-hop headers are dropped anyway ("keep-alive" is the
+# usual token, so the usual request and answer compare no names).
+_UNNAMED = frozenset({b"host", b"content-length", b"transfer-encoding"}) | HOP_BY_HOP
 _SKIP_REQUEST = HOP_BY_HOP | {b"host", b"cookie", b"forwarded", b"x-real-ip"}
 _PASSES: dict[bytes, bool] = {}  # request header name (as spelled) → goes to the tenant
 # Response headers that make a client's head differ from the tenant's header lines.
@@ -123,7 +125,7 @@ def split_cookies(head: Head, name: bytes) -> tuple[list[bytes], bytes | None]:
     found: list[bytes] = []
     rest: list[bytes] = []
     for key, value in head.headers:
-        if key.lower() != b"cookie":
+        if len(key) != 6 or key.lower() != b"cookie":
             continue
         for part in value.split(b";"):
             part = part.strip()
@@ -138,7 +140,7 @@ def split_cookies(head: Head, name: bytes) -> tuple[list[bytes], bytes | None]:
 def _named(head: Head) -> frozenset[bytes]:
     if b"connection" not in head.fields:
         return frozenset()
-    return frozenset(head.tokens(b"connection") - _FRAMING)
+    return frozenset(head.tokens(b"connection") - _UNNAMED)
 
 
 def _passes(name: bytes) -> bool:

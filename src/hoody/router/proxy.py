@@ -385,18 +385,21 @@ class ClientConnection(asyncio.Protocol):
                 self._answer(401, "Sign in through the app", refusal)
                 return
         router.seen[route.cid] = self.loop.time()  # what idleness is measured from
-        sleeping = route.state == "sleeping" and router.wake is not None and route.port
-        if not sleeping and (route.state != "running" or not route.port):
-            self._answer(
-                503,
-                "Tenant not running",
-                f"{route.cid} is {route.state or 'not placed yet'}; it answers again once started.",
-            )
-            return
+        sleeping = False
+        if route.state != "running" or not route.port:
+            sleeping = route.state == "sleeping" and router.wake is not None and route.port > 0
+            if not sleeping:
+                self._answer(
+                    503,
+                    "Tenant not running",
+                    f"{route.cid} is {route.state or 'not placed yet'}; it answers again once "
+                    "started.",
+                )
+                return
         if self.forwarding[0] != host:
             self.forwarding = (host, forwarded(host, self.client_ip, router.proto))
         out = tenant_request(head, target, host, self.forwarding[1], others, req.upgrade)
-        self.pending = _Pending(out, route, head.start[0], req.upgrade, retry=req.kind == NONE)
+        self.pending = _Pending(out, route, head.start[0], req.upgrade, req.kind == NONE)
         if sleeping:
             self._later(self._woken())
             return

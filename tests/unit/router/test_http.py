@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from hoody.router.headers import client_response
-from hoody.router.http import CHUNKED, CLOSE, LENGTH, NONE, BadMessage, parse_response_head
+from hoody.router.headers import client_response, tenant_request
+from hoody.router.http import CHUNKED, CLOSE, LENGTH, NONE, BadMessage, Head, parse_response_head
 from hoody.router.http import response_framing as framing
 
 BAD_HEADS = [
@@ -129,3 +129,36 @@ def test_what_the_router_drops(lines: bytes, kept: list[bytes], dropped: list[by
         assert b"\r\n" + line + b"\r\n" in out
     for text in dropped:
         assert text not in out
+
+
+@pytest.mark.parametrize(
+    ("connection", "dropped"),
+    [
+        (b"keep-alive", []),
+        (b"keep-alive, X-Secret", [b"X-Secret"]),
+        (b"close, x-secret, Host, Content-Length", [b"X-Secret"]),
+    ],
+)
+def test_what_a_tenant_gets_of_a_request(connection: bytes, dropped: list[bytes]) -> None:
+    head = Head(
+        [b"GET", b"/", b"HTTP/1.1"],
+        [
+            (b"Host", b"evil"),
+            (b"Connection", connection),
+            (b"Keep-Alive", b"timeout=5"),
+            (b"X-Secret", b"s"),
+            (b"X-Fine", b"1"),
+            (b"X-Forwarded-For", b"1.2.3.4"),
+            (b"X_Forwarded_For", b"1.2.3.4"),
+        ],
+        {},
+    )
+    head.fields = {name.lower(): value for name, value in head.headers}
+    out = tenant_request(head, b"/", b"a.localhost", b"X-Forwarded-For: 10.0.0.1", None, False)
+    lines = out.split(b"\r\n")
+    assert lines[:2] == [b"GET / HTTP/1.1", b"Host: a.localhost"]
+    assert b"X-Fine: 1" in lines and b"X-Forwarded-For: 10.0.0.1" in lines
+    for gone in [b"Connection", b"Keep-Alive", b"X_Forwarded_For", b"1.2.3.4", *dropped]:
+        assert gone not in out
+    if not dropped:
+        assert b"X-Secret: s" in lines
