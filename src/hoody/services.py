@@ -38,10 +38,15 @@ SERVICES = "hoody-services"
 SERVICES_CPU_SHARES = 1024 * 16  # v1 cpu.shares, as the tenants' parent; v2 scaled alike
 
 
+def _v1(root: Path) -> bool:
+    """Whether the host has a cgroup v1 cpu hierarchy (hybrid hosts included)."""
+    return (root / "cpu").is_dir() and not (root / "cgroup.controllers").exists()
+
+
 def _paths(root: Path) -> tuple[Path, Path, str]:
     """(the services cgroup, the file its weight goes in, that weight) for the host's
-    cgroup version: v1 when a separate cpu hierarchy is mounted."""
-    if (root / "cpu").is_dir() and not (root / "cgroup.controllers").exists():
+    cgroup version."""
+    if _v1(root):
         group = root / "cpu" / SERVICES
         return group, group / "cpu.shares", str(SERVICES_CPU_SHARES)
     group = root / SERVICES
@@ -54,7 +59,7 @@ def _current(root: Path, pid: int) -> Path | None:
         lines = Path(f"/proc/{pid or os.getpid()}/cgroup").read_text().splitlines()
     except OSError:
         return None
-    v1 = (root / "cpu").is_dir() and not (root / "cgroup.controllers").exists()
+    v1 = _v1(root)
     for line in lines:
         _, controllers, path = line.split(":", 2)
         if v1 and "cpu" in controllers.split(","):

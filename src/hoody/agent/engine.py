@@ -594,11 +594,7 @@ class Node:
             path.unlink(missing_ok=True)
 
     def exec(self, tid: str, argv: list[str], timeout: float = 60.0) -> ExecResult:
-        if not argv or not all(isinstance(a, str) for a in argv):
-            raise InvalidInput("give the command to run, like `hoody node exec CID -- ls /`")
-        rec = self.store.tenant(tid)
-        if self.runtime.state(tid).status != "running":
-            raise Conflict(f"tenant {tid} is {rec.status}; start it with `hoody start {tid}`")
+        self._check_exec(tid, argv, "hoody node exec")
         return self.runtime.exec(tid, argv, timeout=timeout)
 
     def open_exec(
@@ -613,12 +609,16 @@ class Node:
     ) -> ExecSession:
         """Start argv in the running tenant with its streams open (no time limit: the
         caller kills it). Raises NotFound for an unknown tenant, Conflict when stopped."""
+        self._check_exec(tid, argv, "hoody exec")
+        return self.runtime.open_exec(tid, argv, tty=tty, env=env, cols=cols, rows=rows)
+
+    def _check_exec(self, tid: str, argv: list[str], command: str) -> None:
+        """Refuse an exec without a command, or into a tenant that is not running."""
         if not argv or not all(isinstance(a, str) for a in argv):
-            raise InvalidInput("give the command to run, like `hoody exec CID -- ls /`")
+            raise InvalidInput(f"give the command to run, like `{command} CID -- ls /`")
         rec = self.store.tenant(tid)
         if self.runtime.state(tid).status != "running":
             raise Conflict(f"tenant {tid} is {rec.status}; start it with `hoody start {tid}`")
-        return self.runtime.open_exec(tid, argv, tty=tty, env=env, cols=cols, rows=rows)
 
     def logs(self, tid: str, tail: int = 200) -> str:
         self.store.tenant(tid)
