@@ -453,6 +453,20 @@ def test_a_frozen_tenant_keeps_its_memory_and_uses_no_cpu_until_woken(
     assert py(scratch, tid, "print(open('/root/note').read())")["stdout"].strip() == "kept"
 
 
+def test_a_command_into_a_frozen_tenant_is_refused_not_left_hanging(
+    scratch: ScratchNode, tenant: dict[str, Any]
+) -> None:
+    """Collected and streamed exec alike: the command would join the frozen cgroup."""
+    tid = tenant["id"]
+    scratch.client.sleep(tid, "frozen")
+    with pytest.raises(Conflict, match="frozen"):
+        scratch.node.exec(tid, ["true"], timeout=10)
+    with pytest.raises(Conflict, match="frozen"):
+        scratch.node.open_exec(tid, ["true"])
+    scratch.client.wake(tid)
+    assert scratch.node.exec(tid, ["true"], timeout=10).exit_code == 0
+
+
 def test_a_stopped_sleeper_frees_its_memory_and_wakes_with_its_files(
     scratch: ScratchNode, tenant: dict[str, Any]
 ) -> None:

@@ -562,7 +562,8 @@ class OciRuntime:
 
     # exec
 
-    def exec(self, tid: str, argv: list[str], timeout: float = 60.0) -> ExecResult:
+    def _exec_target(self, tid: str) -> ContainerState:
+        """The running container a command may join: not absent, stopped or frozen."""
         check_tenant_id(tid)
         current = self.state(tid)
         if current.status == "absent":
@@ -572,6 +573,10 @@ class OciRuntime:
         if self.frozen(tid):
             # The command would join the frozen cgroup and hang with it.
             raise Conflict(f"container {tid} is frozen; wake it with `hoody wake {tid}`")
+        return current
+
+    def exec(self, tid: str, argv: list[str], timeout: float = 60.0) -> ExecResult:
+        current = self._exec_target(tid)
         pid_file = self.bundle_dir / tid / f"exec-{os.getpid()}-{time.monotonic_ns()}.pid"
         cmd = [
             self.nsenter,
@@ -608,12 +613,7 @@ class OciRuntime:
     ) -> ProcessExec:
         """Start argv in the running tenant with its streams open (session.py); no time
         limit here: whoever holds it decides when to `kill`. Raises as `exec` does."""
-        check_tenant_id(tid)
-        current = self.state(tid)
-        if current.status == "absent":
-            raise NotFound(f"container {tid} does not exist; start the tenant first")
-        if current.status == "stopped":
-            raise Conflict(f"container {tid} is stopped; start it with `hoody start {tid}`")
+        current = self._exec_target(tid)
         pid_file = self.bundle_dir / tid / f"exec-{os.getpid()}-{time.monotonic_ns()}.pid"
         flags = ["--tty"] if tty else []
         for key, value in (env or {}).items():
