@@ -496,24 +496,46 @@ def _replica_cell(replica: dict[str, Any]) -> str:
     return f"{replica['node']} ({replica['state']} {replica['progress']:.0%})"
 
 
+def _version_state(version: dict[str, Any]) -> str:
+    """What a project token learns of a version: whether it can be copied, not where."""
+    if not version["ready"]:
+        return "on its way"
+    return "ready, still replicating" if version["replicating"] else "ready"
+
+
 def _flatten(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [
         {
             "name": t["name"],
             "version": v["version"],
             "owner": "shared" if t["shared"] else f"project {t['project_id']}",
-            "nodes": ", ".join(_replica_cell(n) for n in v["nodes"]),
+            # Admin tokens get the nodes holding each version, other tokens its state.
+            **(
+                {"nodes": ", ".join(_replica_cell(n) for n in v["nodes"])}
+                if "nodes" in v
+                else {"state": _version_state(v)}
+            ),
         }
         for t in rows
         for v in t["versions"]
     ]
 
 
+def _template_columns(flat: list[dict[str, Any]]) -> list[str]:
+    where = "state" if flat and "state" in flat[0] else "nodes"
+    return ["name", "version", "owner", where]
+
+
 def _in_flight(rows: list[dict[str, Any]], nodes: list[str]) -> dict[str, float]:
-    """Versions on their way to a node, and to `nodes` that lack them: label → progress."""
+    """Versions on their way to a node, and to `nodes` that lack them: label → progress
+    (for a project token, which is not told the nodes: versions still replicating)."""
     out = {}
     for t in rows:
         for v in t["versions"]:
+            if "nodes" not in v:
+                if v["replicating"]:
+                    out[f"{t['name']} v{v['version']}"] = 0.0
+                continue
             have = {n["node"]: n for n in v["nodes"]}
             for name in sorted(set(have) | set(nodes)):
                 replica = have.get(name)
@@ -544,7 +566,8 @@ def templates(
     if as_json:
         emit(rows, True)
     else:
-        emit(_flatten(rows), False, ["name", "version", "owner", "nodes"])
+        flat = _flatten(rows)
+        emit(flat, False, _template_columns(flat))
 
 
 def _watch(client: Client, rows: list[dict[str, Any]]) -> None:
@@ -579,7 +602,8 @@ def template_show(name: str, as_json: JsonOpt = False) -> None:
     if as_json:
         emit(rec, True)
     else:
-        emit(_flatten([rec]), False, ["name", "version", "owner", "nodes"])
+        flat = _flatten([rec])
+        emit(flat, False, _template_columns(flat))
 
 
 @templates_app.command("rm")
@@ -587,7 +611,7 @@ def template_rm(name: str, as_json: JsonOpt = False) -> None:
     """Delete a template everywhere; refused while containers use it."""
     with Client() as client, status(f"deleting template {name}…", as_json):
         rec = client.delete_template(name)
-    emit(rec, as_json, ["name", "deleted", "nodes"])
+    emit(rec, as_json, ["name", "deleted", *(["nodes"] if "nodes" in rec else [])])
 
 
 def bench_api(

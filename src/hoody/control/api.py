@@ -526,6 +526,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "containers",
         body=m.SnapshotBody,
         response=m.OperationOut,
+        project_response=m.ProjectOperationOut,
         status=201,
         params=(_CID,),
         errors=(400, 401, 403, 404, 409),
@@ -534,9 +535,10 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "GET",
         "/templates",
         list_templates,
-        "List templates with versions and nodes",
+        "List templates with versions (and, for admins, the nodes holding each)",
         "templates",
         response=m.TemplateOut,
+        project_response=m.ProjectTemplateOut,
         many=True,
     ),
     Endpoint(
@@ -546,6 +548,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "Show a template",
         "templates",
         response=m.TemplateOut,
+        project_response=m.ProjectTemplateOut,
         params=(_NAME,),
     ),
     Endpoint(
@@ -554,6 +557,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         delete_template,
         "Delete a template everywhere; refused (409) while containers use it",
         "templates",
+        response=m.TemplateDeleteOut,
+        project_response=m.ProjectTemplateDeleteOut,
         params=(_NAME,),
         errors=(400, 401, 403, 404, 409),
     ),
@@ -698,6 +703,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "Poll an operation",
         "operations",
         response=m.OperationOut,
+        project_response=m.ProjectOperationOut,
         params=(Param("op_id", "path", required=True),),
     ),
     Endpoint(
@@ -836,13 +842,17 @@ def _endpoint(
 ) -> Callable[[Request], Awaitable[Response]]:
     async def endpoint(request: Request) -> Response:
         start = time.perf_counter()
+        callers: list[Principal] = []  # who called, once authenticated
         try:
             header = request.headers.get("authorization")
             if ep.threaded:
                 body = await _parse_body(request, ep.body)
-                who, result = await run(_blocking, fleet, ep.handler, header, request, body)
+                who, result = await run(
+                    _blocking, fleet, ep.handler, header, request, body, callers
+                )
             else:
                 who = await run(fleet.authenticate, header)
+                callers.append(who)
                 body = await _parse_body(request, ep.body)
                 result = await cast(Handler, ep.handler)(fleet, Call(request, who, body))
             headers = None
@@ -858,6 +868,8 @@ def _endpoint(
                 )
             code = None
         except HoodyError as exc:
+            if not (callers and callers[0].is_admin):
+                exc = await run(fleet.public_error, exc)
             response, code = _error(exc), exc.code
         except Exception:
             log.exception("%s %s failed", request.method, request.url.path)
@@ -877,11 +889,18 @@ def _endpoint(
 
 
 def _blocking(
-    fleet: Fleet, handler: Handler | Blocking, header: str | None, request: Request, body: Any
+    fleet: Fleet,
+    handler: Handler | Blocking,
+    header: str | None,
+    request: Request,
+    body: Any,
+    callers: list[Principal],
 ) -> tuple[Principal, Any]:
     """A threaded endpoint's work in its worker thread: authenticate, then handle; the
-    caller (its answer is serialised for it) and the answer."""
+    caller (its answer is serialised for it, and added to `callers` for its errors)
+    and the answer."""
     who = fleet.authenticate(header)
+    callers.append(who)
     return who, handler(fleet, Call(request, who, body))
 
 

@@ -9,6 +9,7 @@ into another.
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 import time
@@ -22,10 +23,11 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from hoody.agent.client import AgentClient
+from hoody.control import redact
 from hoody.control.auth import Principal
 from hoody.control.db import Container, Node, Operation, Store, Template
 from hoody.control.placement import Strategy
-from hoody.errors import Conflict, InvalidInput, NotFound
+from hoody.errors import Conflict, HoodyError, InvalidInput, NotFound
 
 __all__ = [
     "LIVE",
@@ -37,6 +39,8 @@ __all__ = [
     "num",
     "op_json",
 ]
+
+log = logging.getLogger(__name__)
 
 AgentFactory = Callable[[str, str], AgentClient]
 """(agent url, agent token) → a client; tests inject clients over fake transports."""
@@ -185,6 +189,17 @@ class FleetBase:
                 client = self._agents[(url, token)] = self._agent_factory(url, token)
             return client
 
+    def public_error(self, exc: HoodyError, *, failures: bool = False) -> HoodyError:
+        """`exc` as callers other than admins may read it: no node names, addresses or
+        (unless `failures`) host failure details (redact.py)."""
+        try:
+            with self.store.read() as s:
+                nodes = [(str(n), str(u)) for n, u in s.execute(select(Node.name, Node.url))]
+        except Exception:  # without the node list nothing can be scrubbed: say less
+            log.exception("reading the nodes to redact an error failed")
+            return redact.for_project(HoodyError(exc.message), [])  # a reference only
+        return redact.for_project(exc, nodes, failures=failures)
+
     # lookups shared by several areas
 
     def _node(self, s: Session, name: str, *, lock: bool = False) -> Node:
@@ -213,8 +228,11 @@ class FleetBase:
             raise NotFound(f"container {cid} does not exist; `hoody ls` lists yours")
         return row
 
-    def _node_of(self, project: int | None, cid: str, verb: str) -> tuple[Container, Node]:
-        """The container and its node, for an action that needs the node up."""
+    def _node_of(
+        self, project: int | None, cid: str, verb: str, *, named: bool | None = None
+    ) -> tuple[Container, Node]:
+        """The container and its node, for an action that needs the node up. A down
+        node is `named` in the error (default: for an admin, whose `project` is None)."""
         with self.store.read() as s:
             row = self._find(s, project, cid)
             if row.state in ("deleted", "deleting"):
@@ -224,7 +242,8 @@ class FleetBase:
             node = self._node(s, row.node)
             if node.health != "up":
                 # Project tokens hear about their own containers, not the fleet's nodes.
-                where = f"node {node.name}" if project is None else "a node"
+                shown = project is None if named is None else named
+                where = f"node {node.name}" if shown else "a node"
                 raise Conflict(
                     f"container {cid} is on {where}, which is down; {verb} it when it is back"
                 )
@@ -273,7 +292,10 @@ class FleetBase:
             raise NotFound(f"operation {op_id!r} does not exist")
         with self.store.write() as s:
             op = s.get(Operation, op_id)
-            if op is None or (project is not None and op.project_id != project):
+            theirs = project is None or (op is not None and op.project_id == project)
+            # A transfer of a project's template is the fleet's business: it is
+            # between two nodes, which it names.
+            if op is None or not theirs or (project is not None and op.kind == "replicate"):
                 raise NotFound(f"operation {op_id} does not exist")
             if op.kind == "drain" and op.state == "running":
                 self._refresh_drain(s, op)

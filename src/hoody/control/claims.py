@@ -129,10 +129,13 @@ class Claims(FleetBase):
             base = self._tenant_url(row)
         token, claim = claims.mint_claim(self._ring(), cid, ttl, now=self.clock())
         query = urllib.parse.urlencode({"claim": token})
+        # Without a router or public domain the URL would be the tenant's address on
+        # its node, which is the operator's to know (as in ProjectContainerOut).
+        routed = self.settings.router_url or self.settings.public_domain
         return {
             "container_claim": token,
             "expires_at": claim.expires_at,
-            "url": f"{base.rstrip('/')}{CLAIM_PATH}?{query}",
+            "url": f"{base.rstrip('/')}{CLAIM_PATH}?{query}" if routed or who.is_admin else "",
         }
 
     def revoke_claims(self, who: Principal, cid: str) -> dict[str, Any]:

@@ -36,11 +36,16 @@ __all__ = [
     "ProjectBody",
     "ProjectContainerOut",
     "ProjectContainerPage",
+    "ProjectOperationOut",
     "ProjectOut",
     "ProjectQuotaOut",
     "ProjectSettingsBody",
+    "ProjectTemplateDeleteOut",
+    "ProjectTemplateOut",
     "ProjectUsageOut",
+    "ProjectVersionOut",
     "ReconcileOut",
+    "ReplicaOut",
     "RevokeOut",
     "RouteTableOut",
     "SessionOut",
@@ -48,12 +53,14 @@ __all__ = [
     "SleepPolicyBody",
     "SleeperRef",
     "SnapshotBody",
+    "TemplateDeleteOut",
     "TemplateEstimateOut",
     "TemplateOut",
     "TemplateRef",
     "TemplateUsageIn",
     "TokenBody",
     "TokenOut",
+    "VersionOut",
     "WhoamiOut",
 ]
 
@@ -301,18 +308,44 @@ class ReplicaOut(BaseModel):
     progress: float
 
 
-class VersionOut(BaseModel):
+class ProjectVersionOut(BaseModel):
+    """A template version as project tokens see it: whether it can be copied, not
+    which nodes hold it (the fleet's map is its operator's)."""
+
     version: int
     created_at: float
     limits: dict[str, Any]
+    ready: bool = Field(description="A node holds it: copies of it can be made now.")
+    replicating: bool = Field(description="Still on its way to some of the fleet's nodes.")
+
+
+class VersionOut(ProjectVersionOut):
+    """A template version as admin tokens see it: with the nodes that hold it."""
+
     nodes: list[ReplicaOut]
 
 
-class TemplateOut(BaseModel):
+class _TemplateFields(BaseModel):
     name: str
     project_id: int | None
     shared: bool
+
+
+class ProjectTemplateOut(_TemplateFields):
+    versions: list[ProjectVersionOut]
+
+
+class TemplateOut(_TemplateFields):
     versions: list[VersionOut]
+
+
+class ProjectTemplateDeleteOut(BaseModel):
+    name: str
+    deleted: bool
+
+
+class TemplateDeleteOut(ProjectTemplateDeleteOut):
+    nodes: list[str] = Field(description="The nodes it was removed from.")
 
 
 class NodeCapacityOut(BaseModel):
@@ -434,6 +467,21 @@ class OperationOut(BaseModel):
     error: dict[str, Any] | None
     created_at: float
     updated_at: float
+
+
+# What a project may read of an operation's result (a snapshot's: not its node).
+_PROJECT_RESULT = ("template", "version")
+
+
+class ProjectOperationOut(OperationOut):
+    """An operation as project tokens see it: its result without the nodes involved."""
+
+    @field_validator("result", mode="before")
+    @classmethod
+    def _own_fields(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: v for k, v in value.items() if k in _PROJECT_RESULT}
+        return value
 
 
 class OrphanOut(BaseModel):

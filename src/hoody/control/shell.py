@@ -16,8 +16,9 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -28,7 +29,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
-from hoody.agent.client import raise_for_error
+from hoody.agent.client import error_from, raise_for_error
 from hoody.control.auth import Principal
 from hoody.control.base import FleetBase
 from hoody.errors import HoodyError, HostError, InvalidInput
@@ -88,6 +89,7 @@ async def exec_endpoint(fleet: Fleet, ws: WebSocket) -> None:
     """Accept, check the caller and the start message, then relay to the agent."""
     await ws.accept()
     cid = str(ws.path_params["cid"])
+    who: Principal | None = None
     try:
         who = await _run(fleet.authenticate, ws.headers.get("authorization"))
         raw = await ws.receive_text()
@@ -95,19 +97,36 @@ async def exec_endpoint(fleet: Fleet, ws: WebSocket) -> None:
         target: TenantEndpoint = await _run(fleet.open_exec, who, cid, start)
         agent = await _connect(target)
     except HoodyError as exc:
-        await _close(ws, ExecExit.failed(exc))
+        await _close(ws, ExecExit.failed(await _for(fleet, who, exc)))
         return
     except (WebSocketDisconnect, RuntimeError, KeyError):
         return
     code: Any = "gone"
     try:
         await agent.send(start.model_dump_json())
-        code = await _relay(ws, agent)
+        # How the command ended is the project's, failures included; not the node.
+        code = await _relay(ws, agent, lambda exc: _for(fleet, who, exc, failures=True))
     finally:
         await agent.close()
         with contextlib.suppress(Exception):
             await ws.close()
         log.info("exec into %s on %s ended: %s", cid, target.node, code)
+
+
+async def _for(
+    fleet: Fleet, who: Principal | None, exc: HoodyError, *, failures: bool = False
+) -> HoodyError:
+    """`exc` as `who` may read it: admins all of it, others nothing of the nodes."""
+    if who is not None and who.is_admin:
+        return exc
+    public = partial(fleet.public_error, failures=failures)
+    return await _run(public, exc)  # type: ignore[no-any-return]
+
+
+def _error(exc: HoodyError) -> Response:
+    return Response(
+        json.dumps(exc.to_json()), status_code=exc.status, media_type="application/json"
+    )
 
 
 async def _connect(target: TenantEndpoint) -> ClientConnection:
@@ -131,8 +150,13 @@ async def _connect(target: TenantEndpoint) -> ClientConnection:
         raise HostError(f"cannot reach node {target.node} for exec: {exc}; retry") from exc
 
 
-async def _relay(client: WebSocket, agent: ClientConnection) -> Any:
-    """Frames both ways until either side ends; returns the exit code (or why none)."""
+async def _relay(
+    client: WebSocket,
+    agent: ClientConnection,
+    public: Callable[[HoodyError], Awaitable[HoodyError]],
+) -> Any:
+    """Frames both ways until either side ends; returns the exit code (or why none).
+    An exit frame's error is passed on as `public` words it for the caller."""
     outcome: dict[str, Any] = {"code": "client went away"}
 
     async def upstream() -> None:
@@ -151,12 +175,14 @@ async def _relay(client: WebSocket, agent: ClientConnection) -> Any:
                 if isinstance(message, bytes):
                     await client.send_bytes(message)
                     continue
-                with contextlib.suppress(ValueError, AttributeError):
+                with contextlib.suppress(ValueError, AttributeError, KeyError, TypeError):
                     data = json.loads(message)
                     if data.get("type") == "exit":
                         outcome["code"] = data.get("exit_code")
                         if data.get("error"):
                             outcome["code"] = data["error"].get("message")
+                            said = error_from(data["error"]["code"], data["error"]["message"])
+                            message = ExecExit.failed(await public(said)).model_dump_json()
                 await client.send_text(message)
         except ConnectionClosed:
             pass
@@ -182,6 +208,7 @@ async def _close(ws: WebSocket, result: ExecExit) -> None:
 async def logs_endpoint(fleet: Fleet, request: Request) -> Response:
     """The tenant's log: the last `tail` lines; with follow=1, then what comes next,
     streamed until the tenant is deleted or the caller goes away."""
+    who: Principal | None = None
     try:
         who = await _run(fleet.authenticate, request.headers.get("authorization"))
         cid = str(request.path_params["cid"])
@@ -191,9 +218,7 @@ async def logs_endpoint(fleet: Fleet, request: Request) -> Response:
         follow = request.query_params.get("follow") in ("1", "true")
         target: TenantEndpoint = await _run(fleet.tenant_endpoint, who, cid, "read the logs of")
     except HoodyError as exc:
-        return Response(
-            json.dumps(exc.to_json()), status_code=exc.status, media_type="application/json"
-        )
+        return _error(await _for(fleet, who, exc))
     params = {"tail": raw_tail, **({"follow": "1"} if follow else {})}
     http = httpx.AsyncClient(
         base_url=target.url,
@@ -207,16 +232,14 @@ async def logs_endpoint(fleet: Fleet, request: Request) -> Response:
     except httpx.TransportError as exc:
         await http.aclose()
         err = HostError(f"cannot reach node {target.node} for the logs: {exc}; retry")
-        return Response(json.dumps(err.to_json()), status_code=err.status)
+        return _error(await _for(fleet, who, err))
     if upstream.status_code >= 400:
         await upstream.aread()
         await http.aclose()
         try:
             raise_for_error(upstream)
         except HoodyError as exc:
-            return Response(
-                json.dumps(exc.to_json()), status_code=exc.status, media_type="application/json"
-            )
+            return _error(await _for(fleet, who, exc))
 
     async def body() -> AsyncIterator[bytes]:
         try:

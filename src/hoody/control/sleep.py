@@ -76,7 +76,8 @@ class Sleep(FleetBase):
     def wake_traced(self, who: Principal, cid: str) -> tuple[dict[str, Any], Woken]:
         """`wake`, and what it did and where its time went (routers read both)."""
         project = None if who.scope in ("admin", "router") else who.project_filter()
-        _, node = self._node_of(project, cid, "wake")
+        # A router's wake error reaches the customer's browser: no node name there.
+        _, node = self._node_of(project, cid, "wake", named=who.is_admin)
         start = time.perf_counter()
         rec, woke, node_ms = self._agent(node.url, node.agent_token).wake_from(cid)
         agent_ms = (time.perf_counter() - start) * 1000

@@ -35,7 +35,8 @@ log = logging.getLogger(__name__)
 
 
 class Templates(FleetBase):
-    def _template_json(self, s: Session, tmpl: Template) -> dict[str, Any]:
+    def _template_json(self, s: Session, tmpl: Template, up: set[str]) -> dict[str, Any]:
+        """A template with its versions; `up`: the nodes replication sends versions to."""
         versions = []
         for ver in s.scalars(
             select(TemplateVersion)
@@ -54,6 +55,9 @@ class Templates(FleetBase):
                     "created_at": ver.created_at,
                     "limits": ver.limits,
                     "nodes": [{"node": n, "state": st, "progress": p} for n, st, p in replicas],
+                    # What a project may know of the above (models.ProjectVersionOut).
+                    "ready": any(st == "ready" for _, st, _ in replicas),
+                    "replicating": bool(up - {n for n, st, _ in replicas if st == "ready"}),
                 }
             )
         return {
@@ -69,11 +73,13 @@ class Templates(FleetBase):
             q = select(Template).order_by(Template.name)
             if project is not None:
                 q = q.where((Template.project_id == project) | Template.project_id.is_(None))
-            return [self._template_json(s, t) for t in s.scalars(q)]
+            up = _receivers(s)
+            return [self._template_json(s, t, up) for t in s.scalars(q)]
 
     def get_template(self, who: Principal, name: str) -> dict[str, Any]:
         with self.store.read() as s:
-            return self._template_json(s, self._visible_template(s, who.project_filter(), name))
+            tmpl = self._visible_template(s, who.project_filter(), name)
+            return self._template_json(s, tmpl, _receivers(s))
 
     def delete_template(self, who: Principal, name: str) -> dict[str, Any]:
         """Delete every version on every node. Refused (Conflict) while tenants use it;
@@ -143,8 +149,10 @@ class Templates(FleetBase):
             version = max([known, *on_node]) + 1
             rec = agent.action(cid, "snapshot", {"template": name, "version": version})
         except HoodyError as exc:
-            self._fail_op(op_id, exc)
-            raise
+            public = self._fail_op(op_id, exc)
+            if who.is_admin:
+                raise
+            raise public from exc
         try:
             with self.store.write() as s:
                 tmpl = s.scalar(select(Template).where(Template.name == name))
@@ -177,9 +185,22 @@ class Templates(FleetBase):
             self._fail_op(op_id, error)
             raise error from exc
 
-    def _fail_op(self, op_id: str, exc: HoodyError) -> None:
+    def _fail_op(self, op_id: str, exc: HoodyError) -> HoodyError:
+        """Record the operation failed with `exc` as its project may read it (its token
+        polls it); returns that error."""
+        public = self.public_error(exc)
         with self.store.write() as s:
             failed = s.get(Operation, op_id)
             if failed is not None:
                 failed.state, failed.updated_at = "failed", self.clock()
-                failed.error = exc.to_json()["error"]
+                failed.error = public.to_json()["error"]
+        return public
+
+
+def _receivers(s: Session) -> set[str]:
+    """The nodes replication sends every version to (as replication.py plans)."""
+    return {
+        name
+        for name, health, cordon in s.execute(select(Node.name, Node.health, Node.cordon))
+        if health == "up" and cordon != "draining"
+    }

@@ -8,7 +8,10 @@ other nodes by btrfs send/receive through the control plane.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import re
 import socket
 import threading
 import time
@@ -30,7 +33,7 @@ from hoody.bench.provision import wait_http_ok
 from hoody.bench.scratch import free_port
 from hoody.control.client import Client
 from hoody.control.db import Operation, Store
-from hoody.errors import Forbidden, NotFound
+from hoody.errors import Conflict, Forbidden, HostError, NotFound
 from hoody.proc import run
 
 
@@ -41,6 +44,14 @@ class World:
     b: Client  # project "umbrella"'s token
     a_id: int
     names: list[str]
+
+    def leaks(self, seen: Any) -> list[str]:
+        """The node names and addresses found anywhere in `seen`."""
+        text = seen if isinstance(seen, str) else json.dumps(seen)
+        secrets = [*self.names]
+        for node in self.fleet.nodes:
+            secrets += [node.url, node.address, node.address.rpartition(":")[0]]
+        return [x for x in secrets if re.search(rf"(?<![\w.-]){re.escape(x)}(?![\w-])", text)]
 
     def replications(self) -> list[dict[str, Any]]:
         """The finished transfers, from the control plane's database."""
@@ -103,9 +114,12 @@ def world() -> Iterator[World]:
         b_id = fleet.admin.create_project("umbrella")["id"]
         a = Client(fleet.url, fleet.admin.create_token("project", project_id=a_id)["token"])
         b = Client(fleet.url, fleet.admin.create_token("project", project_id=b_id)["token"])
-        wait_for(lambda: len(on_nodes(a, DEMO_NAME, 1)) == 3, "demo-app on every node")
+        admin = fleet.admin  # only admins are told which nodes hold a version
+        wait_for(lambda: len(on_nodes(admin, DEMO_NAME, 1)) == 3, "demo-app on every node")
         wait_for(
-            lambda: set(on_nodes(a, DEMO_NAME, 1).values()) == {"ready"}, "demo-app ready", 120
+            lambda: set(on_nodes(admin, DEMO_NAME, 1).values()) == {"ready"},
+            "demo-app ready",
+            120,
         )
         try:
             yield World(fleet, a, b, a_id, names)
@@ -123,7 +137,7 @@ def world() -> Iterator[World]:
 
 def test_a_template_built_on_one_node_reaches_the_others_whole(world: World) -> None:
     first, *others = world.names
-    assert on_nodes(world.a, DEMO_NAME, 1) == dict.fromkeys(world.names, "ready")
+    assert on_nodes(world.fleet.admin, DEMO_NAME, 1) == dict.fromkeys(world.names, "ready")
     sent = [r for r in world.replications() if r["template"] == DEMO_NAME and r["version"] == 1]
     assert sorted(r["node"] for r in sent) == sorted(others)
     assert all(r["state"] == "succeeded" and r["source"] == first for r in sent)
@@ -287,8 +301,8 @@ def test_a_template_made_on_node_one_is_copied_onto_node_three(world: World) -> 
             out = agent.exec(copy["id"], ["/bin/cat", "/etc/marker"])
         assert out["stdout"] == "made-on-node-1\n"
         assert world.answers(copy)
-        wait_for(lambda: len(on_nodes(world.a, DEMO_NAME, 2)) == 3, "v2 everywhere")
-        wait_for(lambda: set(on_nodes(world.a, DEMO_NAME, 2).values()) == {"ready"}, "v2 ready")
+        wait_for(lambda: len(on_nodes(admin, DEMO_NAME, 2)) == 3, "v2 everywhere")
+        wait_for(lambda: set(on_nodes(admin, DEMO_NAME, 2).values()) == {"ready"}, "v2 ready")
         # Version 2 travelled as its difference from version 1, which both sides hold.
         full = {r["node"]: r["bytes"] for r in world.replications() if r["version"] == 1}
         diff = [r for r in world.replications() if r["version"] == 2]
@@ -356,6 +370,14 @@ def test_a_killed_node_is_marked_down_within_10s_avoided_and_back_after_rejoinin
 
         world.fleet.node(n2).kill()
         killed = time.monotonic()
+        # Before it is marked down: the project hears that something failed on the
+        # fleet's side, not which node or address did not answer (the admin does).
+        with pytest.raises(HostError) as failed:
+            world.a.stop(survivor["id"])
+        assert "reference" in failed.value.message and not world.leaks(failed.value.message)
+        with pytest.raises(HostError) as told:
+            admin.stop(survivor["id"])
+        assert world.fleet.node(n2).address in told.value.message
         world.fleet.wait_nodes("down", [n2], timeout=12)
         assert time.monotonic() - killed < 10
         for _ in range(4):
@@ -425,6 +447,50 @@ def test_a_project_token_cannot_touch_another_projects_containers(world: World) 
         assert world.answers(mine)
     finally:
         world.a.delete(mine["id"])
+
+
+def test_a_project_token_learns_nothing_of_the_nodes(world: World) -> None:
+    """What project acme's token reads through the real fleet (its containers, the
+    templates, its own snapshot and the operation, refusals) names no node and gives
+    no node address; the admin token is told where things are."""
+    admin = world.fleet.admin
+    seen: list[Any] = []
+    made = world.a.copy(DEMO_NAME)
+    cid = made["id"]
+    try:
+        seen += [made, world.a.container(cid), world.a.templates(), world.a.template(DEMO_NAME)]
+        (v1, *_) = world.a.template(DEMO_NAME)["versions"]
+        assert "nodes" not in v1 and v1["ready"] is True
+        op = world.a.snapshot(cid, "acme-own")
+        polled = world.a.operation(op["id"])
+        assert op["result"] == polled["result"] == {"template": "acme-own", "version": 1}
+        assert admin.operation(op["id"])["result"]["node"] in world.names
+        seen += [op, polled]
+        with pytest.raises(Conflict) as shared:
+            world.a.snapshot(cid, DEMO_NAME)  # a shared template: not the project's
+        child = world.a.copy("acme-own")
+        with pytest.raises(Conflict) as used:
+            world.a.delete_template("acme-own")
+        world.a.delete(child["id"])
+        seen += [shared.value.message, used.value.message]
+        # Once on every node the project is told it is no longer replicating.
+        wait_for(lambda: len(on_nodes(admin, "acme-own", 1)) == 3, "acme-own everywhere")
+        wait_for(
+            lambda: set(on_nodes(admin, "acme-own", 1).values()) == {"ready"},
+            "acme-own ready",
+            120,
+        )
+        assert world.a.template("acme-own")["versions"][0]["replicating"] is False
+        world.a.delete(cid)
+        gone = world.a.delete_template("acme-own")
+        assert gone == {"name": "acme-own", "deleted": True}
+        seen.append(gone)
+    finally:
+        world.a.delete(cid)
+        with contextlib.suppress(NotFound):  # when the test failed before deleting it
+            admin.delete_template("acme-own")
+    assert world.leaks(seen) == []
+    assert world.leaks(admin.template(DEMO_NAME)) != []
 
 
 SCREENSHOT = Path(__file__).resolve().parents[3] / "build" / "screenshots" / "dashboard-fleet.png"

@@ -225,3 +225,34 @@ def test_a_project_token_sees_no_node_in_the_cli(
     assert where <= set(shown) and shown["node"] in w.agents
     table = cli.invoke(app, ["show", "web-1"], env={"COLUMNS": "250"}).output
     assert "node" in table and shown["node"] in table
+
+
+def test_a_project_token_lists_templates_without_nodes(
+    live_world: tuple[str, World], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    url, w = live_world
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    monkeypatch.setenv("HOODY_URL", url)
+    cli = CliRunner()
+    w.agents["n1"].add_template("demo", 2)  # on n1 only: still replicating
+    w.heartbeat("n1")
+
+    monkeypatch.setenv("HOODY_TOKEN", w.project_token)
+    for args in (["templates"], ["templates", "show", "demo"], ["templates", "--wait"]):
+        if args[-1] == "--wait":  # a project is told a version is ready, not where
+            w.agents["n2"].add_template("demo", 2)
+            w.heartbeat("n2")
+        table = cli.invoke(app, args, env={"COLUMNS": "200"})
+        assert table.exit_code == 0, table.output
+        assert "demo" in table.output and "ready" in table.output, table.output
+        assert not any(n in table.output for n in w.agents), table.output
+    rows = json.loads(cli.invoke(app, ["templates", "--json"]).output)
+    assert [(v["version"], v["replicating"]) for v in rows[0]["versions"]] == [
+        (1, False),
+        (2, False),
+    ]
+    assert all("nodes" not in v for v in rows[0]["versions"])
+
+    monkeypatch.setenv("HOODY_TOKEN", w.admin_token)
+    table = cli.invoke(app, ["templates"], env={"COLUMNS": "200"}).output
+    assert "n1" in table and "n2" in table
