@@ -7,6 +7,7 @@ The database is the agent's memory of what *should* exist; the host is what does
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import sqlite3
@@ -191,7 +192,6 @@ class TenantRecord:
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> TenantRecord:
-        cfg = json.loads(row["config"])
         return cls(
             id=row["id"],
             template=row["template"],
@@ -202,19 +202,33 @@ class TenantRecord:
             status=row["status"],
             pid=row["pid"],
             created_at=row["created_at"],
-            args=tuple(cfg["args"]),
-            env=cfg["env"],
-            port=cfg["port"],
-            limits=Limits.from_json(cfg["limits"]),
-            firewall=FirewallPolicy.from_json(cfg["firewall"]),
-            ksm=cfg["ksm"],
-            metadata=cfg.get("metadata", {}),
-            init=cfg.get("init", True),
             slot=row["slot"] if row["slot"] is not None else -1,
-            sleep=SleepPolicy.from_json(cfg.get("sleep")),
             asleep=row["asleep"],
             slept_at=row["slept_at"],
+            **_decoded_config(row["config"]),
         )
+
+
+@functools.lru_cache(maxsize=8192)
+def _decoded_config(text: str) -> dict[str, Any]:
+    """A tenant's configuration column, decoded and validated once per distinct text.
+
+    The node reads every tenant record every 2 s (headroom, usage, heartbeats) and a
+    configuration changes rarely: decoding each one anew cost 84 ms per 2,000 tenants
+    on this VM. Records are frozen and nothing edits their env or metadata in place,
+    so tenants with the same text may share the decoded values."""
+    cfg = json.loads(text)
+    return {
+        "args": tuple(cfg["args"]),
+        "env": cfg["env"],
+        "port": cfg["port"],
+        "limits": Limits.from_json(cfg["limits"]),
+        "firewall": FirewallPolicy.from_json(cfg["firewall"]),
+        "ksm": cfg["ksm"],
+        "metadata": cfg.get("metadata", {}),
+        "init": cfg.get("init", True),
+        "sleep": SleepPolicy.from_json(cfg.get("sleep")),
+    }
 
 
 class NodeStore:
