@@ -21,8 +21,8 @@ time went (its /metrics); `breakdown_ms` gives the mean per wake of each hop:
 
 from __future__ import annotations
 
+import collections
 import contextlib
-import itertools
 import os
 import socket
 import statistics
@@ -140,11 +140,34 @@ def sleep_bench(
         mem_empty = memory_in_use()
 
         retried = {"copies": 0}
+        # The active tenants are made first and driven from the moment they exist:
+        # making 2,000 tenants takes many times their idle timeout, and an active
+        # tenant left alone that long would be asleep when the wakes are measured.
+        busy: list[str] = []
+        stop = threading.Event()
+        driven = {"requests": 0, "errors": 0}
+
+        def drive() -> None:
+            # Each active tenant gets a request about every 5 s: awake and in use.
+            while not stop.is_set():
+                if not busy:
+                    stop.wait(0.5)
+                    continue
+                now_busy = list(busy)
+                for cid in now_busy:
+                    if stop.wait(5.0 / len(now_busy)):
+                        return
+                    try:
+                        status, _ = _get(port, cid, timeout=10)
+                        driven["requests"] += 1
+                        driven["errors"] += status != 200
+                    except OSError:
+                        driven["errors"] += 1
 
         def make(i: int) -> str:
-            busy = i < active
+            busy_one = i < active
             sleep = {
-                "idle_seconds": 120 if busy else idle_seconds,
+                "idle_seconds": 120 if busy_one else idle_seconds,
                 "mode": "frozen" if i % 2 else "stopped",
             }
             deadline = time.monotonic() + 120
@@ -153,10 +176,12 @@ def sleep_bench(
                     rec = fleet.admin.copy(
                         DEMO_NAME,
                         project=project,
-                        metadata={"public": True, "bench": "busy" if busy else "idle"},
+                        metadata={"public": True, "bench": "busy" if busy_one else "idle"},
                         limits={"memory_mib": memory_mib} if memory_mib else None,
                         sleep=sleep,
                     )
+                    if busy_one:
+                        busy.append(str(rec["id"]))
                     return str(rec["id"])
                 except Exhausted:
                     # Refused at the limit before the node measured its tenants' use.
@@ -165,31 +190,15 @@ def sleep_bench(
                     retried["copies"] += 1
                     time.sleep(1.0)
 
-        started = time.monotonic()
-        with ThreadPoolExecutor(concurrency) as pool:
-            cids = list(pool.map(make, range(registered)))
-        made_in = time.monotonic() - started
-        busy, idle = cids[:active], cids[active:]
-
-        stop = threading.Event()
-        driven = {"requests": 0, "errors": 0}
-
-        def drive() -> None:
-            # Each active tenant gets a request about every 5 s: awake and in use.
-            for cid in itertools.cycle(busy):
-                if stop.wait(5.0 / max(1, len(busy))):
-                    return
-                try:
-                    status, _ = _get(port, cid, timeout=10)
-                    driven["requests"] += 1
-                    driven["errors"] += status != 200
-                except OSError:
-                    driven["errors"] += 1
-
         driver = threading.Thread(target=drive, name="bench-active", daemon=True)
-        if busy:
+        if active:
             driver.start()
         try:
+            started = time.monotonic()
+            with ThreadPoolExecutor(concurrency) as pool:
+                cids = list(pool.map(make, range(registered)))
+            made_in = time.monotonic() - started
+            idle = cids[active:]
             deadline = time.monotonic() + idle_seconds + 120 + registered * 0.2
             while True:
                 states = _states(fleet)
@@ -209,19 +218,19 @@ def sleep_bench(
                 if state == "sleeping" and mode in by_mode:
                     by_mode[mode].append(cid)
             wakes: dict[str, list[float]] = {}
-            failures: dict[str, int] = {}
+            failures: dict[str, dict[str, int]] = {}
             asking: dict[str, float] = {}
             breakdown: dict[str, dict[str, float]] = {}
             load = [round(os.getloadavg()[0], 2)]
             for mode, pool_cids in by_mode.items():
-                times, failed = [], 0
+                times, failed = [], collections.Counter[str]()
                 before = _router_wakes(port)
                 for cid in pool_cids[:samples]:
                     status, took = _get(port, cid)
                     if status == 200:
                         times.append(took * 1000)
-                    else:
-                        failed += 1
+                    else:  # 0: no answer at all
+                        failed[str(status)] += 1
                 after = _router_wakes(port)
                 # The router's own time from asking the control plane to its answer.
                 woken = after["count"] - before["count"]
@@ -229,11 +238,11 @@ def sleep_bench(
                     per = {k: (after[k] - before[k]) / woken * 1000 for k in after}
                     asking[mode] = per["sum"]
                     breakdown[mode] = _breakdown(per, times)
-                wakes[mode], failures[mode] = times, failed
+                wakes[mode], failures[mode] = times, dict(failed)
                 load.append(round(os.getloadavg()[0], 2))
         finally:
             stop.set()
-            if busy:
+            if active:
                 driver.join(timeout=15)
         node_headroom = fleet.admin.nodes()[0]["headroom"]
         return {
@@ -300,10 +309,11 @@ def _router_wakes(port: int) -> dict[str, float]:
     return values
 
 
-def _summary(times: list[float], failed: int) -> dict[str, Any]:
+def _summary(times: list[float], failed: dict[str, int]) -> dict[str, Any]:
     return {
         "wakes": len(times),
-        "failed": failed,
+        "failed": sum(failed.values()),
+        "failed_by_status": failed,
         "wake_p50_ms": round(statistics.median(times), 1) if times else None,
         "wake_p95_ms": round(percentile(times, 0.95), 1) if times else None,
         "wake_max_ms": round(max(times), 1) if times else None,
