@@ -39,14 +39,26 @@ _FIELDS = (
 )
 
 
-def memory_in_use() -> int:
-    """Bytes of anonymous + page cache + kernel memory, from /proc/meminfo."""
+def _meminfo() -> dict[str, int]:
     values = {}
     for line in Path("/proc/meminfo").read_text().splitlines():
         key, value = line.split(":", 1)
         values[key] = int(value.split()[0]) * 1024
+    return values
+
+
+def memory_in_use(values: dict[str, int] | None = None) -> int:
+    """Bytes of anonymous + page cache + kernel memory, from /proc/meminfo."""
+    values = values or _meminfo()
     # Shmem is counted inside Cached; leave it out of the sum.
     return sum(values.get(k, 0) for k in _FIELDS if k != "Shmem")
+
+
+def _by_field(before: dict[str, int], after: dict[str, int], count: int) -> dict[str, float]:
+    """KiB per tenant that each /proc/meminfo figure grew by: where the host-wide
+    marginal memory went (Slab split into what the kernel can and cannot reclaim)."""
+    keys = [k for k in _FIELDS if k != "Slab"] + ["SReclaimable", "SUnreclaim"]
+    return {k: round((after.get(k, 0) - before.get(k, 0)) / max(1, count) / 1024, 1) for k in keys}
 
 
 def _attributed(parent: str, pids: list[int]) -> int:
@@ -101,7 +113,8 @@ def density(
         wait_http_ok(warm["url"])
         scratch.client.delete(warm["id"])
         time.sleep(1)
-        mem0, disk0 = memory_in_use(), _pool_used(scratch.node.config.pool)
+        info0 = _meminfo()
+        mem0, disk0 = memory_in_use(info0), _pool_used(scratch.node.config.pool)
         ksm0 = ksm.stats()
         urls: list[str] = []
         with ThreadPoolExecutor(4) as pool:
@@ -117,7 +130,8 @@ def density(
             for url in urls:
                 with contextlib.suppress(httpx.HTTPError):
                     answering += http.get(url).status_code == 200
-        mem1, disk1 = memory_in_use(), _pool_used(scratch.node.config.pool)
+        info1 = _meminfo()
+        mem1, disk1 = memory_in_use(info1), _pool_used(scratch.node.config.pool)
         ksm1 = ksm.stats()
         return {
             "benchmark": "density",
@@ -125,6 +139,7 @@ def density(
             "tenants": count,
             "answering": answering,
             "marginal_memory_mib": round((mem1 - mem0) / count / (1 << 20), 2),
+            "marginal_by_field_kib": _by_field(info0, info1, count),
             "marginal_disk_mib": round((disk1 - disk0) / count / (1 << 20), 3),
             "ksm": use_ksm,
             "ksm_profit_mib": round(ksm1["profit_mib"] - (ksm0["profit_mib"] if use_ksm else 0), 2),
@@ -159,7 +174,8 @@ def density_api(count: int = 50, storage: str = "overlay", concurrency: int = 4)
             time.sleep(1)
             pids = [p.pid for p in (fleet.control, node.process) if p is not None]
             parent = node.config.cgroup_parent
-            mem0, disk0 = memory_in_use(), _pool_used(node.config.pool)
+            info0 = _meminfo()
+            mem0, disk0 = memory_in_use(info0), _pool_used(node.config.pool)
             own0 = _attributed(parent, pids)
             started = time.monotonic()
             urls: list[str] = []
@@ -183,7 +199,8 @@ def density_api(count: int = 50, storage: str = "overlay", concurrency: int = 4)
                 for url in urls:
                     with contextlib.suppress(httpx.HTTPError):
                         answering += http.get(url).status_code == 200
-            mem1, disk1 = memory_in_use(), _pool_used(node.config.pool)
+            info1 = _meminfo()
+            mem1, disk1 = memory_in_use(info1), _pool_used(node.config.pool)
             own1 = _attributed(parent, pids)
         with node.client() as agent:  # what one heartbeat's measurement costs the agent
             timed = time.monotonic()
@@ -202,6 +219,7 @@ def density_api(count: int = 50, storage: str = "overlay", concurrency: int = 4)
         "answering": answering,
         "refused": refused[:3],
         "marginal_memory_mib": round((mem1 - mem0) / max(1, len(urls)) / mib, 2),
+        "marginal_by_field_kib": _by_field(info0, info1, len(urls)),
         "marginal_disk_mib": round((disk1 - disk0) / max(1, len(urls)) / mib, 3),
         "marginal_memory_attributed_mib": round((own1 - own0) / max(1, len(urls)) / mib, 2),
         "copy_seconds": round(copied, 1),

@@ -32,6 +32,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 from hoody import proc
@@ -67,7 +68,7 @@ def _get(port: int, cid: str, timeout: float = 30.0) -> tuple[int, float]:
 
 
 @contextlib.contextmanager
-def _router(fleet: ScratchFleet) -> Iterator[int]:
+def _router(fleet: ScratchFleet) -> Iterator[tuple[int, int]]:
     """A `hoody router` process with a router token of its own, as in production (an
     admin token would also pass checks a router token fails)."""
     port = free_port()
@@ -89,7 +90,7 @@ def _router(fleet: ScratchFleet) -> Iterator[int]:
                 if child.poll() is not None or time.monotonic() > deadline:
                     raise HostError(f"the router did not start; see {log}") from None
                 time.sleep(0.1)
-        yield port
+        yield port, child.pid
     finally:
         proc.stop(child)
 
@@ -128,7 +129,13 @@ def sleep_bench(
             f"{MAX_REGISTERED} or fewer"
         )
     fleet_ctx = scratch_fleet(1, pool_size="40G", id_slots=registered + _SPARE_SLOTS)
-    with fleet_ctx as fleet, _router(fleet) as port:
+    with fleet_ctx as fleet, _router(fleet) as (port, router_pid):
+        parts = {
+            "control_plane": fleet.control.pid,
+            "agent": fleet.nodes[0].process.pid if fleet.nodes[0].process else 0,
+            "router": router_pid,
+        }
+        tenants_cgroup = fleet.nodes[0].config.cgroup_parent
         with fleet.nodes[0].client() as agent:
             agent.create_template(DEMO_NAME, {"demo": True}, args=DEMO_ARGS)
         project = _project(fleet)
@@ -209,6 +216,12 @@ def sleep_bench(
                     raise HostError(f"only {asleep} of {len(idle)} idle tenants fell asleep")
                 time.sleep(1.0)
             time.sleep(2.0)  # the router's table (0.5 s) and the node settle
+            # What the registered tenants cost at rest: CPU over 10 s, the active ones
+            # driven, nobody woken.
+            rest = _Cores(parts, tenants_cgroup)
+            time.sleep(10.0)
+            at_rest = rest.cores()
+            during = _Cores(parts, tenants_cgroup)
             states = _states(fleet)
             awake_busy = sum(1 for cid in busy if states[cid][0] == "running")
             mem_asleep = memory_in_use()
@@ -240,6 +253,7 @@ def sleep_bench(
                     breakdown[mode] = _breakdown(per, times)
                 wakes[mode], failures[mode] = times, dict(failed)
                 load.append(round(os.getloadavg()[0], 2))
+            while_waking = during.cores()
         finally:
             stop.set()
             if active:
@@ -264,6 +278,9 @@ def sleep_bench(
                 for mode, times in wakes.items()
             },
             "load_1m_during_wakes": load,
+            # CPU in cores by part; "host" is everything on the machine.
+            "cores_at_rest": at_rest,
+            "cores_while_waking": while_waking,
             "node_memory_in_use_mib": round(mem_asleep / _MIB),
             "tenants_memory_mib": round((mem_asleep - mem_empty) / _MIB),
             "node_memory_available_mib": round(
@@ -272,6 +289,45 @@ def sleep_bench(
             "active_requests": driven["requests"],
             "active_errors": driven["errors"],
         }
+
+
+class _Cores:
+    """CPU used since it was made, in cores: by hoody's processes (`parts`: name →
+    pid, threads included), by all tenants (their parent cgroup) and by the host."""
+
+    def __init__(self, parts: dict[str, int], tenants_cgroup: str) -> None:
+        self.parts, self.tenants_cgroup = parts, tenants_cgroup
+        self.start, self.used = time.monotonic(), self._used()
+
+    def _used(self) -> dict[str, float]:
+        tick = os.sysconf("SC_CLK_TCK")
+        used = {}
+        for name, pid in self.parts.items():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                used[name] = (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+            except (OSError, IndexError, ValueError):
+                used[name] = 0.0
+        used["tenants"] = _cgroup_cpu_seconds(self.tenants_cgroup)
+        cpu = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+        used["host"] = (sum(int(x) for x in cpu) - int(cpu[3]) - int(cpu[4])) / tick
+        return used
+
+    def cores(self) -> dict[str, float]:
+        now, used = time.monotonic(), self._used()
+        took = max(1e-6, now - self.start)
+        return {k: round((used[k] - self.used[k]) / took, 2) for k in used}
+
+
+def _cgroup_cpu_seconds(parent: str) -> float:
+    v1 = Path("/sys/fs/cgroup/cpuacct", parent, "cpuacct.usage")
+    if v1.exists():
+        return int(v1.read_text()) / 1e9
+    with contextlib.suppress(OSError):
+        for line in Path("/sys/fs/cgroup", parent, "cpu.stat").read_text().splitlines():
+            if line.startswith("usage_usec"):
+                return int(line.split()[1]) / 1e6
+    return 0.0
 
 
 def _breakdown(per: dict[str, float], times: list[float]) -> dict[str, float]:
