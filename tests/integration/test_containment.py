@@ -15,8 +15,10 @@ import httpx
 import pytest
 
 from hoody import services
+from hoody.agent.runtime.cpus import held_cpusets
 from hoody.agent.runtime.devices import backing_devices
 from hoody.agent.runtime.lxcfs import PROC_FILES, Lxcfs
+from hoody.agent.runtime.oci import CGROUP_ROOT
 from hoody.agent.templates import DEMO_ARGS, demo_source
 from hoody.bench.noisy import measure
 from hoody.bench.provision import wait_http_ok
@@ -324,11 +326,16 @@ def test_a_neighbour_spinning_at_its_limit_barely_delays_requests_to_a_tenant(
     """HTTP from a client weighed like hoody's own processes (`hoody.services`: the
     router and the agents are, and this test's agent runs in its process): with the
     client in the host's root cgroup a neighbour spinning at its 1-CPU quota raised a
-    tenant's p99 by 18.6 ms on this 2-core VM; in `hoody-services` by about 3 ms."""
+    tenant's p99 by 18.6 ms on this 2-core VM; in `hoody-services` by about 3-6 ms;
+    with the two tenants also on cores of their own (`runtime.cpus`) by 0.1 ms."""
     victim = copy(limits={"cpu": 1.0})
     neighbour = copy(limits={"cpu": 1.0})
+    caps, parent = scratch.node.runtime.caps, scratch.node.config.cgroup_parent
+    held = dict(held_cpusets(CGROUP_ROOT, caps.cgroup, parent))
+    if len(os.sched_getaffinity(0)) > 1:  # one core: nothing to spread over
+        assert held[victim["id"]] != held[neighbour["id"]], held
     with services.joined() as why:
         assert why is None, why
         result = measure(scratch, victim["id"], neighbour["id"], rounds=3, wakeups=200)
     assert result["noisy"]["neighbour_cores"] > 0.8, f"the neighbour was not at its limit: {result}"
-    assert result["http_p99_increase_ms"] < 8.0, result
+    assert result["http_p99_increase_ms"] < 2.0, result

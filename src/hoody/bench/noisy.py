@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from hoody import services
+from hoody.agent.runtime.cpus import held_cpusets
 from hoody.bench.provision import wait_http_ok
 from hoody.bench.scratch import CGROUP_ROOT, ScratchNode, scratch_node
 
@@ -181,9 +182,16 @@ def noisy(
             requests=requests,
             spinners=spinners,
         )
+        node = scratch.node
+        held = dict(held_cpusets(CGROUP_ROOT, node.runtime.caps.cgroup, node.config.cgroup_parent))
         return {
             "benchmark": "noisy",
             "cpu_limit": cpu,
+            # The cores each runs on (`hoody.agent.runtime.cpus`); "" when not pinned.
+            "cpus": {
+                "victim": held.get(victim["id"], ""),
+                "neighbour": held.get(neighbour["id"], ""),
+            },
             "spinners": spinners,
             "rounds": rounds,
             "host_cpus": os.cpu_count(),

@@ -163,6 +163,22 @@ def test_limits_math() -> None:
     assert config(limits=Limits(cpu=2))["linux"]["resources"]["cpu"]["quota"] == 200_000
 
 
+def test_a_cpuset_is_given_only_when_placed() -> None:
+    spec = ContainerSpec(
+        tid="shop-abc123",
+        rootfs=Path("/r"),
+        args=("app",),
+        limits=Limits(cpu=1),
+        netns=Path("/run/netns/x"),
+        log_path=Path("/l"),
+        ids=TenantIds(owner=1_000_000_007, base=1_000_524_288),
+        userns=Path("/proc/42/fd/7"),
+    )
+    pinned = oci_config(spec, "hoody-n1", CAPS, cpus="1")["linux"]["resources"]["cpu"]
+    assert pinned == {"quota": 100_000, "period": 100_000, "cpus": "1"}
+    assert "cpus" not in oci_config(spec, "hoody-n1", CAPS)["linux"]["resources"]["cpu"]
+
+
 def test_cgroup_path_is_absolute_under_the_node_parent() -> None:
     assert config()["linux"]["cgroupsPath"] == "/hoody-n1/shop-abc123"
 

@@ -22,7 +22,8 @@ What the tenant gets, and why:
   diskstats, so the tenant sees its own memory limit and as many CPUs as its quota;
 - a seccomp allowlist answering EPERM to everything else, anchored on Docker's
   default profile (see `seccomp.py`);
-- cpu quota, memory without swap, a pids cap, and read/write bandwidth and IOPS caps
+- cpu quota (and, below a whole host's cores, cores of its own: see `cpus.py`),
+  memory without swap, a pids cap, and read/write bandwidth and IOPS caps
   on the disks under the pool (blk-throttle), in cgroup `/<cgroup_parent>/<tid>`. On
   cgroup v1 the I/O caps hold for reads, direct writes and writes the tenant syncs
   (measured: 7.3-7.9 MiB/s under an 8 MiB/s cap); writes it leaves in the page cache
@@ -150,15 +151,18 @@ def _block_io(spec: ContainerSpec, devices: tuple[tuple[int, int], ...]) -> dict
     }
 
 
-def _resources(spec: ContainerSpec, host: HostParts) -> dict[str, Any]:
+def _resources(spec: ContainerSpec, host: HostParts, cpus: str | None) -> dict[str, Any]:
     limits = spec.limits
     memory = limits.memory_mib << 20
+    cpu: dict[str, Any] = {
+        "quota": max(1000, round(limits.cpu * CPU_PERIOD_US)),
+        "period": CPU_PERIOD_US,
+    }
+    if cpus:
+        cpu["cpus"] = cpus
     resources: dict[str, Any] = {
         "devices": [{"allow": False, "access": "rwm"}],  # the runtime adds /dev/null & co.
-        "cpu": {
-            "quota": max(1000, round(limits.cpu * CPU_PERIOD_US)),
-            "period": CPU_PERIOD_US,
-        },
+        "cpu": cpu,
         # OCI swap is memory+swap: equal to the limit means no swap at all, so a hog
         # is stopped at its limit instead of pushing neighbours' pages to disk.
         "memory": {"limit": memory, "swap": memory},
@@ -210,10 +214,16 @@ def _mounts() -> list[dict[str, Any]]:
 
 
 def oci_config(
-    spec: ContainerSpec, cgroup_parent: str, caps: RuntimeCaps, host: HostParts | None = None
+    spec: ContainerSpec,
+    cgroup_parent: str,
+    caps: RuntimeCaps,
+    host: HostParts | None = None,
+    *,
+    cpus: str | None = None,
 ) -> dict[str, Any]:
     """The config.json for `spec`, as a JSON-able dict. Pure: no I/O, no host lookups
-    beyond the machine architecture for seccomp.
+    beyond the machine architecture for seccomp. `cpus`: the cpuset the tenant runs on
+    (`cpus.CpuPlacer`), None for any CPU.
 
     With `spec.init` and `host.init`, the init runs as PID 1 with the entrypoint as
     its only child; the caller refuses `spec.init` without an init on the host.
@@ -264,7 +274,7 @@ def oci_config(
             "gidMappings": ids,
             "namespaces": namespaces,
             "cgroupsPath": cgroups_path(cgroup_parent, spec.tid),
-            "resources": _resources(spec, host),
+            "resources": _resources(spec, host, cpus),
             "maskedPaths": list(MASKED_PATHS),
             "readonlyPaths": list(READONLY_PATHS),
             "seccomp": seccomp_profile(),

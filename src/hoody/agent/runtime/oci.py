@@ -48,6 +48,7 @@ from hoody.agent.runtime import (
 )
 from hoody.agent.runtime import userns as userns_mod
 from hoody.agent.runtime.bundle import DEFAULT_PATH, HostParts, oci_config
+from hoody.agent.runtime.cpus import CpuPlacer, has_cpuset, held_cpusets
 from hoody.agent.runtime.devices import backing_devices
 from hoody.agent.runtime.lxcfs import Lxcfs
 from hoody.agent.runtime.session import ProcessExec
@@ -267,6 +268,8 @@ class OciRuntime:
             cgroupns=Path("/proc/self/ns/cgroup").exists(),
             freezer=cgroup == "v2" or (CGROUP_ROOT / "freezer").is_dir(),
         )
+        # Tenants below a whole host's cores run on cores of their own: see cpus.py.
+        self.cpus = CpuPlacer(os.sched_getaffinity(0)) if has_cpuset(CGROUP_ROOT, cgroup) else None
 
     def _cli(self, *args: str) -> list[str]:
         return [self.binary, "--root", str(self.root), *args]
@@ -314,7 +317,9 @@ class OciRuntime:
             host = self.host
             if self.lxcfs is not None:
                 host = replace(host, proc_files=self.lxcfs.ensure())
-            config = oci_config(spec, self.cgroup_parent, self.caps, host)
+            cpus = self.cpus.place(tid, spec.limits.cpu) if self.cpus is not None else None
+            undo.add(lambda: self._release_cpus(tid), "release cpus")
+            config = oci_config(spec, self.cgroup_parent, self.caps, host, cpus=cpus)
             (bundle / "config.json").write_text(json.dumps(config, indent=1) + "\n")
             pid_file = bundle / "init.pid"
             pid_file.unlink(missing_ok=True)
@@ -376,6 +381,7 @@ class OciRuntime:
 
     def ensure_ready(self) -> None:
         self._weigh_parent()
+        self._adopt_cpus()
         if self.lxcfs is not None:
             self.lxcfs.ensure()
 
@@ -467,6 +473,17 @@ class OciRuntime:
         if current.status != "absent":
             self._delete(tid)
         shutil.rmtree(self.bundle_dir / tid, ignore_errors=True)
+        self._release_cpus(tid)
+
+    def _release_cpus(self, tid: str) -> None:
+        if self.cpus is not None:
+            self.cpus.release(tid)
+
+    def _adopt_cpus(self) -> None:
+        """Count the cores the running tenants hold (after an agent restart)."""
+        if self.cpus is not None:
+            for tid, cpus in held_cpusets(CGROUP_ROOT, self.caps.cgroup, self.cgroup_parent):
+                self.cpus.adopt(tid, cpus)
 
     def _kill(self, tid: str, sig: str, every: bool = False) -> None:
         # A race with the container exiting on its own is fine: nothing left to signal.
