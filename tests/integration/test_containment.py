@@ -176,6 +176,32 @@ def test_refused_syscalls_fail_with_eperm(scratch: ScratchNode, copy: Any) -> No
     assert nested["exit_code"] != 0
 
 
+# A 64-bit process calling the kernel through the 32-bit ABIs: i386's `int 0x80`
+# (getpid, which the filter allows on x86_64) and x32's syscall bit.
+OTHER_ABIS = r"""
+import ctypes, mmap, os, sys
+if sys.argv[1] == "i386":
+    code = b"\xb8\x14\x00\x00\x00\xcd\x80\xc3"  # mov eax, 20; int 0x80; ret
+    buf = mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+    buf.write(code)
+    call = ctypes.CFUNCTYPE(ctypes.c_int)(ctypes.addressof(ctypes.c_char.from_buffer(buf)))
+    print(call())
+else:
+    print(ctypes.CDLL(None, use_errno=True).syscall(0x40000000 | 39))
+"""
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="the 32-bit ABIs are x86's")
+@pytest.mark.parametrize("abi", ["i386", "x32"])
+def test_a_syscall_through_a_32_bit_abi_kills_the_caller(
+    scratch: ScratchNode, copy: Any, abi: str
+) -> None:
+    rec = copy()
+    result = scratch.client.exec(rec["id"], ["/usr/bin/python3", "-c", OTHER_ABIS, abi])
+    assert result["exit_code"] == 128 + signal.SIGSYS, result
+    assert result["stdout"] == ""
+
+
 WORKLOAD = (
     "import os, socket, sqlite3, subprocess, threading, time, mmap, select, json\n"
     "t = threading.Thread(target=time.sleep, args=(0.01,)); t.start(); t.join()\n"

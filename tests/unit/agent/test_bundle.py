@@ -239,10 +239,6 @@ def test_seccomp_lets_clone_and_unshare_pass_without_namespace_flags_only() -> N
     ]
 
 
-def test_seccomp_covers_every_abi_of_the_machine() -> None:
-    assert seccomp_profile("x86_64")["architectures"] == [
-        "SCMP_ARCH_X86_64",
-        "SCMP_ARCH_X86",
-        "SCMP_ARCH_X32",
-    ]
-    assert seccomp_profile("aarch64")["architectures"] == ["SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM"]
+def test_seccomp_lets_through_the_machines_64_bit_abi_only() -> None:
+    assert seccomp_profile("x86_64")["architectures"] == ["SCMP_ARCH_X86_64"]
+    assert seccomp_profile("aarch64")["architectures"] == ["SCMP_ARCH_AARCH64"]
