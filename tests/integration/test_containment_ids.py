@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 
 from hoody.agent.ids import TenantIds
+from hoody.agent.runtime import userns
 from hoody.agent.runtime.bundle import PTYS
 from hoody.agent.runtime.userns import SIGPENDING
 from hoody.bench.provision import wait_http_ok
@@ -444,3 +445,17 @@ def test_the_holder_is_gone_and_exec_joins_the_tenant(
     assert run_in(scratch, b["id"], "print(open('/proc/self/uid_map').read().split())") == str(
         ["0", str(ids(scratch, b["id"]).base), "65536"]
     )
+
+
+def test_a_dead_namespace_helper_is_replaced(scratch: ScratchNode) -> None:
+    """Holders are forked by a small helper of the agent's (userns._Holders); if it
+    dies, the next tenant still starts, with a new one."""
+    first = userns._holders._server()
+    first.kill()
+    first.wait()
+    rec = scratch.client.copy("demo-app")
+    try:
+        wait_http_ok(rec["url"] + "healthz")
+        assert userns._holders._server().pid != first.pid
+    finally:
+        scratch.client.delete(rec["id"])
