@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from hoody.agent.config import NodeConfig
-from hoody.agent.engine import Node
+from hoody.agent.engine import LOG_CHECK_EVERY, Node
 from hoody.agent.network.fake import FakeFirewall, FakeNetwork
 from hoody.agent.runtime.fake import FakeRuntime
 from hoody.agent.state import NodeStore
@@ -151,6 +151,21 @@ def test_supervisor_restarts_a_crashed_tenant_with_backoff(node: Node) -> None:
     assert node.supervise_once(now=1001.5) == ["t1"]
     node.stop("t1")
     assert node.supervise_once(now=2000.0) == []  # a stopped tenant stays stopped
+
+
+def test_the_supervisor_rotates_logs_past_their_size_every_few_seconds(node: Node) -> None:
+    node.copy("app", name="t1")
+    log = node.log_path("t1")
+    log.write_bytes(b"x" * (node.config.log_max_bytes + 1))
+    node.supervise_once(now=1000.0)
+    assert log.stat().st_size == 0
+    assert log.with_name("t1.log.1").stat().st_size == node.config.log_max_bytes + 1
+    log.write_bytes(b"y" * (node.config.log_max_bytes + 1))
+    node.supervise_once(now=1000.0 + LOG_CHECK_EVERY / 2)
+    assert log.stat().st_size > 0, "not looked at again so soon"
+    node.supervise_once(now=1000.0 + LOG_CHECK_EVERY)
+    assert log.stat().st_size == 0
+    assert log.with_name("t1.log.2").exists()
 
 
 def test_restarted_agent_keeps_running_tenants_and_removes_half_made_ones(
