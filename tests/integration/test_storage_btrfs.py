@@ -189,6 +189,9 @@ def test_ensure_pool_is_idempotent_and_remounts(pool: Path) -> None:
         mount = find_mount(path)
         assert mount is not None and mount.target == path and mount.fstype == "btrfs"
         assert (path / "marker").read_text() == "kept\n"
+        # The loop device reads and writes the image directly: no second page cache.
+        device = run(["losetup", "-j", str(image)]).stdout.split(":", 1)[0]
+        assert run(["losetup", "--list", "-n", "-O", "DIO", device]).stdout.split() == ["1"]
     finally:
         destroy_pool(path, image)
         destroy_pool(path, image)  # harmless twice
