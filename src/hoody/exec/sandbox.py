@@ -30,6 +30,7 @@ import json
 import os
 import shutil
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -304,7 +305,9 @@ def _mkdir(path: Path, gid: int) -> None:
 
 
 def _write(path: Path, text: str, gid: int) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
+    # A name of this thread's own: two first requests of a project write its files
+    # at the same time, and a shared temporary name was renamed away under the other.
+    tmp = path.with_name(f".{path.name}.{threading.get_ident()}.tmp")
     tmp.write_text(text)
     os.chown(tmp, 0, gid)
     tmp.chmod(0o640)
