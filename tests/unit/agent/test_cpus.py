@@ -61,6 +61,13 @@ def test_adopted_cpusets_count_and_whole_host_sets_do_not() -> None:
     assert placer.place("d", 2) == "2-3"
 
 
+def test_adopting_a_placed_tenant_keeps_its_share() -> None:
+    placer = CpuPlacer([0, 1])
+    placer.place("a", 0.5)
+    placer.adopt("a", "0")  # read back while this agent placed it: no change
+    assert placer.loads() == {0: 0.5, 1: 0.0}
+
+
 def test_held_cpusets_are_read_from_tenant_cgroups_with_processes(tmp_path: Path) -> None:
     for tid, procs, cpus in (("a", "42\n", "1\n"), ("b", "", "0\n")):
         group = tmp_path / "cpuset" / "hoody-n1" / tid

@@ -81,13 +81,14 @@ class CpuPlacer:
 
     def adopt(self, tid: str, cpus: str, cores: float | None = None) -> None:
         """Count a running tenant's existing cpuset (read back after a restart); a set
-        that covers every host CPU is no pin and is ignored."""
+        that covers every host CPU is no pin and is ignored, and a tenant placed here
+        already keeps its placement (and its share)."""
         held = tuple(sorted(parse_cpu_list(cpus) & set(self.host_cpus)))
         if not held or len(held) >= len(self.host_cpus):
             return
         share = (cores if cores is not None else len(held)) / len(held)
         with self._lock:
-            self._held[tid] = (held, share)
+            self._held.setdefault(tid, (held, share))
 
     def release(self, tid: str) -> None:
         with self._lock:

@@ -270,6 +270,7 @@ class OciRuntime:
         )
         # Tenants below a whole host's cores run on cores of their own: see cpus.py.
         self.cpus = CpuPlacer(os.sched_getaffinity(0)) if has_cpuset(CGROUP_ROOT, cgroup) else None
+        self._cpus_adopted = False
 
     def _cli(self, *args: str) -> list[str]:
         return [self.binary, "--root", str(self.root), *args]
@@ -480,8 +481,11 @@ class OciRuntime:
             self.cpus.release(tid)
 
     def _adopt_cpus(self) -> None:
-        """Count the cores the running tenants hold (after an agent restart)."""
-        if self.cpus is not None:
+        """Count the cores the running tenants hold, once per agent start: ensure_ready
+        runs every supervisor round, and reading every tenant's cpuset twice a second
+        is the per-tenant polling the agent avoids elsewhere."""
+        if self.cpus is not None and not self._cpus_adopted:
+            self._cpus_adopted = True
             for tid, cpus in held_cpusets(CGROUP_ROOT, self.caps.cgroup, self.cgroup_parent):
                 self.cpus.adopt(tid, cpus)
 
