@@ -1,5 +1,6 @@
 """Shared by the control plane tests: databases (SQLite and a private PostgreSQL),
-fake agents and a ready fleet (admin, one project, two nodes with template demo).
+real agents over fake drivers (tests/local_agent.py) and a ready fleet (admin, one
+project, two nodes with template demo).
 
 PostgreSQL comes from scripts/postgres.sh (installs and starts a private cluster);
 each test session gets its own database, dropped at the end, and each test starts
@@ -26,7 +27,7 @@ from sqlalchemy import create_engine, text
 from hoody.control.auth import Principal
 from hoody.control.db import Base, Store
 from hoody.control.service import Fleet, Settings
-from tests.fake_agent import FakeAgent, fake_agents
+from tests.local_agent import LocalAgent, local_agents
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -94,7 +95,7 @@ class World:
 
     fleet: Fleet
     store: Store
-    agents: dict[str, FakeAgent]
+    agents: dict[str, LocalAgent]
     admin: Principal
     admin_token: str
     project: int
@@ -131,10 +132,12 @@ def make_world(
     settings = settings or Settings()
     if settings.state_dir is None:  # Exec keeps its key there
         settings = dataclasses.replace(settings, state_dir=_state_dir())
+    root = _state_dir()
     agents = {
-        name: FakeAgent(name, subnet=i + 1, **kw) for i, (name, kw) in enumerate(nodes.items())
+        name: LocalAgent(name, root / name, subnet=i + 1, **kw)
+        for i, (name, kw) in enumerate(nodes.items())
     }
-    kwargs: dict[str, Any] = {"agents": fake_agents(agents.values()), "settings": settings}
+    kwargs: dict[str, Any] = {"agents": local_agents(agents.values()), "settings": settings}
     if clock is not None:
         kwargs["clock"] = clock
     fleet = Fleet(store, **kwargs)

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from hoody.agent.config import NodeConfig
+from hoody.agent.host import HostFacts
 from hoody.agent.ids import TEMPLATE_ID_SHIFT, TenantIds
 from hoody.agent.network import Firewall, Network
 from hoody.agent.pressure import MemoryPressure
@@ -78,8 +79,10 @@ class Node:
         firewall: Firewall,
         runtime: Runtime,
         pressure: MemoryPressure | None = None,
+        host: HostFacts | None = None,
     ) -> None:
         self.config = config
+        self.host = host or HostFacts()
         # Memory pressure of this host (None: not watched); api.py samples it.
         self.pressure = pressure
         self.store = store

@@ -23,17 +23,41 @@ included, once any cgroup2 mount (here `/sys/fs/cgroup` or the hybrid `unified`)
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 from hoody import proc
 from hoody.errors import HostError
 
-__all__ = ["SYSCTLS", "tune_host"]
+__all__ = ["SYSCTLS", "HostFacts", "tune_host"]
 
 log = logging.getLogger(__name__)
 
 # sysctl (relative to /proc/sys) -> the least value a node needs.
 SYSCTLS = {"kernel/pty/max": 1 << 20}
+
+
+class HostFacts:
+    """What a node reads about its machine for its headroom: memory (/proc/meminfo)
+    and the size of the filesystem under its pool. A node is given another one when
+    its figures must be chosen (the control plane's tests run real agents over fake
+    drivers on machines of any size)."""
+
+    def meminfo(self) -> dict[str, int]:
+        """/proc/meminfo in bytes (MemTotal, MemAvailable, ...)."""
+        out = {}
+        with open("/proc/meminfo") as f:
+            for line in f:
+                key, value = line.split(":", 1)
+                out[key] = int(value.split()[0]) * 1024
+        return out
+
+    def disk(self, path: Path) -> tuple[int, int] | None:
+        """(total, free) bytes of the filesystem holding `path`; None if it is absent."""
+        if not path.exists():
+            return None
+        usage = shutil.disk_usage(path)
+        return usage.total, usage.free
 
 
 def tune_host(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import threading
 import time
 import weakref
@@ -17,20 +16,11 @@ from hoody.agent.storage import TemplateVersionRef
 from hoody.agent.usage import DiskCache, TenantUse, learn, node_figures, request_of, reserve_bytes
 from hoody.errors import HoodyError
 
-__all__ = ["configure", "headroom", "measure", "node_info", "tenant_usage"]
+__all__ = ["configure", "headroom", "measure", "measure_now", "node_info", "tenant_usage"]
 
 log = logging.getLogger(__name__)
 
 _MIB = 1 << 20
-
-
-def _meminfo() -> dict[str, int]:
-    out = {}
-    with open("/proc/meminfo") as f:
-        for line in f:
-            key, value = line.split(":", 1)
-            out[key] = int(value.split()[0]) * 1024
-    return out
 
 
 class _Meter:
@@ -63,6 +53,14 @@ class _Meter:
                     self._latest = (began, uses)
             return uses, time.monotonic() - began
         return latest[1], time.monotonic() - latest[0]
+
+    def now(self, node: Node) -> list[TenantUse]:
+        """Measure now and make it the latest round."""
+        began = time.monotonic()
+        uses = measure(node, self.disk)
+        with self._lock:
+            self._latest = (began, uses)
+        return uses
 
     def _loop(self) -> None:
         try:
@@ -129,11 +127,11 @@ def headroom(node: Node) -> dict[str, Any]:
     committed, reserve, overcommit, free), CPU, disk, tenant count, and per template
     version what its running tenants use (`templates`, for learned requests)."""
     uses, age = _meter(node).get(node)
-    mem = _meminfo()
+    mem = node.host.meminfo()
     total = mem.get("MemTotal", 0)
     learned = learn(uses)
     promised = sum(u.limit for u in uses if u.running)
-    disk = shutil.disk_usage(node.config.pool) if node.config.pool.exists() else None
+    disk = node.host.disk(node.config.pool)
     tenants = node.tenants()
     figures = node_figures(
         uses,
@@ -173,8 +171,8 @@ def headroom(node: Node) -> dict[str, Any]:
         "cpus": os.cpu_count() or 1,
         "cpu_promised": round(sum(t.limits.cpu for t in tenants if t.desired == "running"), 2),
         "load_1m": os.getloadavg()[0],
-        "disk_total_bytes": disk.total if disk else 0,
-        "disk_free_bytes": disk.free if disk else 0,
+        "disk_total_bytes": disk[0] if disk else 0,
+        "disk_free_bytes": disk[1] if disk else 0,
         # How old the measured figures are: copies made since are not in them.
         "measured_age_seconds": round(age, 2),
         "templates": templates,
@@ -284,6 +282,12 @@ def configure(
         config.save()
         node.config = config
     return node_info(node)
+
+
+def measure_now(node: Node) -> None:
+    """Take a measuring round now, so that the next headroom includes every tenant made
+    or changed until this moment (rounds otherwise run every 2 s on their own)."""
+    _meter(node).now(node)
 
 
 def tenant_usage(node: Node) -> dict[str, list[int]]:

@@ -15,7 +15,7 @@ from hoody.control.db import Container, Store
 from hoody.control.service import Fleet
 from hoody.errors import Exhausted
 from tests.control_support import World, empty, make_world
-from tests.fake_agent import fake_agents
+from tests.local_agent import local_agents
 
 
 @pytest.fixture
@@ -26,7 +26,7 @@ def fleets(pg_url: str, pg_store: Store) -> Any:
 
     def build(**nodes: dict[str, Any]) -> tuple[World, Fleet]:
         world = make_world(pg_store, nodes=nodes)
-        twin = Fleet(other, agents=fake_agents(world.agents.values()))
+        twin = Fleet(other, agents=local_agents(world.agents.values()))
         return world, twin
 
     yield build

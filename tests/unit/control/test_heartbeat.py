@@ -11,7 +11,7 @@ from pathlib import Path
 from hoody.control.client import Client
 from hoody.control.heartbeat import heartbeat_loop
 from hoody.control.service import Fleet
-from tests.fake_agent import FakeAgent
+from tests.local_agent import LocalAgent
 
 
 def wait_for(check: Callable[[], bool], timeout: float = 5.0) -> None:
@@ -29,7 +29,7 @@ def test_node_joins_sends_heartbeats_and_is_marked_down_when_silent(
     assert admin_token
     admin = Client(url, admin_token)
     join_token = admin.create_token("join")["token"]
-    agent = FakeAgent("n1", templates=[("demo", 1), ("demo", 2)])
+    agent = LocalAgent("n1", tmp_path, templates=[("demo", 1), ("demo", 2)])
 
     def run(stop: threading.Event) -> threading.Thread:
         t = threading.Thread(
@@ -38,7 +38,7 @@ def test_node_joins_sends_heartbeats_and_is_marked_down_when_silent(
             kwargs={
                 "interval": 0.1,
                 "stop": stop,
-                "agent_transport": agent.transport(),
+                "agent_transport": agent.transport,
                 "credential": tmp_path / "node.token",
             },
             daemon=True,
@@ -54,7 +54,7 @@ def test_node_joins_sends_heartbeats_and_is_marked_down_when_silent(
     wait_for(lambda: state() == "up")
     wait_for(lambda: [len(t["versions"]) for t in admin.templates()] == [2])
     node = admin.nodes()[0]
-    assert node["headroom"]["memory_total_bytes"] == agent.memory_total
+    assert node["headroom"]["memory_total_bytes"] == agent.host.memory_total
     time.sleep(1.0)  # heartbeats keep it up past the timeout
     assert state() == "up"
 
@@ -78,7 +78,7 @@ def test_the_node_credential_survives_a_restart(server: tuple[str, Fleet], tmp_p
     assert admin_token
     admin = Client(url, admin_token)
     join = admin.create_token("join")
-    agent = FakeAgent("n1")
+    agent = LocalAgent("n1", tmp_path)
     credential = tmp_path / "node.token"
 
     def run(token: str | None) -> None:
@@ -89,7 +89,7 @@ def test_the_node_credential_survives_a_restart(server: tuple[str, Fleet], tmp_p
             agent.url,
             agent.token,
             rounds=1,
-            agent_transport=agent.transport(),
+            agent_transport=agent.transport,
             credential=credential,
         )
 

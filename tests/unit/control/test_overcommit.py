@@ -46,11 +46,11 @@ def test_limits_add_up_past_the_memory_while_use_fits(store: Store) -> None:
 def test_refusals_name_the_figure_and_leave_nothing(store: Store) -> None:
     w = make_world(store, nodes={"n1": {"memory_total": 8 * GIB}})
     hog = w.fleet.copy(w.project, "demo", limits={"memory_mib": 8192, "memory_request_mib": 64})
-    w.agents["n1"].used[hog["id"]] = 7 * GIB + GIB // 2  # far more than its request
+    w.agents["n1"].use(hog["id"], 7 * GIB + GIB // 2)  # far more than its request
     w.heartbeat("n1")
     with pytest.raises(Exhausted, match=r"n1: full \(memory, refused by measured use"):
         w.fleet.copy(w.project, "demo", limits={"memory_mib": 1024, "memory_request_mib": 1024})
-    w.agents["n1"].used[hog["id"]] = 8 * MIB
+    w.agents["n1"].use(hog["id"], 8 * MIB)
     w.heartbeat("n1")
     # 7 GiB fits in the 8 GiB but not beside the 1 GiB reserve.
     with pytest.raises(Exhausted, match=r"refused by the host reserve \(1.0 GiB\)") as err:

@@ -19,7 +19,7 @@ from hoody.control.db import Container, IdempotencyKey, Store
 from hoody.control.service import Fleet
 from hoody.errors import Forbidden, InvalidInput, NotFound, QuotaExceeded
 from tests.control_support import World, make_world
-from tests.fake_agent import fake_agents
+from tests.local_agent import local_agents
 
 
 def _rows(w: World) -> int:
@@ -115,7 +115,7 @@ def test_concurrent_copies_never_overshoot_the_quota(store: Store, tmp_path: Pat
     # Two Fleets, each with its own engine and pool: two control plane processes.
     w = make_world(store, nodes={"n1": {}, "n2": {}, "n3": {}})
     twin_store = Store(store.url, migrate=False)
-    twin = Fleet(twin_store, agents=fake_agents(w.agents.values()))
+    twin = Fleet(twin_store, agents=local_agents(w.agents.values()))
     try:
         w.fleet.set_project(w.admin, w.project, {"max_tenants": 5, "max_memory_mib": 10_000})
         start = threading.Barrier(12)

@@ -95,11 +95,11 @@ def test_a_copy_in_flight_in_this_process_is_left_alone(world: World, clock: Clo
 def test_a_tenant_still_being_made_by_its_node_is_waited_for(world: World, clock: Clock) -> None:
     cid = left_creating(world, "making")
     world.agents["n1"].client().copy("demo", name=cid)
-    world.agents["n1"].tenants[cid]["state"] = "creating"
+    world.agents["n1"].set_state(cid, "creating")
     clock.now += 61
     report = world.fleet.reconcile_once()
     assert report.adopted == report.failed == report.orphans == []
-    world.agents["n1"].tenants[cid]["state"] = "running"
+    world.agents["n1"].set_state(cid, "running")
     assert world.fleet.reconcile_once().adopted == [cid]
 
 
@@ -194,7 +194,7 @@ def test_undo_that_cannot_reach_the_node_leaves_the_row_deleting(
 
 def test_a_copy_whose_answer_is_lost_is_deleted_on_the_node(world: World) -> None:
     agent = world.agents["n1"]
-    real = agent.handle
+    real = agent.transport.handle_request
 
     def made_then_cut(request: httpx.Request) -> httpx.Response:
         response = real(request)
@@ -202,7 +202,7 @@ def test_a_copy_whose_answer_is_lost_is_deleted_on_the_node(world: World) -> Non
             raise httpx.ReadTimeout("timed out", request=request)
         return response
 
-    agent.handle = made_then_cut  # type: ignore[method-assign]
+    agent.transport.handle_request = made_then_cut  # type: ignore[method-assign]
     with pytest.raises(HostError):
         world.fleet.copy(world.project, "demo", name="cut")
     assert agent.tenants == {} and row(world, "cut") is None

@@ -63,20 +63,12 @@ def test_a_version_reaches_every_node_then_the_next_as_a_difference(world: World
         assert w.agents[name].received[-1] == ("demo", 2, 1)
 
 
-def test_a_receiver_that_cannot_use_the_parent_gets_the_version_whole(world: World) -> None:
-    w = world
+def test_a_receiver_that_cannot_use_the_parent_gets_the_version_whole(store: Store) -> None:
+    # n3 holds a v1 built on its own: the difference from n1's v1 does not apply there.
+    w = make_world(store, nodes={"n1": {}, "n2": {"templates": []}, "n3": {}})
     settle(w)
     w.agents["n1"].add_template("demo", 2)
     w.heartbeat("n1")
-    # n3 holds a v1 built on its own: the difference from n1's v1 does not apply.
-    real_receive = w.agents["n3"]._receive
-
-    def receive(name: str, version: int, request: Any) -> dict[str, Any]:
-        if b'"parent": 1' in request.content:
-            raise HostError("ERROR: cannot find parent subvolume")
-        return real_receive(name, version, request)
-
-    w.agents["n3"]._receive = receive  # type: ignore[method-assign]
     settle(w)
     assert w.agents["n3"].received[-1] == ("demo", 2, None)
     assert w.agents["n2"].received[-1] == ("demo", 2, 1)
@@ -91,14 +83,14 @@ def test_a_failed_transfer_leaves_no_claim_and_is_retried_later(store: Store) ->
         settings=Settings(replication_retry=15),
         clock=lambda: now[0],
     )
-    w.agents["n1"].fail_send = HostError("btrfs send: short write")
+    w.agents["n1"].fail("send_template_version", HostError("btrfs send: short write"))
     assert [t.target for t in w.fleet.replicate_once(wait=True)] == ["n2"]
     assert replicas(w) == {1: {"n1": "ready"}}
     (op,) = ops(w)
     assert op["state"] == "failed" and op["source"] == "n1"
     assert w.fleet.replicate_once(wait=True) == []  # not again within 15 s
 
-    w.agents["n1"].fail_send = None
+    w.agents["n1"].fail("send_template_version", None)
     now[0] += 16
     settle(w)
     assert replicas(w) == {1: {"n1": "ready", "n2": "ready"}}

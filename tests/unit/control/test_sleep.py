@@ -39,7 +39,7 @@ def test_sleep_and_wake_show_in_the_api_and_on_the_node(store: Store) -> None:
     with pytest.raises(InvalidInput, match="sleep mode"):
         w.fleet.sleep(w.who, c["id"], "hibernate")
     w.fleet.stop(w.who, c["id"])
-    with pytest.raises(Conflict, match="only a running one"):
+    with pytest.raises(Conflict, match="only a running tenant can sleep"):
         w.fleet.sleep(w.who, c["id"])
 
 
@@ -94,7 +94,7 @@ def test_a_failed_sleep_leaves_the_tenant_running(store: Store) -> None:
     clock = Clock()
     w = make_world(store, nodes={"n1": {}}, clock=clock)
     cid = w.fleet.copy(w.project, "demo", sleep={"idle_seconds": 10})["id"]
-    w.agents["n1"].tenants[cid]["state"] = "stopped"  # the node says otherwise
+    w.agents["n1"].set_state(cid, "stopped")  # the node says otherwise
     clock.now += 11
     assert w.fleet.sleep_idle_once() == []
     assert w.fleet.get_container(w.who, cid)["state"] == "running"

@@ -58,13 +58,13 @@ def test_same_idempotency_key_same_container(store: Store) -> None:
 
 def test_failed_copy_leaves_nothing_and_frees_the_key(store: Store) -> None:
     w = make_world(store, nodes={"n1": {}})
-    w.agents["n1"].fail_copy = Exhausted("pool full")
+    w.agents["n1"].fail("create_tenant", Exhausted("pool full"))
     with pytest.raises(Exhausted, match="pool full"):
         w.fleet.copy(w.project, "demo", name="t1", idempotency_key="evt_9")
     with store.read() as s:
         assert s.scalars(select(Container)).all() == []
         assert s.scalars(select(IdempotencyKey)).all() == []
-    w.agents["n1"].fail_copy = None
+    w.agents["n1"].fail("create_tenant", None)
     assert w.fleet.copy(w.project, "demo", name="t1", idempotency_key="evt_9")["id"] == "t1"
 
 

@@ -9,7 +9,12 @@ answers what the real driver's lstat would), disk limits are recorded, not enfor
 and usage is the bytes of files that differ from the template version.
 
 Sent versions are uncompressed tar streams of the version's files; a parent is checked
-for but not used (the whole version travels every time).
+for but not used (the whole version travels every time). As btrfs does with received
+UUIDs, each version has an origin (made here, or the sender's when received) and a
+stream made against a parent applies only where a version of that origin is held.
+
+Tests make the host fail on purpose with `failing` (method name -> the error it raises
+until removed) and read what was received, against which parent, in `received`.
 """
 
 from __future__ import annotations
@@ -19,12 +24,13 @@ import os
 import shutil
 import stat
 import tarfile
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from hoody.agent.storage import StorageCaps, StorageMode, TemplateVersionRef
-from hoody.errors import Conflict, HostError, InvalidInput, NotFound
+from hoody.errors import Conflict, HoodyError, HostError, InvalidInput, NotFound
 from hoody.undo import Undo
 
 __all__ = ["FakeStorage"]
@@ -46,6 +52,15 @@ class FakeStorage:
         self.root = root
         self.versions: dict[TemplateVersionRef, int] = {}  # ref -> uid shift applied
         self.tenants: dict[str, _Tenant] = {}
+        self.origins: dict[TemplateVersionRef, str] = {}
+        # Failures injected by tests: method name -> the error it raises.
+        self.failing: dict[str, HoodyError] = {}
+        # (version, the parent it was received against) of each version received.
+        self.received: list[tuple[TemplateVersionRef, TemplateVersionRef | None]] = []
+
+    def _fail(self, method: str) -> None:
+        if (exc := self.failing.get(method)) is not None:
+            raise exc
 
     def _version_path(self, ref: TemplateVersionRef) -> Path:
         return self.root / "templates" / ref.template / str(ref.version)
@@ -88,6 +103,7 @@ class FakeStorage:
             undo.add(lambda: shutil.rmtree(path), "remove version dir")
             populate(path)
             self.versions[ref] = uid_shift
+            self.origins[ref] = uuid.uuid4().hex
             undo.commit()
         return path
 
@@ -102,6 +118,7 @@ class FakeStorage:
         path.parent.mkdir(parents=True, exist_ok=True)
         shutil.copytree(self._rootfs(tid), path, symlinks=True)
         self.versions[ref] = self.versions.get(tenant.ref, 0)
+        self.origins[ref] = uuid.uuid4().hex
         return path
 
     def delete_template_version(self, ref: TemplateVersionRef) -> None:
@@ -112,6 +129,7 @@ class FakeStorage:
                 f"{', '.join(users[:3])}; delete them first"
             )
         self.versions.pop(ref, None)
+        self.origins.pop(ref, None)
         shutil.rmtree(self._version_path(ref), ignore_errors=True)
 
     def _existing(self, ref: TemplateVersionRef) -> Path:
@@ -125,16 +143,23 @@ class FakeStorage:
     def send_template_version(
         self, ref: TemplateVersionRef, parent: TemplateVersionRef | None
     ) -> Iterator[bytes]:
+        self._fail("send_template_version")
         if parent is not None:
             self._existing(parent)
         path = self._existing(ref)
 
         def stream() -> Iterator[bytes]:
             buf = io.BytesIO()
-            # The uid shift the real driver applies to files rides along as a header.
-            shift = {"hoody.uid_shift": str(self.versions[ref])}
+            # The uid shift the real driver applies to files rides along as a header,
+            # and so do the origins btrfs keeps as received UUIDs.
+            headers = {
+                "hoody.uid_shift": str(self.versions[ref]),
+                "hoody.origin": self.origins[ref],
+            }
+            if parent is not None:
+                headers["hoody.parent"] = self.origins[parent]
             with tarfile.open(
-                fileobj=buf, mode="w", format=tarfile.PAX_FORMAT, pax_headers=shift
+                fileobj=buf, mode="w", format=tarfile.PAX_FORMAT, pax_headers=headers
             ) as tar:
                 tar.add(path, arcname=".")
             data = buf.getvalue()
@@ -150,6 +175,7 @@ class FakeStorage:
                 f"template {ref.template} version {ref.version} already exists on this "
                 "node; nothing to receive"
             )
+        self._fail("receive_template_version")
         data = b"".join(stream)
         with Undo() as undo:
             path.mkdir(parents=True)
@@ -161,16 +187,33 @@ class FakeStorage:
                         name = os.path.normpath(member.name)
                         if name.startswith(("/", "..")):
                             raise HostError(f"stream member {member.name!r} leaves the version")
+                    headers = tar.pax_headers
+                    parent = self._parent(headers.get("hoody.parent"))
                     tar.extractall(path, members=members)
-                    shift = int(tar.pax_headers.get("hoody.uid_shift", "0"))
+                    shift = int(headers.get("hoody.uid_shift", "0"))
             except tarfile.TarError as exc:
                 raise HostError(
                     f"the stream for template {ref.template} version {ref.version} is not "
                     f"whole ({exc}); send it again"
                 ) from exc
             self.versions[ref] = shift
+            self.origins[ref] = headers.get("hoody.origin") or uuid.uuid4().hex
+            self.received.append((ref, parent))
             undo.commit()
         return path
+
+    def _parent(self, origin: str | None) -> TemplateVersionRef | None:
+        """The version held here that a stream's parent origin names."""
+        if origin is None:
+            return None
+        for held, its_origin in self.origins.items():
+            if its_origin == origin:
+                return held
+        # btrfs receive's own words, which the control plane answers by sending whole.
+        raise HostError(
+            "ERROR: cannot find parent subvolume (this node holds no copy of the version "
+            "the stream was made against); send the version whole"
+        )
 
     def version_size(self, ref: TemplateVersionRef, parent: TemplateVersionRef | None) -> int:
         total = 0
@@ -185,6 +228,7 @@ class FakeStorage:
     def create_tenant(
         self, tid: str, ref: TemplateVersionRef, mode: StorageMode, disk_mib: int, uid_shift: int
     ) -> None:
+        self._fail("create_tenant")
         if mode not in self.caps.modes:
             raise InvalidInput(f"storage mode {mode!r} is invalid; use overlay or snapshot")
         if ref not in self.versions:
