@@ -121,20 +121,28 @@ def read_until(session: ExecSession, needles: list[bytes], seen: bytes = b"") ->
     return seen
 
 
+def ask_size_until(session: ExecSession, size: bytes, seen: bytes) -> bytes:
+    deadline = time.monotonic() + 10
+    while size not in seen:
+        assert time.monotonic() < deadline, seen
+        session.send(b"stty size\n")
+        seen = read_until(session, [b"\n# "], b"") + seen
+        time.sleep(0.1)
+    return seen
+
+
 def test_a_terminal_shell_works_and_follows_resizes(world: World) -> None:
     with world.client.exec_session(
         world.cid, ["/bin/sh"], tty=True, cols=100, rows=30, env={"TERM": "xterm"}
     ) as session:
         seen = read_until(session, [b"# "])  # the prompt: the shell is reading
-        session.send(b"stty size; tty\n")
-        seen = read_until(session, [b"30 100", b"/dev/pts/"], seen)
+        session.send(b"tty\n")
+        seen = read_until(session, [b"/dev/pts/"], seen)
+        # runc sizes the terminal once it has it, which under load can be after the
+        # shell started (the agent says the size again shortly after): ask until set.
+        seen = ask_size_until(session, b"30 100", seen)
         session.resize(120, 40)
-        deadline = time.monotonic() + 10
-        while b"40 120" not in seen:  # runc applies the size on SIGWINCH
-            assert time.monotonic() < deadline, seen
-            session.send(b"stty size\n")
-            seen = read_until(session, [b"\n# "], b"") + seen
-            time.sleep(0.1)
+        seen = ask_size_until(session, b"40 120", seen)  # applied on SIGWINCH
         session.send(b"echo $((6*7)); exit 3\n")
         seen = read_until(session, [b"never"], seen)
     assert b"42" in seen
