@@ -16,6 +16,7 @@ import secrets
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,21 @@ from hoody.control.service import Fleet, Settings
 from tests.local_agent import LocalAgent, local_agents
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+class ManualClock:
+    """The control plane's clock, moved only by the test (it starts at the wall clock's
+    time): what a timeout decides then depends on the test's steps, not on how fast a
+    loaded machine runs them."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
 
 
 def postgres_server() -> str:

@@ -11,6 +11,7 @@ from pathlib import Path
 from hoody.control.client import Client
 from hoody.control.heartbeat import heartbeat_loop
 from hoody.control.service import Fleet
+from tests.control_support import ManualClock
 from tests.local_agent import LocalAgent
 
 
@@ -22,9 +23,12 @@ def wait_for(check: Callable[[], bool], timeout: float = 5.0) -> None:
 
 
 def test_node_joins_sends_heartbeats_and_is_marked_down_when_silent(
-    server: tuple[str, Fleet], tmp_path: Path
+    clocked_server: tuple[str, Fleet], clock: ManualClock, tmp_path: Path
 ) -> None:
-    url, fleet = server
+    """The control plane's clock moves only when the test moves it, so "up" and "down"
+    follow the heartbeats the node sent, not how late a loaded machine ran them."""
+    url, fleet = clocked_server
+    timeout = fleet.settings.heartbeat_timeout
     admin_token = fleet.bootstrap_admin()
     assert admin_token
     admin = Client(url, admin_token)
@@ -49,20 +53,30 @@ def test_node_joins_sends_heartbeats_and_is_marked_down_when_silent(
     def state() -> str:
         return str(admin.nodes()[0]["state"]) if admin.nodes() else "absent"
 
+    def beat_now() -> None:
+        """Wait for a heartbeat sent at the clock's present time."""
+        wait_for(lambda: admin.nodes()[0]["last_heartbeat"] == clock.now)
+
     stop = threading.Event()
     thread = run(stop)
     wait_for(lambda: state() == "up")
     wait_for(lambda: [len(t["versions"]) for t in admin.templates()] == [2])
     node = admin.nodes()[0]
     assert node["headroom"]["memory_total_bytes"] == agent.host.memory_total
-    time.sleep(1.0)  # heartbeats keep it up past the timeout
+    # Heartbeats keep it up past the timeout: twice 2/3 of it, a beat after each.
+    for _ in range(2):
+        clock.advance(timeout * 2 / 3)
+        beat_now()
     assert state() == "up"
 
     stop.set()
     thread.join(5)
-    silent_since = time.monotonic()
-    wait_for(lambda: state() == "down", timeout=5)
-    assert time.monotonic() - silent_since < 2.0  # 0.6 s timeout + 0.1 s checks
+    assert not thread.is_alive()
+    clock.advance(timeout * 2 / 3)  # silent, not yet for the timeout
+    time.sleep(0.5)  # several health checks (every 0.1 s)
+    assert state() == "up"
+    clock.advance(timeout / 2)  # silent past the timeout: the next check marks it down
+    wait_for(lambda: state() == "down", timeout=10)
 
     stop = threading.Event()
     thread = run(stop)  # rejoins with its own credential (the join token makes new nodes)
