@@ -21,8 +21,8 @@ from hoody.control.redact import scrub
 from hoody.errors import Conflict, HoodyError, HostError, NotFound
 from tests.control_support import World, make_world
 
-# Names no message would contain by chance.
-NODES = ("zeta-7q", "omega-9x")
+# Names no message would contain by chance (node names: 1-6 letters and digits).
+NODES = ("zeta7q", "omeg9x")
 
 
 @pytest.fixture
@@ -148,9 +148,10 @@ def test_a_node_named_in_a_refusal_is_scrubbed_for_a_project(
     world: World, http: TestClient
 ) -> None:
     mine, admin = sdk(http, world.project_token), sdk(http, world.admin_token)
-    for agent in world.agents.values():
-        agent.fail_copy = Conflict(
-            f"node {agent.name} at {agent.url} refuses: ask {agent.url.split('//')[1]}"
+    for agent in world.agents.values():  # the node's own storage step refuses
+        agent.fail(
+            "create_tenant",
+            Conflict(f"node {agent.name} at {agent.url} refuses: ask {agent.url.split('//')[1]}"),
         )
     exc = error_of(lambda: mine.copy("demo"))
     assert isinstance(exc, Conflict) and "refuses" in exc.message
