@@ -12,8 +12,8 @@ errors are rendered once, as `{"error": {"code", "message"}}` with their status.
     GET    /v1/templates/{name}/{version}/send?parent=P   the version as a stream
     POST   /v1/templates/{name}/{version}/receive         body: such a stream; header
                                                           X-Hoody-Template: its record
-    POST   /v1/templates/{name}/copy        {name, version, limits, env, firewall, metadata,
-                                             mode, sleep}
+    POST   /v1/templates/{name}/copy        a TenantSpec (name, version, limits, env, firewall,
+                                             metadata, sleep), and mode, start
     GET    /v1/tenants | /v1/tenants/{id}
     POST   /v1/tenants/{id}/start|stop|restart|exec|copy|snapshot
     POST   /v1/tenants/{id}/sleep           {mode: stopped|frozen} (default: its policy's)
@@ -36,6 +36,7 @@ from functools import partial
 from typing import Any, TypeVar
 
 import anyio
+from pydantic import Field
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -50,7 +51,7 @@ from hoody.agent.ids import TEMPLATE_ID_SHIFT
 from hoody.agent.node_info import configure, node_info
 from hoody.agent.pressure import PressureRelief
 from hoody.agent.runtime import ExecSession
-from hoody.agent.spec import FirewallPolicy, Limits, SleepPolicy
+from hoody.agent.spec import FirewallPolicy, Limits, SleepPolicy, TenantSpec
 from hoody.agent.state import TemplateRecord
 from hoody.errors import HoodyError, HostError, InvalidInput, NotFound, Unauthorized
 from hoody.execwire import ExecStart
@@ -61,6 +62,13 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _DRAIN_LIMIT = 64 << 20
+
+
+class NodeCopyBody(TenantSpec):
+    """A copy asked of this node: the tenant's spec, and how the node makes it."""
+
+    mode: str | None = Field(None, description="Storage mode: overlay or snapshot.")
+    start: bool = Field(True, description="False: made stopped.")
 
 
 async def _call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -327,19 +335,9 @@ def create_app(node: Node, token: str, *, supervise_every: float = 0.5) -> Starl
         return {"deleted": [f"{t.name}/{t.version}" for t in gone]}
 
     async def copy(request: Request) -> Any:
-        data = await _body(request)
+        body = NodeCopyBody.parse(await _body(request))
         rec = await _call(
-            node.copy,
-            request.path_params["name"],
-            name=_opt(data, "name", str),
-            version=_opt(data, "version", int),
-            limits=_opt(data, "limits", dict),
-            env=_opt(data, "env", dict),
-            firewall=_opt(data, "firewall", dict),
-            metadata=_opt(data, "metadata", dict),
-            mode=_opt(data, "mode", str),
-            start=data.get("start", True) is not False,
-            sleep=_opt(data, "sleep", dict),
+            node.copy, request.path_params["name"], body, mode=body.mode, start=body.start
         )
         return rec.to_json()
 

@@ -41,6 +41,7 @@ from hoody.agent.spec import (
     FirewallPolicy,
     Limits,
     SleepPolicy,
+    TenantSpec,
     check_env,
     check_name,
     check_tenant_id,
@@ -255,34 +256,27 @@ class Node:
     def copy(
         self,
         template: str,
+        spec: TenantSpec | None = None,
         *,
-        name: str | None = None,
-        version: int | None = None,
-        limits: dict[str, Any] | None = None,
-        env: dict[str, str] | None = None,
-        firewall: dict[str, Any] | None = None,
-        metadata: dict[str, Any] | None = None,
         mode: StorageMode | None = None,
         start: bool = True,
-        sleep: dict[str, Any] | None = None,
     ) -> TenantRecord:
-        """Create a tenant from a template version (the newest by default) and start it.
+        """Create a tenant from a template version (`spec.version`, else the newest) with
+        what `spec` asks for (the version's values for the rest), and start it.
 
         Returns the running tenant. On any failure every step taken is undone and the
         error is raised; the id is then free to use again.
         """
+        spec = spec or TenantSpec()
         self._check_pressure()
-        tmpl = self.store.template(template, version)
-        tid = check_tenant_id(name) if name is not None else self._new_id(tmpl.name)
+        tmpl = self.store.template(template, spec.version)
+        tid = spec.name if spec.name is not None else self._new_id(tmpl.name)
         storage_mode: StorageMode = mode or self.config.storage_mode  # type: ignore[assignment]
         if storage_mode not in self.storage.caps.modes:
             raise InvalidInput(
                 f"storage mode {storage_mode!r} is not offered by this node; "
                 f"use one of {', '.join(self.storage.caps.modes)}"
             )
-        # The control plane's own check, repeated here: the agent's API is called
-        # directly too (`hoody node copy`, scripts holding the agent token).
-        env = check_env(env)
         rec = TenantRecord(
             id=tid,
             template=tmpl.name,
@@ -294,19 +288,19 @@ class Node:
             pid=0,
             created_at=time.time(),
             args=tmpl.args,
-            env={**tmpl.env, **env},
+            env={**tmpl.env, **(spec.env or {})},
             port=tmpl.port,
-            limits=tmpl.limits.merged(limits),
+            limits=tmpl.limits.merged(spec.limit_overrides()),
             # A copy's own rules never open more guarded networks than its template's.
-            firewall=FirewallPolicy.from_json(firewall).for_copy(
+            firewall=FirewallPolicy.from_json(spec.firewall).for_copy(
                 tmpl.firewall, self.config.network.guarded, tmpl.name
             )
-            if firewall
+            if spec.firewall
             else tmpl.firewall,
             ksm=tmpl.ksm,
-            metadata=dict(metadata or {}),
+            metadata=dict(spec.metadata or {}),
             init=tmpl.init,
-            sleep=tmpl.sleep.merged(sleep),
+            sleep=tmpl.sleep.merged(spec.sleep_overrides()),
         )
         with self._lock(tid), Undo() as undo:
             rec = self.store.reserve_tenant(

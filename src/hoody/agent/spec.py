@@ -1,30 +1,45 @@
-"""Plain values that describe a tenant: its id, limits and firewall policy.
+"""Plain values that describe a tenant: its id, limits and firewall policy, and the
+request that makes one (`TenantSpec`).
 
 Everything here is validated on construction (InvalidInput with the fix in the
 message), immutable, and converts to and from JSON-able dicts, so the same objects
-travel from the CLI through the API into the drivers.
+travel from the CLI through the API into the drivers. Each rule is written once: the
+bounds of a limit (`LIMIT_BOUNDS`), env (`check_env`), ids (`check_tenant_id`) are
+checked by the same functions for a tenant's record and for the request.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Literal
+from typing import Any, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from hoody.errors import InvalidInput
 
 __all__ = [
+    "INT_MAX",
+    "LIMIT_BOUNDS",
     "SLEEP_MODES",
     "EgressRule",
     "FirewallPolicy",
     "IngressRule",
     "Limits",
+    "LimitsSpec",
     "SleepPolicy",
+    "SleepSpec",
+    "TenantSpec",
     "check_env",
+    "check_limit",
     "check_name",
     "check_tenant_id",
+    "invalid_input",
 ]
+
+INT_MAX = 2**31 - 1
 
 _LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
@@ -81,6 +96,40 @@ def check_name(value: str, what: str = "template name") -> str:
 
 
 _LIMIT_KEYS = ("cpu", "memory_mib", "pids", "disk_mib", "memory_request_mib", "io_mbps", "iops")
+# What each limit may be: the one table both a tenant's limits and a request check.
+LIMIT_BOUNDS: dict[str, tuple[float, int]] = {
+    "cpu": (0.01, 1024),
+    "memory_mib": (16, 1 << 22),
+    "pids": (8, 1 << 22),
+    "disk_mib": (16, 1 << 24),
+    "memory_request_mib": (1, 1 << 22),
+    "io_mbps": (1, 1 << 20),
+    "iops": (10, 1 << 24),
+}
+
+
+def check_limit(name: str, value: Any) -> Any:
+    """`value` if it is a valid `name` limit (see LIMIT_BOUNDS), else InvalidInput.
+    JSON true/false are refused: they would read as 1 and 0 (cpu: true, one core)."""
+    low, high = LIMIT_BOUNDS[name]
+    if name == "cpu":
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not low <= value <= high
+        ):
+            raise InvalidInput(
+                f"cpu limit {value!r} is invalid; give cores between {low} and {high}"
+            )
+    elif isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        if name == "memory_request_mib":
+            raise InvalidInput(
+                f"memory request {value!r} is invalid; give whole MiB, between {low} and {high}"
+            )
+        raise InvalidInput(
+            f"{name} limit {value!r} is invalid; give a whole number between {low} and {high}"
+        )
+    return value
 
 
 @dataclass(frozen=True)
@@ -102,35 +151,15 @@ class Limits:
     iops: int = 1000
 
     def __post_init__(self) -> None:
-        cpu = self.cpu
-        if isinstance(cpu, bool) or not isinstance(cpu, int | float) or not 0.01 <= cpu <= 1024:
-            raise InvalidInput(
-                f"cpu limit {self.cpu!r} is invalid; give cores between 0.01 and 1024"
-            )
-        for name, low, high in (
-            ("memory_mib", 16, 1 << 22),
-            ("pids", 8, 1 << 22),
-            ("disk_mib", 16, 1 << 24),
-            ("io_mbps", 1, 1 << 20),
-            ("iops", 10, 1 << 24),
-        ):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-                raise InvalidInput(
-                    f"{name} limit {value!r} is invalid; "
-                    f"give a whole number between {low} and {high}"
-                )
+        for name in _LIMIT_KEYS:
+            if (value := getattr(self, name)) is not None or name != "memory_request_mib":
+                check_limit(name, value)
         request = self.memory_request_mib
-        if request is not None:
-            if isinstance(request, bool) or not isinstance(request, int) or request < 1:
-                raise InvalidInput(
-                    f"memory request {request!r} is invalid; give whole MiB, 1 or more"
-                )
-            if request > self.memory_mib:
-                raise InvalidInput(
-                    f"memory request {request} MiB is above the memory limit "
-                    f"{self.memory_mib} MiB; a request is expected use, at most the limit"
-                )
+        if request is not None and request > self.memory_mib:
+            raise InvalidInput(
+                f"memory request {request} MiB is above the memory limit "
+                f"{self.memory_mib} MiB; a request is expected use, at most the limit"
+            )
 
     def merged(self, overrides: dict[str, Any] | None) -> Limits:
         """These limits with `overrides` applied; unknown keys are refused."""
@@ -161,6 +190,23 @@ class Limits:
 SLEEP_MODES = ("stopped", "frozen")
 
 
+def _check_idle(idle: Any) -> Any:
+    if idle is not None and (
+        isinstance(idle, bool) or not isinstance(idle, int) or not 1 <= idle <= INT_MAX
+    ):
+        raise InvalidInput(
+            f"idle_seconds {idle!r} is invalid; give whole seconds from 1, "
+            "or null to never sleep for idleness"
+        )
+    return idle
+
+
+def _check_sleep_mode(mode: Any) -> Any:
+    if mode not in SLEEP_MODES:
+        raise InvalidInput(f"sleep mode {mode!r} is invalid; use stopped or frozen")
+    return mode
+
+
 @dataclass(frozen=True)
 class SleepPolicy:
     """When an idle tenant is put to sleep, and how it sleeps.
@@ -176,16 +222,8 @@ class SleepPolicy:
     mode: Literal["stopped", "frozen"] = "stopped"
 
     def __post_init__(self) -> None:
-        idle = self.idle_seconds
-        if idle is not None and (
-            isinstance(idle, bool) or not isinstance(idle, int) or not 1 <= idle < 2**31
-        ):
-            raise InvalidInput(
-                f"idle_seconds {idle!r} is invalid; give whole seconds from 1, "
-                "or null to never sleep for idleness"
-            )
-        if self.mode not in SLEEP_MODES:
-            raise InvalidInput(f"sleep mode {self.mode!r} is invalid; use stopped or frozen")
+        _check_idle(self.idle_seconds)
+        _check_sleep_mode(self.mode)
 
     def merged(self, overrides: dict[str, Any] | None) -> SleepPolicy:
         """This policy with `overrides` applied; unknown keys are refused."""
@@ -358,3 +396,183 @@ class TenantNet:
     gateway: str
     prefixlen: int
     netns: str = field(default="")
+
+
+# The request that makes a tenant. One model from the CLI through the SDK, the fleet
+# API and service, the agent client and API to the engine; each field is checked by
+# the same function that checks a tenant's record, so the rules live in one place.
+# Fields left out take the template version's values.
+
+
+def invalid_input(exc: ValidationError, what: str = "body") -> InvalidInput:
+    """A pydantic ValidationError as the InvalidInput every caller expects."""
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or what
+    return InvalidInput(
+        f"field {where}: {first['msg']} ({exc.error_count()} problem(s) in the {what})"
+    )
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True)
+
+    @classmethod
+    def parse(cls, data: Any) -> Self:
+        """`data` (a JSON object) as this model; InvalidInput names what is wrong."""
+        if not isinstance(data, dict):
+            raise InvalidInput(f"{cls.__name__} must be a JSON object")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise invalid_input(exc) from exc
+
+    def overrides(self) -> dict[str, Any]:
+        """The fields the caller gave (an explicit null included): what to change."""
+        return self.model_dump(mode="json", exclude_unset=True)
+
+
+def _bounded(name: str, description: str) -> Any:
+    low, high = LIMIT_BOUNDS[name]
+    return Field(
+        default=None, description=description, json_schema_extra={"minimum": low, "maximum": high}
+    )
+
+
+class LimitsSpec(_Spec):
+    """Overrides of the template's limits (see Limits); cpu in cores."""
+
+    cpu: float | None = _bounded("cpu", "Cores (0.5: half a core).")
+    memory_mib: int | None = _bounded("memory_mib", "Memory cap.")
+    pids: int | None = _bounded("pids", "Processes and threads.")
+    disk_mib: int | None = _bounded("disk_mib", "Its own disk (the delta from its template).")
+    memory_request_mib: int | None = _bounded(
+        "memory_request_mib",
+        "Memory placement counts for it (expected use, at most memory_mib); default: its "
+        "template's, else learned from the template's running tenants.",
+    )
+    io_mbps: int | None = _bounded("io_mbps", "MiB/s of reads, and of writes.")
+    iops: int | None = _bounded("iops", "Reads, and writes, per second.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known(cls, data: Any) -> Any:
+        if isinstance(data, dict) and (unknown := set(data) - set(_LIMIT_KEYS)):
+            raise InvalidInput(
+                f"unknown limit {sorted(unknown)[0]!r}; known limits are {', '.join(_LIMIT_KEYS)}"
+            )
+        return data
+
+    @field_validator(*_LIMIT_KEYS, mode="before")
+    @classmethod
+    def _check(cls, value: Any, info: Any) -> Any:
+        return value if value is None else check_limit(info.field_name, value)
+
+
+class SleepSpec(_Spec):
+    """When an idle tenant sleeps, and how; overrides the template's (see SleepPolicy)."""
+
+    idle_seconds: int | None = Field(
+        default=None,
+        description="Sleep after this long without requests; null: never for idleness.",
+        json_schema_extra={"minimum": 1, "maximum": INT_MAX},
+    )
+    mode: Literal["stopped", "frozen"] | None = Field(
+        default=None,
+        description="stopped: processes end, memory freed (wake ~ a start); "
+        "frozen: cgroup freezer, memory kept (wake ~ 1 ms).",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known(cls, data: Any) -> Any:
+        if not isinstance(data, dict | SleepSpec):
+            raise InvalidInput(
+                'sleep must be an object like {"idle_seconds": 300, "mode": "frozen"}'
+            )
+        if isinstance(data, dict) and (unknown := set(data) - {"idle_seconds", "mode"}):
+            raise InvalidInput(
+                f"unknown sleep setting {sorted(unknown)[0]!r}; known ones are idle_seconds, mode"
+            )
+        return data
+
+    @field_validator("idle_seconds", mode="before")
+    @classmethod
+    def _idle(cls, value: Any) -> Any:
+        return _check_idle(value)
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _mode(cls, value: Any) -> Any:
+        return value if value is None else _check_sleep_mode(value)
+
+    def overrides(self) -> dict[str, Any]:
+        # A null mode means "the template's", never "no mode".
+        return {k: v for k, v in super().overrides().items() if k != "mode" or v is not None}
+
+
+_METADATA_BYTES = 16384
+
+
+class TenantSpec(_Spec):
+    """What a tenant is made with: all optional, the template version fills the rest."""
+
+    name: str | None = Field(
+        default=None, description="Tenant id (a DNS label); generated if absent."
+    )
+    version: int | None = Field(
+        default=None,
+        description="Template version; default: the newest.",
+        json_schema_extra={"minimum": 1, "maximum": INT_MAX},
+    )
+    limits: LimitsSpec | None = None
+    env: dict[str, str] | None = Field(
+        default=None, description="At most 64 NAME=value pairs; values under 4 KiB, 32 KiB in all."
+    )
+    firewall: dict[str, Any] | None = Field(
+        default=None, description="{ingress: [...], egress: [...], egress_default: allow|deny}"
+    )
+    metadata: dict[str, Any] | None = Field(
+        default=None, description="Free-form (customer id, plan…), under 16 KiB of JSON."
+    )
+    sleep: SleepSpec | None = Field(
+        default=None, description="Idle sleep; default: the template's (off unless it says)."
+    )
+
+    @field_validator("name", mode="before")
+    @classmethod
+    def _name(cls, value: Any) -> Any:
+        return value if value is None else check_tenant_id(value)
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version(cls, value: Any) -> Any:
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= INT_MAX
+        ):
+            raise InvalidInput(f"version {value!r} is invalid; give a whole number from 1")
+        return value
+
+    @field_validator("env", mode="before")
+    @classmethod
+    def _env(cls, value: Any) -> Any:
+        return value if value is None else check_env(value)
+
+    @field_validator("firewall", mode="before")
+    @classmethod
+    def _firewall(cls, value: Any) -> Any:
+        if value is not None:
+            FirewallPolicy.from_json(value)  # raises what is wrong with it
+        return value
+
+    @field_validator("metadata", mode="before")
+    @classmethod
+    def _metadata(cls, value: Any) -> Any:
+        if value is not None and len(json.dumps(value, default=str)) > _METADATA_BYTES:
+            raise InvalidInput("metadata is too large; keep it under 16 KiB of JSON")
+        return value
+
+    def limit_overrides(self) -> dict[str, Any] | None:
+        return self.limits.overrides() if self.limits is not None else None
+
+    def sleep_overrides(self) -> dict[str, Any] | None:
+        return self.sleep.overrides() if self.sleep is not None else None

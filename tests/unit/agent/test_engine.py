@@ -14,6 +14,7 @@ from hoody.agent.config import NodeConfig
 from hoody.agent.engine import LOG_CHECK_EVERY, Node
 from hoody.agent.network.fake import FakeFirewall, FakeNetwork
 from hoody.agent.runtime.fake import FakeRuntime
+from hoody.agent.spec import TenantSpec
 from hoody.agent.state import NodeStore
 from hoody.agent.storage.fake import FakeStorage
 from hoody.agent.templates import TemplateSource
@@ -79,7 +80,7 @@ def nothing_of(node: Node, tid: str) -> bool:
 
 
 def test_copy_runs_every_step_and_keeps_the_template_defaults(node: Node) -> None:
-    rec = node.copy("app", name="t1", env={"PLAN": "pro"}, limits={"memory_mib": 64})
+    rec = node.copy("app", TenantSpec(name="t1", env={"PLAN": "pro"}, limits={"memory_mib": 64}))
     storage, network, firewall, runtime = fakes(node)
     assert rec.status == "running" and rec.pid > 0
     assert storage.is_mounted("t1")
@@ -100,10 +101,10 @@ def test_a_failure_at_any_step_undoes_the_steps_before(node: Node, step: str) ->
     else:
         runtime.fail_start.add("half")
     with pytest.raises(HostError, match="injected"):
-        node.copy("app", name="half")
+        node.copy("app", TenantSpec(name="half"))
     assert nothing_of(node, "half")
     # A failed copy frees its id and its address.
-    rec = node.copy("app", name="half")
+    rec = node.copy("app", TenantSpec(name="half"))
     assert rec.ip == str(node.config.network.gateway + 1)
 
 
@@ -111,29 +112,29 @@ def test_bad_input_is_refused_before_anything_is_made(node: Node) -> None:
     with pytest.raises(NotFound, match="template"):
         node.copy("nope")
     with pytest.raises(InvalidInput, match="memory_mib"):
-        node.copy("app", name="bad", limits={"memory_mib": 1})
+        node.copy("app", TenantSpec(name="bad", limits={"memory_mib": 1}))
     with pytest.raises(InvalidInput, match="DNS-label"):
-        node.copy("app", name="Bad_Name")
+        node.copy("app", TenantSpec(name="Bad_Name"))
     with pytest.raises(InvalidInput, match="unknown limit"):
-        node.copy("app", limits={"gpu": 1})
+        node.copy("app", TenantSpec(limits={"gpu": 1}))
     with pytest.raises(InvalidInput, match="port"):
-        node.copy("app", firewall={"ingress": [{"port": 70000}]})
+        node.copy("app", TenantSpec(firewall={"ingress": [{"port": 70000}]}))
     assert node.tenants() == []
 
 
 def test_ids_are_never_reused_and_delete_twice_is_harmless(node: Node) -> None:
-    node.copy("app", name="once")
+    node.copy("app", TenantSpec(name="once"))
     assert node.delete("once") is True
     assert nothing_of(node, "once")
     assert node.delete("once") is False
     with pytest.raises(Conflict, match="never reused"):
-        node.copy("app", name="once")
+        node.copy("app", TenantSpec(name="once"))
     with pytest.raises(NotFound):
         node.delete("never-existed")
 
 
 def test_stop_start_keeps_the_address_and_files(node: Node) -> None:
-    rec = node.copy("app", name="t1")
+    rec = node.copy("app", TenantSpec(name="t1"))
     node.stop("t1")
     _, _, _, runtime = fakes(node)
     assert node.tenant("t1").status == "stopped" and "t1" not in runtime.list()
@@ -142,7 +143,7 @@ def test_stop_start_keeps_the_address_and_files(node: Node) -> None:
 
 
 def test_supervisor_restarts_a_crashed_tenant_with_backoff(node: Node) -> None:
-    node.copy("app", name="t1")
+    node.copy("app", TenantSpec(name="t1"))
     _, _, _, runtime = fakes(node)
     runtime.crash("t1")
     assert node.supervise_once(now=1000.0) == ["t1"]
@@ -173,8 +174,8 @@ def test_restarted_agent_keeps_running_tenants_and_removes_half_made_ones(
 ) -> None:
     first = make_node()
     first.create_template("app", SOURCE)
-    kept = first.copy("app", name="kept")
-    first.copy("app", name="half")
+    kept = first.copy("app", TenantSpec(name="kept"))
+    first.copy("app", TenantSpec(name="half"))
     first.store.update_tenant("half", status="creating")  # the agent died mid-copy
     storage, network, _, _ = fakes(first)
     # Something on the host without any record: an orphan.
@@ -188,7 +189,7 @@ def test_restarted_agent_keeps_running_tenants_and_removes_half_made_ones(
 
 
 def test_template_in_use_cannot_be_deleted(node: Node) -> None:
-    node.copy("app", name="user")
+    node.copy("app", TenantSpec(name="user"))
     with pytest.raises(Conflict, match="user"):
         node.delete_template("app")
     node.delete("user")
@@ -197,10 +198,10 @@ def test_template_in_use_cannot_be_deleted(node: Node) -> None:
 
 
 def test_snapshot_makes_a_new_version_from_a_tenant(node: Node) -> None:
-    node.copy("app", name="src")
+    node.copy("app", TenantSpec(name="src"))
     rec = node.template_from_tenant("src")
     assert (rec.name, rec.version) == ("app", 2)
-    child = node.copy("app", name="child")
+    child = node.copy("app", TenantSpec(name="child"))
     assert child.version == 2
 
 
@@ -218,7 +219,7 @@ def test_the_runtimes_host_parts_are_ready_on_start_and_gone_after_teardown(
 
 @pytest.mark.parametrize("mode", ["stopped", "frozen"])
 def test_a_sleeping_tenant_keeps_its_place_and_wakes(node: Node, mode: str) -> None:
-    rec = node.copy("app", name="t1")
+    rec = node.copy("app", TenantSpec(name="t1"))
     storage, network, firewall, runtime = fakes(node)
     slept = node.sleep("t1", mode)
     assert (slept.status, slept.asleep) == ("sleeping", mode)
@@ -247,11 +248,14 @@ def test_a_sleeping_tenant_keeps_its_place_and_wakes(node: Node, mode: str) -> N
 
 def test_sleep_follows_the_policy_and_refuses_what_does_not_run(node: Node) -> None:
     node.create_template("quick", SOURCE, sleep={"idle_seconds": 60, "mode": "frozen"})
-    rec = node.copy("quick", name="q1")
+    rec = node.copy("quick", TenantSpec(name="q1"))
     assert rec.sleep.idle_seconds == 60 and rec.sleep.mode == "frozen"
-    assert node.copy("quick", name="q2", sleep={"mode": "stopped"}).sleep.idle_seconds == 60
+    assert (
+        node.copy("quick", TenantSpec(name="q2", sleep={"mode": "stopped"})).sleep.idle_seconds
+        == 60
+    )
     assert node.sleep("q1").asleep == "frozen"
-    node.copy("app", name="t1")
+    node.copy("app", TenantSpec(name="t1"))
     node.stop("t1")
     with pytest.raises(Conflict, match="only a running tenant"):
         node.sleep("t1")
@@ -260,13 +264,13 @@ def test_sleep_follows_the_policy_and_refuses_what_does_not_run(node: Node) -> N
     with pytest.raises(InvalidInput, match="sleep mode"):
         node.sleep("q2", "hibernate")
     with pytest.raises(InvalidInput, match="idle_seconds"):
-        node.copy("app", sleep={"idle_seconds": 0})
+        node.copy("app", TenantSpec(sleep={"idle_seconds": 0}))
     with pytest.raises(InvalidInput, match="unknown sleep setting"):
-        node.copy("app", sleep={"after": 5})
+        node.copy("app", TenantSpec(sleep={"after": 5}))
 
 
 def test_stop_start_and_delete_work_on_a_frozen_tenant(node: Node) -> None:
-    node.copy("app", name="t1")
+    node.copy("app", TenantSpec(name="t1"))
     _, _, _, runtime = fakes(node)
     node.sleep("t1", "frozen")
     assert node.start("t1").status == "running" and not runtime.frozen("t1")
@@ -282,8 +286,8 @@ def test_stop_start_and_delete_work_on_a_frozen_tenant(node: Node) -> None:
 def test_a_restarted_agent_keeps_sleepers_asleep(make_node: Factory) -> None:
     first = make_node()
     first.create_template("app", SOURCE)
-    frozen = first.copy("app", name="cold")
-    first.copy("app", name="nap")
+    frozen = first.copy("app", TenantSpec(name="cold"))
+    first.copy("app", TenantSpec(name="nap"))
     first.sleep("cold", "frozen")
     first.sleep("nap", "stopped")
     second = make_node()
@@ -305,19 +309,22 @@ def test_a_copys_firewall_cannot_open_what_its_template_keeps_closed(make_node: 
     node.create_template("meta", SOURCE, args=["/app"], firewall={"egress": [metadata]})
     firewall = fakes(node)[2]
     with pytest.raises(InvalidInput, match="Only its template can"):
-        node.copy("app", name="sneaky", firewall={"egress": [metadata]})
+        node.copy("app", TenantSpec(name="sneaky", firewall={"egress": [metadata]}))
     assert nothing_of(node, "sneaky")
     # A broad allow of a copy reaches the internet, never metadata or loopback.
     broad = node.copy(
-        "app", name="broad", firewall={"egress": [{"action": "allow", "cidr": "0.0.0.0/0"}]}
+        "app",
+        TenantSpec(name="broad", firewall={"egress": [{"action": "allow", "cidr": "0.0.0.0/0"}]}),
     )
     assert broad.firewall.egress[0].confined
     assert firewall.allows(broad.ip, "198.51.100.7", 443)
     assert not firewall.allows(broad.ip, "169.254.169.254", 80)
     assert not firewall.allows(broad.ip, "127.0.0.1", 80)
     # The template opened it: its copies may keep it, also in their own rules.
-    plain = node.copy("meta", name="plain")
-    own = node.copy("meta", name="own", firewall={"egress": [metadata], "egress_default": "deny"})
+    plain = node.copy("meta", TenantSpec(name="plain"))
+    own = node.copy(
+        "meta", TenantSpec(name="own", firewall={"egress": [metadata], "egress_default": "deny"})
+    )
     for rec in (plain, own):
         assert firewall.allows(rec.ip, "169.254.169.254", 80)
         assert not firewall.allows(rec.ip, "169.254.169.254", 443)

@@ -16,6 +16,7 @@ from hoody.agent.config import NodeConfig
 from hoody.agent.engine import Node, TemplateSource
 from hoody.agent.network.fake import FakeFirewall, FakeNetwork
 from hoody.agent.runtime.fake import FakeRuntime
+from hoody.agent.spec import TenantSpec
 from hoody.agent.state import NodeStore
 from hoody.agent.storage.fake import FakeStorage
 
@@ -38,7 +39,7 @@ def agent(tmp_path: Path) -> Iterator[tuple[Node, TestClient]]:
     )
     with TestClient(create_app(node, "secret")) as http:  # its start makes the bridge
         node.create_template("web", TemplateSource(lambda p: (p / "app").mkdir(), "test"))
-        node.copy("web", name="t1")
+        node.copy("web", TenantSpec(name="t1"))
         yield node, http
 
 

@@ -9,6 +9,7 @@ import pytest
 from hoody.agent.engine import Node
 from hoody.agent.pressure import MemoryPressure, PressureRelief, Psi, read_psi
 from hoody.agent.runtime.fake import FakeRuntime
+from hoody.agent.spec import TenantSpec
 from hoody.errors import Exhausted
 from tests.unit.agent.test_engine import SOURCE, Factory, make_node
 
@@ -74,7 +75,7 @@ def test_under_pressure_the_idlest_sleep_and_busy_ones_keep_running(
     node, psi, relief = pressured
     runtime: FakeRuntime = node.runtime  # type: ignore[assignment]
     for tid in ("idle-a", "idle-b", "idle-c", "busy"):
-        node.copy("app", name=tid)
+        node.copy("app", TenantSpec(name=tid))
     now = 1000.0
     relief.once(now)
     for second in range(1, 11):
@@ -90,7 +91,7 @@ def test_under_pressure_the_idlest_sleep_and_busy_ones_keep_running(
         relief.once(now + second)
     assert node.pressure is not None and node.pressure.sustained
     with pytest.raises(Exhausted, match="memory pressure"):
-        node.copy("app", name="late")
+        node.copy("app", TenantSpec(name="late"))
     states = {t.id: (t.status, t.asleep) for t in node.tenants()}
     assert states["idle-a"] == states["idle-b"] == ("sleeping", "stopped")
     assert states["busy"] == ("running", "")
@@ -101,4 +102,4 @@ def test_under_pressure_the_idlest_sleep_and_busy_ones_keep_running(
     assert node.tenant("busy").status == "running"
     relief.once(now + 4)  # the pressure is over
     assert not node.pressure.sustained
-    assert node.copy("app", name="late").status == "running"
+    assert node.copy("app", TenantSpec(name="late")).status == "running"

@@ -1,6 +1,14 @@
 import pytest
 
-from hoody.agent.spec import EgressRule, FirewallPolicy, IngressRule, Limits, check_tenant_id
+from hoody.agent.spec import (
+    LIMIT_BOUNDS,
+    EgressRule,
+    FirewallPolicy,
+    IngressRule,
+    Limits,
+    TenantSpec,
+    check_tenant_id,
+)
 from hoody.errors import InvalidInput
 
 
@@ -123,3 +131,49 @@ def test_what_the_template_allows_a_copy_may_keep() -> None:
     )
     with pytest.raises(InvalidInput, match="confined"):
         EgressRule("allow", "10.0.0.0/8", confined="yes")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("data", "match"),
+    [
+        ({"limits": {"gpu": 1}}, "unknown limit 'gpu'"),
+        ({"limits": {"cpu": True}}, "cpu limit True is invalid"),
+        ({"limits": {"memory_mib": "64"}}, "memory_mib limit '64' is invalid"),
+        ({"limits": {"memory_request_mib": 0}}, "memory request 0 is invalid"),
+        ({"env": {"1A": "x"}}, "env name '1A' is invalid"),
+        ({"env": {f"V{i}": "x" for i in range(65)}}, "keep it to 64"),
+        ({"env": {"A": 1}}, "env A must be a string"),
+        ({"name": "Bad_Name"}, "DNS-label"),
+        ({"version": 0}, "version 0 is invalid"),
+        ({"sleep": {"idle_seconds": 0}}, "idle_seconds 0 is invalid"),
+        ({"sleep": {"after": 5}}, "unknown sleep setting 'after'"),
+        ({"firewall": {"ingress": [{"port": 70000}]}}, "port 70000"),
+        ({"metadata": {"x": "y" * 20000}}, "metadata is too large"),
+        ({"metadata": 5}, "field metadata"),
+        ({"colour": "red"}, "field colour"),
+    ],
+)
+def test_a_tenant_spec_names_what_is_wrong(data: dict[str, object], match: str) -> None:
+    with pytest.raises(InvalidInput, match=match):
+        TenantSpec.parse(data)
+
+
+def test_a_tenant_spec_checks_limits_by_the_same_bounds_as_a_tenants_limits() -> None:
+    for name, (low, high) in LIMIT_BOUNDS.items():
+        wrong = {"cpu": low / 2}.get(name, int(low) - 1)
+        with pytest.raises(InvalidInput) as by_spec:
+            TenantSpec.parse({"limits": {name: wrong}})
+        with pytest.raises(InvalidInput) as by_limits:
+            Limits(**{"memory_mib": 1 << 22, name: wrong})  # type: ignore[arg-type]
+        assert by_spec.value.message == by_limits.value.message
+        assert TenantSpec.parse({"limits": {name: high}}).limit_overrides() == {name: high}
+
+
+def test_a_tenant_spec_keeps_what_was_given_and_nothing_else() -> None:
+    spec = TenantSpec.parse({"limits": {"memory_mib": 64, "memory_request_mib": None}})
+    # An explicit null request clears the template's; an absent one keeps it.
+    assert spec.limit_overrides() == {"memory_mib": 64, "memory_request_mib": None}
+    assert TenantSpec.parse({"sleep": {"mode": None, "idle_seconds": 30}}).sleep_overrides() == {
+        "idle_seconds": 30
+    }
+    assert TenantSpec().overrides() == {}
