@@ -19,6 +19,7 @@ from hoody.agent.runtime.cpus import held_cpusets
 from hoody.agent.runtime.devices import backing_devices
 from hoody.agent.runtime.lxcfs import PROC_FILES, Lxcfs
 from hoody.agent.runtime.oci import CGROUP_ROOT
+from hoody.agent.spec import TenantSpec
 from hoody.agent.templates import DEMO_ARGS, demo_source
 from hoody.bench.noisy import measure
 from hoody.bench.provision import wait_http_ok
@@ -42,8 +43,8 @@ def no_init_template(scratch: ScratchNode) -> str:
 def copy(scratch: ScratchNode) -> Iterator[Any]:
     made: list[str] = []
 
-    def make(template: str = "demo-app", **body: Any) -> dict[str, Any]:
-        rec = scratch.client.copy(template, **body)
+    def make(template: str = "demo-app", **spec: Any) -> dict[str, Any]:
+        rec = scratch.client.copy(template, TenantSpec(**spec))
         made.append(rec["id"])
         wait_http_ok(rec["url"] + "healthz")
         return rec

@@ -30,6 +30,7 @@ from hoody.agent.ids import TenantIds
 from hoody.agent.runtime import userns
 from hoody.agent.runtime.bundle import PTYS
 from hoody.agent.runtime.userns import SIGPENDING
+from hoody.agent.spec import TenantSpec
 from hoody.bench.provision import wait_http_ok
 from hoody.bench.scratch import ScratchNode
 
@@ -105,7 +106,7 @@ def b(scratch: ScratchNode) -> Iterator[dict[str, Any]]:
 
 @pytest.fixture
 def a(scratch: ScratchNode) -> Iterator[dict[str, Any]]:
-    rec = scratch.client.copy("demo-app", limits={"memory_mib": 512})
+    rec = scratch.client.copy("demo-app", TenantSpec(limits={"memory_mib": 512}))
     yield rec
     scratch.client.delete(rec["id"])
 
@@ -255,7 +256,7 @@ def test_ptys(scratch: ScratchNode, a: dict[str, Any], b: dict[str, Any]) -> Non
 
 
 def test_processes(scratch: ScratchNode, b: dict[str, Any]) -> None:
-    a = scratch.client.copy("demo-app", limits={"pids": 64})
+    a = scratch.client.copy("demo-app", TenantSpec(limits={"pids": 64}))
     try:
         forks, code = numbers(
             run_in(

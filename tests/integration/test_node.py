@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+from hoody.agent.spec import TenantSpec
 from hoody.bench.provision import wait_http_ok
 from hoody.bench.scratch import ScratchNode
 from hoody.errors import Conflict, InvalidInput, NotFound
@@ -39,7 +40,7 @@ def visits(url: str) -> dict[str, Any]:
 
 
 def test_tenant_answers_with_its_id_and_keeps_its_counter(scratch: ScratchNode) -> None:
-    rec = scratch.client.copy("demo-app", name="counter-test")
+    rec = scratch.client.copy("demo-app", TenantSpec(name="counter-test"))
     wait_http_ok(rec["url"] + "healthz")
     page = httpx.get(rec["url"], timeout=5)
     assert page.status_code == 200 and "counter-test" in page.text
@@ -56,8 +57,8 @@ def test_tenant_answers_with_its_id_and_keeps_its_counter(scratch: ScratchNode) 
         scratch.client.tenant("counter-test")
     # The id is never reused, and a fresh tenant starts from the template's empty counter.
     with pytest.raises(Conflict):
-        scratch.client.copy("demo-app", name="counter-test")
-    fresh = scratch.client.copy("demo-app", name="counter-test-2")
+        scratch.client.copy("demo-app", TenantSpec(name="counter-test"))
+    fresh = scratch.client.copy("demo-app", TenantSpec(name="counter-test-2"))
     try:
         wait_http_ok(fresh["url"] + "healthz")
         assert visits(fresh["url"]) == {"tenant": "counter-test-2", "visits": 1}
@@ -82,7 +83,7 @@ def test_tenant_root_is_an_unprivileged_host_uid(
 
 
 def test_memory_hog_is_killed_inside_its_own_cgroup(scratch: ScratchNode) -> None:
-    hog = scratch.client.copy("demo-app", limits={"memory_mib": 64})
+    hog = scratch.client.copy("demo-app", TenantSpec(limits={"memory_mib": 64}))
     neighbour = scratch.client.copy("demo-app")
     try:
         wait_http_ok(hog["url"])
@@ -98,7 +99,7 @@ def test_memory_hog_is_killed_inside_its_own_cgroup(scratch: ScratchNode) -> Non
 
 
 def test_fork_bomb_is_capped_by_pids(scratch: ScratchNode) -> None:
-    rec = scratch.client.copy("demo-app", limits={"pids": 32})
+    rec = scratch.client.copy("demo-app", TenantSpec(limits={"pids": 32}))
     try:
         wait_http_ok(rec["url"] + "healthz")
         code = (
@@ -120,7 +121,7 @@ def test_fork_bomb_is_capped_by_pids(scratch: ScratchNode) -> None:
 
 
 def test_cpu_spinner_stays_within_its_quota(scratch: ScratchNode) -> None:
-    rec = scratch.client.copy("demo-app", limits={"cpu": 0.2})
+    rec = scratch.client.copy("demo-app", TenantSpec(limits={"cpu": 0.2}))
     try:
         wait_http_ok(rec["url"] + "healthz")
         code = (
@@ -191,11 +192,14 @@ def test_tenants_cannot_reach_each_other_the_host_or_the_agent(scratch: ScratchN
 def test_a_rule_can_let_one_tenant_reach_another(scratch: ScratchNode) -> None:
     subnet = scratch.node.config.subnet
     a = scratch.client.copy(
-        "demo-app", firewall={"egress": [{"action": "allow", "cidr": subnet, "port": 8080}]}
+        "demo-app",
+        TenantSpec(firewall={"egress": [{"action": "allow", "cidr": subnet, "port": 8080}]}),
     )
     b = scratch.client.copy(
         "demo-app",
-        firewall={"ingress": [{"port": 8080}, {"port": 8080, "source": a["ip"] + "/32"}]},
+        TenantSpec(
+            firewall={"ingress": [{"port": 8080}, {"port": 8080, "source": a["ip"] + "/32"}]}
+        ),
     )
     c = scratch.client.copy("demo-app")
     try:
@@ -301,15 +305,17 @@ def test_bad_input_is_refused_and_leaves_nothing(scratch: ScratchNode) -> None:
     with pytest.raises(NotFound, match="template ls"):
         scratch.client.copy("no-such-template")
     with pytest.raises(InvalidInput, match="DNS-label"):
-        scratch.client.copy("demo-app", name="Not_A_Label")
+        scratch.client.copy("demo-app", TenantSpec(name="Not_A_Label"))
     with pytest.raises(InvalidInput, match="memory_mib"):
-        scratch.client.copy("demo-app", limits={"memory_mib": -5})
+        scratch.client.copy("demo-app", TenantSpec(limits={"memory_mib": -5}))
     with pytest.raises(InvalidInput, match="unknown limit"):
-        scratch.client.copy("demo-app", limits={"gpus": 1})
+        scratch.client.copy("demo-app", TenantSpec(limits={"gpus": 1}))
     with pytest.raises(InvalidInput, match="CIDR"):
-        scratch.client.copy("demo-app", firewall={"egress": [{"action": "allow", "cidr": "x"}]})
+        scratch.client.copy(
+            "demo-app", TenantSpec(firewall={"egress": [{"action": "allow", "cidr": "x"}]})
+        )
     with pytest.raises(InvalidInput, match="port"):
-        scratch.client.copy("demo-app", firewall={"ingress": [{"port": 70000}]})
+        scratch.client.copy("demo-app", TenantSpec(firewall={"ingress": [{"port": 70000}]}))
     assert {t.id for t in scratch.node.store.tenants()} == before
     assert sorted(p.name for p in (scratch.node.config.pool / "tenants").iterdir()) == sorted(
         before
@@ -327,7 +333,7 @@ def test_a_failed_copy_undoes_every_step(scratch: ScratchNode) -> None:
     try:
         before = {t.id for t in scratch.node.store.tenants()}
         with pytest.raises(Exception):  # noqa: B017 - the runtime's own error
-            scratch.client.copy("broken", name="half-made")
+            scratch.client.copy("broken", TenantSpec(name="half-made"))
         assert _leftovers(scratch, "half-made") == []
         assert {t.id for t in scratch.node.store.tenants()} == before
         # The id was never really used, so it is free again.
@@ -337,7 +343,7 @@ def test_a_failed_copy_undoes_every_step(scratch: ScratchNode) -> None:
 
 
 def test_disk_limit_gives_enospc_inside_that_tenant_only(scratch: ScratchNode) -> None:
-    small = scratch.client.copy("demo-app", limits={"disk_mib": 32})
+    small = scratch.client.copy("demo-app", TenantSpec(limits={"disk_mib": 32}))
     other = scratch.client.copy("demo-app")
     try:
         wait_http_ok(small["url"])

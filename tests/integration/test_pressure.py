@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from hoody.agent.pressure import read_psi
+from hoody.agent.spec import TenantSpec
 from hoody.bench.provision import wait_http_ok
 from hoody.bench.scratch import CGROUP_ROOT, scratch_node
 from hoody.errors import Exhausted
@@ -85,7 +86,7 @@ def test_memory_pressure_sleeps_idle_tenants_and_leaves_busy_ones_running() -> N
         scratch.demo_template()
         client = scratch.client
         idle = [client.copy("demo-app") for _ in range(2)]
-        busy = client.copy("demo-app", limits={"cpu": 0.2})
+        busy = client.copy("demo-app", TenantSpec(limits={"cpu": 0.2}))
         for rec in (*idle, busy):
             wait_http_ok(rec["url"] + "healthz")
         client.exec(busy["id"], ["/bin/sh", "-c", "while :; do :; done >/dev/null 2>&1 &"])

@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 
 from hoody import errors
+from hoody.agent.spec import TenantSpec
 from hoody.errors import HoodyError, HostError
 from hoody.keepalive import CLIENT_LIMITS
 
@@ -172,8 +173,21 @@ class AgentClient:
         result: dict[str, Any] = self._req("DELETE", path)
         return result
 
-    def copy(self, template: str, **body: Any) -> dict[str, Any]:
-        body = {k: v for k, v in body.items() if v is not None}
+    def copy(
+        self,
+        template: str,
+        spec: TenantSpec | None = None,
+        *,
+        mode: str | None = None,
+        start: bool = True,
+    ) -> dict[str, Any]:
+        """Make a tenant of `template` as `spec` says (`mode`: the storage mode, default
+        the node's; `start=False`: made stopped). Returns the agent's record of it."""
+        body = (spec or TenantSpec()).overrides()
+        if mode is not None:
+            body["mode"] = mode
+        if not start:
+            body["start"] = False
         result: dict[str, Any] = self._req("POST", f"/v1/templates/{template}/copy", json=body)
         return result
 

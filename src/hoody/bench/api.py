@@ -32,6 +32,7 @@ import httpx
 import uvicorn
 from sqlalchemy import create_engine, insert, text
 
+from hoody.agent.spec import TenantSpec
 from hoody.control.api import create_app
 from hoody.control.db import Container, Store
 from hoody.control.service import Fleet
@@ -157,9 +158,9 @@ def bench_api(
                 gets = _time(samples, lambda i: http.get(f"/api/v1/containers/{rng.choice(ids)}"))
             copies = []
             for i in range(samples):
-                body = {"template": "demo", "metadata": {"i": i}, "limits": None}
+                spec = TenantSpec(metadata={"i": i})
                 t0 = time.perf_counter()
-                res = fleet.reserve(project, body)
+                res = fleet.reserve(project, "demo", spec)
                 fleet.finish(res, {"state": "running", "ip": f"10.9.{i // 250}.{i % 250 + 2}"})
                 copies.append((time.perf_counter() - t0) * 1000)
         finally:

@@ -31,6 +31,7 @@ from typing import Any
 
 from hoody import services
 from hoody.agent.runtime.cpus import held_cpusets
+from hoody.agent.spec import LimitsSpec, TenantSpec
 from hoody.bench.provision import wait_http_ok
 from hoody.bench.scratch import CGROUP_ROOT, ScratchNode, scratch_node
 
@@ -169,8 +170,8 @@ def noisy(
     # own processes (the router, the agents), not as one more host process.
     with services.joined(), scratch_node("bn", process=True) as scratch:
         scratch.demo_template()
-        victim = scratch.client.copy("demo-app", limits={"cpu": cpu})
-        neighbour = scratch.client.copy("demo-app", limits={"cpu": cpu})
+        victim = scratch.client.copy("demo-app", TenantSpec(limits=LimitsSpec(cpu=cpu)))
+        neighbour = scratch.client.copy("demo-app", TenantSpec(limits=LimitsSpec(cpu=cpu)))
         wait_http_ok(victim["url"] + "healthz")
         wait_http_ok(neighbour["url"] + "healthz")
         result = measure(

@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from hoody.agent.spec import TenantSpec
 from hoody.errors import InvalidInput
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "key_values",
     "limits",
     "status",
+    "tenant_spec",
 ]
 
 console = Console()
@@ -115,6 +117,12 @@ def limits(
         "iops": iops,
     }
     return {k: v for k, v in given.items() if v is not None} or None
+
+
+def tenant_spec(**fields: Any) -> TenantSpec:
+    """The TenantSpec the options ask for; options left out take the template's values.
+    Checked here, so a bad value is refused before anything is sent."""
+    return TenantSpec.parse({k: v for k, v in fields.items() if v is not None})
 
 
 def firewall(text: str | None) -> dict[str, Any] | None:

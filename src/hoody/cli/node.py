@@ -40,6 +40,7 @@ from hoody.cli.common import (
     key_values,
     limits,
     status,
+    tenant_spec,
 )
 from hoody.errors import InvalidInput
 from hoody.keepalive import SERVER_KEEP_ALIVE
@@ -441,15 +442,14 @@ def copy(
 ) -> None:
     """Create a tenant from TEMPLATE on this node and start it (no control plane)."""
     with status(f"copying {template}…", as_json):
-        rec = agent().copy(
-            template,
+        spec = tenant_spec(
             name=name,
             version=version,
             env=key_values(env, "env") or None,
-            mode=mode,
             limits=limits(cpu, memory, pids, disk, memory_request, io_mbps, iops),
             firewall=firewall(firewall_json),
         )
+        rec = agent().copy(template, spec, mode=mode)
     emit(rec, as_json, TENANT_COLUMNS)
 
 

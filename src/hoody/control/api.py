@@ -33,6 +33,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from hoody.agent.client import WOKE_HEADER
+from hoody.agent.spec import TenantSpec
 from hoody.control import models as m
 from hoody.control.auth import Principal
 from hoody.control.service import Fleet
@@ -164,19 +165,14 @@ async def copy(f: Fleet, c: Call) -> Any:
 
 
 async def _copy(f: Fleet, c: Call, body: m.CopyBody, project: int) -> Any:
+    spec = TenantSpec.parse(body.model_dump(exclude_unset=True, exclude={"project", "strategy"}))
     return await run(
         f.copy,
         project,
         c.path("template"),
-        name=body.name,
-        version=body.version,
-        limits=body.limits.model_dump(exclude_none=True) if body.limits else None,
-        env=body.env,
-        firewall=body.firewall,
-        metadata=body.metadata,
+        spec,
         idempotency_key=c.request.headers.get("idempotency-key"),
         strategy=body.strategy,
-        sleep=body.sleep.model_dump(exclude_none=True) if body.sleep else None,
     )
 
 

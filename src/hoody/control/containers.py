@@ -35,14 +35,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from hoody.agent.client import AgentClient
-from hoody.agent.spec import (
-    FirewallPolicy,
-    Limits,
-    SleepPolicy,
-    check_env,
-    check_name,
-    check_tenant_id,
-)
+from hoody.agent.spec import TenantSpec, check_name
 from hoody.control import capacity, quotas
 from hoody.control.auth import Principal
 from hoody.control.base import FleetBase, check_int, check_text
@@ -96,7 +89,20 @@ class _Unreachable(HostError):
     """The chosen node could not be connected to: nothing reached it; place again."""
 
 
-def _request_hash(body: dict[str, Any]) -> str:
+def _request_hash(template: str, spec: TenantSpec) -> str:
+    """What an Idempotency-Key is bound to: the same request hashes the same, and keys
+    made before the spec was a model keep their hash (sleep counts only when given)."""
+    body: dict[str, Any] = {
+        "template": template,
+        "name": spec.name,
+        "version": spec.version,
+        "limits": spec.limits.model_dump(exclude_none=True) if spec.limits else None,
+        "env": spec.env,
+        "firewall": spec.firewall,
+        "metadata": spec.metadata,
+    }
+    if spec.sleep is not None and (sleep := spec.sleep.model_dump(exclude_none=True)):
+        body["sleep"] = sleep
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -105,16 +111,10 @@ class Containers(FleetBase):
         self,
         project: int,
         template: str,
+        spec: TenantSpec | None = None,
         *,
-        name: str | None = None,
-        version: int | None = None,
-        limits: dict[str, Any] | None = None,
-        env: dict[str, str] | None = None,
-        firewall: dict[str, Any] | None = None,
-        metadata: dict[str, Any] | None = None,
         idempotency_key: str | None = None,
         strategy: Strategy | None = None,
-        sleep: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Create a tenant of `template` in `project` on the node placement picks.
 
@@ -123,11 +123,11 @@ class Containers(FleetBase):
         same container, also when calls race; the same key with a different request
         is a Conflict. On failure nothing is left: no container row, no key row.
         """
-        body = self._copy_body(
-            project, template, name, version, limits, env, firewall, metadata, sleep
-        )
+        check_int(project, "project")
+        check_name(template)
+        spec = spec or TenantSpec()
         if idempotency_key is None:
-            return self._copy(project, body, None, strategy)
+            return self._copy(project, template, spec, None, strategy)
         if not isinstance(idempotency_key, str) or not _KEY.match(idempotency_key):
             raise InvalidInput(
                 "Idempotency-Key is invalid; give 1-255 printable ASCII characters, "
@@ -138,7 +138,7 @@ class Containers(FleetBase):
             # project and look like a held key.
             if s.get(Project, project) is None:
                 raise NotFound(f"project {project} does not exist; create it first")
-        digest = _request_hash(body)
+        digest = _request_hash(template, spec)
         done = self._claim_or_wait(project, idempotency_key, digest)
         if done is not None:
             return done
@@ -146,7 +146,7 @@ class Containers(FleetBase):
         with self._in_flight_lock:
             self._keys_in_flight.add(held)
         try:
-            return self._copy(project, body, idempotency_key, strategy)
+            return self._copy(project, template, spec, idempotency_key, strategy)
         except BaseException:
             # Release the key so a retry (or a waiting duplicate) makes the container.
             with self.store.write() as s:
@@ -159,48 +159,6 @@ class Containers(FleetBase):
         finally:
             with self._in_flight_lock:
                 self._keys_in_flight.discard(held)
-
-    @staticmethod
-    def _copy_body(
-        project: int,
-        template: str,
-        name: str | None,
-        version: int | None,
-        limits: dict[str, Any] | None,
-        env: dict[str, str] | None,
-        firewall: dict[str, Any] | None,
-        metadata: dict[str, Any] | None,
-        sleep: dict[str, Any] | None = None,
-    ) -> dict[str, Any]:
-        """The validated request, as hashed for idempotency and passed to the agent."""
-        check_int(project, "project")
-        check_name(template)
-        if name is not None:
-            check_tenant_id(name)
-        if version is not None:
-            check_int(version, "version")
-        # Validates each value; the request against the limit is checked once the
-        # template's limits are known (reserve), and the agent merges them again.
-        Limits(memory_mib=1 << 22).merged(limits)
-        if firewall is not None:
-            FirewallPolicy.from_json(firewall)
-        if env is not None:
-            check_env(env)
-        if metadata is not None and len(json.dumps(metadata, default=str)) > 16384:
-            raise InvalidInput("metadata is too large; keep it under 16 KiB of JSON")
-        SleepPolicy().merged(sleep)  # validates; the agent merges it with the template's
-        body = {
-            "template": template,
-            "name": name,
-            "version": version,
-            "limits": limits,
-            "env": env,
-            "firewall": firewall,
-            "metadata": metadata,
-        }
-        if sleep:  # absent from the hash unless given: keys made before keep their hash
-            body["sleep"] = sleep
-        return body
 
     def _claim_or_wait(self, project: int, key: str, digest: str) -> dict[str, Any] | None:
         """None once this call owns `key`; else the container the owner made."""
@@ -272,7 +230,12 @@ class Containers(FleetBase):
             s.delete(row)
 
     def _copy(
-        self, project: int, body: dict[str, Any], key: str | None, strategy: Strategy | None
+        self,
+        project: int,
+        template: str,
+        spec: TenantSpec,
+        key: str | None,
+        strategy: Strategy | None,
     ) -> dict[str, Any]:
         # A node that cannot be reached is marked down and the copy is placed again
         # elsewhere, so a dead node costs a retry rather than a failed copy.
@@ -280,7 +243,7 @@ class Containers(FleetBase):
         waited_until: float | None = None
         while True:
             try:
-                res = self.reserve(project, body, key, strategy, unreachable)
+                res = self.reserve(project, template, spec, key, strategy, unreachable)
             except _StillReceiving:
                 now = self.clock()
                 waited_until = waited_until or now + self.settings.replica_wait
@@ -299,7 +262,7 @@ class Containers(FleetBase):
             with self._in_flight_lock:
                 self._in_flight.add(res.cid)
             try:
-                made = self._make(res, body)
+                made = self._make(res, template, spec)
             except _Unreachable:
                 log.warning("node %s is unreachable; marked down, placing again", res.node)
                 unreachable.add(res.node)
@@ -309,7 +272,7 @@ class Containers(FleetBase):
                     self._in_flight.discard(res.cid)
             return made
 
-    def _make(self, res: Reservation, body: dict[str, Any]) -> dict[str, Any]:
+    def _make(self, res: Reservation, template: str, spec: TenantSpec) -> dict[str, Any]:
         """reserve (done; undo: drop the row) → agent copy (undo: delete it there) →
         finish. When the node cannot confirm the undo delete, the row stays `deleting`
         rather than vanishing, so the reconcile loop retries until the node confirms
@@ -319,16 +282,8 @@ class Containers(FleetBase):
             undo.add(lambda: self._drop_reservation(res, on_node["unsure"]), "drop the row")
             agent = self._agent(res.url, res.token)
             try:
-                rec = agent.copy(
-                    body["template"],
-                    name=res.cid,
-                    version=res.version,
-                    limits=body["limits"],
-                    env=body["env"],
-                    firewall=body["firewall"],
-                    metadata=body["metadata"],
-                    sleep=body.get("sleep"),
-                )
+                placed = spec.model_copy(update={"name": res.cid, "version": res.version})
+                rec = agent.copy(template, placed)
             except BaseException as exc:
                 cause = exc.__cause__ if isinstance(exc, HostError) else None
                 if isinstance(cause, httpx.ConnectError):
@@ -375,31 +330,30 @@ class Containers(FleetBase):
     def reserve(
         self,
         project: int,
-        body: dict[str, Any],
+        template: str,
+        spec: TenantSpec,
         key: str | None = None,
         strategy: Strategy | None = None,
         unreachable: set[str] | None = None,
     ) -> Reservation:
         """Place a copy and record it (state creating) in one transaction.
 
-        `body` is a validated copy request (template, name, version, limits, metadata).
         Raises NotFound for an unknown template or version, Exhausted when no node can
         take it, Conflict when `name` is taken.
         """
-        template = body["template"]
         with self.store.write() as s:
             # Locked first: copies of one project take their quota turn by turn, from
             # any control plane process, until this row commits (SQLite: one writer).
             owner = quotas.lock(s, project, for_update=self.store.is_postgres)
             tmpl = self._visible_template(s, project, template)
             vq = select(TemplateVersion).where(TemplateVersion.template_id == tmpl.id)
-            if body.get("version") is not None:
-                vq = vq.where(TemplateVersion.version == body["version"])
+            if spec.version is not None:
+                vq = vq.where(TemplateVersion.version == spec.version)
             ver = s.scalar(vq.order_by(TemplateVersion.version.desc()).limit(1))
             if ver is None:
-                which = f"version {body['version']}" if body.get("version") else "any version"
+                which = f"version {spec.version}" if spec.version else "any version"
                 raise NotFound(f"template {template} has no {which} on any node yet")
-            asked = body.get("limits") or {}
+            asked = spec.limits.model_dump(exclude_none=True) if spec.limits else {}
             limits = {k: v for k, v in {**(ver.limits or {}), **asked}.items() if v is not None}
             memory = int(limits.get("memory_mib", self.settings.default_memory_mib))
             disk = int(limits.get("disk_mib", self.settings.default_disk_mib))
@@ -414,7 +368,7 @@ class Containers(FleetBase):
             placement, nodes, request, source = self._place(
                 s, ver, template, memory, asked, strategy, unreachable or set()
             )
-            cid = body.get("name") or self._new_id(s, template)
+            cid = spec.name or self._new_id(s, template)
             if s.scalar(select(Container.seq).where(Container.id == cid)) is not None:
                 raise Conflict(f"container name {cid} is taken; pick another or leave it out")
             s.add(
@@ -434,7 +388,7 @@ class Containers(FleetBase):
                     else 0,
                     disk_mib=disk,
                     limits=limits,
-                    meta=body.get("metadata") or {},
+                    meta=spec.metadata or {},
                     created_at=self.clock(),
                     active_at=self.clock(),
                 )

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
+from hoody.agent.spec import TenantSpec
 from hoody.control.db import Container, Store
 from hoody.control.service import Fleet
 from hoody.errors import Exhausted
@@ -52,7 +53,7 @@ def test_fifty_concurrent_copies_with_ten_keys_make_ten_containers(fleets: Any) 
     calls = [
         (
             lambda f=fleet, k=i % 10: f.copy(
-                world.project, "demo", metadata={"evt": k}, idempotency_key=f"evt_{k}"
+                world.project, "demo", TenantSpec(metadata={"evt": k}), idempotency_key=f"evt_{k}"
             )
         )
         for i, fleet in enumerate([world.fleet, twin] * 25)

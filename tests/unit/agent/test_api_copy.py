@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from hoody.agent.client import raise_for_error
+from hoody.agent.spec import LimitsSpec, SleepSpec, TenantSpec
 from hoody.errors import InvalidInput
 from tests.local_agent import LocalAgent
 
@@ -26,23 +28,25 @@ def test_the_agent_refuses_a_bad_spec_and_makes_nothing(
     tmp_path: Path, body: dict[str, object], match: str
 ) -> None:
     agent = LocalAgent("n1", tmp_path)
+    # Sent as raw JSON: the client's own TenantSpec would refuse it before sending.
+    answer = agent.client().http.post("/v1/templates/demo/copy", json=body)
+    assert answer.status_code == 400
     with pytest.raises(InvalidInput, match=match):
-        agent.client().copy("demo", **body)
+        raise_for_error(answer)
     assert agent.tenants == {}
     agent.close()
 
 
 def test_the_agent_makes_what_the_spec_asks(tmp_path: Path) -> None:
     agent = LocalAgent("n1", tmp_path)
-    rec = agent.client().copy(
-        "demo",
+    spec = TenantSpec(
         name="t1",
         env={"PLAN": "pro"},
-        limits={"memory_mib": 64},
-        sleep={"idle_seconds": 30},
+        limits=LimitsSpec(memory_mib=64),
+        sleep=SleepSpec(idle_seconds=30),
         metadata={"customer": "cus_1"},
-        start=False,
     )
+    rec = agent.client().copy("demo", spec, start=False)
     assert (rec["id"], rec["state"], rec["env"]["PLAN"]) == ("t1", "stopped", "pro")
     assert rec["limits"]["memory_mib"] == 64 and rec["limits"]["cpu"] == 1.0
     assert rec["sleep"] == {"idle_seconds": 30, "mode": "stopped"}

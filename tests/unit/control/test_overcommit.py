@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 
+from hoody.agent.spec import TenantSpec
 from hoody.control.db import Store
 from hoody.errors import Exhausted, InvalidInput
 from tests.control_support import make_world
@@ -45,29 +46,37 @@ def test_limits_add_up_past_the_memory_while_use_fits(store: Store) -> None:
 
 def test_refusals_name_the_figure_and_leave_nothing(store: Store) -> None:
     w = make_world(store, nodes={"n1": {"memory_total": 8 * GIB}})
-    hog = w.fleet.copy(w.project, "demo", limits={"memory_mib": 8192, "memory_request_mib": 64})
+    hog = w.fleet.copy(
+        w.project, "demo", TenantSpec(limits={"memory_mib": 8192, "memory_request_mib": 64})
+    )
     w.agents["n1"].use(hog["id"], 7 * GIB + GIB // 2)  # far more than its request
     w.heartbeat("n1")
     with pytest.raises(Exhausted, match=r"n1: full \(memory, refused by measured use"):
-        w.fleet.copy(w.project, "demo", limits={"memory_mib": 1024, "memory_request_mib": 1024})
+        w.fleet.copy(
+            w.project, "demo", TenantSpec(limits={"memory_mib": 1024, "memory_request_mib": 1024})
+        )
     w.agents["n1"].use(hog["id"], 8 * MIB)
     w.heartbeat("n1")
     # 7 GiB fits in the 8 GiB but not beside the 1 GiB reserve.
     with pytest.raises(Exhausted, match=r"refused by the host reserve \(1.0 GiB\)") as err:
-        w.fleet.copy(w.project, "demo", limits={"memory_mib": 7168, "memory_request_mib": 7168})
+        w.fleet.copy(
+            w.project, "demo", TenantSpec(limits={"memory_mib": 7168, "memory_request_mib": 7168})
+        )
     assert "hoody node set --overcommit" in err.value.message
     states = [c["state"] for c in w.fleet.list_containers(w.who)["items"]]
     assert states == ["running"], "the refused copies left nothing"
     node = w.fleet.set_node(w.admin, "n1", 1.5, None)
     assert node["capacity"]["memory_capacity_bytes"] == 12 * GIB
-    rec = w.fleet.copy(w.project, "demo", limits={"memory_mib": 7168, "memory_request_mib": 7168})
+    rec = w.fleet.copy(
+        w.project, "demo", TenantSpec(limits={"memory_mib": 7168, "memory_request_mib": 7168})
+    )
     assert "request (asked)" in rec["placement"]
 
 
 def test_a_request_above_the_limit_is_refused(store: Store) -> None:
     w = make_world(store, nodes={"n1": {}})
     with pytest.raises(InvalidInput, match="above the memory limit 256 MiB"):
-        w.fleet.copy(w.project, "demo", limits={"memory_request_mib": 300})
+        w.fleet.copy(w.project, "demo", TenantSpec(limits={"memory_request_mib": 300}))
     with pytest.raises(InvalidInput, match="reserve"):
         w.fleet.set_node(w.admin, "n1", None, "plenty")
 

@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import func, select
 from starlette.testclient import TestClient
 
+from hoody.agent.spec import TenantSpec
 from hoody.control.api import create_app
 from hoody.control.client import Client
 from hoody.control.db import Container, IdempotencyKey, Store
@@ -94,13 +95,15 @@ def test_memory_and_disk_quotas_count_the_limits(store: Store) -> None:
     assert "hold 512 MiB and this copy asks 256 MiB" in err.value.message
     assert "limits.memory_mib" in err.value.message and "--max-memory 768M" in err.value.message
     # A smaller limit fits; a learned or asked *request* does not change what counts.
-    small = w.fleet.copy(w.project, "demo", limits={"memory_mib": 64, "memory_request_mib": 8})
+    small = w.fleet.copy(
+        w.project, "demo", TenantSpec(limits={"memory_mib": 64, "memory_request_mib": 8})
+    )
     assert w.fleet.get_project(w.who, w.project)["usage"]["memory_mib"] == 576
     w.fleet.delete_container(w.admin, small["id"])
     w.fleet.set_project(w.admin, w.project, {"max_memory_mib": None})
-    w.fleet.copy(w.project, "demo", limits={"disk_mib": 1024})  # 3072 of 4096
+    w.fleet.copy(w.project, "demo", TenantSpec(limits={"disk_mib": 1024}))  # 3072 of 4096
     with pytest.raises(QuotaExceeded, match="disk quota is 4096 MiB") as err:
-        w.fleet.copy(w.project, "demo", limits={"disk_mib": 2048})
+        w.fleet.copy(w.project, "demo", TenantSpec(limits={"disk_mib": 2048}))
     assert "hold 3072 MiB and this copy asks 2048 MiB" in err.value.message
     assert "--max-disk 5G" in err.value.message
     assert _rows(w) == 3 and _tenants(w) == 3

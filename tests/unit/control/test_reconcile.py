@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import select
 from starlette.testclient import TestClient
 
+from hoody.agent.spec import TenantSpec
 from hoody.control.api import create_app
 from hoody.control.client import Client
 from hoody.control.containers import Reservation, _request_hash
@@ -44,19 +45,19 @@ def row(w: World, cid: str) -> Container | None:
 
 def left_creating(w: World, name: str, key: str | None = None) -> str:
     """A copy whose process died after reserving (and, maybe, after the node made it)."""
-    body = w.fleet._copy_body(w.project, "demo", name, None, None, None, None, None)
+    spec = TenantSpec(name=name)
     if key is not None:
-        digest = _request_hash(body)
+        digest = _request_hash("demo", spec)
         with w.store.write() as s:
             s.add(
                 IdempotencyKey(project_id=w.project, key=key, request_hash=digest, state="pending")
             )
-    return w.fleet.reserve(w.project, body, key).cid
+    return w.fleet.reserve(w.project, "demo", spec, key).cid
 
 
 def test_left_creating_and_made_on_the_node_is_adopted(world: World, clock: Clock) -> None:
     cid = left_creating(world, "kept", key="evt_1")
-    world.agents["n1"].client().copy("demo", name=cid)
+    world.agents["n1"].client().copy("demo", TenantSpec(name=cid))
     assert world.fleet.reconcile_once().adopted == [], "not before the deadline"
     clock.now += 61
     report = world.fleet.reconcile_once()
@@ -64,7 +65,9 @@ def test_left_creating_and_made_on_the_node_is_adopted(world: World, clock: Cloc
     got = row(world, cid)
     assert got is not None and got.state == "running" and got.ip and got.node == "n1"
     # The key now answers with the adopted container.
-    again = world.fleet.copy(world.project, "demo", name="kept", idempotency_key="evt_1")
+    again = world.fleet.copy(
+        world.project, "demo", TenantSpec(name="kept"), idempotency_key="evt_1"
+    )
     assert again["id"] == cid and again["state"] == "running"
 
 
@@ -94,7 +97,7 @@ def test_a_copy_in_flight_in_this_process_is_left_alone(world: World, clock: Clo
 
 def test_a_tenant_still_being_made_by_its_node_is_waited_for(world: World, clock: Clock) -> None:
     cid = left_creating(world, "making")
-    world.agents["n1"].client().copy("demo", name=cid)
+    world.agents["n1"].client().copy("demo", TenantSpec(name=cid))
     world.agents["n1"].set_state(cid, "creating")
     clock.now += 61
     report = world.fleet.reconcile_once()
@@ -119,7 +122,7 @@ def test_left_deleting_is_retried_until_the_node_confirms(world: World) -> None:
 
 def test_an_orphan_is_reported_then_removed_after_the_grace(world: World, clock: Clock) -> None:
     agent = world.agents["n1"]
-    agent.client().copy("demo", name="stray")
+    agent.client().copy("demo", TenantSpec(name="stray"))
     first_seen = clock.now
     # Once could be a delete that finished between the node's list and the rows.
     assert world.fleet.reconcile_once().orphans == []
@@ -141,7 +144,7 @@ def test_an_orphan_is_reported_then_removed_after_the_grace(world: World, clock:
 
 def test_orphans_are_kept_without_a_grace(store: Store, clock: Clock) -> None:
     w = make_world(store, {"n1": {}}, settings=Settings(orphan_grace=None), clock=clock)
-    w.agents["n1"].client().copy("demo", name="stray")
+    w.agents["n1"].client().copy("demo", TenantSpec(name="stray"))
     w.fleet.reconcile_once()
     w.fleet.reconcile_once()
     clock.now += 10**7
@@ -151,7 +154,7 @@ def test_orphans_are_kept_without_a_grace(store: Store, clock: Clock) -> None:
 
 def test_an_orphan_that_gets_its_row_is_forgotten(world: World) -> None:
     cid = left_creating(world, "racing")  # a copy in flight: its row exists first
-    world.agents["n1"].client().copy("demo", name=cid)
+    world.agents["n1"].client().copy("demo", TenantSpec(name=cid))
     assert world.fleet.reconcile_once().orphans == []
     assert world.fleet.reconcile_once().orphans == []
 
@@ -166,7 +169,7 @@ def test_finish_conflict_after_the_node_made_it_leaves_nothing(
 
     monkeypatch.setattr(world.fleet, "finish", conflict)
     with pytest.raises(Conflict):
-        world.fleet.copy(world.project, "demo", name="gone", idempotency_key="evt_9")
+        world.fleet.copy(world.project, "demo", TenantSpec(name="gone"), idempotency_key="evt_9")
     assert world.agents["n1"].tenants == {}
     assert row(world, "gone") is None
     with world.store.read() as s:
@@ -184,7 +187,7 @@ def test_undo_that_cannot_reach_the_node_leaves_the_row_deleting(
 
     monkeypatch.setattr(world.fleet, "finish", conflict)
     with pytest.raises(Conflict):
-        world.fleet.copy(world.project, "demo", name="half")
+        world.fleet.copy(world.project, "demo", TenantSpec(name="half"))
     assert (got := row(world, "half")) is not None and got.state == "deleting"
     assert "half" in agent.tenants
     agent.down = False
@@ -204,13 +207,13 @@ def test_a_copy_whose_answer_is_lost_is_deleted_on_the_node(world: World) -> Non
 
     agent.transport.handle_request = made_then_cut  # type: ignore[method-assign]
     with pytest.raises(HostError):
-        world.fleet.copy(world.project, "demo", name="cut")
+        world.fleet.copy(world.project, "demo", TenantSpec(name="cut"))
     assert agent.tenants == {} and row(world, "cut") is None
 
 
 def test_finish_returns_a_row_the_reconcile_adopted(world: World, clock: Clock) -> None:
     cid = left_creating(world, "adopted")
-    rec = world.agents["n1"].client().copy("demo", name=cid)
+    rec = world.agents["n1"].client().copy("demo", TenantSpec(name=cid))
     clock.now += 61
     assert world.fleet.reconcile_once().adopted == [cid]
     # The copy that was slow, not dead, finishes after all: it gets the adopted row.
@@ -219,7 +222,7 @@ def test_finish_returns_a_row_the_reconcile_adopted(world: World, clock: Clock) 
 
 
 def test_orphans_and_reconcile_through_the_api(world: World) -> None:
-    world.agents["n1"].client().copy("demo", name="stray")
+    world.agents["n1"].client().copy("demo", TenantSpec(name="stray"))
     with TestClient(create_app(world.fleet, monitor=False)) as http:
         admin = Client("http://testserver", world.admin_token, http=TestClient(http.app))
         assert admin.reconcile()["orphans"] == []  # seen once: not yet

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select, update
 
+from hoody.agent.spec import TenantSpec
 from hoody.control.db import Node, Operation, Store, TemplateReplica
 from hoody.control.service import Settings
 from hoody.errors import Exhausted, HostError
@@ -52,7 +53,7 @@ def test_a_version_reaches_every_node_then_the_next_as_a_difference(world: World
     assert {o["state"] for o in ops(w)} == {"succeeded"}
 
     # A snapshot on n2 makes v2 there; it travels to n1 and n3 as the change from v1.
-    c = w.fleet.copy(w.project, "demo", name="c1")
+    c = w.fleet.copy(w.project, "demo", TenantSpec(name="c1"))
     node = c["node"]
     snap = w.fleet.snapshot(w.admin, "c1", "demo")
     assert snap["result"] == {"template": "demo", "version": 2, "node": node}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from hoody.agent.spec import TenantSpec
 from hoody.control.api import create_app
 from hoody.control.auth import Principal
 from hoody.control.db import Store
@@ -23,7 +24,7 @@ class Clock:
 
 def test_sleep_and_wake_show_in_the_api_and_on_the_node(store: Store) -> None:
     w = make_world(store, nodes={"n1": {}})
-    c = w.fleet.copy(w.project, "demo", sleep={"mode": "frozen"})
+    c = w.fleet.copy(w.project, "demo", TenantSpec(sleep={"mode": "frozen"}))
     assert c["sleep"] == {"idle_seconds": None, "mode": "frozen"}
     slept = w.fleet.sleep(w.who, c["id"])
     assert (slept["state"], slept["sleep_mode"]) == ("sleeping", "frozen")
@@ -66,8 +67,10 @@ def test_who_may_sleep_wake_and_report(store: Store) -> None:
 def test_idle_tenants_sleep_and_any_routers_report_keeps_one_awake(store: Store) -> None:
     clock = Clock()
     w = make_world(store, nodes={"n1": {}}, clock=clock)
-    idle = w.fleet.copy(w.project, "demo", sleep={"idle_seconds": 60})["id"]
-    busy = w.fleet.copy(w.project, "demo", sleep={"idle_seconds": 60, "mode": "frozen"})["id"]
+    idle = w.fleet.copy(w.project, "demo", TenantSpec(sleep={"idle_seconds": 60}))["id"]
+    busy = w.fleet.copy(
+        w.project, "demo", TenantSpec(sleep={"idle_seconds": 60, "mode": "frozen"})
+    )["id"]
     never = w.fleet.copy(w.project, "demo")["id"]
     router = Principal("router")
     clock.now += 50
@@ -93,7 +96,7 @@ def test_idle_tenants_sleep_and_any_routers_report_keeps_one_awake(store: Store)
 def test_a_failed_sleep_leaves_the_tenant_running(store: Store) -> None:
     clock = Clock()
     w = make_world(store, nodes={"n1": {}}, clock=clock)
-    cid = w.fleet.copy(w.project, "demo", sleep={"idle_seconds": 10})["id"]
+    cid = w.fleet.copy(w.project, "demo", TenantSpec(sleep={"idle_seconds": 10}))["id"]
     w.agents["n1"].set_state(cid, "stopped")  # the node says otherwise
     clock.now += 11
     assert w.fleet.sleep_idle_once() == []
@@ -132,7 +135,7 @@ async def test_a_routers_wake_says_what_it_woke_and_where_the_time_went(store: S
     router waits for a started tenant's port, not for an awake one's) and the wake's
     phases (Server-Timing), which the router sums into its metrics."""
     w = make_world(store, nodes={"n1": {}})
-    c = w.fleet.copy(w.project, "demo", sleep={"mode": "frozen"})
+    c = w.fleet.copy(w.project, "demo", TenantSpec(sleep={"mode": "frozen"}))
     w.fleet.sleep(w.who, c["id"])
     token = w.fleet.create_token(w.admin, "router")["token"]
     app = create_app(w.fleet, monitor=False)

@@ -7,6 +7,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import select
 
+from hoody.agent.spec import TenantSpec
 from hoody.control.db import Base, Container, IdempotencyKey, Store, Token
 from hoody.control.service import Settings
 from hoody.errors import Conflict, Exhausted, Forbidden, NotFound
@@ -21,7 +22,7 @@ def test_migrations_create_exactly_the_models(store: Store) -> None:
 
 def test_copy_list_get_stop_start_delete(store: Store) -> None:
     w = make_world(store)
-    c = w.fleet.copy(w.project, "demo", metadata={"customer": "cus_1", "plan": "pro"})
+    c = w.fleet.copy(w.project, "demo", TenantSpec(metadata={"customer": "cus_1", "plan": "pro"}))
     assert c["state"] == "running" and c["node"] in ("n1", "n2") and c["ip"]
     assert c["placement"].startswith("spread: ")
     assert c["id"] in w.agents[c["node"]].tenants
@@ -44,15 +45,17 @@ def test_copy_list_get_stop_start_delete(store: Store) -> None:
 
 def test_same_idempotency_key_same_container(store: Store) -> None:
     w = make_world(store)
-    a = w.fleet.copy(w.project, "demo", metadata={"e": "1"}, idempotency_key="evt_1")
-    b = w.fleet.copy(w.project, "demo", metadata={"e": "1"}, idempotency_key="evt_1")
+    a = w.fleet.copy(w.project, "demo", TenantSpec(metadata={"e": "1"}), idempotency_key="evt_1")
+    b = w.fleet.copy(w.project, "demo", TenantSpec(metadata={"e": "1"}), idempotency_key="evt_1")
     assert a == b
     assert sum(agent.copies for agent in w.agents.values()) == 1
     with pytest.raises(Conflict, match="different request"):
-        w.fleet.copy(w.project, "demo", metadata={"e": "2"}, idempotency_key="evt_1")
+        w.fleet.copy(w.project, "demo", TenantSpec(metadata={"e": "2"}), idempotency_key="evt_1")
     # A deleted container is still what that key made: retries do not resurrect it.
     w.fleet.delete_container(w.who, a["id"])
-    replay = w.fleet.copy(w.project, "demo", metadata={"e": "1"}, idempotency_key="evt_1")
+    replay = w.fleet.copy(
+        w.project, "demo", TenantSpec(metadata={"e": "1"}), idempotency_key="evt_1"
+    )
     assert replay["id"] == a["id"] and replay["state"] == "deleted"
 
 
@@ -60,12 +63,15 @@ def test_failed_copy_leaves_nothing_and_frees_the_key(store: Store) -> None:
     w = make_world(store, nodes={"n1": {}})
     w.agents["n1"].fail("create_tenant", Exhausted("pool full"))
     with pytest.raises(Exhausted, match="pool full"):
-        w.fleet.copy(w.project, "demo", name="t1", idempotency_key="evt_9")
+        w.fleet.copy(w.project, "demo", TenantSpec(name="t1"), idempotency_key="evt_9")
     with store.read() as s:
         assert s.scalars(select(Container)).all() == []
         assert s.scalars(select(IdempotencyKey)).all() == []
     w.agents["n1"].fail("create_tenant", None)
-    assert w.fleet.copy(w.project, "demo", name="t1", idempotency_key="evt_9")["id"] == "t1"
+    assert (
+        w.fleet.copy(w.project, "demo", TenantSpec(name="t1"), idempotency_key="evt_9")["id"]
+        == "t1"
+    )
 
 
 def test_unreachable_node_is_marked_down_and_the_copy_goes_elsewhere(store: Store) -> None:
@@ -118,7 +124,9 @@ def test_down_cordoned_and_full_nodes_get_no_tenants(store: Store) -> None:
 def test_list_filters_and_pages(store: Store) -> None:
     w = make_world(store)
     made = [
-        w.fleet.copy(w.project, "demo", metadata={"plan": "pro" if i % 2 else "free", "i": i})
+        w.fleet.copy(
+            w.project, "demo", TenantSpec(metadata={"plan": "pro" if i % 2 else "free", "i": i})
+        )
         for i in range(7)
     ]
     ids = []

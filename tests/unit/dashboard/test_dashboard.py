@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import update
 from starlette.testclient import TestClient
 
+from hoody.agent.spec import TenantSpec
 from hoody.bench.scratch import free_port, serve_in_thread
 from hoody.control.api import create_app
 from hoody.control.db import Container, Store
@@ -69,7 +70,7 @@ def test_headline_bill_cost_per_tenant_and_room(world: World) -> None:
     for name in ("n1", "n2", "n3"):
         world.fleet.set_node(world.admin, name, monthly_cost=29, currency="usd")
     for i in range(6):
-        world.fleet.copy(world.project, "demo", metadata={"n": i})
+        world.fleet.copy(world.project, "demo", TenantSpec(metadata={"n": i}))
     # Nodes report what their tenants really use: 8 MiB each.
     for name, agent in world.agents.items():
         h = agent.headroom()
@@ -190,7 +191,9 @@ def test_actions_need_the_csrf_token_and_same_origin(world: World) -> None:
 
 def test_tenant_search_filters_and_pages(world: World) -> None:
     made = [
-        world.fleet.copy(world.project, "demo", metadata={"customer": f"cus_{i:02d}", "plan": p})
+        world.fleet.copy(
+            world.project, "demo", TenantSpec(metadata={"customer": f"cus_{i:02d}", "plan": p})
+        )
         for i, p in enumerate(["pro", "free", "pro", "pro", "free"] * 3)
     ]
     figures = FleetFigures(world.store)
