@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 
+from hoody.agent.spec import TenantSpec
 from hoody.agent.templates import DEMO_NAME
 from hoody.bench.scratch import ScratchNode
 from hoody.errors import InvalidInput
@@ -20,12 +21,12 @@ def test_a_project_cannot_open_metadata_for_its_copy(scratch: ScratchNode) -> No
         for cidr in ("169.254.169.254/32", "127.0.0.1/32"):
             rules = {"egress": [{"action": "allow", "cidr": cidr, "port": 80}]}
             with pytest.raises(InvalidInput, match=f"template {DEMO_NAME}'s firewall"):
-                stack.client.copy(DEMO_NAME, firewall=rules)
+                stack.client.copy(DEMO_NAME, TenantSpec(firewall=rules))
         assert stack.client.containers()["items"] == []
         assert {t.id for t in scratch.node.tenants()} == before, "nothing made on the node"
 
         made = stack.client.copy(
-            DEMO_NAME, firewall={"egress": [{"action": "allow", "cidr": "0.0.0.0/0"}]}
+            DEMO_NAME, TenantSpec(firewall={"egress": [{"action": "allow", "cidr": "0.0.0.0/0"}]})
         )
         table = scratch.node.config.network.table
         chain = run(["nft", "list", "chain", "inet", table, f"e-{made['id']}"]).stdout

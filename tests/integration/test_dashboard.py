@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from hoody.agent.node_info import headroom, tenant_usage
+from hoody.agent.spec import TenantSpec
 from hoody.agent.templates import DEMO_NAME
 from hoody.bench.scratch import ScratchNode, free_port, serve_in_thread
 from hoody.control.api import create_app
@@ -82,7 +83,10 @@ def stack(scratch: ScratchNode) -> Iterator[Stack]:
 def test_the_dashboard_in_a_real_browser(stack: Stack) -> None:
     from playwright.sync_api import sync_playwright
 
-    made = [stack.client.copy(DEMO_NAME, metadata={"customer": f"cus_{i}"}) for i in range(2)]
+    made = [
+        stack.client.copy(DEMO_NAME, TenantSpec(metadata={"customer": f"cus_{i}"}))
+        for i in range(2)
+    ]
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
         try:
@@ -132,7 +136,9 @@ def test_the_dashboard_in_a_real_browser(stack: Stack) -> None:
             page.evaluate("window.__same_page = true")
             lags = []
             for i in range(3):
-                new = stack.client.copy(DEMO_NAME, metadata={"customer": f"cus_live{i}"})
+                new = stack.client.copy(
+                    DEMO_NAME, TenantSpec(metadata={"customer": f"cus_live{i}"})
+                )
                 made.append(new)
                 start = time.monotonic()
                 # (selectors, not wait_for_function: the page's CSP forbids eval, rightly)

@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
+from hoody.agent.spec import TenantSpec
 from hoody.agent.templates import DEMO_NAME
 from hoody.bench.provision import wait_http_ok
 from hoody.bench.scratch import ScratchNode
@@ -111,7 +112,7 @@ def test_a_session_is_for_one_tenant_and_revoke_ends_it(stack: Stack) -> None:
 
 
 def test_routes_follow_stop_start_and_delete(stack: Stack) -> None:
-    rec = stack.client.copy(DEMO_NAME, metadata={"public": True})
+    rec = stack.client.copy(DEMO_NAME, TenantSpec(metadata={"public": True}))
     cid = rec["id"]
     wait_http_ok(f"http://{stack.address(rec['id'])}/healthz")
     until(lambda: stack.get(cid, "/healthz").status_code == 200)  # public: no session

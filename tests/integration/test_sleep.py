@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from hoody import router as tenant_router
+from hoody.agent.spec import TenantSpec
 from hoody.agent.templates import DEMO_NAME
 from hoody.bench.provision import wait_http_ok
 from hoody.bench.scratch import ScratchNode, free_port
@@ -58,7 +59,7 @@ def stack(scratch: ScratchNode) -> Iterator[Stack]:
 @pytest.mark.parametrize("mode", ["stopped", "frozen"])
 def test_an_idle_tenant_sleeps_and_its_next_request_wakes_it(stack: Stack, mode: str) -> None:
     c = stack.client.copy(
-        DEMO_NAME, metadata={"public": True}, sleep={"idle_seconds": 3, "mode": mode}
+        DEMO_NAME, TenantSpec(metadata={"public": True}, sleep={"idle_seconds": 3, "mode": mode})
     )
     cid = c["id"]
     wait_http_ok(f"http://{stack.address(cid)}/healthz")
@@ -103,7 +104,7 @@ def test_a_router_whose_table_is_behind_a_sleep_still_answers(stack: Stack, mode
     502. Frozen: the tenant's kernel takes the connection and the request waits; the
     router's next refresh (forced here by a request for an unknown host) says the
     tenant sleeps, and the router wakes it."""
-    c = stack.client.copy(DEMO_NAME, metadata={"public": True})
+    c = stack.client.copy(DEMO_NAME, TenantSpec(metadata={"public": True}))
     cid = c["id"]
     wait_http_ok(f"http://{stack.address(cid)}/healthz")
     with Client(stack.api, stack.admin) as root:

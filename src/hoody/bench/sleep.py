@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from hoody import proc
+from hoody.agent.spec import LimitsSpec, SleepSpec, TenantSpec
 from hoody.agent.templates import DEMO_ARGS, DEMO_NAME
 from hoody.bench.density import memory_in_use
 from hoody.bench.fleet import ScratchFleet, scratch_fleet
@@ -173,20 +174,18 @@ def sleep_bench(
 
         def make(i: int) -> str:
             busy_one = i < active
-            sleep = {
-                "idle_seconds": 120 if busy_one else idle_seconds,
-                "mode": "frozen" if i % 2 else "stopped",
-            }
+            spec = TenantSpec(
+                metadata={"public": True, "bench": "busy" if busy_one else "idle"},
+                limits=LimitsSpec(memory_mib=memory_mib) if memory_mib else None,
+                sleep=SleepSpec(
+                    idle_seconds=120 if busy_one else idle_seconds,
+                    mode="frozen" if i % 2 else "stopped",
+                ),
+            )
             deadline = time.monotonic() + 120
             while True:
                 try:
-                    rec = fleet.admin.copy(
-                        DEMO_NAME,
-                        project=project,
-                        metadata={"public": True, "bench": "busy" if busy_one else "idle"},
-                        limits={"memory_mib": memory_mib} if memory_mib else None,
-                        sleep=sleep,
-                    )
+                    rec = fleet.admin.copy(DEMO_NAME, spec, project=project)
                     if busy_one:
                         busy.append(str(rec["id"]))
                     return str(rec["id"])

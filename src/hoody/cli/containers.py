@@ -28,6 +28,7 @@ from hoody.cli.common import (
     key_values,
     limits,
     status,
+    tenant_spec,
 )
 from hoody.control.client import Client
 
@@ -94,18 +95,17 @@ def copy(
 ) -> None:
     """Create a container from TEMPLATE on the node with the most headroom."""
     with Client() as client, status(f"copying {template}…", as_json):
-        rec = client.copy(
-            template,
+        spec = tenant_spec(
             name=name,
             version=version,
             limits=limits(cpu, memory, pids, disk, memory_request, io_mbps, iops),
             env=key_values(env, "env") or None,
             firewall=firewall(firewall_json),
             metadata=key_values(metadata, "metadata") or None,
-            idempotency_key=idempotency_key,
-            project=project,
-            strategy=strategy,
             sleep=_sleep_policy(sleep_after, sleep_mode),
+        )
+        rec = client.copy(
+            template, spec, idempotency_key=idempotency_key, project=project, strategy=strategy
         )
     emit(rec, as_json, _columns(rec))
     if not as_json and rec.get("placement"):  # admin tokens only: placement is theirs

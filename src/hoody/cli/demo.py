@@ -13,6 +13,7 @@ from rich.console import Console
 
 from hoody.agent.client import AgentClient
 from hoody.agent.config import DEFAULT_STATE_DIR, NodeConfig
+from hoody.agent.spec import TenantSpec
 from hoody.agent.templates import DEMO_ARGS, DEMO_NAME
 from hoody.cli.up import DEFAULT_API, DEFAULT_ROUTER, ensure_up
 from hoody.control.client import Client
@@ -94,7 +95,9 @@ def run_demo(
         tenants = list(client.iter_containers(template=DEMO_NAME, project=info.project))
         with console.status("creating demo-app tenants through the API"):
             for _ in range(DEMO_TENANTS - len(tenants)):
-                tenants.append(client.copy(DEMO_NAME, metadata={"made_by": "make demo"}))
+                tenants.append(
+                    client.copy(DEMO_NAME, TenantSpec(metadata={"made_by": "make demo"}))
+                )
         # What a SaaS app does after signup: mint a claim and redirect the customer.
         links = {t["id"]: client.authorize(t["id"])["url"] for t in tenants}
         # The same, as a billing webhook: the shipped Stripe example as an Exec script.

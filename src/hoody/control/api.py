@@ -33,7 +33,6 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from hoody.agent.client import WOKE_HEADER
-from hoody.agent.spec import TenantSpec
 from hoody.control import models as m
 from hoody.control.auth import Principal
 from hoody.control.service import Fleet
@@ -165,12 +164,11 @@ async def copy(f: Fleet, c: Call) -> Any:
 
 
 async def _copy(f: Fleet, c: Call, body: m.CopyBody, project: int) -> Any:
-    spec = TenantSpec.parse(body.model_dump(exclude_unset=True, exclude={"project", "strategy"}))
     return await run(
         f.copy,
         project,
         c.path("template"),
-        spec,
+        body.spec(),
         idempotency_key=c.request.headers.get("idempotency-key"),
         strategy=body.strategy,
     )

@@ -1,8 +1,9 @@
 """`hoody.control.client.Client`: the Python SDK of the fleet API, used by the CLI.
 
-    from hoody.control.client import Client
+    from hoody import Client, TenantSpec
     hoody = Client("http://127.0.0.1:7080", "hdy_…")
-    c = hoody.copy("demo-app", metadata={"customer": "cus_42"}, idempotency_key=event_id)
+    c = hoody.copy("demo-app", TenantSpec(metadata={"customer": "cus_42"}),
+                   idempotency_key=event_id)
 
 Errors come back as the HoodyError subclass the server raised (NotFound, Conflict…).
 Without arguments the URL and token come from HOODY_URL / HOODY_TOKEN, else from the
@@ -24,6 +25,7 @@ from typing import Any
 import httpx
 
 from hoody.agent.client import raise_for_error
+from hoody.agent.spec import TenantSpec
 from hoody.control.exec_client import ExecOutput, ExecSession, run_to_end, start_message
 from hoody.errors import Conflict, HostError, InvalidInput
 from hoody.keepalive import CLIENT_LIMITS
@@ -126,42 +128,22 @@ class Client:
     def copy(
         self,
         template: str,
+        spec: TenantSpec | None = None,
         *,
-        name: str | None = None,
-        version: int | None = None,
-        limits: dict[str, Any] | None = None,
-        env: dict[str, str] | None = None,
-        firewall: dict[str, Any] | None = None,
-        metadata: dict[str, Any] | None = None,
         idempotency_key: str | None = None,
         project: int | None = None,
         strategy: str | None = None,
-        memory_request_mib: int | None = None,
-        sleep: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Create a container; the same `idempotency_key` always returns the same one.
+        """Create a container of `template` as `spec` says (fields left out: the
+        template's); the same `idempotency_key` always returns the same one.
 
         `project` (admin tokens only; default: the client's `project`) is the project
-        the container belongs to. `memory_request_mib` is the memory placement counts
-        for it (default: its template's, else learned from the template's tenants).
-        `sleep` ({"idle_seconds": 300, "mode": "frozen"}) overrides the template's idle
-        sleep.
+        the container belongs to; `strategy` is spread or pack.
         """
-        if memory_request_mib is not None:
-            limits = {**(limits or {}), "memory_request_mib": memory_request_mib}
-        body = _clean(
-            {
-                "name": name,
-                "version": version,
-                "limits": limits,
-                "env": env,
-                "firewall": firewall,
-                "metadata": metadata,
-                "project": project if project is not None else self.project,
-                "strategy": strategy,
-                "sleep": sleep,
-            }
-        )
+        body = (spec or TenantSpec()).overrides()
+        body.update(_clean({"project": project if project is not None else self.project}))
+        if strategy is not None:
+            body["strategy"] = strategy
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         result: dict[str, Any] = self._req(
             "POST", f"/containers/{template}/copy", json=body, headers=headers

@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from hoody.agent.spec import INT_MAX, TenantSpec
+
 __all__ = [
     "INT_MAX",
     "ActivityBody",
@@ -27,7 +29,6 @@ __all__ = [
     "HeartbeatBody",
     "JoinBody",
     "JoinOut",
-    "LimitsBody",
     "NodeCapacityOut",
     "NodeOut",
     "NodeSettingsBody",
@@ -50,7 +51,6 @@ __all__ = [
     "RouteTableOut",
     "SessionOut",
     "SleepBody",
-    "SleepPolicyBody",
     "SleeperRef",
     "SnapshotBody",
     "TemplateDeleteOut",
@@ -64,51 +64,9 @@ __all__ = [
     "WhoamiOut",
 ]
 
-INT_MAX = 2**31 - 1
-
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-
-class LimitsBody(_Body):
-    """Overrides of the template's limits; cpu in cores."""
-
-    cpu: float | None = Field(None, ge=0.01, le=1024)
-    memory_mib: int | None = Field(None, ge=16, le=1 << 22)
-    pids: int | None = Field(None, ge=8, le=1 << 22)
-    disk_mib: int | None = Field(None, ge=16, le=1 << 24)
-    memory_request_mib: int | None = Field(
-        None,
-        ge=1,
-        le=1 << 22,
-        description="Memory placement counts for it (expected use, at most memory_mib); "
-        "default: its template's, else learned from the template's running tenants.",
-    )
-
-    @field_validator("cpu", "memory_mib", "pids", "disk_mib", mode="before")
-    @classmethod
-    def _numbers_only(cls, value: Any) -> Any:
-        # JSON true would otherwise read as 1 (cpu: true → one core), and "2" as 2:
-        # the node agent refuses both (hoody.agent.spec.Limits), so refuse them here.
-        if isinstance(value, bool):
-            raise ValueError("give a number, not true or false")
-        if isinstance(value, str):
-            raise ValueError("give a number, not a string")
-        return value
-
-
-class SleepPolicyBody(_Body):
-    """When an idle container sleeps, and how; overrides the template's."""
-
-    idle_seconds: int | None = Field(
-        None, ge=1, le=INT_MAX, description="Sleep after this long without requests."
-    )
-    mode: Literal["stopped", "frozen"] | None = Field(
-        None,
-        description="stopped: processes end, memory freed (wake ~ a start); "
-        "frozen: cgroup freezer, memory kept (wake ~ 1 ms).",
-    )
 
 
 class SleepBody(_Body):
@@ -134,22 +92,21 @@ class SleeperRef(BaseModel):
     at: float = Field(description="When it went to sleep (the node's clock).")
 
 
-class CopyBody(_Body):
-    name: str | None = Field(None, description="Container id (DNS label); generated if absent.")
-    version: int | None = Field(None, ge=1, le=INT_MAX, description="Default: the newest.")
-    limits: LimitsBody | None = None
-    env: dict[str, str] | None = None
-    firewall: dict[str, Any] | None = Field(
-        None, description="{ingress: [...], egress: [...], egress_default: allow|deny}"
-    )
-    metadata: dict[str, Any] | None = Field(None, description="Free-form: customer id, plan…")
+class CopyBody(TenantSpec):
+    """A copy: the tenant's spec (fields left out: its template's), and where it goes."""
+
     project: int | None = Field(
-        None, ge=1, le=INT_MAX, description="Only for admin tokens: the project to copy into."
+        default=None,
+        ge=1,
+        le=INT_MAX,
+        description="Only for admin tokens: the project to copy into.",
     )
     strategy: Literal["spread", "pack"] | None = None
-    sleep: SleepPolicyBody | None = Field(
-        None, description="Idle sleep; default: the template's (off unless it says)."
-    )
+
+    def spec(self) -> TenantSpec:
+        """The tenant's spec alone, as the fleet service takes it."""
+        given = self.model_dump(exclude_unset=True, exclude={"project", "strategy"})
+        return TenantSpec.model_validate(given)
 
 
 class SnapshotBody(_Body):

@@ -27,6 +27,7 @@ import pytest
 from sqlalchemy import select
 
 from hoody import router as tenant_router
+from hoody.agent.spec import TenantSpec
 from hoody.agent.templates import DEMO_ARGS, DEMO_NAME
 from hoody.bench.fleet import ScratchFleet, in_netns, scratch_fleet
 from hoody.bench.provision import wait_http_ok
@@ -63,10 +64,10 @@ class World:
         finally:
             store.close()
 
-    def copy(self, **kwargs: Any) -> dict[str, Any]:
+    def copy(self, **spec: Any) -> dict[str, Any]:
         """A copy made with project acme's token, which is not told where it runs, as
         an admin sees it (node, address, placement)."""
-        made = self.a.copy(DEMO_NAME, **kwargs)
+        made = self.a.copy(DEMO_NAME, TenantSpec(**spec))
         assert not {"node", "ip", "address", "placement"} & set(made), made
         return self.fleet.admin.container(made["id"])
 
@@ -404,7 +405,9 @@ def test_fifty_concurrent_copies_with_ten_keys_make_exactly_ten_tenants(world: W
     def copy(i: int) -> dict[str, Any]:
         start.wait()
         return world.a.copy(
-            DEMO_NAME, metadata={"batch": "idem", "event": i % 10}, idempotency_key=f"evt_{i % 10}"
+            DEMO_NAME,
+            TenantSpec(metadata={"batch": "idem", "event": i % 10}),
+            idempotency_key=f"evt_{i % 10}",
         )
 
     with ThreadPoolExecutor(50) as pool:
@@ -511,7 +514,8 @@ def test_the_dashboard_of_three_nodes_with_three_dozen_tenants(world: World) -> 
             with ThreadPoolExecutor(3) as pool:
                 made += pool.map(
                     lambda i: world.a.copy(
-                        DEMO_NAME, metadata={"customer": f"cus_{i:03d}", "plan": plans[i % 3]}
+                        DEMO_NAME,
+                        TenantSpec(metadata={"customer": f"cus_{i:03d}", "plan": plans[i % 3]}),
                     ),
                     range(wave * 9, wave * 9 + 9),
                 )

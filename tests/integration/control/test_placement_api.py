@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from hoody.agent.spec import TenantSpec
 from hoody.agent.templates import DEMO_ARGS
 from hoody.bench.fleet import ScratchFleet, scratch_fleet
 from hoody.bench.provision import wait_http_ok
@@ -105,12 +106,16 @@ def test_a_request_that_does_not_fit_is_refused_naming_the_figure(
     # Would fit in the memory, but not beside the host reserve.
     ask = cap["memory_free_bytes"] // MIB + 256
     with pytest.raises(Exhausted) as err:
-        client.copy("bigcap", limits={"memory_mib": ask}, memory_request_mib=ask)
+        client.copy("bigcap", TenantSpec(limits={"memory_mib": ask, "memory_request_mib": ask}))
     # The project hears there is no room, not which nodes exist or what they have free.
     assert name not in err.value.message and "no room" in err.value.message
     project = client.whoami()["project_id"]
     with pytest.raises(Exhausted) as err:  # the operator gets the figure
-        admin.copy("bigcap", limits={"memory_mib": ask}, memory_request_mib=ask, project=project)
+        admin.copy(
+            "bigcap",
+            TenantSpec(limits={"memory_mib": ask, "memory_request_mib": ask}),
+            project=project,
+        )
     message = err.value.message
     assert f"{name}: full (memory, refused by the host reserve" in message, message
     assert "overcommit" in message
@@ -120,7 +125,8 @@ def test_a_request_that_does_not_fit_is_refused_naming_the_figure(
     node = admin.set_node(name, overcommit=2.0)
     assert node["capacity"]["overcommit"] == 2.0
     assert node["capacity"]["memory_capacity_bytes"] == 2 * cap["memory_total_bytes"]
-    made = client.copy("bigcap", limits={"memory_mib": ask}, memory_request_mib=ask)
+    spec = TenantSpec(limits={"memory_mib": ask, "memory_request_mib": ask})
+    made = client.copy("bigcap", spec)
     rec = admin.container(made["id"])
     assert "request (asked)" in rec["placement"]
     assert rec["limits"]["memory_request_mib"] == ask

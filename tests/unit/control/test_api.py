@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from starlette.testclient import TestClient
 
+from hoody.agent.spec import TenantSpec
 from hoody.control.api import create_app
 from hoody.control.client import Client
 from hoody.control.db import Store
@@ -35,8 +36,8 @@ def sdk(http: TestClient, token: str) -> Client:
 
 def test_copy_through_the_sdk_with_idempotency(world: World, http: TestClient) -> None:
     api = sdk(http, world.project_token)
-    a = api.copy("demo", metadata={"customer": "cus_1"}, idempotency_key="evt_1")
-    b = api.copy("demo", metadata={"customer": "cus_1"}, idempotency_key="evt_1")
+    a = api.copy("demo", TenantSpec(metadata={"customer": "cus_1"}), idempotency_key="evt_1")
+    b = api.copy("demo", TenantSpec(metadata={"customer": "cus_1"}), idempotency_key="evt_1")
     assert a == b and a["state"] == "running"
     assert api.container(a["id"]) == a
     assert [c["id"] for c in api.iter_containers(metadata={"customer": "cus_1"})] == [a["id"]]

@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import update
 from starlette.testclient import TestClient
 
+from hoody.agent.spec import TenantSpec
 from hoody.control.api import create_app
 from hoody.control.client import Client
 from hoody.control.db import Node, Store
@@ -59,13 +60,13 @@ def sdk(http: TestClient, token: str) -> Client:
 def test_no_room_tells_a_project_nothing_about_the_nodes(world: World, http: TestClient) -> None:
     huge = {"memory_mib": 1 << 22}
     with pytest.raises(Exhausted) as project_view:
-        sdk(http, world.project_token).copy("demo", limits=huge)
+        sdk(http, world.project_token).copy("demo", TenantSpec(limits=huge))
     message = project_view.value.message
     assert "no room" in message
     assert not names_a_node(world, message), message
     assert "MiB" not in message and "free" not in message
     with pytest.raises(Exhausted) as admin_view:  # the operator gets the details
-        sdk(http, world.admin_token).copy("demo", limits=huge, project=world.project)
+        sdk(http, world.admin_token).copy("demo", TenantSpec(limits=huge), project=world.project)
     assert any(name in admin_view.value.message for name in world.agents)
 
 
@@ -87,7 +88,7 @@ def test_project_tokens_see_containers_without_where_they_run(
     world: World, http: TestClient
 ) -> None:
     mine, admin = sdk(http, world.project_token), sdk(http, world.admin_token)
-    made = mine.copy("demo", metadata={"customer": "cus_1"})
+    made = mine.copy("demo", TenantSpec(metadata={"customer": "cus_1"}))
     c = made["id"]
     seen = [
         made,
@@ -138,13 +139,20 @@ def test_a_project_sees_the_router_url_but_not_the_node(tmp_path: Path) -> None:
 def test_bad_limits_and_env_are_refused(
     world: World, http: TestClient, limits: dict | None, env: dict | None, problem: str
 ) -> None:
+    body = {k: v for k, v in {"limits": limits, "env": env}.items() if v is not None}
+    # The API refuses it (sent as raw JSON), and so does the SDK's TenantSpec, in the
+    # same words: one rule, one message.
+    auth = {"Authorization": f"Bearer {world.project_token}"}
+    answer = http.post("/api/v1/containers/demo/copy", json=body, headers=auth)
+    assert answer.status_code == 400 and re.search(problem, answer.json()["error"]["message"])
     with pytest.raises(InvalidInput, match=problem):
-        sdk(http, world.project_token).copy("demo", limits=limits, env=env)
+        sdk(http, world.project_token).copy("demo", TenantSpec.parse(body))
     assert sdk(http, world.project_token).containers()["items"] == []
 
 
 def test_good_env_passes(world: World, http: TestClient) -> None:
-    c = sdk(http, world.project_token).copy("demo", env={"PLAN": "pro", "_X1": "é" * 100})
+    spec = TenantSpec(env={"PLAN": "pro", "_X1": "é" * 100})
+    c = sdk(http, world.project_token).copy("demo", spec)
     assert c["state"] == "running"
 
 
