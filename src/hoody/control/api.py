@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import html
 import json
 import logging
@@ -24,7 +25,7 @@ from typing import Any, TypeVar, cast
 
 import anyio
 from prometheus_client import CollectorRegistry
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -105,20 +106,24 @@ class Endpoint:
     params: tuple[Param, ...] = ()
     errors: tuple[int, ...] = (400, 401, 403, 404)
     # With a project view, the answer is serialised through `response` for admin
-    # tokens and through this model for every other caller (project, Exec, router):
-    # what a model does not name is not sent.
+    # tokens and through this model for every other caller (project, Exec, router).
     project_response: type[BaseModel] | None = None
     # `handler` is Blocking: it runs in the worker thread that authenticated the caller,
     # one thread hop instead of two (for a router's wake, on a customer's first request).
     threaded: bool = False
 
     def serialise(self, who: Principal, result: Any) -> Any:
-        if self.project_response is None or self.response is None:
+        """`result` built into the caller's response model and dumped, so that what the
+        API returns is what the OpenAPI document says: a field the model does not name
+        is not sent, and one it needs that the service did not give is a 500 (a bug),
+        never a silent difference from the document."""
+        model = self.response
+        if self.project_response is not None and not who.is_admin:
+            model = self.project_response
+        if model is None:
             return result
-        model = self.response if who.is_admin else self.project_response
-        if self.many:
-            return [model.model_validate(r).model_dump(mode="json") for r in result]
-        return model.model_validate(result).model_dump(mode="json")
+        adapter = _adapter(model, self.many)
+        return adapter.dump_python(adapter.validate_python(result), mode="json")
 
 
 async def run(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -896,6 +901,11 @@ def _blocking(
     who = fleet.authenticate(header)
     callers.append(who)
     return who, handler(fleet, Call(request, who, body))
+
+
+@functools.cache
+def _adapter(model: type[BaseModel], many: bool) -> TypeAdapter[Any]:
+    return TypeAdapter(list[model] if many else model)  # type: ignore[valid-type]
 
 
 def openapi() -> dict[str, Any]:

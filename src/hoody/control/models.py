@@ -515,5 +515,6 @@ class RouteTableOut(BaseModel):
 
 class ClaimKeyOut(BaseModel):
     kid: str
+    public_key: str = Field(description="The Ed25519 public key routers verify its claims with.")
     created_at: float
     retired_at: float | None = None
