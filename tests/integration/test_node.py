@@ -225,12 +225,14 @@ def test_tenants_past_a_bridges_port_ceiling_answer_and_stay_isolated() -> None:
         first = node.client.copy("demo-app")
         # Admits any tenant that is itself allowed out to it.
         second = node.client.copy(
-            "demo-app", firewall={"ingress": [{"port": 8080}, {"port": 8080, "source": subnet}]}
+            "demo-app",
+            TenantSpec(firewall={"ingress": [{"port": 8080}, {"port": 8080, "source": subnet}]}),
         )
         rest = [node.client.copy("demo-app") for _ in range(3)]
         past = rest[-1]  # .6, with .4 and .5 as neighbours on the second bridge
         prober = node.client.copy(  # .7: may go out to any tenant's 8080
-            "demo-app", firewall={"egress": [{"action": "allow", "cidr": subnet, "port": 8080}]}
+            "demo-app",
+            TenantSpec(firewall={"egress": [{"action": "allow", "cidr": subnet, "port": 8080}]}),
         )
         config = node.node.config.network
         assert config.bridge_index(first["ip"]) == 0

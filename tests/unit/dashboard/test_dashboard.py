@@ -146,7 +146,9 @@ def test_login_cookie_and_who_may_see_the_dashboard(world: World) -> None:
 
 def test_the_page_arrives_with_its_first_data_and_no_inline_code(world: World) -> None:
     hostile = "</script><script>alert(1)</script><!--"
-    c = world.fleet.copy(world.project, "demo", metadata={"note": hostile, "x": "a&b>c"})
+    c = world.fleet.copy(
+        world.project, "demo", TenantSpec(metadata={"note": hostile, "x": "a&b>c"})
+    )
     page = browser(world).get("/")
     assert page.status_code == 200
     assert "script-src 'self'" in page.headers["content-security-policy"]
