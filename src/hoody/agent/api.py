@@ -267,7 +267,7 @@ def create_app(node: Node, token: str, *, supervise_every: float = 0.5) -> Starl
         raw = request.query_params.get("parent")
         if not raw:
             return None
-        if not raw.isdigit() or len(raw) > 9:
+        if not (raw.isascii() and raw.isdigit()) or len(raw) > 9:
             raise InvalidInput(f"parent must be a version number, got {raw[:20]!r}")
         return int(raw)
 

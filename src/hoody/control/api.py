@@ -134,7 +134,7 @@ def _int_query(call: Call, name: str, default: int | None = None) -> int | None:
     raw = call.query(name)
     if raw is None or raw == "":
         return default
-    if not raw.isdigit() or len(raw) > 10:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 10:
         raise InvalidInput(f"query parameter {name} must be a whole number, got {raw[:20]!r}")
     return int(raw)
 
@@ -307,7 +307,7 @@ async def create_project(f: Fleet, c: Call) -> Any:
 
 def _project_id(c: Call) -> int:
     raw = c.path("project")
-    if not raw.isdigit() or len(raw) > 9:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 9:
         raise NotFound(f"project {raw[:20]!r} does not exist; projects are numbered")
     return int(raw)
 
@@ -340,7 +340,7 @@ async def create_token(f: Fleet, c: Call) -> Any:
 
 async def revoke_token(f: Fleet, c: Call) -> Any:
     raw = c.path("token_id")
-    if not raw.isdigit() or len(raw) > 10:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 10:
         raise NotFound(f"token {raw[:20]!r} does not exist; GET /api/v1/tokens lists them")
     return await run(f.revoke_token, c.who, int(raw))
 
@@ -811,7 +811,7 @@ async def _parse_body(request: Request, model: type[BaseModel] | None) -> Any:
     if model is None:
         return None
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_BODY:
+    if declared.isascii() and declared.isdigit() and int(declared) > MAX_BODY:
         too_big = InvalidInput(f"request body is over {MAX_BODY} bytes; send less")
         too_big.status = 413
         raise too_big

@@ -88,7 +88,7 @@ class Client:
             default = os.environ.get("HOODY_PROJECT") or (
                 saved.get("project") if from_saved else None
             )
-            project = int(default) if default and default.isdigit() else None
+            project = int(default) if default and default.isascii() and default.isdigit() else None
         self.project = project
         self.url = url.rstrip("/")
         headers = {"Authorization": f"Bearer {token}"}

@@ -213,7 +213,7 @@ async def logs_endpoint(fleet: Fleet, request: Request) -> Response:
         who = await _run(fleet.authenticate, request.headers.get("authorization"))
         cid = str(request.path_params["cid"])
         raw_tail = request.query_params.get("tail", "200")
-        if not raw_tail.isdigit() or not 0 <= int(raw_tail) <= 100000:
+        if not (raw_tail.isascii() and raw_tail.isdigit()) or not 0 <= int(raw_tail) <= 100000:
             raise InvalidInput("tail must be a whole number of lines from 0 to 100000")
         follow = request.query_params.get("follow") in ("1", "true")
         target: TenantEndpoint = await _run(fleet.tenant_endpoint, who, cid, "read the logs of")

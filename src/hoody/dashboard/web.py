@@ -118,7 +118,7 @@ def _int(request: Request, name: str, default: int) -> int:
     raw = request.query_params.get(name) or ""
     if not raw:
         return default
-    if not raw.isdigit() or len(raw) > 9:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 9:
         raise InvalidInput(f"{name} must be a whole number, got {raw[:20]!r}")
     return int(raw)
 

@@ -103,7 +103,7 @@ async def _run(fn: Any, *args: Any, **kwargs: Any) -> Any:
 
 def _project(c: Call) -> int:
     raw = c.path("project")
-    if not raw.isdigit() or len(raw) > 9:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 9:
         raise NotFound(f"project {raw[:20]!r} does not exist; projects are numbered")
     return int(raw)
 
@@ -112,7 +112,7 @@ def _int(c: Call, name: str) -> int | None:
     raw = c.query(name)
     if raw is None or raw == "":
         return None
-    if not raw.isdigit() or len(raw) > 9:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 9:
         raise InvalidInput(f"query parameter {name} must be a whole number, got {raw[:20]!r}")
     return int(raw)
 

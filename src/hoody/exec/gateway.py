@@ -105,7 +105,7 @@ class Gateway:
         started = time.time()
         try:
             raw = str(request.path_params["project"])
-            if not raw.isdigit() or len(raw) > 9:
+            if not (raw.isascii() and raw.isdigit()) or len(raw) > 9:
                 raise NotFound(
                     f"no script at {request.url.path}; URLs are /exec/<project id>/<name>"
                 )
@@ -178,7 +178,7 @@ class Gateway:
 
 async def _read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
+    if declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise _too_large(limit)
     chunks: list[bytes] = []
     size = 0
