@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -27,6 +28,7 @@ from hoody.control.client import Client
 from hoody.errors import HoodyError, NotFound
 from tests.integration.control.test_fleet import leftovers, on_nodes, wait_for
 
+CGROUP_ROOT = Path("/sys/fs/cgroup")
 RECONCILE_EVERY = 1.0
 CREATING_DEADLINE = 3.0
 ORPHAN_GRACE = 3.0
@@ -63,6 +65,17 @@ def fleet() -> Iterator[ScratchFleet]:
         )
         yield f
     assert leftovers(names) == []
+
+
+def cgroups_under(parent: str) -> set[str]:
+    """The cgroups under a node's parent cgroup (its tenants'), in every hierarchy."""
+    if (CGROUP_ROOT / "cgroup.controllers").exists():  # v2: one hierarchy
+        roots = [CGROUP_ROOT]
+    else:
+        roots = [h for h in CGROUP_ROOT.iterdir() if h.is_dir()]
+    return {
+        p.name for r in roots if (r / parent).is_dir() for p in (r / parent).iterdir() if p.is_dir()
+    }
 
 
 def client_loop(url: str, token: str, n: int, ledger: Ledger, stop: threading.Event) -> None:
@@ -113,10 +126,14 @@ def test_the_fleet_converges_after_sigkills_during_churn(fleet: ScratchFleet) ->
     ]
     for w in workers:
         w.start()
-    rng = random.Random()
+    seed = random.randrange(1 << 32)
+    rng = random.Random(seed)
+    # Three control plane crashes and two of each agent, one at a time, in random order.
+    victims = ["control"] * 3 + [n.name for n in fleet.nodes] * 2
+    rng.shuffle(victims)
+    print(f"chaos: seed {seed}, crashes in order {victims}")
     try:
-        # Three control plane crashes, then one crash of each agent.
-        for victim in ("control", "control", "control", *[n.name for n in fleet.nodes]):
+        for victim in victims:
             time.sleep(rng.uniform(0.3, 2.0))
             if victim == "control":
                 fleet.kill_control()
@@ -174,6 +191,11 @@ def test_the_fleet_converges_after_sigkills_during_churn(fleet: ScratchFleet) ->
             host.store.close()
         for kind, ids in found.items():
             assert ids == on_node, f"{node.name} {kind} leaked or lost: {ids ^ on_node}"
+        # A tenant that is not running has no cgroup; one that is gone must have none.
+        cgroups = cgroups_under(node.config.cgroup_parent)
+        running = {cid for cid in live if rows[cid]["state"] == "running"}
+        assert running <= cgroups, f"{node.name}: looked for cgroups in the wrong place"
+        assert cgroups <= on_node, f"{node.name} cgroups of no tenant: {cgroups - on_node}"
 
     with Client(fleet.url, token) as client:
         for cid in ledger.copied:
