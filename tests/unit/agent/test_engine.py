@@ -155,7 +155,7 @@ def test_supervisor_restarts_a_crashed_tenant_with_backoff(node: Node) -> None:
 
 
 def test_the_supervisor_rotates_logs_past_their_size_every_few_seconds(node: Node) -> None:
-    node.copy("app", name="t1")
+    node.copy("app", TenantSpec(name="t1"))
     log = node.log_path("t1")
     log.write_bytes(b"x" * (node.config.log_max_bytes + 1))
     node.supervise_once(now=1000.0)
