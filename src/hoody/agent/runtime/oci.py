@@ -192,11 +192,11 @@ def _memory_merge_works() -> bool:
 def _proc_start(pid: int) -> int | None:
     """Start time (clock ticks since boot) of a live pid; None when gone or a zombie."""
     try:
-        line = Path(f"/proc/{pid}/stat").read_text()
+        line = _read(f"/proc/{pid}/stat")
     except OSError:
         return None
-    fields = line[line.rindex(")") + 2 :].split()
-    if fields[0] in ("Z", "X"):
+    fields = line[line.rindex(b")") + 2 :].split()
+    if fields[0] in (b"Z", b"X"):
         return None
     return int(fields[19])
 
@@ -708,7 +708,7 @@ class OciRuntime:
         usage = _number(memory / usage_file)
         if not usage:
             return 0
-        return max(0, usage - _keyed(memory / "memory.stat").get(inactive, 0))
+        return max(0, usage - _field(memory / "memory.stat", inactive))
 
     def remove_cgroup_parent(self) -> None:
         """rmdir this node's (empty) parent cgroup in every hierarchy the runtime made it
@@ -813,22 +813,51 @@ def _runtime_error(log: Path) -> str:
     return ""
 
 
+def _read(path: str | Path) -> bytes:
+    """A small kernel file (cgroup, /proc) in one read. The agent reads thousands a
+    second at 2,000 tenants (usage, supervision), and pathlib's read_text costs
+    several times the read itself."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.read(fd, 65536)
+    finally:
+        os.close(fd)
+
+
 def _keyed(path: Path) -> dict[str, int]:
     """A cgroup `key value` file as a dict; {} when absent."""
     try:
-        text = path.read_text()
+        text = _read(path)
     except OSError:
         return {}
     out: dict[str, int] = {}
     for line in text.splitlines():
-        key, _, value = line.partition(" ")
+        key, _, value = line.partition(b" ")
         with contextlib.suppress(ValueError):
-            out[key] = int(value)
+            out[key.decode()] = int(value)
     return out
+
+
+def _field(path: Path, key: str) -> int:
+    """One value of a cgroup `key value` file (0 when absent), without splitting the
+    whole file: memory.stat has some forty lines and is read for every tenant."""
+    try:
+        text = b"\n" + _read(path)
+    except OSError:
+        return 0
+    at = text.find(b"\n" + key.encode() + b" ")
+    if at < 0:
+        return 0
+    start = at + len(key) + 2
+    end = text.find(b"\n", start)
+    try:
+        return int(text[start : end if end >= 0 else len(text)])
+    except ValueError:
+        return 0
 
 
 def _number(path: Path) -> int:
     try:
-        return int(path.read_text().split()[0])
+        return int(_read(path).split()[0])
     except (OSError, ValueError, IndexError):
         return 0
