@@ -35,6 +35,7 @@ __all__ = [
     "LEARN_PERCENTILE",
     "TemplateUse",
     "TenantUse",
+    "TtlCache",
     "learn",
     "node_figures",
     "parse_reserve",
@@ -183,27 +184,31 @@ def node_figures(
     }
 
 
-class DiskCache:
-    """Tenant disk bytes, re-read at most every `ttl` seconds: disk use changes slowly
-    and a node with 1,000 tenants would otherwise read 1,000 qgroups every heartbeat."""
+class TtlCache:
+    """Figures re-read at most every `ttl` seconds, by key: a tenant's disk bytes
+    change slowly, and a node with 1,000 tenants would otherwise read 1,000 qgroups
+    every heartbeat."""
 
     def __init__(self, ttl: float = 30.0) -> None:
         self.ttl = ttl
         self._seen: dict[str, tuple[float, int]] = {}
 
-    def get(self, tid: str, read: Any) -> int:
+    def get(self, key: str, read: Any) -> int:
+        """read(key), or its value from less than `ttl` s ago; the last value (else
+        0) when the read fails."""
         now = time.monotonic()
-        hit = self._seen.get(tid)
+        hit = self._seen.get(key)
         if hit is not None and now - hit[0] < self.ttl:
             return hit[1]
         try:
-            value = int(read(tid))
+            value = int(read(key))
         except HoodyError:
             value = hit[1] if hit is not None else 0
-        self._seen[tid] = (now, value)
+        self._seen[key] = (now, value)
         return value
 
-    def keep(self, tids: Iterable[str]) -> None:
-        alive = set(tids)
-        for tid in [t for t in self._seen if t not in alive]:
-            del self._seen[tid]
+    def keep(self, keys: Iterable[str]) -> None:
+        """Forget every key but `keys`."""
+        alive = set(keys)
+        for key in [k for k in self._seen if k not in alive]:
+            del self._seen[key]
