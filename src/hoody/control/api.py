@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hashlib
 import html
 import json
 import logging
@@ -111,6 +112,9 @@ class Endpoint:
     # `handler` is Blocking: it runs in the worker thread that authenticated the caller,
     # one thread hop instead of two (for a router's wake, on a customer's first request).
     threaded: bool = False
+    # The answer carries an ETag of its content, and a caller that sends it back
+    # (If-None-Match) gets 304 while nothing changed: nothing is serialised or sent.
+    conditional: bool = False
 
     def serialise(self, who: Principal, result: Any) -> Any:
         """`result` built into the caller's response model and dumped, so that what the
@@ -124,6 +128,14 @@ class Endpoint:
             return result
         adapter = _adapter(model, self.many)
         return adapter.dump_python(adapter.validate_python(result), mode="json")
+
+
+def _etag(result: Any) -> str:
+    """A strong ETag of an answer's content. Hashing the JSON (C code) costs a
+    fraction of building the response model: the router asks for 2,000 routes twice
+    a second, and validating them was a quarter of the control plane's CPU at rest."""
+    raw = json.dumps(result, sort_keys=True, separators=(",", ":"), default=str)
+    return '"' + hashlib.blake2b(raw.encode(), digest_size=16).hexdigest() + '"'
 
 
 async def run(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -767,6 +779,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "Where every tenant lives and who may see it (the router polls this; admin token)",
         "claims",
         response=m.RouteTableOut,
+        conditional=True,
     ),
     Endpoint(
         "GET",
@@ -857,9 +870,16 @@ def _endpoint(
             headers = None
             if isinstance(result, Answer):
                 result, headers = result.body, dict(result.headers)
-            response: Response = JSONResponse(
-                ep.serialise(who, result), status_code=ep.status, headers=headers
-            )
+            tag = _etag(result) if ep.conditional else None
+            response: Response
+            if tag is not None and request.headers.get("if-none-match") == tag:
+                response = Response(status_code=304, headers={"ETag": tag})
+            else:
+                response = JSONResponse(
+                    ep.serialise(who, result), status_code=ep.status, headers=headers
+                )
+                if tag is not None:
+                    response.headers["ETag"] = tag
             if headers and "Server-Timing" in headers:
                 took = (time.perf_counter() - start) * 1000
                 response.headers["Server-Timing"] = (
@@ -966,6 +986,17 @@ def openapi() -> dict[str, Any]:
         else:
             ok["content"] = {"application/json": {"schema": {"type": "object"}}}
         op["responses"][str(ep.status)] = ok
+        if ep.conditional:
+            op["parameters"].append(
+                {
+                    "name": "If-None-Match",
+                    "in": "header",
+                    "required": False,
+                    "description": "The ETag of the answer the caller holds",
+                    "schema": {"type": "string"},
+                }
+            )
+            op["responses"]["304"] = {"description": "not modified: the answer with that ETag"}
         paths.setdefault(PREFIX + ep.path, {})[ep.method.lower()] = op
     return {
         "openapi": "3.1.0",

@@ -143,6 +143,8 @@ class ControlPlaneTable:
         self.every = every
         self.stale_after = stale_after
         self.refreshed = 0.0  # loop time of the last good refresh
+        # The ETag of the loaded table: the control plane answers 304 while it holds.
+        self.etag = ""
         self.http = httpx.AsyncClient(
             base_url=api_url.rstrip("/") + "/api/v1",
             headers={"Authorization": f"Bearer {token}"},
@@ -176,9 +178,15 @@ class ControlPlaneTable:
                 self._inflight = None
 
     async def refresh(self) -> None:
-        response = await self.http.get("/router/table")
-        response.raise_for_status()
-        self.table.load(response.json())
+        """Load the table, unless it is the one loaded already (304)."""
+        held = self.etag if self.etag and not self.table.stale else ""
+        response = await self.http.get(
+            "/router/table", headers={"If-None-Match": held} if held else None
+        )
+        if response.status_code != 304:
+            response.raise_for_status()
+            self.table.load(response.json())
+            self.etag = response.headers.get("etag", "")
         self.refreshed = asyncio.get_running_loop().time()
 
     async def start(self) -> None:

@@ -193,3 +193,21 @@ def test_digits_that_are_not_ascii_are_refused_not_a_500(
     500 on DELETE /api/v1/scripts/²/0."""
     r = http.request(method, path, headers={"Authorization": f"Bearer {world.admin_token}"})
     assert r.status_code in (400, 404), r.text
+
+
+def test_the_route_table_is_sent_again_only_once_it_changed(world: World, http: TestClient) -> None:
+    auth = {"Authorization": f"Bearer {world.admin_token}"}
+    first = http.get("/api/v1/router/table", headers=auth)
+    assert first.status_code == 200 and first.json()["routes"] == {}
+    tag = first.headers["etag"]
+    same = http.get("/api/v1/router/table", headers={**auth, "If-None-Match": tag})
+    assert same.status_code == 304 and same.content == b"" and same.headers["etag"] == tag
+    made = sdk(http, world.project_token).copy("demo")
+    changed = http.get("/api/v1/router/table", headers={**auth, "If-None-Match": tag})
+    assert changed.status_code == 200 and changed.headers["etag"] != tag
+    assert list(changed.json()["routes"]) == [made["id"]]
+    other = http.get("/api/v1/router/table", headers={**auth, "If-None-Match": '"not-it"'})
+    assert other.status_code == 200 and other.json() == changed.json()
+    # The ETag is no way around the token.
+    r = http.get("/api/v1/router/table", headers={"If-None-Match": changed.headers["etag"]})
+    assert r.status_code == 401

@@ -49,3 +49,28 @@ async def test_an_unreachable_control_plane_drops_the_routes_after_a_while(stack
         router.close()
         server.close()
         await source.close()
+
+
+async def test_an_unchanged_table_is_not_sent_again_until_one_was_dropped() -> None:
+    asked: list[str | None] = []
+    routes = {"a": {"upstream": "127.0.0.1:1", "state": "running", "public": True}}
+
+    def control_plane(request: httpx.Request) -> httpx.Response:
+        asked.append(request.headers.get("if-none-match"))
+        if request.headers.get("if-none-match") == '"v1"':
+            return httpx.Response(304, headers={"ETag": '"v1"'})
+        body = {"routes": routes, "keys": {}, "retired": []}
+        return httpx.Response(200, json=body, headers={"ETag": '"v1"'})
+
+    source = ControlPlaneTable("http://cp", "t", transport=httpx.MockTransport(control_plane))
+    try:
+        await source.refresh()
+        before = source.refreshed
+        await source.refresh()
+        assert asked == [None, '"v1"'] and set(source.table.routes) == {"a"}
+        assert source.refreshed > before, "a 304 counts as reaching the control plane"
+        source.table.drop()
+        await source.refresh()  # a dropped table asks for the whole table again
+        assert asked[-1] is None and set(source.table.routes) == {"a"}
+    finally:
+        await source.close()
