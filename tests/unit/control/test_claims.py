@@ -16,7 +16,9 @@ import pytest
 from sqlalchemy import select
 
 from hoody import claims
-from hoody.control.db import ClaimKey, Store
+from hoody.agent.spec import TenantSpec
+from hoody.control.claims import is_public
+from hoody.control.db import ClaimKey, Container, Store
 from hoody.control.service import Settings
 from hoody.errors import Forbidden, InvalidInput, NotFound, Unauthorized
 from tests.control_support import World, make_world
@@ -208,6 +210,22 @@ def test_bad_ttl_and_deleted_containers_are_refused(world: World) -> None:
     world.fleet.delete_container(world.who, a)
     with pytest.raises(NotFound, match="deleted"):
         claim_of(world, a)
+
+
+def test_the_route_table_reads_public_as_the_rest_of_the_fleet_does(world: World) -> None:
+    """The table takes metadata.public from the database (SQLite and PostgreSQL give
+    it as text differently); every value must mean what it means everywhere else."""
+    values: list[Any] = [True, False, "true", "1", "yes", "no", 1, 0, None, "True", [1], {}]
+    made = [
+        (world.fleet.copy(world.project, TEMPLATE, TenantSpec(metadata={"public": v}))["id"], v)
+        for v in values
+    ]
+    made.append((world.fleet.copy(world.project, TEMPLATE)["id"], "(absent)"))
+    routes = world.fleet.route_table(world.admin)["routes"]
+    with world.fleet.store.read() as s:
+        rows = {row.id: row for row in s.scalars(select(Container))}
+    assert [routes[cid]["public"] for cid, _ in made] == [is_public(rows[cid]) for cid, _ in made]
+    assert [v for cid, v in made if routes[cid]["public"]] == [True, "true", "1", "yes", 1]
 
 
 def test_route_table_follows_the_fleet(world: World) -> None:
