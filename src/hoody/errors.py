@@ -2,6 +2,7 @@
 
     HoodyError (500)                      base; `code` is stable, `message` says what to do
     ├── InvalidInput (400)                a name, limit, rule or argument is malformed
+    │   └── TooLarge (413)                a request body over the API's limit
     ├── Unauthorized (401)                no token, or a wrong one
     ├── Forbidden (403)                   the token may not touch this resource
     │   └── QuotaExceeded                 the project is at a quota (tenants, memory, disk)
@@ -32,6 +33,7 @@ __all__ = [
     "MissingDependency",
     "NotFound",
     "QuotaExceeded",
+    "TooLarge",
     "Unauthorized",
 ]
 
@@ -53,6 +55,11 @@ class HoodyError(Exception):
 class InvalidInput(HoodyError):
     status = 400
     code = "invalid_input"
+
+
+class TooLarge(InvalidInput):
+    status = 413
+    code = "too_large"
 
 
 class Unauthorized(HoodyError):

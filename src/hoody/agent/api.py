@@ -30,6 +30,7 @@ import contextlib
 import hmac
 import json
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from functools import partial
@@ -43,6 +44,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
+from hoody import jsonbody
 from hoody.agent import templates
 from hoody.agent.client import WOKE_HEADER
 from hoody.agent.engine import Node, TemplateSource
@@ -76,16 +78,8 @@ async def _call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 
 
 async def _body(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    if not raw:
-        return {}
-    try:
-        data = json.loads(raw)
-    except ValueError as exc:
-        raise InvalidInput(f"request body is not JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise InvalidInput("request body must be a JSON object")
-    return data
+    # At most jsonbody.MAX_BODY bytes (413), finite numbers only (400).
+    return await jsonbody.read_object(request)
 
 
 def _opt(data: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
@@ -120,13 +114,16 @@ def _source(spec: Any) -> TemplateSource:
 def _record(name: str, version: int, raw: str | None) -> TemplateRecord:
     """The template record a sending node put in the X-Hoody-Template header."""
     try:
-        data = json.loads(raw or "")
+        data = jsonbody.loads(raw or "")
         if not isinstance(data, dict):
             raise ValueError("not an object")
+        created = float(data.get("created_at", time.time()))  # "nan" is a str JSON allows
+        if not math.isfinite(created):
+            raise ValueError(f"created_at {created} is not a time")
         return TemplateRecord(
             name=name,
             version=version,
-            created_at=float(data.get("created_at", time.time())),
+            created_at=created,
             args=tuple(str(a) for a in data.get("args", ["/bin/sh"])),
             env={str(k): str(v) for k, v in dict(data.get("env", {})).items()},
             port=int(data.get("port", 8080)),
@@ -136,7 +133,7 @@ def _record(name: str, version: int, raw: str | None) -> TemplateRecord:
             init=bool(data.get("init", True)),
             sleep=SleepPolicy.from_json(data.get("sleep")),
         )
-    except (ValueError, TypeError, AttributeError) as exc:
+    except (ValueError, TypeError, AttributeError, InvalidInput) as exc:
         raise InvalidInput(
             "header X-Hoody-Template must hold the version's record as JSON, as "
             f"GET /v1/templates/{name}/{version}/send gives it ({exc})"

@@ -36,6 +36,7 @@ _BY_CODE: dict[str, type[HoodyError]] = {
     cls.code: cls
     for cls in (
         errors.InvalidInput,
+        errors.TooLarge,
         errors.Unauthorized,
         errors.Forbidden,
         errors.QuotaExceeded,

@@ -34,6 +34,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
+from hoody import jsonbody
 from hoody.agent.client import WOKE_HEADER
 from hoody.control import models as m
 from hoody.control.auth import Principal
@@ -53,7 +54,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 PREFIX = "/api/v1"
-MAX_BODY = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -816,29 +816,11 @@ def _error(exc: HoodyError) -> JSONResponse:
     return JSONResponse(exc.to_json(), status_code=exc.status)
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
-
-
 async def _parse_body(request: Request, model: type[BaseModel] | None) -> Any:
     if model is None:
         return None
-    declared = request.headers.get("content-length", "")
-    if declared.isascii() and declared.isdigit() and int(declared) > MAX_BODY:
-        too_big = InvalidInput(f"request body is over {MAX_BODY} bytes; send less")
-        too_big.status = 413
-        raise too_big
-    raw = await request.body()
-    if len(raw) > MAX_BODY:
-        too_big = InvalidInput(f"request body is over {MAX_BODY} bytes; send less")
-        too_big.status = 413
-        raise too_big
-    try:
-        data = json.loads(raw, parse_constant=_reject_constant) if raw.strip() else {}
-    except (ValueError, RecursionError) as exc:
-        raise InvalidInput(f"request body is not JSON: {str(exc)[:200]}") from exc
-    if not isinstance(data, dict):
-        raise InvalidInput("request body must be a JSON object")
+    # At most jsonbody.MAX_BODY bytes (413), finite numbers only (400), as the agent.
+    data = await jsonbody.read_object(request)
     try:
         return model.model_validate(data)
     except ValidationError as exc:

@@ -23,7 +23,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from hoody.errors import HoodyError, InvalidInput, NotFound
+from hoody.errors import HoodyError, InvalidInput, NotFound, TooLarge
 from hoody.exec.folder import ScriptFolder
 from hoody.exec.pool import Key, Pool
 from hoody.exec.sandbox import Sandbox, ScriptFiles, check_root
@@ -193,13 +193,11 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _too_large(limit: int) -> InvalidInput:
-    err = InvalidInput(
+def _too_large(limit: int) -> TooLarge:
+    return TooLarge(
         f"request body is over {limit} bytes, this project's request_bytes limit; "
         "send less or raise it (PUT /api/v1/projects/{id}/exec)"
     )
-    err.status = 413
-    return err
 
 
 def _api_url(request: Request) -> str:

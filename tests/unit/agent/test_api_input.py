@@ -80,3 +80,67 @@ def test_a_good_copy_passes(agent: tuple[Node, TestClient]) -> None:
     r = http.post("/v1/templates/app/copy", json=body, headers=AUTH)
     assert r.status_code == 201, r.text
     assert node.tenant("good").env["PLAN"] == "pro" and node.tenant("good").limits.cpu == 0.5
+
+
+NON_FINITE = ["NaN", "Infinity", "-Infinity", "1e999", "-1e999"]
+
+
+@pytest.mark.parametrize("number", NON_FINITE)
+@pytest.mark.parametrize(
+    ("method", "path", "template"),
+    [
+        ("POST", "/v1/templates/app/copy", '{"name": "t1", "limits": {"cpu": %s}}'),
+        ("PATCH", "/v1/node", '{"overcommit": %s}'),
+        ("POST", "/v1/templates/app/copy", '{"name": "t1", "metadata": {"n": [1, %s]}}'),
+    ],
+)
+def test_numbers_that_are_not_finite_are_refused(
+    agent: tuple[Node, TestClient], method: str, path: str, template: str, number: str
+) -> None:
+    """Python's json reads NaN and Infinity (not JSON) and 1e999 as infinity; the
+    agent refuses them before any handler sees the body."""
+    node, http = agent
+    overcommit = node.config.overcommit
+    r = http.request(method, path, content=template % number, headers=AUTH)
+    assert r.status_code == 400, r.text
+    message = r.json()["error"]["message"]
+    assert "not finite" in message or "no field can take" in message, message
+    assert "finite numbers" in message
+    assert node.tenants() == [] and node.config.overcommit == overcommit
+
+
+def test_request_bodies_are_capped_at_one_mib(agent: tuple[Node, TestClient]) -> None:
+    node, http = agent
+    padded = '{"name": "big", "metadata": {"pad": "%s"}}'
+    limit = 1 << 20
+    # Declared over the limit: refused before a byte of it is read.
+    r = http.post("/v1/templates/app/copy", content=padded % ("x" * limit), headers=AUTH)
+    assert r.status_code == 413, r.text
+    error = r.json()["error"]
+    assert error["code"] == "too_large" and "1048576-byte limit" in error["message"]
+    # Sent without a length (chunked): refused once the bytes pass the limit.
+    chunks = (b"x" * 65536 for _ in range(64))
+    r = http.post("/v1/templates/app/copy", content=chunks, headers=AUTH)
+    assert r.status_code == 413 and r.json()["error"]["code"] == "too_large", r.text
+    assert node.tenants() == []
+    # Just under the limit is a body like any other (padded with whitespace: the
+    # fields themselves have their own, smaller limits).
+    small = '{"name": "big", "metadata": {"pad": "x"}}'
+    body = small + " " * (limit - len(small))
+    assert len(body) == limit
+    r = http.post("/v1/templates/app/copy", content=body, headers=AUTH)
+    assert r.status_code == 201, r.text
+    assert [t.id for t in node.tenants()] == ["big"]
+
+
+def test_a_template_record_with_a_time_that_is_no_time_is_refused(
+    agent: tuple[Node, TestClient],
+) -> None:
+    _, http = agent
+    for record in ('{"created_at": "nan"}', '{"created_at": NaN}', '{"created_at": "inf"}'):
+        r = http.post(
+            "/v1/templates/app/7/receive",
+            content=b"",
+            headers={**AUTH, "X-Hoody-Template": record},
+        )
+        assert r.status_code == 400 and "X-Hoody-Template" in r.text, r.text

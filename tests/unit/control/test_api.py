@@ -149,12 +149,40 @@ def test_missing_and_wrong_tokens_are_401(http: TestClient) -> None:
 
 
 def test_body_too_large_is_413(world: World, http: TestClient) -> None:
+    auth = {"Authorization": f"Bearer {world.project_token}"}
     r = http.post(
-        "/api/v1/containers/demo/copy",
-        content=b"{" + b" " * (2 << 20) + b"}",
-        headers={"Authorization": f"Bearer {world.project_token}"},
+        "/api/v1/containers/demo/copy", content=b"{" + b" " * (2 << 20) + b"}", headers=auth
     )
     assert r.status_code == 413
+    error = r.json()["error"]
+    assert error["code"] == "too_large" and "1048576-byte limit" in error["message"], error
+    # Without a length (chunked): refused once the bytes pass the limit.
+    chunks = (b" " * 65536 for _ in range(40))
+    r = http.post("/api/v1/containers/demo/copy", content=chunks, headers=auth)
+    assert r.status_code == 413 and r.json()["error"]["code"] == "too_large", r.text
+    assert sdk(http, world.project_token).containers()["items"] == []
+
+
+@pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity", "1e999"])
+@pytest.mark.parametrize(
+    ("path", "body", "admin"),
+    [
+        ("/containers/demo/copy", '{"limits": {"cpu": %s}}', False),
+        ("/containers/demo/copy", '{"metadata": {"n": %s}}', False),
+        ("/nodes/n1/heartbeat", '{"headroom": {"memory_total_bytes": %s}}', True),
+        ("/router/activity", '{"seen": {"x": %s}}', True),
+    ],
+)
+def test_numbers_that_are_not_finite_are_400(
+    world: World, http: TestClient, path: str, body: str, admin: bool, number: str
+) -> None:
+    token = world.admin_token if admin else world.project_token
+    r = http.post(
+        f"/api/v1{path}", content=body % number, headers={"Authorization": f"Bearer {token}"}
+    )
+    assert r.status_code == 400, r.text
+    assert "finite numbers" in r.json()["error"]["message"], r.text
+    assert sdk(http, world.admin_token).containers(project=world.project)["items"] == []
 
 
 def test_openapi_document_and_docs_page(http: TestClient) -> None:
