@@ -133,7 +133,7 @@ def test_a_paid_checkout_makes_exactly_one_tenant_and_cancelling_removes_it(
     address = signup.address(cid)
     wait_http_ok(f"http://{address}/healthz")
     page = open_claim(signup, answers[-1]["url"], cid)
-    assert page.status_code == 200 and cid in page.text
+    assert page.status_code == 200 and cid in page.text, page.text
 
     # Cancelling the subscription removes the tenant and everything it had.
     gone = event("customer.subscription.deleted", customer)
