@@ -654,7 +654,8 @@ class Node:
         rotate = now - self._logs_checked >= LOG_CHECK_EVERY
         if rotate:
             self._logs_checked = now
-        for tid, desired, status in self.store.lifecycle():
+        # Every tenant's log when it is time to look at logs, else those to keep up.
+        for tid, desired, status in self.store.lifecycle(awake=not rotate):
             if rotate:
                 self._rotate_log(tid)
             if desired != "running" or status in ("creating", "deleting", "sleeping"):

@@ -162,7 +162,7 @@ class PressureRelief:
         self._last = now
         idle: dict[str, float] = {}
         seen: dict[str, tuple[float, float]] = {}
-        for tid, desired, status in self.node.store.lifecycle():
+        for tid, desired, status in self.node.store.lifecycle(awake=True):
             if status != "running" or desired != "running":
                 continue
             cpu = self.node.runtime.cpu_time(tid)

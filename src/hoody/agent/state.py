@@ -392,12 +392,19 @@ class NodeStore:
             rows = self._db.execute(f"{_TENANTS} ORDER BY created_at, id").fetchall()
         return [TenantRecord.from_row(r) for r in rows]
 
-    def lifecycle(self) -> list[tuple[str, str, str]]:
+    def lifecycle(self, awake: bool = False) -> list[tuple[str, str, str]]:
         """(id, desired, status) of every tenant: what the supervisor polls, without
-        decoding each tenant's whole configuration twice a second."""
+        decoding each tenant's whole configuration twice a second. `awake`: only
+        those that should be running now (not asleep, not being made or removed),
+        the ones the supervisor restarts: at 2,000 tenants most sleep."""
+        where = (
+            "WHERE desired = 'running' AND status NOT IN ('creating', 'deleting', 'sleeping')"
+            if awake
+            else ""
+        )
         with self._lock:
             rows = self._db.execute(
-                "SELECT id, desired, status FROM tenants ORDER BY created_at, id"
+                f"SELECT id, desired, status FROM tenants {where} ORDER BY created_at, id"
             ).fetchall()
         return [(r["id"], r["desired"], r["status"]) for r in rows]
 

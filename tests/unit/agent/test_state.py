@@ -102,3 +102,21 @@ def test_template_versions() -> None:
     assert store.template("web", 3).init is False
     with pytest.raises(NotFound, match="template ls"):
         store.template("nope")
+
+
+def test_the_supervisors_list_of_awake_tenants() -> None:
+    store = NodeStore(":memory:")
+    states = {
+        "up": ("running", "running"),
+        "crashed": ("running", "failed"),
+        "new": ("running", "creating"),
+        "asleep": ("running", "sleeping"),
+        "held": ("stopped", "stopped"),
+        "going": ("running", "deleting"),
+    }
+    for tid, (desired, status) in states.items():
+        store.reserve_tenant(tenant(tid), ipaddress.IPv4Network("10.9.0.0/28"))
+        store.update_tenant(tid, desired=desired, status=status)
+    everyone = store.lifecycle()
+    assert sorted(everyone) == sorted((tid, d, s) for tid, (d, s) in states.items())
+    assert sorted(t for t, _, _ in store.lifecycle(awake=True)) == ["crashed", "up"]
