@@ -137,8 +137,10 @@ class Node(Base):
     monthly_cost: Mapped[float | None] = mapped_column(Float, nullable=True)
     currency: Mapped[str] = mapped_column(String(3), default="USD", server_default="USD")
     # Each tenant's measured [memory bytes, own disk bytes], as the node last sent it
-    # (every few heartbeats): the dashboard's tenant table reads it.
-    tenant_usage: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # (every few heartbeats): the dashboard's tenant table reads it. Deferred: it is
+    # one entry per tenant (2,000 on a full node), and every wake, heartbeat and
+    # placement loads the node row without needing it.
+    tenant_usage: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True, deferred=True)
 
 
 class Template(Base):
