@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
@@ -57,17 +58,19 @@ def loads(raw: bytes | str) -> Any:
         ) from exc
 
 
-async def read(request: Request, limit: int = MAX_BODY) -> bytes:
-    """The request's body, TooLarge (413) once it is over `limit` bytes."""
+async def read(
+    request: Request, limit: int = MAX_BODY, too_large: Callable[[int], TooLarge] = _too_large
+) -> bytes:
+    """The request's body, `too_large(limit)` (413) once it is over `limit` bytes."""
     declared = request.headers.get("content-length", "")
     if declared.isascii() and declared.isdigit() and int(declared) > limit:
-        raise _too_large(limit)
+        raise too_large(limit)
     chunks, size = [], 0
     try:
         async for chunk in request.stream():
             size += len(chunk)
             if size > limit:
-                raise _too_large(limit)
+                raise too_large(limit)
             chunks.append(chunk)
     except ClientDisconnect as exc:
         raise InvalidInput("the client went away before sending the whole body") from exc

@@ -19,11 +19,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from hoody.errors import HoodyError, InvalidInput, NotFound, TooLarge
+from hoody import jsonbody
+from hoody.errors import HoodyError, NotFound, TooLarge
 from hoody.exec.folder import ScriptFolder
 from hoody.exec.pool import Key, Pool
 from hoody.exec.sandbox import Sandbox, ScriptFiles, check_root
@@ -115,7 +116,7 @@ class Gateway:
             script = self.fleet.cached(project, name)
             if script is None:
                 script = await anyio.to_thread.run_sync(self.fleet.resolve, project, name)
-            body = await _read_body(request, script.limits.request_bytes)
+            body = await jsonbody.read(request, script.limits.request_bytes, _too_large)
             api = _api_url(request)
             pool = self.pool
         except HoodyError as exc:
@@ -174,23 +175,6 @@ class Gateway:
             (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in out.headers
         )
         return response
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length", "")
-    if declared.isascii() and declared.isdigit() and int(declared) > limit:
-        raise _too_large(limit)
-    chunks: list[bytes] = []
-    size = 0
-    try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise _too_large(limit)
-            chunks.append(chunk)
-    except ClientDisconnect as exc:
-        raise InvalidInput("the client went away before sending the whole body") from exc
-    return b"".join(chunks)
 
 
 def _too_large(limit: int) -> TooLarge:
