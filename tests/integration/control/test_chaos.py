@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -155,22 +156,35 @@ def test_the_fleet_converges_after_sigkills_during_churn(fleet: ScratchFleet) ->
 
     admin = fleet.admin
 
+    def live_rows() -> dict[str, dict[str, Any]]:
+        return {
+            c["id"]: c
+            for state in ("running", "stopped", "failed")
+            for c in admin.containers(state=state, limit=500)["items"]
+        }
+
     def settled() -> bool:
         moving = [
             c["id"]
             for state in ("creating", "deleting")
             for c in admin.containers(state=state, limit=500)["items"]
         ]
-        return not moving and not admin.orphans()
+        if moving or admin.orphans():
+            return False
+        # An orphan is listed only once a reconcile round has seen it: until then an
+        # empty list proves nothing, so wait for the nodes to agree with the rows too.
+        rows = live_rows()
+        for node in fleet.nodes:
+            with node.client() as agent:
+                on_node = {t["id"] for t in agent.tenants()}
+            if on_node != {cid for cid, c in rows.items() if c["node"] == node.name}:
+                return False
+        return True
 
     # One reconcile period after the deadline, plus the orphan grace and margin.
     wait_for(settled, "no transitional rows and no orphans", CREATING_DEADLINE + ORPHAN_GRACE + 15)
 
-    rows = {
-        c["id"]: c
-        for state in ("running", "stopped", "failed")
-        for c in admin.containers(state=state, limit=500)["items"]
-    }
+    rows = live_rows()
     for node in fleet.nodes:
         with node.client() as agent:
             on_node = {t["id"] for t in agent.tenants()}
