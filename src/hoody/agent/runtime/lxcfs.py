@@ -104,8 +104,11 @@ class Lxcfs:
     def _serving(self) -> bool:
         if self._child is not None and self._child.poll() is not None:
             self._child = None  # it died while we ran it: reaped, now restart it
-        try:  # unmounted: the empty directory beneath; dead: ENOTCONN
+        try:  # unmounted: the empty directory beneath (ENOENT)
             (self.mountpoint / "proc" / "meminfo").stat()
+            # Dead: ENOTCONN. Asked of statfs, which always reaches the daemon: the
+            # kernel answers a stat from its cache for a second after lxcfs died.
+            os.statvfs(self.mountpoint)
         except OSError:
             return False
         return True
