@@ -1,6 +1,7 @@
 """The few Linux syscalls the standard library lacks on Python 3.11: mount, setns,
-unshare, and the new mount API (open_tree, mount_setattr, fsopen/fsconfig/fsmount,
-move_mount) that idmapped mounts need; util-linux 2.38 cannot make those.
+unshare (and a thread to call the last two on), and the new mount API (open_tree,
+mount_setattr, fsopen/fsconfig/fsmount, move_mount) that idmapped mounts need;
+util-linux 2.38 cannot make those.
 
 Each raises OSError with the errno and the path it was about, like the os module does.
 The new-API calls go through syscall(2) by number: glibc 2.36 has no wrappers. Their
@@ -11,10 +12,15 @@ from __future__ import annotations
 
 import ctypes
 import os
+import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 __all__ = [
+    "CLONE_FS",
     "CLONE_NEWNET",
+    "CLONE_NEWNS",
     "CLONE_NEWUSER",
     "MNT_DETACH",
     "MOUNT_ATTR_IDMAP",
@@ -22,11 +28,15 @@ __all__ = [
     "MOUNT_ATTR_RDONLY",
     "MS_BIND",
     "MS_NOATIME",
+    "MS_PRIVATE",
+    "MS_REC",
     "MS_REMOUNT",
+    "clone_tree",
     "fs_mount",
     "idmapped_tree",
     "mount",
     "move_mount",
+    "on_own_thread",
     "setns",
     "umount",
     "unshare",
@@ -35,7 +45,11 @@ __all__ = [
 MS_REMOUNT = 32
 MS_NOATIME = 1024
 MS_BIND = 4096
+MS_REC = 16384
+MS_PRIVATE = 1 << 18
 MNT_DETACH = 2
+CLONE_FS = 0x200
+CLONE_NEWNS = 0x20000
 CLONE_NEWNET = 0x40000000
 CLONE_NEWUSER = 0x10000000
 
@@ -114,11 +128,47 @@ def unshare(flags: int, what: str) -> None:
         raise _fail(what)
 
 
+T = TypeVar("T")
+
+
+def on_own_thread(fn: Callable[[], T]) -> T:
+    """Run `fn` on a fresh thread and return its result (or raise its exception): for
+    `setns`/`unshare`, which move only the calling thread, so that none of the
+    process's other threads ever runs in the namespace."""
+    box: dict[str, Any] = {}
+
+    def body() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # re-raised on the caller's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=body, name="hoody-ns")
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]  # type: ignore[no-any-return]
+
+
 def _syscall(number: int, *args: object, what: str) -> int:
     rc = int(_libc.syscall(ctypes.c_long(number), *args))
     if rc < 0:
         raise _fail(what)
     return rc
+
+
+def clone_tree(source: Path) -> int:
+    """A detached copy of the mount at `source` (that mount alone, not those below it),
+    as a close-on-exec fd to attach with `move_mount`, in this mount namespace or
+    another. Closing an fd never attached frees it."""
+    return _syscall(
+        _SYS_OPEN_TREE,
+        ctypes.c_int(_AT_FDCWD),
+        os.fsencode(source),
+        ctypes.c_uint(_OPEN_TREE_CLONE | _OPEN_TREE_CLOEXEC),
+        what=f"open_tree {source}",
+    )
 
 
 def idmapped_tree(source: Path, userns_fd: int, attrs: int = 0) -> int:
@@ -129,13 +179,7 @@ def idmapped_tree(source: Path, userns_fd: int, attrs: int = 0) -> int:
     Returns the mount's fd (close-on-exec): attach it with `move_mount`, or hand it to
     an overlay as a lower layer with `fs_mount`. Closing an fd never attached frees it.
     """
-    fd = _syscall(
-        _SYS_OPEN_TREE,
-        ctypes.c_int(_AT_FDCWD),
-        os.fsencode(source),
-        ctypes.c_uint(_OPEN_TREE_CLONE | _OPEN_TREE_CLOEXEC),
-        what=f"open_tree {source}",
-    )
+    fd = clone_tree(source)
     try:
         # Changing the atime mode needs the whole atime field cleared first.
         clear = _MOUNT_ATTR__ATIME if attrs & _MOUNT_ATTR__ATIME else 0

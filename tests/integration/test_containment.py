@@ -17,7 +17,7 @@ import pytest
 from hoody import services
 from hoody.agent.runtime.cpus import held_cpusets
 from hoody.agent.runtime.devices import backing_devices
-from hoody.agent.runtime.lxcfs import PROC_FILES, Lxcfs
+from hoody.agent.runtime.lxcfs import PROC_FILES, Lxcfs, _wait_exit
 from hoody.agent.runtime.oci import CGROUP_ROOT
 from hoody.agent.spec import TenantSpec
 from hoody.agent.templates import DEMO_ARGS, demo_source
@@ -300,6 +300,21 @@ def test_a_tenant_sees_its_own_memory_limit_and_cpus(scratch: ScratchNode, copy:
     if host_cpus >= 2:
         rec = copy(limits={"cpu": 2.0})
         assert json.loads(py(scratch, rec["id"], VIEW)["stdout"])["cpuinfo"] == 2
+
+
+def test_a_tenant_started_after_lxcfs_died_sees_its_own_memory(
+    scratch: ScratchNode, copy: Any
+) -> None:
+    """The runtime starts tenants from a private mount namespace (launch.py) that
+    holds lxcfs's mount as it was: a restarted lxcfs must reach new tenants there."""
+    copy()  # the launch namespace exists, with this lxcfs in it
+    lxcfs = scratch.node.runtime.lxcfs  # type: ignore[attr-defined]
+    dead = int(lxcfs.pidfile.read_text())
+    os.kill(dead, signal.SIGKILL)
+    _wait_exit(dead, 5.0)  # its mount is dead: ENOTCONN, here and in the copy
+    rec = copy(limits={"memory_mib": 112})  # the start restarts lxcfs
+    view = json.loads(py(scratch, rec["id"], VIEW)["stdout"])
+    assert view["mem_kib"] == 112 * 1024, view
 
 
 def test_the_nodes_lxcfs_restarts_when_it_dies_and_leaves_nothing(tmp_path: Path) -> None:

@@ -94,6 +94,7 @@ def runtime(scratch_dir: Path, make_spec: SpecFactory) -> Iterator[OciRuntime]:
     yield rt
     for tid in rt.list():
         rt.stop(tid, timeout=0)
+    rt.teardown()
     rt.remove_cgroup_parent()
     left = [str(h / parent) for h in CGROUP_ROOT.iterdir() if (h / parent).exists()]
     assert left == [], f"cgroups left behind: {left}"
@@ -224,6 +225,38 @@ def test_tenant_and_exec_share_the_tenants_network_namespace(
     assert "hoodymark0" in Path(f"/proc/{pid}/net/dev").read_text()
     assert "hoodymark0" in runtime.exec("iso-net", ["cat", "/proc/net/dev"]).stdout
     assert "hoodymark0" not in Path("/proc/self/net/dev").read_text()
+
+
+def test_tenants_start_from_a_mount_namespace_without_the_hosts_other_mounts(
+    runtime: OciRuntime, make_spec: SpecFactory, scratch_dir: Path
+) -> None:
+    """runc copies its caller's mounts for every container: it is started from the
+    launch namespace, which holds no tenant's rootfs, no netns pin and nothing a host
+    mounted later (see launch.py). The tenants do not notice."""
+    first, second = make_spec("lean-a"), make_spec("lean-b")
+    runtime.start(first)
+    later = scratch_dir / "later"
+    later.mkdir()
+    sh("mount", "-t", "tmpfs", "hoodylater", str(later))
+    try:
+        runtime.start(second)
+        table = runtime.launch.mountinfo()
+        points = [line.split(" - ")[0].split()[4] for line in table.splitlines()]
+        assert " nsfs " not in table, "no network namespace pin"
+        assert str(first.rootfs) not in points and str(second.rootfs) not in points
+        assert str(later) not in points
+        assert len(points) < 40, points  # /, /proc, /sys with the cgroups, /dev
+        assert str(first.rootfs) in Path("/proc/self/mountinfo").read_text(), "host unchanged"
+    finally:
+        sh("umount", str(later))
+    for spec in (first, second):
+        assert runtime.exec(spec.tid, ["cat", "/etc/debian_version"]).exit_code == 0
+        # Its own root, not the launch namespace's: / is the overlay.
+        root = runtime.exec(spec.tid, ["sh", "-c", "grep ' / / ' /proc/self/mountinfo"])
+        assert " overlay " in root.stdout, root.stdout
+    runtime.stop("lean-a")
+    runtime.start(first)  # a start again, as a stopped tenant's wake does
+    assert runtime.state("lean-a").status == "running"
 
 
 def test_memory_hog_is_oom_killed_and_the_tenant_lives_on(

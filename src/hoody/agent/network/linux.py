@@ -35,7 +35,16 @@ from pyroute2.netlink.rtnl.ndmsg import NTF_MASTER, NUD_NOARP, NUD_PERMANENT
 
 from hoody.agent.network import NetworkConfig
 from hoody.errors import HostError
-from hoody.syscalls import CLONE_NEWNET, MNT_DETACH, MS_BIND, mount, setns, umount, unshare
+from hoody.syscalls import (
+    CLONE_NEWNET,
+    MNT_DETACH,
+    MS_BIND,
+    mount,
+    on_own_thread,
+    setns,
+    umount,
+    unshare,
+)
 from hoody.undo import Undo
 
 __all__ = ["LinuxNetwork"]
@@ -44,24 +53,6 @@ NETNS_DIR = Path("/run/netns")
 _LOOPBACK = 1  # lo's index in every network namespace
 _SCOPE_LINK = 253
 T = TypeVar("T")
-
-
-def _on_thread(fn: Callable[[], T]) -> T:
-    """Run `fn` on a fresh thread and return its result (or raise its exception)."""
-    box: dict[str, Any] = {}
-
-    def body() -> None:
-        try:
-            box["value"] = fn()
-        except BaseException as exc:  # re-raised on the caller's thread
-            box["error"] = exc
-
-    thread = threading.Thread(target=body, name="hoody-netns")
-    thread.start()
-    thread.join()
-    if "error" in box:
-        raise box["error"]
-    return box["value"]  # type: ignore[no-any-return]
 
 
 def _in_netns(path: Path, fn: Callable[[], T]) -> T:
@@ -75,7 +66,7 @@ def _in_netns(path: Path, fn: Callable[[], T]) -> T:
             os.close(fd)
         return fn()
 
-    return _on_thread(body)
+    return on_own_thread(body)
 
 
 def _mac_for(ip: str) -> str:
@@ -212,7 +203,7 @@ class LinuxNetwork:
             self._unplug(host)
             undo.add(lambda: self._unplug(host), "unplug veth")
             try:
-                _on_thread(lambda: self._build_inside(path, host, ip))
+                on_own_thread(lambda: self._build_inside(path, host, ip))
             except (OSError, NetlinkError) as exc:
                 raise HostError(f"cannot create the network of tenant {tid}: {exc}") from exc
             self._plug_host_end(tid, host, ip)

@@ -16,6 +16,9 @@ runc 1.1 joins the user namespace first on `exec` and fails there ("failed to se
 into net namespace: Operation not permitted"). So the config lists no network
 namespace, and the runtime is run inside the tenant's netns instead (`nsenter --net`):
 the container inherits it at `run`, and an `exec` inherits it from its caller.
+
+Mount namespace: `run` is started from the launch namespace (launch.py), a copy of the
+host's without the tenants' mounts, which runc would otherwise copy for every start.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ from hoody.agent.runtime import userns as userns_mod
 from hoody.agent.runtime.bundle import DEFAULT_PATH, HostParts, oci_config
 from hoody.agent.runtime.cpus import CpuPlacer, has_cpuset, held_cpusets
 from hoody.agent.runtime.devices import backing_devices
+from hoody.agent.runtime.launch import LaunchNamespace
 from hoody.agent.runtime.lxcfs import Lxcfs
 from hoody.agent.runtime.session import ProcessExec
 from hoody.agent.spec import Limits, check_tenant_id
@@ -261,6 +265,11 @@ class OciRuntime:
         self.host = HostParts(
             init=find_init(), block_devices=backing_devices(pool) if pool is not None else ()
         )
+        # Tenants start from a mount namespace without the host's other mounts.
+        reach = [self.root, self.bundle_dir, Path(self.binary), Path(prlimit)]
+        reach += [self.host.init] if self.host.init is not None else []
+        reach += [lxcfs.mountpoint] if lxcfs is not None else []
+        self.launch = LaunchNamespace(tuple(reach))
         self.caps = RuntimeCaps(
             name=Path(self.binary).name,
             cgroup=cgroup,
@@ -328,14 +337,33 @@ class OciRuntime:
             log_fd = os.open(spec.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             undo.add(lambda: self._delete(tid), "delete container")
             try:
-                self._run_detached(spec, bundle, pid_file, log_fd)
+                # lxcfs's mount, when tenants get its files: the launch namespace
+                # must hold the one serving now.
+                watch = self.lxcfs.mountpoint if self.lxcfs and host.proc_files else None
+                self._run_launched(spec, bundle, pid_file, log_fd, watch)
             finally:
                 os.close(log_fd)
             pid = int(pid_file.read_text())
             undo.commit()
         return pid
 
-    def _run_detached(self, spec: ContainerSpec, bundle: Path, pid_file: Path, log_fd: int) -> None:
+    def _run_launched(
+        self, spec: ContainerSpec, bundle: Path, pid_file: Path, log_fd: int, watch: Path | None
+    ) -> None:
+        """`_run_detached` from the launch namespace, with the tenant's rootfs shown
+        there for the while (see launch.py)."""
+        namespace = self.launch.path(watch)
+        with self.launch.holding(spec.rootfs):
+            self._run_detached(spec, bundle, pid_file, log_fd, namespace)
+
+    def _run_detached(
+        self,
+        spec: ContainerSpec,
+        bundle: Path,
+        pid_file: Path,
+        log_fd: int,
+        mounts: Path,
+    ) -> None:
         """`runc run --detach` inside the tenant's netns, stdio = the tenant's log.
 
         Popen rather than proc.run: the container inherits the runtime's stdio, so a
@@ -346,6 +374,7 @@ class OciRuntime:
         runtime_log.unlink(missing_ok=True)
         argv = [
             self.nsenter,
+            f"--mount={mounts}",
             f"--net={spec.netns}",
             *self._limits,
             *self._cli("--log", str(runtime_log), "--log-format", "json"),
@@ -403,6 +432,7 @@ class OciRuntime:
             log.warning("cannot weigh the tenants' cgroup %s: %s", path.parent, exc)
 
     def teardown(self) -> None:
+        self.launch.close()
         if self.lxcfs is not None:
             self.lxcfs.stop()
 
