@@ -277,7 +277,8 @@ def sleep_bench(
                 for mode, times in wakes.items()
             },
             "load_1m_during_wakes": load,
-            # CPU in cores by part; "host" is everything on the machine.
+            # CPU in cores by part; "host" is everything on the machine, "stolen" what
+            # the hypervisor ran elsewhere meanwhile.
             "cores_at_rest": at_rest,
             "cores_while_waking": while_waking,
             "node_memory_in_use_mib": round(mem_asleep / _MIB),
@@ -292,7 +293,8 @@ def sleep_bench(
 
 class _Cores:
     """CPU used since it was made, in cores: by hoody's processes (`parts`: name →
-    pid, threads included), by all tenants (their parent cgroup) and by the host."""
+    pid, threads included), by all tenants (their parent cgroup), by the host, and
+    stolen from it by the hypervisor."""
 
     def __init__(self, parts: dict[str, int], tenants_cgroup: str) -> None:
         self.parts, self.tenants_cgroup = parts, tenants_cgroup
@@ -308,8 +310,12 @@ class _Cores:
             except (OSError, IndexError, ValueError):
                 used[name] = 0.0
         used["tenants"] = _cgroup_cpu_seconds(self.tenants_cgroup)
-        cpu = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
-        used["host"] = (sum(int(x) for x in cpu) - int(cpu[3]) - int(cpu[4])) / tick
+        # user nice system idle iowait irq softirq steal (guest time is in user).
+        cpu = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+        used["host"] = (sum(cpu) - cpu[3] - cpu[4] - cpu[7]) / tick
+        # What the hypervisor gave other guests while this VM's CPUs wanted to run:
+        # on a shared machine it explains a slow wake that no part of hoody took.
+        used["stolen"] = cpu[7] / tick
         return used
 
     def cores(self) -> dict[str, float]:
