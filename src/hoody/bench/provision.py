@@ -23,7 +23,7 @@ from hoody.bench.scratch import scratch_node
 from hoody.control.client import Client
 from hoody.errors import HoodyError
 
-__all__ = ["provision", "provision_fleet", "wait_http_ok"]
+__all__ = ["Stolen", "provision", "provision_fleet", "wait_http_ok"]
 
 
 def wait_http_ok(url: str, timeout: float = 10.0) -> float:
@@ -47,6 +47,26 @@ def wait_http_ok(url: str, timeout: float = 10.0) -> float:
         if time.monotonic() > deadline:
             raise TimeoutError(f"{url} did not answer 200 within {timeout} s")
         time.sleep(0.002)
+
+
+class Stolen:
+    """The share of this machine's CPU time the hypervisor gave to other guests since
+    it was made (/proc/stat's steal column): on a shared VM, latency that moves with it
+    is the neighbours', not hoody's."""
+
+    def __init__(self) -> None:
+        self.start = _cpu_times()
+
+    def fraction(self) -> float:
+        now = _cpu_times()
+        total = sum(now) - sum(self.start)
+        return round((now[7] - self.start[7]) / total, 3) if total > 0 else 0.0
+
+
+def _cpu_times() -> list[int]:
+    """user nice system idle iowait irq softirq steal, summed over the CPUs, in ticks."""
+    with open("/proc/stat") as f:
+        return [int(x) for x in f.readline().split()[1:9]]
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -74,6 +94,7 @@ def provision(count: int = 20, concurrency: int = 4, storage: str = "overlay") -
         times: list[float] = []
         api: list[float] = []  # the copy call alone: the rest is the tenant booting
         errors: list[str] = []
+        stolen = Stolen()
         with ThreadPoolExecutor(concurrency) as pool:
             for fut in [pool.submit(one, i) for i in range(count)]:
                 try:
@@ -83,6 +104,7 @@ def provision(count: int = 20, concurrency: int = 4, storage: str = "overlay") -
                 else:
                     api.append(copied)
                     times.append(answered)
+        stole = stolen.fraction()
     return {
         "benchmark": "provision",
         "storage": storage,
@@ -96,6 +118,7 @@ def provision(count: int = 20, concurrency: int = 4, storage: str = "overlay") -
         "max_ms": round(max(times), 1) if times else None,
         "copy_call_p50_ms": round(statistics.median(api), 1) if api else None,
         "copy_call_max_ms": round(max(api), 1) if api else None,
+        "cpu_stolen_fraction": stole,
     }
 
 
@@ -135,6 +158,7 @@ def provision_fleet(
             api: list[float] = []
             spread: Counter[str] = Counter()
             errors: list[str] = []
+            stolen = Stolen()
             with ThreadPoolExecutor(concurrency) as pool:
                 for fut in [pool.submit(one, i) for i in range(count)]:
                     try:
@@ -145,6 +169,7 @@ def provision_fleet(
                         api.append(copied)
                         times.append(answered)
                         spread[node] += 1
+            stole = stolen.fraction()
     return {
         "benchmark": "provision",
         "through": "control plane",
@@ -161,6 +186,7 @@ def provision_fleet(
         "copy_call_p50_ms": round(statistics.median(api), 1) if api else None,
         "copy_call_max_ms": round(max(api), 1) if api else None,
         "target_p50_ms": 200,
+        "cpu_stolen_fraction": stole,
         "per_node": dict(sorted(spread.items())),
         "template_build_s": round(built - t0, 1),
         "template_replication_s": round(replicated - built, 1),
