@@ -34,6 +34,7 @@ __all__ = [
     "clone_tree",
     "fs_mount",
     "idmapped_tree",
+    "in_netns",
     "mount",
     "move_mount",
     "on_own_thread",
@@ -149,6 +150,21 @@ def on_own_thread(fn: Callable[[], T]) -> T:
     if "error" in box:
         raise box["error"]
     return box["value"]  # type: ignore[no-any-return]
+
+
+def in_netns(path: Path, fn: Callable[[], T]) -> T:
+    """fn() on a fresh thread inside the network namespace pinned at `path`; threads
+    and processes fn starts inherit it."""
+
+    def body() -> T:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            setns(fd, CLONE_NEWNET, str(path))
+        finally:
+            os.close(fd)
+        return fn()
+
+    return on_own_thread(body)
 
 
 def _syscall(number: int, *args: object, what: str) -> int:

@@ -20,10 +20,11 @@ import pytest
 
 from hoody.agent.network import NetworkConfig
 from hoody.agent.network.firewall import NftFirewall
-from hoody.agent.network.linux import LinuxNetwork, _in_netns
+from hoody.agent.network.linux import LinuxNetwork
 from hoody.agent.spec import EgressRule, FirewallPolicy
 from hoody.bench.scratch import _free_subnet
 from hoody.proc import run
+from hoody.syscalls import in_netns
 
 PROBE_TIMEOUT = 1.0
 
@@ -119,7 +120,7 @@ def probe(world: World, outside: Outside, port: int = 7000) -> str | None:
     """The peer address the outside server saw for a connection from tenant t1, or
     None when the connection did not get through."""
     seen: list[str] = []
-    server = _in_netns(outside.path, lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+    server = in_netns(outside.path, lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM))
     server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     server.bind((outside.server, port))
     server.listen()
@@ -136,7 +137,7 @@ def probe(world: World, outside: Outside, port: int = 7000) -> str | None:
     thread = threading.Thread(target=accept)
     thread.start()
     netns = world.network.config.netns_path("t1")
-    client = _in_netns(netns, lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+    client = in_netns(netns, lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM))
     client.settimeout(PROBE_TIMEOUT)
     try:
         client.connect((outside.server, port))

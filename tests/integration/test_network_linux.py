@@ -16,9 +16,10 @@ import pytest
 
 from hoody.agent.network import NetworkConfig
 from hoody.agent.network.firewall import NftFirewall
-from hoody.agent.network.linux import LinuxNetwork, _in_netns
+from hoody.agent.network.linux import LinuxNetwork
 from hoody.bench.scratch import _free_subnet
 from hoody.proc import run
+from hoody.syscalls import in_netns
 from tests.contract.network import NetworkContract, Reach
 
 PROBE_TIMEOUT = 0.4
@@ -55,7 +56,7 @@ def firewall(config: NetworkConfig) -> Iterator[NftFirewall]:
 def _socket_in(network: LinuxNetwork, who: str) -> socket.socket:
     if who == "node":
         return socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    return _in_netns(
+    return in_netns(
         network.config.netns_path(who), lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     )
 

@@ -26,13 +26,13 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from hoody import syscalls
 from hoody.agent.client import AgentClient
 from hoody.agent.config import NodeConfig
 from hoody.bench.scratch import SCRATCH_SLOTS, free_port, scratch_config
@@ -40,7 +40,6 @@ from hoody.control import auth
 from hoody.control.client import Client
 from hoody.errors import HoodyError, HostError
 from hoody.proc import run
-from hoody.syscalls import CLONE_NEWNET, setns
 
 __all__ = ["FleetNode", "ScratchFleet", "in_netns", "scratch_fleet"]
 
@@ -55,25 +54,7 @@ def in_netns(netns: Path | None, fn: Callable[[], T]) -> T:
     """
     if netns is None:
         return fn()
-    box: dict[str, Any] = {}
-
-    def body() -> None:
-        try:
-            fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                setns(fd, CLONE_NEWNET, str(netns))
-            finally:
-                os.close(fd)
-            box["value"] = fn()
-        except BaseException as exc:  # re-raised on the caller's thread
-            box["error"] = exc
-
-    thread = threading.Thread(target=body, name="in-netns")
-    thread.start()
-    thread.join()
-    if "error" in box:
-        raise box["error"]
-    return box["value"]  # type: ignore[no-any-return]
+    return syscalls.in_netns(netns, fn)
 
 
 def _wait(check: Callable[[], bool], what: str, timeout: float, log: Path | None = None) -> None:

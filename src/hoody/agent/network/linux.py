@@ -25,7 +25,6 @@ import ipaddress
 import os
 import socket
 import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -39,9 +38,9 @@ from hoody.syscalls import (
     CLONE_NEWNET,
     MNT_DETACH,
     MS_BIND,
+    in_netns,
     mount,
     on_own_thread,
-    setns,
     umount,
     unshare,
 )
@@ -53,20 +52,6 @@ NETNS_DIR = Path("/run/netns")
 _LOOPBACK = 1  # lo's index in every network namespace
 _SCOPE_LINK = 253
 T = TypeVar("T")
-
-
-def _in_netns(path: Path, fn: Callable[[], T]) -> T:
-    """Run `fn` with the calling thread inside the netns at `path`."""
-
-    def body() -> T:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            setns(fd, CLONE_NEWNET, str(path))
-        finally:
-            os.close(fd)
-        return fn()
-
-    return on_own_thread(body)
 
 
 def _mac_for(ip: str) -> str:
@@ -245,7 +230,7 @@ class LinuxNetwork:
             return None
 
         try:
-            return _in_netns(path, read)
+            return in_netns(path, read)
         except OSError:
             return None  # a stale file, not a namespace
 
