@@ -79,10 +79,13 @@ def test_an_idle_tenant_sleeps_and_its_next_request_wakes_it(stack: Stack, mode:
     took = time.monotonic() - start
     assert r.status_code == 200, r.text
     assert r.json()["tenant"] == cid
-    assert stack.client.container(cid)["state"] == "running"
     assert took < 5, f"the first request to a sleeping tenant took {took:.2f} s"
     after = stack.metrics()
     assert _wakes(after) == _wakes(before) + 1
+    # The router woke it at its node and told the control plane after answering.
+    at_node = "hoody_router_wakes_at_node_total"
+    assert _wakes(after, at_node) == _wakes(before, at_node) + 1
+    until(lambda: stack.client.container(cid)["state"] == "running", timeout=5)
     # It sleeps again once idle, and wakes again.
     until(lambda: stack.client.container(cid)["state"] == "sleeping", timeout=15)
     time.sleep(1)

@@ -1,6 +1,7 @@
 """The node agent's HTTP API (`hoody node serve`), driven by the CLI and the fleet.
 
-Every route needs `Authorization: Bearer <token>`. Handlers only parse, call the
+Every route needs `Authorization: Bearer <token>`; the wake route also takes the
+node's wake-only token (client.wake_token, routers hold it). Handlers only parse, call the
 engine in a worker thread (its steps block on syscalls and subprocesses) and render;
 errors are rendered once, as `{"error": {"code", "message"}}` with their status.
 
@@ -46,7 +47,7 @@ from starlette.websockets import WebSocket
 
 from hoody import jsonbody
 from hoody.agent import templates
-from hoody.agent.client import WOKE_HEADER
+from hoody.agent.client import WOKE_HEADER, wake_token
 from hoody.agent.engine import Node, TemplateSource
 from hoody.agent.exec_ws import serve_exec
 from hoody.agent.ids import TEMPLATE_ID_SHIFT
@@ -55,7 +56,7 @@ from hoody.agent.pressure import PressureRelief
 from hoody.agent.runtime import ExecSession
 from hoody.agent.spec import FirewallPolicy, Limits, SleepPolicy, TenantSpec
 from hoody.agent.state import TemplateRecord
-from hoody.errors import HoodyError, HostError, InvalidInput, NotFound, Unauthorized
+from hoody.errors import Forbidden, HoodyError, HostError, InvalidInput, NotFound, Unauthorized
 from hoody.execwire import ExecStart
 
 __all__ = ["create_app"]
@@ -196,17 +197,28 @@ def create_app(node: Node, token: str, *, supervise_every: float = 0.5) -> Starl
     """The agent app. Runs `reconcile` on startup, and while up the restart supervisor
     and (when the node watches memory pressure) the pressure relief, once a second."""
 
+    full = f"Bearer {token}".encode()
+    waking = f"Bearer {wake_token(token)}".encode()
+
     def guarded(
-        handler: Callable[[Request], Awaitable[Any]], status: int = 200
+        handler: Callable[[Request], Awaitable[Any]], status: int = 200, *, by_waker: bool = False
     ) -> Callable[[Request], Awaitable[Response]]:
+        """`handler` behind the agent token (and, `by_waker`, the wake token too)."""
+
         async def endpoint(request: Request) -> Response:
             try:
-                given = request.headers.get("authorization", "")
-                if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-                    raise Unauthorized(
-                        "missing or wrong agent token; pass `Authorization: Bearer <token>` "
-                        "(the token is in the node's agent.token file)"
-                    )
+                given = request.headers.get("authorization", "").encode()
+                if not hmac.compare_digest(given, full):
+                    if not hmac.compare_digest(given, waking):
+                        raise Unauthorized(
+                            "missing or wrong agent token; pass `Authorization: Bearer "
+                            "<token>` (the token is in the node's agent.token file)"
+                        )
+                    if not by_waker:
+                        raise Forbidden(
+                            "this is the node's wake-only token: it wakes tenants "
+                            "(POST /v1/tenants/{id}/wake) and nothing else; use the agent token"
+                        )
                 result = await handler(request)
             except HoodyError as exc:
                 return JSONResponse(exc.to_json(), status_code=exc.status)
@@ -472,7 +484,7 @@ def create_app(node: Node, token: str, *, supervise_every: float = 0.5) -> Starl
         Route("/v1/tenants/{tid}/stop", guarded(stop), methods=["POST"]),
         Route("/v1/tenants/{tid}/restart", guarded(restart), methods=["POST"]),
         Route("/v1/tenants/{tid}/sleep", guarded(sleep), methods=["POST"]),
-        Route("/v1/tenants/{tid}/wake", guarded(wake), methods=["POST"]),
+        Route("/v1/tenants/{tid}/wake", guarded(wake, by_waker=True), methods=["POST"]),
         Route("/v1/tenants/{tid}/exec", guarded(exec_), methods=["POST"]),
         Route("/v1/tenants/{tid}/logs", guarded(logs)),
         WebSocketRoute("/v1/tenants/{tid}/exec", exec_session),

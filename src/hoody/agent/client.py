@@ -7,6 +7,8 @@ come back as the same HoodyError subclass the agent raised.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -26,11 +28,22 @@ __all__ = [
     "error_from",
     "raise_for_error",
     "server_timing",
+    "wake_token",
 ]
 
 # A wake's answer (agent and control plane) says which sleep the tenant was woken from:
 # "frozen", "stopped", or "no" when it was awake.
 WOKE_HEADER = "Hoody-Woke"
+
+
+def wake_token(agent_token: str) -> str:
+    """The node's wake-only token: it wakes the node's tenants and does nothing else.
+    Routers get it (from the control plane's route table) to wake a tenant at its node
+    without a detour through the control plane; it is derived from the agent token, so
+    neither side stores it and rotating the agent token rotates it, and it does not
+    reveal the agent token."""
+    return hmac.new(agent_token.encode(), b"hoody node wake v1", hashlib.sha256).hexdigest()
+
 
 _BY_CODE: dict[str, type[HoodyError]] = {
     cls.code: cls

@@ -9,11 +9,15 @@ seconds meanwhile, so they stay awake. Half the idle tenants sleep stopped, half
 frozen; a wake is timed from sending a request to a sleeping tenant to its 200.
 
 The router runs with a router token, as in production, and sums where each wake's
-time went (its /metrics); `breakdown_ms` gives the mean per wake of each hop:
+time went (its /metrics). It wakes tenants at their node (`woken_at_node` counts
+those) and asks the control plane only when the node does not; `breakdown_ms` gives
+the mean per wake of each hop:
 
     router_to_control_plane   the router's HTTP call, less the control plane's answer
-    control_plane             its own share: auth, database, threads
-    control_plane_to_agent    its HTTP call to the node agent, less the node's work
+                              (0 for a wake at the node)
+    control_plane             its own share: auth, database, threads (0 likewise)
+    to_agent                  the HTTP call to the node agent, from the router or the
+                              control plane, less the node's work
     node                      the node's wake: a thaw, or the tenant's start
     tenant_port               the wake answered → the tenant's port took the connection
     first_answer              the rest: request → tenant → first byte back to the client
@@ -232,6 +236,7 @@ def sleep_bench(
             wakes: dict[str, list[float]] = {}
             failures: dict[str, dict[str, int]] = {}
             asking: dict[str, float] = {}
+            at_node: dict[str, int] = {}
             breakdown: dict[str, dict[str, float]] = {}
             load = [round(os.getloadavg()[0], 2)]
             for mode, pool_cids in by_mode.items():
@@ -244,8 +249,9 @@ def sleep_bench(
                     else:  # 0: no answer at all
                         failed[str(status)] += 1
                 after = _router_wakes(port)
-                # The router's own time from asking the control plane to its answer.
+                # The router's own time from asking for the wake to its answer.
                 woken = after["count"] - before["count"]
+                at_node[mode] = round(after["at_node"] - before["at_node"])
                 if woken > 0:
                     per = {k: (after[k] - before[k]) / woken * 1000 for k in after}
                     asking[mode] = per["sum"]
@@ -271,7 +277,8 @@ def sleep_bench(
             **{
                 mode: {
                     **_summary(times, failures[mode]),
-                    "control_plane_wake_mean_ms": round(asking.get(mode, 0.0), 1),
+                    "wake_call_mean_ms": round(asking.get(mode, 0.0), 1),
+                    "woken_at_node": at_node.get(mode, 0),
                     "breakdown_ms": breakdown.get(mode, {}),
                 }
                 for mode, times in wakes.items()
@@ -338,12 +345,12 @@ def _cgroup_cpu_seconds(parent: str) -> float:
 def _breakdown(per: dict[str, float], times: list[float]) -> dict[str, float]:
     """The mean wake's hops (ms) from the router's per-wake sums `per` and the
     client's timings `times`; see the module."""
-    ask, control = per["sum"], per["control_plane"]
+    ask = per["sum"]
     total = statistics.fmean(times) if times else 0.0
     hops = {
-        "router_to_control_plane": ask - control,
-        "control_plane": control - per["agent"],
-        "control_plane_to_agent": per["agent"] - per["node"],
+        "router_to_control_plane": ask - per["control_plane"] - per["agent"] - per["node"],
+        "control_plane": per["control_plane"],
+        "to_agent": per["agent"],
         "node": per["node"],
         "tenant_port": per["port"],
         "first_answer": total - ask - per["port"],
@@ -352,18 +359,20 @@ def _breakdown(per: dict[str, float], times: list[float]) -> dict[str, float]:
 
 
 def _router_wakes(port: int) -> dict[str, float]:
-    """The router's wake sums from its /metrics: count (wakes), sum (seconds spent
-    asking the control plane), and seconds per phase."""
+    """The router's wake sums from its /metrics: count (wakes), at_node (of those, at
+    their node), sum (seconds spent asking for them), and seconds per phase."""
     request = b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
     with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
         conn.sendall(request)
         data = b""
         while chunk := conn.recv(65536):
             data += chunk
-    values = dict.fromkeys(("count", "sum", *_PHASES), 0.0)
+    values = dict.fromkeys(("count", "at_node", "sum", *_PHASES), 0.0)
     for line in data.decode(errors="replace").splitlines():
         key, _, value = line.partition(" ")
-        if key.startswith("hoody_router_wake_seconds_"):
+        if key == "hoody_router_wakes_at_node_total":
+            values["at_node"] = float(value)
+        elif key.startswith("hoody_router_wake_seconds_"):
             values[key.removeprefix("hoody_router_wake_seconds_")] = float(value)
         elif key.startswith('hoody_router_wake_phase_seconds_total{phase="'):
             values[key.split('"')[1]] = float(value)

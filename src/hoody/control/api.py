@@ -239,7 +239,7 @@ def wake(f: Fleet, c: Call) -> Any:
 
 async def report_activity(f: Fleet, c: Call) -> Any:
     body: m.ActivityBody = c.body
-    return await run(f.report_activity, c.who, body.seen)
+    return await run(f.report_activity, c.who, body.seen, body.woken)
 
 
 async def snapshot(f: Fleet, c: Call) -> Any:

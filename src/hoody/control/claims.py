@@ -20,9 +20,10 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from hoody import claims
+from hoody.agent.client import wake_token
 from hoody.control.auth import Principal
 from hoody.control.base import FleetBase
-from hoody.control.db import ClaimKey, ClaimUse, Container
+from hoody.control.db import ClaimKey, ClaimUse, Container, Node
 from hoody.errors import InvalidInput, NotFound, Unauthorized
 
 __all__ = ["CLAIM_PATH", "Claims", "tenant_url"]
@@ -185,7 +186,8 @@ class Claims(FleetBase):
 
     def route_table(self, who: Principal) -> dict[str, Any]:
         """Every routed container's upstream, state, visibility and claim generation,
-        with the active public keys the router verifies sessions with."""
+        each node's agent address and wake token, and the active public keys the router
+        verifies sessions with."""
         who.require_router()
         ring = self._ring()
         # The columns alone, not whole rows: routers ask twice a second, and loading
@@ -212,8 +214,15 @@ class Claims(FleetBase):
                 }
                 for cid, ip, port, node, state, public, gen in rows
             }
+            # Each node's agent and wake-only token: a router wakes a sleeping tenant
+            # at its node, without a detour through here on the customer's request.
+            nodes = {
+                name: {"agent": url, "wake": wake_token(token)}
+                for name, url, token in s.execute(select(Node.name, Node.url, Node.agent_token))
+            }
         return {
             "routes": routes,
+            "nodes": nodes,
             "keys": ring.keys,
             "retired": sorted(ring.retired),
             "newest": ring.newest,

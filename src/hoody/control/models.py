@@ -79,10 +79,16 @@ class ActivityBody(_Body):
     seen: dict[str, float] = Field(
         description="Container id → seconds since its last request through this router."
     )
+    woken: dict[str, float] = Field(
+        default_factory=dict,
+        description="Container id → seconds since this router woke it at its node "
+        "(the node answered that it runs).",
+    )
 
 
 class ActivityOut(BaseModel):
     recorded: int
+    woken: int = Field(0, description="Sleeping containers recorded as running again.")
 
 
 class SleeperRef(BaseModel):
@@ -506,8 +512,16 @@ class RouteOut(BaseModel):
     generation: int
 
 
+class NodeDoorOut(BaseModel):
+    agent: str = Field(description="The node agent's URL.")
+    wake: str = Field(description="The node's wake-only token: it wakes its tenants, nothing else.")
+
+
 class RouteTableOut(BaseModel):
     routes: dict[str, RouteOut]
+    nodes: dict[str, NodeDoorOut] = Field(
+        description="Where a router wakes a sleeping tenant: its node's agent, by node name."
+    )
     keys: dict[str, str]
     retired: list[str]
     newest: str | None

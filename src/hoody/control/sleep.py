@@ -3,7 +3,8 @@
     sleep            project token → the tenant sleeps on its node (stopped or frozen)
     wake             project or router token → it runs again; a router calls this for
                      the first request to a sleeping tenant and holds that request
-    report_activity  router → which tenants got requests, and how long ago
+    report_activity  router → which tenants got requests, and how long ago; and which
+                     it woke at their node (recorded running without asking the node)
     sleep_idle_once  background: running tenants idle past their `sleep_after` sleep
     sync_sleepers    heartbeat: tenants a node put to sleep itself (memory pressure)
 
@@ -24,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, select, update
+from sqlalchemy import BindParameter, Table, bindparam, case, select, update
 
 from hoody.agent.spec import SLEEP_MODES
 from hoody.control.auth import Principal
@@ -92,34 +93,57 @@ class Sleep(FleetBase):
                 row.active_at = max(row.active_at, self.clock())
             return _container_json(row)
 
-    def report_activity(self, who: Principal, seen: dict[str, float]) -> dict[str, Any]:
-        """Record that each container in `seen` got a request `seen[cid]` seconds ago.
+    def report_activity(
+        self, who: Principal, seen: dict[str, float], woken: dict[str, float] | None = None
+    ) -> dict[str, Any]:
+        """Record that each container in `seen` got a request `seen[cid]` seconds ago,
+        and that each in `woken` was woken at its node `woken[cid]` seconds ago.
 
         Only routers (and admins) report. Unknown ids are ignored: a router may report
-        a tenant deleted a moment ago. Returns how many were recorded.
+        a tenant deleted a moment ago. A woken container the rows still have sleeping
+        is recorded running, active since its wake, without asking its node again: if
+        the node put it back to sleep since, that sleep is later than the wake and the
+        node's next heartbeat records it (sync_sleepers). Returns how many were recorded.
         """
         who.require_router()
-        if len(seen) > MAX_ACTIVITY_BATCH:
+        woken = woken or {}
+        if len(seen) + len(woken) > MAX_ACTIVITY_BATCH:
             raise InvalidInput(
-                f"{len(seen)} entries in one activity report; send at most {MAX_ACTIVITY_BATCH}"
+                f"{len(seen) + len(woken)} entries in one activity report; send at most "
+                f"{MAX_ACTIVITY_BATCH}"
             )
         now = self.clock()
-        params = []
-        for cid, age in seen.items():
-            if not isinstance(age, int | float) or isinstance(age, bool) or age < 0:
-                raise InvalidInput(f"the age reported for {cid[:63]!r} must be seconds >= 0")
-            if age <= _MAX_AGE and isinstance(cid, str) and len(cid) <= 63:
-                params.append({"b_cid": cid, "b_at": now - float(age)})
-        if params:
-            table = cast(Table, Container.__table__)
-            stmt = (
-                update(table)
-                .where(table.c.id == bindparam("b_cid"), table.c.active_at < bindparam("b_at"))
-                .values(active_at=bindparam("b_at"))
-            )
+        params, awake = _stamps(now, seen), _stamps(now, woken)
+        table = cast(Table, Container.__table__)
+        at: BindParameter[float] = bindparam("b_at")
+        woke = 0
+        if params or awake:
             with self.store.write() as s:
-                s.connection().execute(stmt, params)
-        return {"recorded": len(params)}
+                if awake:
+                    woke = (
+                        s.connection()
+                        .execute(
+                            update(table)
+                            .where(table.c.id == bindparam("b_cid"), table.c.state == "sleeping")
+                            .values(
+                                state="running",
+                                asleep="",
+                                active_at=case(
+                                    (table.c.active_at < at, at), else_=table.c.active_at
+                                ),
+                            ),
+                            awake,
+                        )
+                        .rowcount
+                    )
+                if params:
+                    s.connection().execute(
+                        update(table)
+                        .where(table.c.id == bindparam("b_cid"), table.c.active_at < at)
+                        .values(active_at=at),
+                        params,
+                    )
+        return {"recorded": len(params), "woken": max(0, woke)}
 
     def sleep_idle_once(self) -> list[str]:
         """Put every running container idle past its `sleep_after` to sleep; returns
@@ -202,3 +226,15 @@ class Sleep(FleetBase):
                 entry = sleeping[row.id]
                 if float(entry.get("at", 0)) > row.active_at:
                     row.state, row.asleep = "sleeping", str(entry.get("mode") or "stopped")
+
+
+def _stamps(now: float, ages: dict[str, float]) -> list[dict[str, Any]]:
+    """`{cid: seconds ago}` from a router → UPDATE parameters (id, when), past ones
+    dropped; an age that is not seconds >= 0 is refused."""
+    params = []
+    for cid, age in ages.items():
+        if not isinstance(age, int | float) or isinstance(age, bool) or age < 0:
+            raise InvalidInput(f"the age reported for {cid[:63]!r} must be seconds >= 0")
+        if age <= _MAX_AGE and isinstance(cid, str) and len(cid) <= 63:
+            params.append({"b_cid": cid, "b_at": now - float(age)})
+    return params

@@ -744,13 +744,15 @@ class WakeCounters:
     """What the router did for sleeping tenants (`/metrics` on the router's own host)."""
 
     wakes: int = 0  # tenants woken for a request
+    at_node: int = 0  # of those, woken by the router at their node (not via the control plane)
     failed: int = 0  # wakes the control plane refused or did not answer
     seconds: float = 0.0  # time spent waking, summed over `wakes`
     held: int = 0  # requests held while their tenant woke
     refused: int = 0  # wakes asked because a tenant the table had running refused
-    # Where the time of `wakes` went (seconds summed): control_plane (its whole
-    # answer), agent (its call to the node agent), node (the node's own work), port
-    # (the wake answered → the tenant's connection made).
+    # Where the time of `wakes` went (seconds summed, parts that add up): control_plane
+    # (its own share), agent (the call to the node agent, from the control plane or
+    # this router, less the node's work), node (the node's own work), port (the wake
+    # answered → the tenant's connection made).
     phases: dict[str, float] = field(
         default_factory=lambda: dict.fromkeys(("control_plane", "agent", "node", "port"), 0.0)
     )
@@ -768,6 +770,9 @@ class WakeCounters:
             "# TYPE hoody_router_wakes_total counter\n"
             f'hoody_router_wakes_total{{result="ok"}} {self.wakes}\n'
             f'hoody_router_wakes_total{{result="failed"}} {self.failed}\n'
+            "# HELP hoody_router_wakes_at_node_total Tenants woken at their node directly.\n"
+            "# TYPE hoody_router_wakes_at_node_total counter\n"
+            f"hoody_router_wakes_at_node_total {self.at_node}\n"
             "# HELP hoody_router_wake_seconds Time from a wake asked to its answer.\n"
             "# TYPE hoody_router_wake_seconds summary\n"
             f"hoody_router_wake_seconds_sum {self.seconds:.6f}\n"
@@ -787,7 +792,8 @@ class WakeCounters:
 class Router:
     """Serves `<cid>.<domain>` from `table`; `exchange` spends claims (control plane);
     `refresh` reloads the table when a host is not in it (a tenant made a moment ago);
-    `wake` wakes a sleeping tenant (control plane), raising if it cannot."""
+    `wake` wakes a sleeping tenant (at its node or through the control plane), raising
+    if it cannot."""
 
     def __init__(
         self,
@@ -930,6 +936,7 @@ class Router:
             self._waking.pop(cid, None)
         if woken.was:
             self.wakes.wakes += 1
+            self.wakes.at_node += woken.at_node
             self.wakes.seconds += loop.time() - start
             for phase, seconds in woken.phases.items():
                 self.wakes.took(phase, seconds)
