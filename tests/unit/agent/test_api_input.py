@@ -12,13 +12,9 @@ import pytest
 from starlette.testclient import TestClient
 
 from hoody.agent.api import create_app
-from hoody.agent.config import NodeConfig
 from hoody.agent.engine import Node, TemplateSource
-from hoody.agent.network.fake import FakeFirewall, FakeNetwork
-from hoody.agent.runtime.fake import FakeRuntime
-from hoody.agent.state import NodeStore
-from hoody.agent.storage.fake import FakeStorage
 from tests.bad_input import BAD_LIMITS_AND_ENV
+from tests.fake_node import fake_node
 
 TOKEN = "secret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -30,18 +26,7 @@ def _rootfs(target: Path) -> None:
 
 @pytest.fixture
 def agent(tmp_path: Path) -> Iterator[tuple[Node, TestClient]]:
-    config = NodeConfig(
-        name="ai", state_dir=tmp_path / "state", run_dir=tmp_path / "run", pool=tmp_path / "pool"
-    )
-    config.log_dir.mkdir(parents=True)
-    node = Node(
-        config=config,
-        store=NodeStore(config.db_path),
-        storage=FakeStorage(tmp_path / "storage"),
-        network=FakeNetwork(config.network),
-        firewall=FakeFirewall(config.network),
-        runtime=FakeRuntime(),
-    )
+    node = fake_node(tmp_path, "ai")
     node.create_template("app", TemplateSource(_rootfs, "test"), args=["/app"])
     with TestClient(create_app(node, TOKEN)) as http:
         yield node, http

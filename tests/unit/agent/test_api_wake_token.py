@@ -10,12 +10,8 @@ from starlette.testclient import TestClient
 
 from hoody.agent.api import create_app
 from hoody.agent.client import wake_token
-from hoody.agent.config import NodeConfig
 from hoody.agent.engine import Node, TemplateSource
-from hoody.agent.network.fake import FakeFirewall, FakeNetwork
-from hoody.agent.runtime.fake import FakeRuntime
-from hoody.agent.state import NodeStore
-from hoody.agent.storage.fake import FakeStorage
+from tests.fake_node import fake_node
 
 TOKEN = "secret"
 FULL = {"Authorization": f"Bearer {TOKEN}"}
@@ -24,18 +20,7 @@ WAKE = {"Authorization": f"Bearer {wake_token(TOKEN)}"}
 
 @pytest.fixture
 def agent(tmp_path: Path) -> Iterator[tuple[Node, TestClient]]:
-    config = NodeConfig(
-        name="wk", state_dir=tmp_path / "state", run_dir=tmp_path / "run", pool=tmp_path / "pool"
-    )
-    config.log_dir.mkdir(parents=True)
-    node = Node(
-        config=config,
-        store=NodeStore(config.db_path),
-        storage=FakeStorage(tmp_path / "storage"),
-        network=FakeNetwork(config.network),
-        firewall=FakeFirewall(config.network),
-        runtime=FakeRuntime(),
-    )
+    node = fake_node(tmp_path, "wk")
     source = TemplateSource(lambda t: (t / "app").mkdir(), "test")
     node.create_template("app", source, args=["/app"])
     with TestClient(create_app(node, TOKEN)) as http:

@@ -12,31 +12,16 @@ from starlette.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
 from hoody.agent.api import create_app
-from hoody.agent.config import NodeConfig
 from hoody.agent.engine import Node, TemplateSource
-from hoody.agent.network.fake import FakeFirewall, FakeNetwork
-from hoody.agent.runtime.fake import FakeRuntime
 from hoody.agent.spec import TenantSpec
-from hoody.agent.state import NodeStore
-from hoody.agent.storage.fake import FakeStorage
+from tests.fake_node import fake_node
 
 AUTH = {"Authorization": "Bearer secret"}
 
 
 @pytest.fixture
 def agent(tmp_path: Path) -> Iterator[tuple[Node, TestClient]]:
-    config = NodeConfig(
-        name="n1", state_dir=tmp_path / "state", run_dir=tmp_path / "run", pool=tmp_path / "pool"
-    )
-    config.log_dir.mkdir(parents=True)
-    node = Node(
-        config=config,
-        store=NodeStore(config.db_path),
-        storage=FakeStorage(tmp_path / "storage"),
-        network=FakeNetwork(config.network),
-        firewall=FakeFirewall(config.network),
-        runtime=FakeRuntime(),
-    )
+    node = fake_node(tmp_path, "n1")
     with TestClient(create_app(node, "secret")) as http:  # its start makes the bridge
         node.create_template("web", TemplateSource(lambda p: (p / "app").mkdir(), "test"))
         node.copy("web", TenantSpec(name="t1"))
