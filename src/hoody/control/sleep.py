@@ -116,33 +116,27 @@ class Sleep(FleetBase):
         params, awake = _stamps(now, seen), _stamps(now, woken)
         table = cast(Table, Container.__table__)
         at: BindParameter[float] = bindparam("b_at")
+        record_wake = (
+            update(table)
+            .where(table.c.id == bindparam("b_cid"), table.c.state == "sleeping")
+            .values(
+                state="running",
+                asleep="",
+                active_at=case((table.c.active_at < at, at), else_=table.c.active_at),
+            )
+        )
+        record_seen = (
+            update(table)
+            .where(table.c.id == bindparam("b_cid"), table.c.active_at < at)
+            .values(active_at=at)
+        )
         woke = 0
         if params or awake:
             with self.store.write() as s:
                 if awake:
-                    woke = (
-                        s.connection()
-                        .execute(
-                            update(table)
-                            .where(table.c.id == bindparam("b_cid"), table.c.state == "sleeping")
-                            .values(
-                                state="running",
-                                asleep="",
-                                active_at=case(
-                                    (table.c.active_at < at, at), else_=table.c.active_at
-                                ),
-                            ),
-                            awake,
-                        )
-                        .rowcount
-                    )
+                    woke = s.connection().execute(record_wake, awake).rowcount
                 if params:
-                    s.connection().execute(
-                        update(table)
-                        .where(table.c.id == bindparam("b_cid"), table.c.active_at < at)
-                        .values(active_at=at),
-                        params,
-                    )
+                    s.connection().execute(record_seen, params)
         return {"recorded": len(params), "woken": max(0, woke)}
 
     def sleep_idle_once(self) -> list[str]:

@@ -290,26 +290,28 @@ class ControlPlaneTable:
         route = self.table.get(cid)
         door = self.table.doors.get(route.node) if route is not None else None
         now = asyncio.get_running_loop().time()
-        if door is not None and self._unreachable.get(door, 0.0) <= now:
-            try:
-                woken = await self._wake_at(door, cid)
-            except httpx.HTTPError as exc:
-                # Not reachable from here (a firewall, a node address only the control
-                # plane can reach): wakes on that node go through the control plane.
-                self._unreachable[door] = now + UNREACHABLE_PAUSE
-                log.warning(
-                    "cannot reach the node agent at %s (%s); waking its tenants through the "
-                    "control plane for %.0f s",
-                    door.agent,
-                    exc,
-                    UNREACHABLE_PAUSE,
-                )
-            except RuntimeError as exc:
-                log.info("could not wake %s at its node (%s); asking the control plane", cid, exc)
-            else:
-                if woken.was or route is None or route.state == "sleeping":
-                    self._woken[cid] = self.table.awake[cid] = time.monotonic()
-                return woken
+        if route is None or door is None or self._unreachable.get(door, 0.0) > now:
+            return await self._wake_by_control_plane(cid)
+        try:
+            woken = await self._wake_at(door, cid)
+        except httpx.HTTPError as exc:
+            # Not reachable from here (a firewall, a node address only the control
+            # plane can reach): wakes on that node go through the control plane.
+            self._unreachable[door] = now + UNREACHABLE_PAUSE
+            log.warning(
+                "cannot reach the node agent at %s (%s); waking its tenants through the "
+                "control plane for %.0f s",
+                door.agent,
+                exc,
+                UNREACHABLE_PAUSE,
+            )
+        except RuntimeError as exc:
+            log.info("could not wake %s at its node (%s); asking the control plane", cid, exc)
+        else:
+            # Woken, or awake while the table said asleep: the control plane is behind.
+            if woken.was or route.state == "sleeping":
+                self._woken[cid] = self.table.awake[cid] = time.monotonic()
+            return woken
         return await self._wake_by_control_plane(cid)
 
     async def _wake_at(self, door: Door, cid: str) -> Woken:
@@ -330,7 +332,8 @@ class ControlPlaneTable:
             raise RuntimeError(f"the node answered {response.status_code}: {response.text[:200]}")
         node = min(took, server_timing(response).get("node", 0.0) / 1000)
         was = response.headers.get(WOKE_HEADER, "stopped")
-        return Woken("" if was == "no" else was, {"agent": took - node, "node": node}, True)
+        phases = {"agent": took - node, "node": node}
+        return Woken("" if was == "no" else was, phases, at_node=True)
 
     async def _wake_by_control_plane(self, cid: str) -> Woken:
         """`POST /containers/{cid}/wake`."""
