@@ -18,7 +18,9 @@ Before a request reaches a tenant:
 
     malformed (http.py), Host not name[:port], two session cookies,
     absolute target naming another host                → 400 (431: head too large)
-    host not <cid>.<domain>, or no such tenant      → 404 page
+    host not <cid>.<domain>, or no such tenant      → 404 page (after one table refresh:
+                                                      a tenant made a moment ago)
+    tenant still creating in the table              → one table refresh, then as it says
     GET /_hoody/claim?claim=…                       → spend the claim (control plane),
                                                       set the session cookie, 303 to /
     no valid session cookie, tenant not public      → 401 page
@@ -388,6 +390,11 @@ class ClientConnection(asyncio.Protocol):
         sleeping = False
         if route.state != "running" or not route.port:
             sleeping = route.state == "sleeping" and router.wake is not None and route.port > 0
+            if route.state == "creating" and may_refresh and router.refresh is not None:
+                # The app redirects its customer as soon as the copy returns, which can
+                # be before this router's next poll: ask once whether it is running now.
+                self._later(self._refreshed(req))
+                return
             if not sleeping:
                 self._answer(
                     503,

@@ -194,3 +194,23 @@ async def test_an_unknown_host_refreshes_the_table_once_before_a_404(stack: Stac
         assert r.status_code == 200 and calls == [1]
         r = await http.get(stack.url(), headers=stack.host("fresh"))
         assert calls == [1], "a known tenant does not refresh"
+
+
+async def test_a_tenant_the_table_has_as_creating_refreshes_before_a_503(stack: Stack) -> None:
+    """The copy returned and the app redirected its customer before the router's next
+    poll: the table still says creating, the control plane says running."""
+    calls = []
+    stack.route("new", state="creating")
+
+    async def refresh() -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            stack.route("new")
+
+    stack.router.refresh = refresh
+    async with httpx.AsyncClient() as http:
+        r = await http.get(stack.url(), headers=stack.host("new"))
+        assert r.status_code == 200 and calls == [1]
+        stack.route("slow", state="creating")  # still making: one refresh, then the 503
+        r = await http.get(stack.url(), headers=stack.host("slow"))
+        assert r.status_code == 503 and "creating" in r.text and calls == [1, 1]
