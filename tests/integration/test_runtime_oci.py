@@ -338,6 +338,20 @@ def test_failed_start_leaves_nothing(runtime: OciRuntime, make_spec: SpecFactory
     assert not (CGROUP_ROOT / "memory" / runtime.cgroup_parent / "iso-bad").exists()
 
 
+def test_a_tenants_init_is_the_launchers_child_and_reaped_when_it_exits(
+    runtime: OciRuntime, make_spec: SpecFactory
+) -> None:
+    """Not the host init's: the launcher adopts it when `runc run` exits (launcher.py)."""
+    pid = runtime.start(make_spec("iso-reap"))
+    assert runtime.launcher.pid is not None
+    assert int(status_field(pid, "PPid")) == runtime.launcher.pid
+    runtime.stop("iso-reap", timeout=0)
+    assert wait_for(lambda: not Path(f"/proc/{pid}").exists()), "reaped, not left a zombie"
+    quick = runtime.start(make_spec("iso-quick", ("true",)))  # exits on its own
+    assert wait_for(lambda: not Path(f"/proc/{quick}").exists())
+    assert runtime.state("iso-quick").status == "stopped"
+
+
 def test_exited_tenant_is_stopped_then_replaced_by_start(
     runtime: OciRuntime, make_spec: SpecFactory
 ) -> None:

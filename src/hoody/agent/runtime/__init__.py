@@ -128,8 +128,9 @@ class Runtime(Protocol):
 
     def ensure_ready(self) -> None:
         """Start (or restart) what tenants use from the host beyond the runtime: the
-        node's lxcfs. Cheap when all is up; the agent calls it on start and on every
-        supervisor round. Never raises for a missing optional part (it logs)."""
+        node's lxcfs, and the launcher their inits are children of. Cheap when all is
+        up; the agent calls it on start and on every supervisor round. Never raises
+        for a missing optional part (it logs)."""
 
     def teardown(self) -> None:
         """Stop what ensure_ready started and remove its mounts; call once no tenant

@@ -54,6 +54,7 @@ from hoody.agent.runtime.bundle import DEFAULT_PATH, HostParts, oci_config
 from hoody.agent.runtime.cpus import CpuPlacer, has_cpuset, held_cpusets
 from hoody.agent.runtime.devices import backing_devices
 from hoody.agent.runtime.launch import LaunchNamespace
+from hoody.agent.runtime.launcher import Launcher
 from hoody.agent.runtime.lxcfs import Lxcfs
 from hoody.agent.runtime.session import ProcessExec
 from hoody.agent.spec import Limits, check_tenant_id
@@ -151,24 +152,25 @@ class _SchedAttr(ctypes.Structure):
 _SLICE = _SchedAttr(ctypes.sizeof(_SchedAttr), 0, 0, 0, 0, TENANT_SLICE_NS, 0, 0)
 
 
-def _short_slice() -> None:
-    """SCHED_OTHER with the shortest slice for the calling thread, and so for all it
-    forks and execs (the runtime, then the tenant). Best effort: an older kernel
-    ignores the slice, one without sched_setattr refuses and nothing changes."""
+def _short_slice(tid: int = 0) -> None:
+    """SCHED_OTHER with the shortest slice for thread `tid` (0: the calling one), and
+    so for all it forks and execs (the runtime, then the tenant). Best effort: an older
+    kernel ignores the slice, one without sched_setattr refuses and nothing changes."""
     if _SYS_SCHED_SETATTR is not None:
-        _libc.syscall(_SYS_SCHED_SETATTR, 0, ctypes.byref(_SLICE), 0)
+        _libc.syscall(_SYS_SCHED_SETATTR, tid, ctypes.byref(_SLICE), 0)
 
 
 def _tenant_process(ksm: bool) -> Callable[[], None] | None:
-    """Ready the calling thread for a runtime call that starts tenant processes (run,
-    exec) and return the preexec_fn that call needs, if any.
+    """Ready the calling thread for a runtime call the agent itself starts that starts
+    tenant processes (exec; `run` goes through the launcher, whose children all get
+    the short slice) and return the preexec_fn that call needs, if any.
 
     The short slice is set on the calling agent thread, not in a preexec_fn: a vfork'd
     child inherits it as a forked one would, and any preexec_fn makes Python fork the
     whole agent instead (page tables and all: 69 ms -> 150-260 ms per `runc run` at
     load ~14 here). The agent thread keeps the short slice, which only makes it
-    quicker to preempt. KSM stays a preexec_fn (opt-in templates only): setting it on
-    the agent would merge the agent's own memory."""
+    quicker to preempt. KSM would be a preexec_fn: setting it on the agent would merge
+    the agent's own memory."""
     _short_slice()
     return _merge_memory if ksm else None
 
@@ -270,6 +272,7 @@ class OciRuntime:
         reach += [self.host.init] if self.host.init is not None else []
         reach += [lxcfs.mountpoint] if lxcfs is not None else []
         self.launch = LaunchNamespace(tuple(reach))
+        self.launcher = Launcher(ready=_short_slice)
         self.caps = RuntimeCaps(
             name=Path(self.binary).name,
             cgroup=cgroup,
@@ -334,40 +337,36 @@ class OciRuntime:
             pid_file = bundle / "init.pid"
             pid_file.unlink(missing_ok=True)
             spec.log_path.parent.mkdir(parents=True, exist_ok=True)
-            log_fd = os.open(spec.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             undo.add(lambda: self._delete(tid), "delete container")
-            try:
-                # lxcfs's mount, when tenants get its files: the launch namespace
-                # must hold the one serving now.
-                watch = self.lxcfs.mountpoint if self.lxcfs and host.proc_files else None
-                self._run_launched(spec, bundle, pid_file, log_fd, watch)
-            finally:
-                os.close(log_fd)
+            # lxcfs's mount, when tenants get its files: the launch namespace must
+            # hold the one serving now.
+            watch = self.lxcfs.mountpoint if self.lxcfs and host.proc_files else None
+            self._run_launched(spec, bundle, pid_file, watch)
             pid = int(pid_file.read_text())
             undo.commit()
         return pid
 
     def _run_launched(
-        self, spec: ContainerSpec, bundle: Path, pid_file: Path, log_fd: int, watch: Path | None
+        self, spec: ContainerSpec, bundle: Path, pid_file: Path, watch: Path | None
     ) -> None:
         """`_run_detached` from the launch namespace, with the tenant's rootfs shown
         there for the while (see launch.py)."""
         namespace = self.launch.path(watch)
         with self.launch.holding(spec.rootfs):
-            self._run_detached(spec, bundle, pid_file, log_fd, namespace)
+            self._run_detached(spec, bundle, pid_file, namespace)
 
     def _run_detached(
         self,
         spec: ContainerSpec,
         bundle: Path,
         pid_file: Path,
-        log_fd: int,
         mounts: Path,
     ) -> None:
-        """`runc run --detach` inside the tenant's netns, stdio = the tenant's log.
+        """`runc run --detach` inside the tenant's netns, stdio = the tenant's log,
+        started by the launcher, which the tenant's init is left to (launcher.py).
 
-        Popen rather than proc.run: the container inherits the runtime's stdio, so a
-        captured pipe would stay open for the tenant's whole life. The runtime itself
+        The container inherits the runtime's stdio, so it is the tenant's log file, not
+        a pipe that would stay open for the tenant's whole life. The runtime itself
         returns once the container runs; its errors are read from its own log file.
         """
         runtime_log = bundle / "runtime.log"
@@ -386,20 +385,10 @@ class OciRuntime:
             str(bundle),
             spec.tid,
         ]
-        child = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=log_fd,
-            stderr=log_fd,
-            close_fds=True,
-            preexec_fn=_tenant_process(spec.ksm),
-        )
-        try:
-            code = proc.wait(child, _RUNTIME_TIMEOUT)
-        except BaseException:
-            child.kill()
-            child.wait()
-            raise
+        # KSM is set in the launcher's child: MMF_VM_MERGE_ANY survives fork and exec,
+        # so runc, runc init and the tenant's processes all inherit it.
+        merge = [(PR_SET_MEMORY_MERGE, 1)] if spec.ksm else []
+        code = self.launcher.run(argv, spec.log_path, prctl=merge, timeout=_RUNTIME_TIMEOUT)
         if code != 0 or not pid_file.exists():
             output = _tail(spec.log_path)
             raise HostError(
@@ -410,6 +399,7 @@ class OciRuntime:
             )
 
     def ensure_ready(self) -> None:
+        self.launcher.start()
         self._weigh_parent()
         self._adopt_cpus()
         if self.lxcfs is not None:
@@ -433,6 +423,7 @@ class OciRuntime:
 
     def teardown(self) -> None:
         self.launch.close()
+        self.launcher.close()  # it stays while tenants it started run
         if self.lxcfs is not None:
             self.lxcfs.stop()
 
