@@ -142,6 +142,9 @@ def sleep_bench(
             # This process: the active tenants' requests and the timed wakes. On a
             # small machine it competes with the tenants it measures.
             "bench": os.getpid(),
+            # The host's init: the parent of every orphan on the machine, which tenants'
+            # inits were before the launcher adopted them (agent/runtime/launcher.py).
+            "host_init": 1,
         }
         tenants_cgroup = fleet.nodes[0].config.cgroup_parent
         with fleet.nodes[0].client() as agent:
