@@ -101,11 +101,16 @@ class Lxcfs:
             )
             self._warned = True
 
-    def _serving(self) -> bool:
+    def _serving(self, every_file: bool = False) -> bool:
+        """lxcfs answers at the mountpoint: for meminfo, or for `every_file` of
+        PROC_FILES (once, when it starts: a tenant's start failed once on an ENOENT
+        for proc/uptime just after lxcfs had answered for meminfo)."""
         if self._child is not None and self._child.poll() is not None:
             self._child = None  # it died while we ran it: reaped, now restart it
+        names = PROC_FILES if every_file else ("meminfo",)
         try:  # unmounted: the empty directory beneath (ENOENT)
-            (self.mountpoint / "proc" / "meminfo").stat()
+            for name in names:
+                (self.mountpoint / "proc" / name).stat()
             # Dead: ENOTCONN. Asked of statfs, which always reaches the daemon: the
             # kernel answers a stat from its cache for a second after lxcfs died.
             os.statvfs(self.mountpoint)
@@ -149,7 +154,7 @@ class Lxcfs:
             raise HostError(f"cannot run {self.binary}: {exc}") from exc
         self._child = child
         deadline = time.monotonic() + 10
-        while not self._serving():
+        while not self._serving(every_file=True):
             if child.poll() is not None or time.monotonic() > deadline:
                 child.kill()
                 child.wait()
