@@ -10,7 +10,8 @@ Requests on stdin, one JSON line each; answers on stdout, one line each:
     {"run": id, "argv": [...], "out": path, "prctl": [[option, arg], ...]}
         fork; in the child: each prctl, default signal dispositions, stdin /dev/null,
         stdout and stderr appended to `out` (made 0600), no other descriptors; exec
-        argv.  → {"run": id, "code": exit code, or -signal} once it exits
+        argv.  → {"run": id, "code": exit code, or -signal} once it exits, or
+        {"run": id, "error": why} when it could not fork
     {"kill": id}  → SIGKILL to that run if it has not exited (its answer follows)
 
 At the end of stdin (the agent is gone) it takes no more requests but stays while it
@@ -70,7 +71,7 @@ def main() -> None:
     sel.register(0, selectors.EVENT_READ)
     sel.register(wake_r, selectors.EVENT_READ)
 
-    def answer(message: dict[str, int]) -> None:
+    def answer(message: dict[str, object]) -> None:
         if listening:
             # OSError: the agent is gone; its successor does not need this answer.
             with contextlib.suppress(OSError):
@@ -119,7 +120,11 @@ def main() -> None:
                         os.kill(pid, signal.SIGKILL)
                     continue
                 run = int(request["run"])
-                pid = os.fork()
+                try:
+                    pid = os.fork()
+                except OSError as exc:  # out of processes or memory: say so, go on
+                    answer({"run": run, "error": f"fork: {exc.strerror}"})
+                    continue
                 if pid == 0:
                     child(request["argv"], request["out"], request.get("prctl", []))
                 runs[pid] = run

@@ -123,11 +123,14 @@ class Launcher:
             self._proc = None
         if self._proc is None:
             # -I -S: the standard library only, nothing of the agent's environment.
-            server = subprocess.Popen(
-                [sys.executable, "-I", "-S", str(_SERVER)],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-            )
+            try:
+                server = subprocess.Popen(
+                    [sys.executable, "-I", "-S", str(_SERVER)],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                )
+            except OSError as exc:
+                raise HostError(f"cannot start the tenant launcher ({_SERVER}): {exc}") from exc
             if self._ready is not None:
                 self._ready(server.pid)
             threading.Thread(
@@ -144,7 +147,16 @@ class Launcher:
             answer = json.loads(line)
             with self._lock:
                 _, done = self._waiting.get(int(answer["run"]), (server, None))
-            if done is not None and not done.done():
+            if done is None or done.done():
+                continue
+            if "error" in answer:
+                done.set_exception(
+                    HostError(
+                        f"the tenant launcher could not start the runtime "
+                        f"({answer['error']}); the host is out of processes or memory"
+                    )
+                )
+            else:
                 done.set_result(int(answer["code"]))
         server.stdout.close()
         with contextlib.suppress(subprocess.TimeoutExpired):
