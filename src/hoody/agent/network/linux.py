@@ -26,7 +26,7 @@ import os
 import socket
 import threading
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -51,7 +51,6 @@ __all__ = ["LinuxNetwork"]
 NETNS_DIR = Path("/run/netns")
 _LOOPBACK = 1  # lo's index in every network namespace
 _SCOPE_LINK = 253
-T = TypeVar("T")
 
 
 def _mac_for(ip: str) -> str:
