@@ -21,8 +21,9 @@ from hoody.agent.runtime.userns import user_namespace
 from hoody.agent.spec import Limits
 from hoody.agent.storage import StorageMode, TemplateVersionRef
 from hoody.agent.storage.btrfs import BtrfsStorage
-from hoody.agent.storage.pool import destroy_pool, ensure_pool, find_mount, is_btrfs, mounts
+from hoody.agent.storage.pool import destroy_pool, ensure_pool, find_mount, is_btrfs
 from hoody.errors import HostError
+from hoody.mountinfo import mounts
 from hoody.proc import run
 from tests.contract.storage import (
     SHIFT,

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from hoody.mountinfo import parse
+
 __all__ = ["backing_devices"]
 
 
@@ -46,13 +48,8 @@ def backing_devices(
 def _mount_source(path: Path, mountinfo: Path) -> tuple[str, str]:
     """(source, fstype) of the innermost mount containing `path` ("", "" if none)."""
     best, found = -1, ("", "")
-    for line in mountinfo.read_text().splitlines():
-        fields = line.split()
-        try:
-            sep = fields.index("-")
-        except ValueError:
-            continue
-        point = Path(fields[4].replace("\\040", " "))
+    for mount in parse(mountinfo.read_text()):
+        point = mount.target
         if (path == point or point in path.parents) and len(point.parts) > best:
-            best, found = len(point.parts), (fields[sep + 2], fields[sep + 1])
+            best, found = len(point.parts), (mount.source, mount.fstype)
     return found

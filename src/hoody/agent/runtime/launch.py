@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from hoody.errors import HostError
+from hoody.mountinfo import parse
 from hoody.syscalls import (
     CLONE_FS,
     CLONE_NEWNS,
@@ -52,16 +53,6 @@ __all__ = ["LaunchNamespace", "mounts_to_drop"]
 T = TypeVar("T")
 
 
-def _unescape(field: str) -> str:
-    """A mountinfo path field: spaces, tabs, newlines and backslashes come octal-escaped."""
-    return (
-        field.replace("\\040", " ")
-        .replace("\\011", "\t")
-        .replace("\\012", "\n")
-        .replace("\\134", "\\")
-    )
-
-
 # Whole subtrees every process expects: procfs (and /proc/<pid>/fd paths into the
 # agent), sysfs with the cgroup hierarchies runc manages, devices.
 _KEPT_TREES = (Path("/proc"), Path("/sys"), Path("/dev"))
@@ -74,11 +65,7 @@ def mounts_to_drop(mountinfo: str, reach: tuple[Path, ...]) -> list[Path]:
     `mountinfo` (/proc/<pid>/mountinfo text) describes: all but /, /proc, /sys, /dev
     with everything under them, and the mounts a path in `reach` lies on (each with
     the mounts above it). A point mounted over twice is listed twice."""
-    points: list[Path] = []
-    for line in mountinfo.splitlines():
-        parts = line.split(" - ", 1)[0].split()
-        if len(parts) >= 5:
-            points.append(Path(_unescape(parts[4])))
+    points = [mount.target for mount in parse(mountinfo)]
     wanted = (*reach, *_SYSTEM)
     keep = {
         point

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from hoody import proc
 from hoody.errors import HostError
+from hoody.mountinfo import mounts
 
 __all__ = ["PROC_FILES", "Lxcfs"]
 
@@ -168,11 +169,8 @@ class Lxcfs:
 def _is_mountpoint(path: Path) -> bool:
     """From the mount table: a dead FUSE mount fails every stat (ENOTCONN), which
     os.path.ismount reads as "not a mount point"."""
-    target = str(path).replace(" ", "\\040")
     with contextlib.suppress(OSError):
-        for line in Path("/proc/self/mountinfo").read_text().splitlines():
-            if line.split()[4] == target:
-                return True
+        return any(mount.target == path for mount in mounts())
     return False
 
 

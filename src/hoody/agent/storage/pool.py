@@ -10,10 +10,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 from hoody.errors import CommandFailed, HostError, InvalidInput
+from hoody.mountinfo import Mount, mounts
 from hoody.proc import run
 
 __all__ = [
@@ -30,35 +30,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-
-
-@dataclass(frozen=True)
-class Mount:
-    """One line of /proc/self/mountinfo, the fields hoody looks at."""
-
-    target: Path
-    fstype: str
-    source: str
-
-
-def mounts() -> list[Mount]:
-    """The mounts this process sees, in mount order (later lines cover earlier ones)."""
-    found = []
-    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
-        for line in f:
-            # "id parent maj:min root target options [optional...] - fstype source super"
-            left, _, right = line.rstrip("\n").partition(" - ")
-            fields = left.split(" ")
-            rest = right.split(" ")
-            if len(fields) < 5 or len(rest) < 2:
-                continue
-            found.append(Mount(Path(_unescape(fields[4])), rest[0], _unescape(rest[1])))
-    return found
-
-
-def _unescape(field: str) -> str:
-    # mountinfo writes space, tab, newline and backslash as octal escapes.
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
 
 
 def find_mount(path: Path) -> Mount | None:
