@@ -102,5 +102,12 @@ def joined(root: Path = CGROUP_ROOT) -> Iterator[str | None]:
         if why is None and before is not None:
             with contextlib.suppress(OSError):
                 (before / "cgroup.procs").write_text(str(os.getpid()))
-            with contextlib.suppress(OSError):  # busy while a hoody process is in it
-                _paths(root)[0].rmdir()
+            remove_if_empty(root)
+
+
+def remove_if_empty(root: Path = CGROUP_ROOT) -> None:
+    """Remove `hoody-services` once no process is in it: benchmarks' scratch agents
+    join it and leave it behind. A busy one stays (the kernel refuses: EBUSY), and
+    the next process to join makes it again."""
+    with contextlib.suppress(OSError):
+        _paths(root)[0].rmdir()

@@ -28,7 +28,7 @@ from typing import Any
 import httpx
 import uvicorn
 
-from hoody import proc
+from hoody import proc, services
 from hoody.agent.api import create_app
 from hoody.agent.client import AgentClient
 from hoody.agent.config import NodeConfig
@@ -241,6 +241,7 @@ def agent_process(config: NodeConfig) -> Iterator[str]:
         yield url
     finally:
         proc.stop(child)
+        services.remove_if_empty()  # the agent joined it (`hoody node serve`)
 
 
 @contextlib.contextmanager
