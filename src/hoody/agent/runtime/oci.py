@@ -33,7 +33,6 @@ import signal
 import stat
 import subprocess
 import time
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
@@ -155,24 +154,15 @@ _SLICE = _SchedAttr(ctypes.sizeof(_SchedAttr), 0, 0, 0, 0, TENANT_SLICE_NS, 0, 0
 def _short_slice(tid: int = 0) -> None:
     """SCHED_OTHER with the shortest slice for thread `tid` (0: the calling one), and
     so for all it forks and execs (the runtime, then the tenant). Best effort: an older
-    kernel ignores the slice, one without sched_setattr refuses and nothing changes."""
+    kernel ignores the slice, one without sched_setattr refuses and nothing changes.
+
+    Set on the launcher (for `run`) and on the agent thread that spawns `exec`, never
+    in a preexec_fn: a vfork'd child inherits it as a forked one would, and any
+    preexec_fn makes Python fork the whole agent instead (page tables and all: 69 ms ->
+    150-260 ms per `runc run` at load ~14 here). The agent thread keeps the short
+    slice, which only makes it quicker to preempt."""
     if _SYS_SCHED_SETATTR is not None:
         _libc.syscall(_SYS_SCHED_SETATTR, tid, ctypes.byref(_SLICE), 0)
-
-
-def _tenant_process(ksm: bool) -> Callable[[], None] | None:
-    """Ready the calling thread for a runtime call the agent itself starts that starts
-    tenant processes (exec; `run` goes through the launcher, whose children all get
-    the short slice) and return the preexec_fn that call needs, if any.
-
-    The short slice is set on the calling agent thread, not in a preexec_fn: a vfork'd
-    child inherits it as a forked one would, and any preexec_fn makes Python fork the
-    whole agent instead (page tables and all: 69 ms -> 150-260 ms per `runc run` at
-    load ~14 here). The agent thread keeps the short slice, which only makes it
-    quicker to preempt. KSM would be a preexec_fn: setting it on the agent would merge
-    the agent's own memory."""
-    _short_slice()
-    return _merge_memory if ksm else None
 
 
 def _merge_memory() -> None:
@@ -628,9 +618,8 @@ class OciRuntime:
             *argv,
         ]
         try:
-            result = proc.run(
-                cmd, check=False, timeout=timeout, preexec_fn=_tenant_process(ksm=False)
-            )
+            _short_slice()  # inherited by the command (see there)
+            result = proc.run(cmd, check=False, timeout=timeout)
         except HostError as exc:
             # proc.run killed the runtime; the command it started lives on in the
             # tenant unless we kill it too.
