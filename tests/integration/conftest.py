@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from hoody import services
 from hoody.bench.scratch import ScratchNode, scratch_node
 
 
@@ -25,3 +26,11 @@ def scratch() -> Iterator[ScratchNode]:
     with scratch_node("it") as node:
         node.demo_template()
         yield node
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_services_cgroup_left() -> Iterator[None]:
+    """Agents and `hoody up` started by tests join the hoody-services cgroup; remove
+    it once the last of them is gone, as a benchmark's scratch teardown does."""
+    yield
+    services.remove_if_empty()
