@@ -21,6 +21,10 @@ the mean per wake of each hop:
     node                      the node's wake: a thaw, or the tenant's start
     tenant_port               the wake answered → the tenant's port took the connection
     first_answer              the rest: request → tenant → first byte back to the client
+
+The router's sums are read between wakes too, so each wake's hops are known alone:
+`breakdown_p95_ms` is each hop's p95 and `slowest_ms` the hops of the five slowest
+wakes, which say whether a slow tail waits on hoody or on the CPU.
 """
 
 from __future__ import annotations
@@ -244,24 +248,31 @@ def sleep_bench(
             asking: dict[str, float] = {}
             at_node: dict[str, int] = {}
             breakdown: dict[str, dict[str, float]] = {}
+            tails: dict[str, dict[str, Any]] = {}
             load = [round(os.getloadavg()[0], 2)]
             for mode, pool_cids in by_mode.items():
                 times, failed = [], collections.Counter[str]()
-                before = _router_wakes(port)
+                hops: list[dict[str, float]] = []  # each single wake's hops: the tail's
+                first = metrics = _router_wakes(port)
                 for cid in pool_cids[:samples]:
                     status, took = _get(port, cid)
                     if status == 200:
                         times.append(took * 1000)
                     else:  # 0: no answer at all
                         failed[str(status)] += 1
-                after = _router_wakes(port)
+                    now = _router_wakes(port)
+                    if status == 200 and now["count"] - metrics["count"] == 1:
+                        one = {k: (now[k] - metrics[k]) * 1000 for k in now}
+                        hops.append(_breakdown(one, [took * 1000]))
+                    metrics = now
                 # The router's own time from asking for the wake to its answer.
-                woken = after["count"] - before["count"]
-                at_node[mode] = round(after["at_node"] - before["at_node"])
+                woken = metrics["count"] - first["count"]
+                at_node[mode] = round(metrics["at_node"] - first["at_node"])
                 if woken > 0:
-                    per = {k: (after[k] - before[k]) / woken * 1000 for k in after}
+                    per = {k: (metrics[k] - first[k]) / woken * 1000 for k in metrics}
                     asking[mode] = per["sum"]
                     breakdown[mode] = _breakdown(per, times)
+                    tails[mode] = _tail(hops)
                 wakes[mode], failures[mode] = times, dict(failed)
                 load.append(round(os.getloadavg()[0], 2))
             while_waking = during.cores()
@@ -286,6 +297,7 @@ def sleep_bench(
                     "wake_call_mean_ms": round(asking.get(mode, 0.0), 1),
                     "woken_at_node": at_node.get(mode, 0),
                     "breakdown_ms": breakdown.get(mode, {}),
+                    **tails.get(mode, {}),
                 }
                 for mode, times in wakes.items()
             },
@@ -362,6 +374,18 @@ def _breakdown(per: dict[str, float], times: list[float]) -> dict[str, float]:
         "first_answer": total - ask - per["port"],
     }
     return {k: round(v, 1) for k, v in hops.items()}
+
+
+def _tail(hops: list[dict[str, float]]) -> dict[str, Any]:
+    """Where the slow wakes' time went: each hop's p95 over single wakes, and the
+    hops of the five slowest. A mean cannot tell a slow node from a busy CPU."""
+    if not hops:
+        return {}
+    slowest = sorted(hops, key=lambda h: sum(h.values()), reverse=True)[:5]
+    return {
+        "breakdown_p95_ms": {k: round(percentile([h[k] for h in hops], 0.95), 1) for k in hops[0]},
+        "slowest_ms": slowest,
+    }
 
 
 def _router_wakes(port: int) -> dict[str, float]:
