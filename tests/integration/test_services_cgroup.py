@@ -1,5 +1,5 @@
-"""The services cgroup on the real hierarchy: a benchmark's scratch agent joins it,
-and it is removed once empty rather than left behind."""
+"""The services cgroup on the real hierarchy: a benchmark's scratch agents and fleets
+join it, and it is removed once empty rather than left behind."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import subprocess
 import time
 
 from hoody import services
+from hoody.bench.fleet import scratch_fleet
 from hoody.services import CGROUP_ROOT, _paths
 
 
@@ -23,4 +24,13 @@ def test_the_services_cgroup_is_removed_once_no_process_is_in_it() -> None:
     time.sleep(0.1)
     services.remove_if_empty()
     # Gone, unless a real hoody process on this host is in it.
+    assert not group.exists() or (group / "cgroup.procs").read_text().strip()
+
+
+def test_a_scratch_fleet_leaves_no_services_cgroup() -> None:
+    """Its control plane and agent join the cgroup; the agent's scratch teardown
+    cannot remove it while the control plane is still in it, the fleet's end does."""
+    group = _paths(CGROUP_ROOT)[0]
+    with scratch_fleet(1):
+        assert (group / "cgroup.procs").read_text().split(), "the fleet's processes joined"
     assert not group.exists() or (group / "cgroup.procs").read_text().strip()

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from hoody import syscalls
+from hoody import services, syscalls
 from hoody.agent.client import AgentClient
 from hoody.agent.config import NodeConfig
 from hoody.bench.scratch import SCRATCH_SLOTS, free_port, scratch_config
@@ -251,6 +251,9 @@ def scratch_fleet(
     if count < 1:
         raise HostError("a fleet needs at least one node")
     with contextlib.ExitStack() as stack:
+        # Last of all: the control plane, the agents and a bench's router joined
+        # `hoody-services`; once every one has stopped, nothing of the fleet stays.
+        stack.callback(services.remove_if_empty)
         configs = [
             stack.enter_context(
                 scratch_config(f"f{i + 1}", storage_mode, pool_size, id_slots=id_slots)
