@@ -27,6 +27,7 @@ from hoody.bench.fleet import ScratchFleet, scratch_fleet
 from hoody.bench.provision import wait_http_ok
 from hoody.control.client import Client
 from hoody.errors import HoodyError, NotFound
+from hoody.proc import run
 from tests.integration.control.test_fleet import leftovers, on_nodes, wait_for
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -77,6 +78,29 @@ def cgroups_under(parent: str) -> set[str]:
     return {
         p.name for r in roots if (r / parent).is_dir() for p in (r / parent).iterdir() if p.is_dir()
     }
+
+
+def why_silent(fleet: ScratchFleet, cid: str) -> str:
+    """What a running tenant that does not answer looks like on its node: the agent's
+    record, the tenant's log, its listeners, and the tail of the agent's log (a failure
+    seen once in CI, never reproduced)."""
+    out = []
+    for node in fleet.nodes:
+        with node.client() as agent:
+            recs = [t for t in agent.tenants() if t["id"] == cid]
+        if not recs:
+            continue
+        log = node.config.log_dir / f"{cid}.log"
+        tenant_log = log.read_text()[-2000:] if log.exists() else "(no log)"
+        listening = run(
+            ["ip", "netns", "exec", f"{node.config.name}-{cid}", "ss", "-ltnp"], check=False
+        )
+        init = run(["ps", "-o", "pid,ppid,stat,args", "-p", str(recs[0]["pid"])], check=False)
+        agent_log = node.log.read_text().splitlines()[-60:]
+        out += [f"node {node.name}: {recs[0]}", f"its init:\n{init.stdout}"]
+        out += [f"tenant log:\n{tenant_log}"]
+        out += [f"listening:\n{listening.stdout}{listening.stderr}", "agent log:", *agent_log]
+    return "\n".join(out)
 
 
 def client_loop(url: str, token: str, n: int, ledger: Ledger, stop: threading.Event) -> None:
@@ -227,7 +251,10 @@ def test_the_fleet_converges_after_sigkills_during_churn(fleet: ScratchFleet) ->
             assert got["state"] == "running", got
             # No router here: the node-local URL is the admin's to know.
             url = admin.container(cid)["url"]
-            assert wait_http_ok(url, timeout=20) > 0, f"{cid} does not answer"
+            try:
+                wait_http_ok(url, timeout=20)
+            except TimeoutError:
+                pytest.fail(f"{cid} does not answer at {url}\n{why_silent(fleet, cid)}")
         # The same key answers with the same container after every crash.
         for cid, key in list(ledger.copied.items())[:5]:
             if cid not in ledger.attempted:
