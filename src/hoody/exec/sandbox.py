@@ -199,7 +199,9 @@ class Sandbox:
             _write(pdir / "import_map.json", json.dumps(imports), gid)
         deno_dir = self.root / "deno" / f"p{project}"
         if not deno_dir.exists():
-            deno_dir.mkdir(mode=0o700)
+            # Another first request of this project may make it between the check
+            # and here (Stripe delivers its retries at once).
+            deno_dir.mkdir(mode=0o700, exist_ok=True)
             os.chown(deno_dir, uid, gid)
         return pdir
 
