@@ -93,7 +93,8 @@ def why_silent(fleet: ScratchFleet, cid: str) -> str:
         log = node.config.log_dir / f"{cid}.log"
         tenant_log = log.read_text()[-2000:] if log.exists() else "(no log)"
         listening = run(
-            ["ip", "netns", "exec", f"{node.config.name}-{cid}", "ss", "-ltnp"], check=False
+            ["ip", "netns", "exec", node.config.network.netns_name(cid), "ss", "-ltnp"],
+            check=False,
         )
         init = run(["ps", "-o", "pid,ppid,stat,args", "-p", str(recs[0]["pid"])], check=False)
         agent_log = node.log.read_text().splitlines()[-60:]
