@@ -103,6 +103,20 @@ def test_tenant_end_is_eth0_with_a_default_route(network: LinuxNetwork) -> None:
         assert flags[flag] == value, f"{flag} {flags[flag]}"
 
 
+def test_neither_end_of_a_tenants_link_has_an_ipv6_address(network: LinuxNetwork) -> None:
+    # The firewall drops IPv6 at the bridge; no end should even have an address: the
+    # tenant's eth0 has IPv6 off, and the host end gets no link-local address or route
+    # (2,000 tenants would be 2,000 of each on the host).
+    network.attach("t6", str(network.config.network.network_address + 26))
+    ns, host = network.config.netns_name("t6"), network.host_link("t6")
+    assert run(["ip", "-n", ns, "-6", "-o", "addr", "show", "dev", "eth0"]).stdout == ""
+    off = run(["ip", "netns", "exec", ns, "cat", "/proc/sys/net/ipv6/conf/eth0/disable_ipv6"])
+    assert off.stdout.strip() == "1"
+    assert run(["ip", "-6", "-o", "addr", "show", "dev", host]).stdout == ""
+    assert run(["ip", "-6", "route", "show", "dev", host]).stdout == ""
+    assert "addrgenmode none" in run(["ip", "-d", "link", "show", "dev", host]).stdout
+
+
 def _tx_packets(link: str) -> int:
     with open(f"/sys/class/net/{link}/statistics/tx_packets") as f:
         return int(f.read())
