@@ -86,16 +86,49 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _free_subnet() -> str:
-    """A /16 in 10.128-253.x.x that no route on this host uses."""
+# Subnets handed to scratch nodes of this process that are still alive: a node whose
+# bridge lives in its own netns (a netns fleet) has no route on the host until the
+# fleet adds one, so the route check alone let two nodes of one fleet draw the same /16.
+_held_subnets: set[str] = set()
+_held_lock = threading.Lock()
+
+
+def _routed() -> list[ipaddress.IPv4Network]:
     from pyroute2 import IPRoute
 
     with IPRoute() as ipr:
-        used = [
+        return [
             ipaddress.IPv4Network(f"{r.get_attr('RTA_DST')}/{r['dst_len']}")
             for r in ipr.get_routes(family=socket.AF_INET)
             if r.get_attr("RTA_DST")
         ]
+
+
+def _free_subnet() -> str:
+    """A /16 in 10.128-253.x.x that no route on this host uses and no live scratch node
+    of this process holds."""
+    routed = _routed()
+    with _held_lock:
+        return _pick_subnet(routed)
+
+
+@contextlib.contextmanager
+def held_subnet() -> Iterator[str]:
+    """`_free_subnet`, held from this process's other scratch nodes until the block ends."""
+    routed = _routed()
+    with _held_lock:
+        subnet = _pick_subnet(routed)
+        _held_subnets.add(subnet)
+    try:
+        yield subnet
+    finally:
+        with _held_lock:
+            _held_subnets.discard(subnet)
+
+
+def _pick_subnet(routed: list[ipaddress.IPv4Network]) -> str:
+    """The caller holds _held_lock."""
+    used = routed + [ipaddress.IPv4Network(n) for n in _held_subnets]
     for _ in range(200):
         net = ipaddress.IPv4Network(f"10.{128 + secrets.randbelow(126)}.0.0/16")
         if not any(net.overlaps(u) for u in used):
@@ -186,7 +219,7 @@ def scratch_config(
     everything removed on exit. `settings` are other NodeConfig fields (e.g. the
     memory pressure thresholds)."""
     name = prefix[:2] + secrets.token_hex(2)
-    with scratch_id_area(id_slots) as area:
+    with scratch_id_area(id_slots) as area, held_subnet() as subnet:
         tmp = Path(tempfile.mkdtemp(prefix=f"hoody-{name}-", dir="/var/tmp"))
         tmp.chmod(0o711)  # tenant roots (each its own host uid) walk down to their rootfs
         config = NodeConfig(
@@ -196,7 +229,7 @@ def scratch_config(
             pool=tmp / "pool",
             pool_image=tmp / "pool.img",
             pool_size=pool_size,
-            subnet=_free_subnet(),
+            subnet=subnet,
             storage_mode=storage_mode,
             listen=f"127.0.0.1:{free_port()}",
             id_base=area.base,
