@@ -90,7 +90,7 @@ def free_port() -> int:
 # bridge lives in its own netns (a netns fleet) has no route on the host until the
 # fleet adds one, so the route check alone let two nodes of one fleet draw the same /16.
 _held_subnets: set[str] = set()
-_held_lock = threading.Lock()
+_held_lock = threading.RLock()
 
 
 def _routed() -> list[ipaddress.IPv4Network]:
@@ -107,33 +107,26 @@ def _routed() -> list[ipaddress.IPv4Network]:
 def _free_subnet() -> str:
     """A /16 in 10.128-253.x.x that no route on this host uses and no live scratch node
     of this process holds."""
-    routed = _routed()
     with _held_lock:
-        return _pick_subnet(routed)
+        used = _routed() + [ipaddress.IPv4Network(n) for n in _held_subnets]
+        for _ in range(200):
+            net = ipaddress.IPv4Network(f"10.{128 + secrets.randbelow(126)}.0.0/16")
+            if not any(net.overlaps(u) for u in used):
+                return str(net)
+    raise RuntimeError("no free 10.x.0.0/16 subnet for a scratch node")
 
 
 @contextlib.contextmanager
 def held_subnet() -> Iterator[str]:
     """`_free_subnet`, held from this process's other scratch nodes until the block ends."""
-    routed = _routed()
     with _held_lock:
-        subnet = _pick_subnet(routed)
+        subnet = _free_subnet()
         _held_subnets.add(subnet)
     try:
         yield subnet
     finally:
         with _held_lock:
             _held_subnets.discard(subnet)
-
-
-def _pick_subnet(routed: list[ipaddress.IPv4Network]) -> str:
-    """The caller holds _held_lock."""
-    used = routed + [ipaddress.IPv4Network(n) for n in _held_subnets]
-    for _ in range(200):
-        net = ipaddress.IPv4Network(f"10.{128 + secrets.randbelow(126)}.0.0/16")
-        if not any(net.overlaps(u) for u in used):
-            return str(net)
-    raise RuntimeError("no free 10.x.0.0/16 subnet for a scratch node")
 
 
 @contextlib.contextmanager

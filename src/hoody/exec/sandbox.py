@@ -199,10 +199,9 @@ class Sandbox:
             _write(pdir / "import_map.json", json.dumps(imports), gid)
         deno_dir = self.root / "deno" / f"p{project}"
         if not deno_dir.exists():
-            # Another first request of this project may make it between the check
-            # and here (Stripe delivers its retries at once).
-            deno_dir.mkdir(mode=0o700, exist_ok=True)
-            os.chown(deno_dir, uid, gid)
+            # _mkdir accepts one another first request of this project made between
+            # the check and here (Stripe delivers its retries at once).
+            _mkdir(deno_dir, gid, uid=uid, mode=0o700)
         return pdir
 
     def script_files(self, project: int, name: str, version: int, source: str) -> ScriptFiles:
@@ -300,10 +299,10 @@ def _asset(name: str) -> str:
     return resources.files("hoody.exec").joinpath(name).read_text()
 
 
-def _mkdir(path: Path, gid: int) -> None:
-    path.mkdir(mode=0o750, exist_ok=True)
-    os.chown(path, 0, gid)
-    path.chmod(0o750)
+def _mkdir(path: Path, gid: int, *, uid: int = 0, mode: int = 0o750) -> None:
+    path.mkdir(mode=mode, exist_ok=True)
+    os.chown(path, uid, gid)
+    path.chmod(mode)
 
 
 def _write(path: Path, text: str, gid: int) -> None:
