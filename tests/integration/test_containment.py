@@ -177,6 +177,32 @@ def test_refused_syscalls_fail_with_eperm(scratch: ScratchNode, copy: Any) -> No
     assert nested["exit_code"] != 0
 
 
+IPV6_ON = r"""
+import json
+out = {}
+for key in ("eth0", "all", "default"):
+    try:
+        with open(f"/proc/sys/net/ipv6/conf/{key}/disable_ipv6", "w") as f:
+            f.write("0")
+        out[key] = "written"
+    except OSError as exc:
+        out[key] = exc.errno
+out["eth0 off"] = open("/proc/sys/net/ipv6/conf/eth0/disable_ipv6").read().strip()
+out["addresses"] = [line.split()[-1] for line in open("/proc/net/if_inet6")]
+print(json.dumps(out))
+"""
+
+
+def test_a_tenant_cannot_turn_ipv6_back_on(scratch: ScratchNode, copy: Any) -> None:
+    # Its netns is the host's, made for it: its root may not change its sysctls, so
+    # eth0 stays without IPv6 and only lo's ::1 (inside the namespace) exists.
+    rec = copy()
+    out = json.loads(py(scratch, rec["id"], IPV6_ON)["stdout"])
+    assert "written" not in [out["eth0"], out["all"], out["default"]], out
+    assert out["eth0 off"] == "1"
+    assert out["addresses"] == ["lo"]
+
+
 # A 64-bit process calling the kernel through the 32-bit ABIs: i386's `int 0x80`
 # (getpid, which the filter allows on x86_64) and x32's syscall bit.
 OTHER_ABIS = r"""
