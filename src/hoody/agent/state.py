@@ -251,7 +251,10 @@ class NodeStore:
         self._lock = threading.RLock()
 
     def close(self) -> None:
-        self._db.close()
+        # Under the lock: closing while another thread (the supervisor) is inside a
+        # query crashed the process (a segfault in CI); after it, queries raise.
+        with self._lock:
+            self._db.close()
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
