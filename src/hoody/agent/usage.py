@@ -179,6 +179,9 @@ def node_figures(
         "memory_requested_bytes": requested,
         "memory_measured_bytes": measured,
         "memory_committed_bytes": committed,
+        # How many tenants these figures cover: the control plane adds only the
+        # copies it placed beyond them.
+        "memory_counted_tenants": len(counted),
         "memory_free_bytes": capacity - reserve - committed,
         "disk_measured_bytes": sum(u.disk for u in uses),
     }

@@ -9,7 +9,8 @@ shows the very figures placement decides by.
                over the node's tenants; per template version the p90 of what its
                running tenants use (memory working set and own disk bytes)
     pending    copies still being made, or made since the node last reported (they
-               may not be in its figures yet): each counts its request
+               may not be in its figures yet): each counts its request, but no more
+               of them than the node's own count of tenants says it lacks
 """
 
 from __future__ import annotations
@@ -68,9 +69,18 @@ class Pending:
 
     tenants: int = 0
     requested: int = 0  # bytes: every counted copy's request
-    recent: int = 0  # bytes: requests of copies the node may not have reported yet
-    recent_count: int = 0
+    # Requests (bytes) of the copies the node may not have reported yet, newest first.
+    recent: tuple[int, ...] = ()
     creating: int = 0
+
+    def unreported(self, counted: int | None) -> int:
+        """Bytes of requests missing from a node's figures that counted `counted`
+        tenants: the newest copies beyond that count (copies made shortly before it
+        measured are in its figures, and counting them again would make a node that
+        just reported look fuller than it is); every recent one when it did not say."""
+        if counted is None:
+            return sum(self.recent)
+        return sum(self.recent[: max(0, self.tenants - counted)])
 
 
 def learned(nodes: Iterable[Node], template: str, version: int) -> Learned:
@@ -166,7 +176,7 @@ def pending(s: Session, nodes: dict[str, Node], now: float) -> dict[str, Pending
         t[0] += int(count)
         t[1] += int(count) * request(tmpl, version, limit, explicit)
         t[2] += int(creating)
-    recent: dict[str, list[int]] = {}  # node → [count, requested]
+    recent: dict[str, list[int]] = {}  # node → requests, newest first
     since = or_(
         Container.state == "creating",
         *(
@@ -174,17 +184,14 @@ def pending(s: Session, nodes: dict[str, Node], now: float) -> dict[str, Pending
             for name, node in nodes.items()
         ),
     )
-    for name, tmpl, version, limit, explicit, count in s.execute(
-        select(*columns, func.count()).where(*counted, since).group_by(*columns)
+    for name, tmpl, version, limit, explicit in s.execute(
+        select(*columns).where(*counted, since).order_by(Container.created_at.desc())
     ):
-        r = recent.setdefault(name, [0, 0])
-        r[0] += int(count)
-        r[1] += int(count) * request(tmpl, version, limit, explicit)
+        recent.setdefault(name, []).append(request(tmpl, version, limit, explicit))
     out: dict[str, Pending] = {}
     for name in set(totals) | set(recent):
         tenants, requested, creating = totals.get(name, [0, 0, 0])
-        recent_count, recent_bytes = recent.get(name, [0, 0])
-        out[name] = Pending(tenants, requested, recent_bytes, recent_count, creating)
+        out[name] = Pending(tenants, requested, tuple(recent.get(name, ())), creating)
     return out
 
 
@@ -223,13 +230,15 @@ def node_view(
     if "memory_committed_bytes" in h:
         # The node's figures are the truth for what it runs (its use above requests
         # included); add what it cannot have counted yet.
-        committed = _num(h["memory_committed_bytes"]) + mine.recent
-        requested = _num(h.get("memory_requested_bytes")) + mine.recent
+        counted = h.get("memory_counted_tenants")
+        missing = mine.unreported(_num(counted) if counted is not None else None)
+        committed = _num(h["memory_committed_bytes"]) + missing
+        requested = _num(h.get("memory_requested_bytes")) + missing
     else:
         # Not reported yet (or an agent from before requests, which reports the sum
         # of limits): our own sum of requests, or its limits, whichever is more.
         promised = _num(h.get("memory_promised_bytes"))
-        committed = requested = max(promised + mine.recent, mine.requested)
+        committed = requested = max(promised + sum(mine.recent), mine.requested)
     disk_total = _num(h.get("disk_total_bytes"))
     return NodeView(
         name=node.name,

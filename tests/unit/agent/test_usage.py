@@ -85,6 +85,7 @@ def test_node_figures_count_max_of_request_and_use_of_tenants_that_should_run() 
     assert f["memory_requested_bytes"] == (50 + 10 + 40) * MIB
     assert f["memory_committed_bytes"] == (50 + 50 + 40) * MIB
     assert f["memory_free_bytes"] == 24 * GIB - GIB - 140 * MIB
+    assert f["memory_counted_tenants"] == 3
 
 
 @pytest.mark.parametrize(

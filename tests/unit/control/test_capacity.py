@@ -88,7 +88,7 @@ def test_view_adds_copies_the_node_may_not_have_counted_yet() -> None:
         "disk_free_bytes": 19 * GIB,
         "tenants": 300,
     }
-    mine = Pending(tenants=305, requested=GIB, recent=5 * 7 * MIB, recent_count=5, creating=2)
+    mine = Pending(tenants=305, requested=GIB, recent=(7 * MIB,) * 5, creating=2)
     view = node_view(
         row("a", headroom),
         mine,
@@ -101,6 +101,29 @@ def test_view_adds_copies_the_node_may_not_have_counted_yet() -> None:
     assert view.disk_free == 19 * GIB - 128 * MIB
     assert view.disk_margin == 2 * GIB
     assert view.tenants == 305
+
+
+@pytest.mark.parametrize(
+    ("counted", "want"),
+    [
+        (300, 8 + 7 + 6),  # the three newest copies are not in its figures
+        (303, 0),  # every copy is: the window's copies were made before it measured
+        (310, 0),  # it still counts tenants deleted since
+        (290, 8 + 7 + 6 + 5 + 4),  # never more than the copies made in the window
+    ],
+)
+def test_only_copies_beyond_the_nodes_count_are_added(counted: int, want: int) -> None:
+    # A node measured while a burst of copies was placed: counting every copy of the
+    # window again made it look fuller than its peers, and spread sent it fewer (a
+    # fleet test saw 12/11/7 of 30 copies with equal requests).
+    headroom = {
+        "memory_total_bytes": 24 * GIB,
+        "memory_committed_bytes": 3 * GIB,
+        "memory_counted_tenants": counted,
+    }
+    mine = Pending(tenants=303, requested=GIB, recent=(8 * MIB, 7 * MIB, 6 * MIB, 5 * MIB, 4 * MIB))
+    view = node_view(row("a", headroom), mine, has_template=True, default_overcommit=1.0)
+    assert view.memory_committed == 3 * GIB + want * MIB
 
 
 def test_an_agent_that_reports_only_limits_is_counted_by_them() -> None:

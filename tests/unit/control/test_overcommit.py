@@ -88,3 +88,20 @@ def test_pending_copies_count_their_request_until_the_node_reports_them(store: S
         w.fleet.copy(w.project, "demo")
     with pytest.raises(Exhausted, match="refused by the host reserve"):
         w.fleet.copy(w.project, "demo")
+
+
+def test_a_burst_spreads_evenly_while_a_node_reports_in_its_midst(store: Store) -> None:
+    # n1 reports while copies are still being placed: its figures then hold the
+    # burst's earlier copies, and only those made after it measured are added.
+    # Counting the whole recent window again made a node that had just reported look
+    # fuller, and a fleet test saw 12/11/7 of 30 copies with equal requests.
+    names = ("n1", "n2", "n3")
+    w = make_world(store, nodes={n: {"memory_total": 24 * GIB} for n in names})
+    asked = TenantSpec(limits={"memory_request_mib": 96})
+    made = []
+    for i in range(30):
+        made.append(w.fleet.copy(w.project, "demo", asked)["node"])
+        if i % 3 == 2:
+            w.heartbeat("n1")
+    counts = {n: made.count(n) for n in names}
+    assert all(9 <= c <= 11 for c in counts.values()), counts
