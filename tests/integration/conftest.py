@@ -13,12 +13,17 @@ from collections.abc import Iterator
 import pytest
 
 from hoody import services
-from hoody.bench.scratch import ScratchNode, scratch_node
+from hoody.bench.scratch import ScratchNode, scratch_node, sweep
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if os.geteuid() != 0:
         raise pytest.UsageError("tests/integration needs root (btrfs, netns, nftables, runc)")
+    # What an earlier run killed before its cleanup left (tenants, mounts, loop
+    # devices, links, tables) is removed before this one makes its own.
+    swept = sweep()
+    if swept:
+        print(f"swept the scratch nodes of killed runs: {', '.join(swept)}")
 
 
 @pytest.fixture(scope="session")

@@ -54,6 +54,7 @@ __all__ = [
     "scratch_id_area",
     "scratch_node",
     "serve_in_thread",
+    "sweep",
 ]
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -65,6 +66,10 @@ SCRATCH_BIG_SLOTS = 2048
 _BIG_IDS_FROM = DEFAULT_ID_BASE + OWNER_BLOCK + DEFAULT_ID_SLOTS * IDS_PER_TENANT
 _BIG_IDS_TO = 2**31 - 1
 _LOCKS = Path("/run/lock")
+_SCRATCH_ROOT = Path("/var/tmp")
+# Held (flock) by the process a scratch node belongs to for as long as it lives: a
+# folder whose lock is free was left by a process killed before its cleanup ran.
+_OWNER_LOCK = "owner.lock"
 
 
 @dataclass
@@ -213,8 +218,10 @@ def scratch_config(
     memory pressure thresholds)."""
     name = prefix[:2] + secrets.token_hex(2)
     with scratch_id_area(id_slots) as area, held_subnet() as subnet:
-        tmp = Path(tempfile.mkdtemp(prefix=f"hoody-{name}-", dir="/var/tmp"))
+        tmp = Path(tempfile.mkdtemp(prefix=f"hoody-{name}-", dir=_SCRATCH_ROOT))
         tmp.chmod(0o711)  # tenant roots (each its own host uid) walk down to their rootfs
+        owner = os.open(tmp / _OWNER_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(owner, fcntl.LOCK_EX)  # not inherited: the fd is close-on-exec
         config = NodeConfig(
             name=name,
             state_dir=tmp / "state",
@@ -235,13 +242,78 @@ def scratch_config(
             yield config
         finally:
             try:
-                node = build_node(config)
-                node.teardown_all()
-                node.store.close()
+                _remove(config, tmp)
             finally:
-                destroy_pool(config.pool, config.pool_image)
-                _remove_cgroup_parent(config.cgroup_parent)
-                shutil.rmtree(tmp, ignore_errors=True)
+                os.close(owner)
+
+
+def _remove(config: NodeConfig, tmp: Path) -> None:
+    """Everything a scratch node made: tenants, templates, network, firewall, pool,
+    cgroups and its folder."""
+    try:
+        node = build_node(config)
+        node.teardown_all()
+        node.store.close()
+    finally:
+        destroy_pool(config.pool, config.pool_image)
+        _remove_cgroup_parent(config.cgroup_parent)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def sweep(root: Path = _SCRATCH_ROOT) -> list[str]:
+    """Remove the scratch nodes whose process is gone (a test or benchmark killed
+    before its cleanup ran); returns their names. Their own processes still running
+    (an agent, lxcfs, a `runc exec`) are killed first. A live scratch node holds its
+    folder's lock and is left alone, so this is safe beside running tests."""
+    swept = []
+    for tmp in sorted(root.glob("hoody-*")):
+        try:
+            fd = os.open(tmp / _OWNER_LOCK, os.O_RDWR)
+        except OSError:
+            continue  # not a scratch node, or one being made right now
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # its process lives
+            state = tmp / "state"
+            if not (state / "node.json").exists():
+                continue  # being made: its owner has not locked it yet
+            config = NodeConfig.load(state)
+            _kill_processes_under(tmp)
+            _remove(config, tmp)
+            swept.append(config.name)
+        finally:
+            os.close(fd)
+    return swept
+
+
+def _kill_processes_under(tmp: Path) -> None:
+    """SIGKILL every process whose command line names `tmp` (an orphaned agent,
+    lxcfs, `runc exec`), and wait until they are gone."""
+    needle = str(tmp).encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if needle in (entry / "cmdline").read_bytes():
+                os.kill(int(entry.name), 9)
+                pids.append(int(entry.name))
+        except OSError:
+            continue  # gone meanwhile
+    deadline = time.monotonic() + 5
+    while pids and time.monotonic() < deadline:
+        pids = [p for p in pids if _alive(p)]
+        time.sleep(0.02)
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` still runs (a zombie, dead but not reaped, does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 @contextlib.contextmanager

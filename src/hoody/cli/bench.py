@@ -38,6 +38,16 @@ def provision(
 
 
 @app.command()
+def sweep() -> None:
+    """Remove what benchmarks and tests killed before their cleanup left behind
+    (their scratch nodes' tenants, mounts, loop devices, links, nft tables, cgroups)."""
+    from hoody.bench.scratch import sweep as run
+
+    swept = run()
+    typer.echo(json.dumps({"swept": swept}))
+
+
+@app.command()
 def density(
     count: Annotated[int, typer.Option(help="Idle tenants to run.")] = 50,
     storage: Annotated[str, typer.Option(help="overlay or snapshot")] = "overlay",

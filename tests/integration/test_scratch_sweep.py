@@ -1,0 +1,76 @@
+"""A scratch node whose process was killed before its cleanup ran is swept whole; a
+live one (this session's) is left alone."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from hoody.bench.scratch import ScratchNode, sweep
+
+# Makes a scratch node with its agent in a process of its own and one running tenant,
+# says so, and waits to be killed.
+_CHILD = """
+import sys, time
+from hoody.bench.scratch import scratch_node
+with scratch_node("sw", process=True) as s:
+    s.demo_template()
+    rec = s.client.copy("demo-app")
+    print(s.node.config.name, s.node.config.pool_image.parent, rec["id"], flush=True)
+    time.sleep(600)
+"""
+
+
+def _run(*argv: str) -> str:
+    return subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+
+
+def _traces(name: str, tmp: Path) -> list[str]:
+    """What of scratch node `name` (folder `tmp`) is still on the host."""
+    found = [f"process {p}" for p in _pids_naming(tmp)]
+    found += [f"netns {n}" for n in _run("ip", "netns").split() if n.startswith(name)]
+    found += [f"link {line}" for line in _run("ip", "-o", "link").splitlines() if name in line]
+    found += [f"nft {line}" for line in _run("nft", "list", "tables").splitlines() if name in line]
+    found += [f"loop {line}" for line in _run("losetup", "-a").splitlines() if str(tmp) in line]
+    mounts = Path("/proc/self/mountinfo").read_text().splitlines()
+    found += [f"mount {line}" for line in mounts if str(tmp) in line]
+    found += [f"cgroup {p}" for p in Path("/sys/fs/cgroup").glob(f"*/hoody-{name}")]
+    if tmp.exists():
+        found.append(f"folder {tmp}")
+    return found
+
+
+def _pids_naming(tmp: Path) -> list[int]:
+    pids = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            if str(tmp).encode() in (entry / "cmdline").read_bytes():
+                pids.append(int(entry.name))
+        except OSError:
+            continue
+    return pids
+
+
+def test_a_killed_scratch_node_is_swept_and_a_live_one_kept(scratch: ScratchNode) -> None:
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CHILD], stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        assert child.stdout is not None
+        name, folder, tid = child.stdout.readline().split()
+    finally:
+        os.killpg(child.pid, signal.SIGKILL)  # no cleanup of its own runs
+        child.wait()
+    tmp = Path(folder)
+    # Its agent ran in a session of its own and outlived it, with the tenant.
+    assert _pids_naming(tmp), "the orphaned agent should still run"
+    assert any(n.startswith(name) for n in _run("ip", "netns").split()), tid
+
+    assert sweep() == [name]
+    assert _traces(name, tmp) == []
+    live = scratch.node.config
+    assert live.state_dir.is_dir() and scratch.client.node()
+    assert sweep() == []
