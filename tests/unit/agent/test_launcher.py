@@ -151,3 +151,28 @@ def test_a_launcher_that_dies_fails_its_runs_and_is_started_again(
     assert "launcher" in str(errors[0]) and "retry" in str(errors[0])
     assert launcher.run(sh("exit 0"), tmp_path / "log", timeout=10) == 0
     assert launcher.pid not in (None, first)
+
+
+def test_a_run_joins_namespaces_and_sets_rlimits_before_its_command(
+    launcher: Launcher, tmp_path: Path
+) -> None:
+    # The run joins the namespaces given (here this process's own netns: joining
+    # needs root, as the agent is, but no namespace of the test's own) and lowers NOFILE.
+    out = tmp_path / "log"
+    own = Path(f"/proc/{os.getpid()}/ns/net")
+    script = "readlink /proc/self/ns/net; pwd; ulimit -n; ulimit -Hn"
+    code = launcher.run(
+        sh(script), out, setns=[(own, 0x40000000)], rlimits=[(7, 512, 600)], timeout=10
+    )
+    assert code == 0, out.read_text()
+    assert out.read_text().split() == [os.readlink(own), "/", "512", "600"]
+
+
+def test_a_namespace_that_cannot_be_joined_fails_the_run_and_says_why(
+    launcher: Launcher, tmp_path: Path
+) -> None:
+    out = tmp_path / "log"
+    code = launcher.run(sh("echo ran"), out, setns=[(tmp_path / "nope", 0x40000000)], timeout=10)
+    assert code == 127
+    assert "cannot start" in out.read_text() and "nope" in out.read_text()
+    assert "ran" not in out.read_text()

@@ -7,10 +7,13 @@ it, rather than to the host's init, and this process reaps it when it exits.
 
 Requests on stdin, one JSON line each; answers on stdout, one line each:
 
-    {"run": id, "argv": [...], "out": path, "prctl": [[option, arg], ...]}
-        fork; in the child: each prctl, default signal dispositions, stdin /dev/null,
-        stdout and stderr appended to `out` (made 0600), no other descriptors; exec
-        argv.  → {"run": id, "code": exit code, or -signal} once it exits, or
+    {"run": id, "argv": [...], "out": path, "prctl": [[option, arg], ...],
+     "setns": [[path, nstype], ...], "rlimits": [[resource, soft, hard], ...]}
+        fork; in the child: stdin /dev/null, stdout and stderr appended to `out`
+        (made 0600), each prctl, join each namespace (all opened first, then joined
+        in order; cwd / after), each rlimit, default signal dispositions, no other
+        descriptors; exec argv (as `nsenter` and `prlimit` would, without their two
+        execs).  → {"run": id, "code": exit code, or -signal} once it exits, or
         {"run": id, "error": why} when it could not fork
     {"kill": id}  → SIGKILL to that run if it has not exited (its answer follows)
 
@@ -23,6 +26,7 @@ import contextlib
 import ctypes
 import json
 import os
+import resource
 import selectors
 import signal
 import sys
@@ -31,21 +35,43 @@ PR_SET_CHILD_SUBREAPER = 36
 libc = ctypes.CDLL(None, use_errno=True)
 
 
-def child(argv: list[str], out: str, prctls: list[list[int]]) -> None:
+def child(
+    argv: list[str],
+    out: str,
+    prctls: list[list[int]],
+    namespaces: list[list[object]],
+    rlimits: list[list[int]],
+) -> None:
     """In the forked child: never returns."""
     try:
-        for option, arg in prctls:
-            if libc.prctl(option, arg, 0, 0, 0) != 0:
-                errno = ctypes.get_errno()
-                raise OSError(errno, f"prctl({option}, {arg}): {os.strerror(errno)}")
-        for sig in (signal.SIGINT, signal.SIGCHLD, signal.SIGPIPE, signal.SIGXFSZ):
-            signal.signal(sig, signal.SIG_DFL)
-        signal.set_wakeup_fd(-1)
+        # The log first, so that whatever fails below is said there.
         null = os.open(os.devnull, os.O_RDONLY)
         log = os.open(out, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         os.dup2(null, 0)
         os.dup2(log, 1)
         os.dup2(log, 2)
+        for option, arg in prctls:
+            if libc.prctl(option, arg, 0, 0, 0) != 0:
+                errno = ctypes.get_errno()
+                raise OSError(errno, f"prctl({option}, {arg}): {os.strerror(errno)}")
+        # Opened before any is joined: a later path may not be visible from the mounts
+        # an earlier namespace shows.
+        fds = [
+            (os.open(str(path), os.O_RDONLY | os.O_CLOEXEC), path, kind)
+            for path, kind in namespaces
+        ]
+        for fd, path, kind in fds:
+            if libc.setns(fd, kind) != 0:
+                errno = ctypes.get_errno()
+                raise OSError(errno, f"setns({path}): {os.strerror(errno)}")
+            os.close(fd)
+        if fds:
+            os.chdir("/")  # not a folder of the mounts left behind
+        for which, soft, hard in rlimits:
+            resource.setrlimit(which, (soft, hard))
+        for sig in (signal.SIGINT, signal.SIGCHLD, signal.SIGPIPE, signal.SIGXFSZ):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.set_wakeup_fd(-1)
         os.closerange(3, os.sysconf("SC_OPEN_MAX"))
         os.execv(argv[0], argv)
     except BaseException as exc:  # say why on the tenant's log, then go
@@ -126,7 +152,13 @@ def main() -> None:
                     answer({"run": run, "error": f"fork: {exc.strerror}"})
                     continue
                 if pid == 0:
-                    child(request["argv"], request["out"], request.get("prctl", []))
+                    child(
+                        request["argv"],
+                        request["out"],
+                        request.get("prctl", []),
+                        request.get("setns", []),
+                        request.get("rlimits", []),
+                    )
                 runs[pid] = run
                 pids[run] = pid
 

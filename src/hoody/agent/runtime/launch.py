@@ -19,7 +19,7 @@ the container runs in its own copy. What a tenant sees is unchanged.
 
 Being private, the copy sees no mount the host makes later. The one the runtime needs
 is lxcfs's: `path(watch=...)` makes the namespace again when that mount changed (lxcfs
-restarted). Network namespaces are opened by `nsenter` before it enters this one.
+restarted). The launcher's child opens the tenant's netns before it enters this one.
 """
 
 from __future__ import annotations

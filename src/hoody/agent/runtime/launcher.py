@@ -60,14 +60,26 @@ class Launcher:
         out: Path,
         *,
         prctl: Sequence[tuple[int, int]] = (),
+        setns: Sequence[tuple[Path, int]] = (),
+        rlimits: Sequence[tuple[int, int, int]] = (),
         timeout: float,
     ) -> int:
         """Run `argv` as the launcher's child, stdout and stderr appended to `out`,
         and return its exit code (-N: killed by signal N). After `timeout` s it is
-        killed and subprocess.TimeoutExpired raised."""
+        killed and subprocess.TimeoutExpired raised.
+
+        The child first makes each `prctl`, joins each namespace of `setns` (path,
+        CLONE_NEW* type) in order, and sets each of `rlimits` (resource, soft, hard)."""
         run = next(self._ids)
         done: concurrent.futures.Future[int] = concurrent.futures.Future()
-        request = {"run": run, "argv": list(argv), "out": str(out), "prctl": list(prctl)}
+        request = {
+            "run": run,
+            "argv": list(argv),
+            "out": str(out),
+            "prctl": list(prctl),
+            "setns": [[str(path), kind] for path, kind in setns],
+            "rlimits": list(rlimits),
+        }
         with self._lock:
             server = self._server()
             try:
