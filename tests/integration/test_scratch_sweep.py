@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from hoody.bench.scratch import ScratchNode, sweep
+from hoody.bench.scratch import ScratchNode, pids_naming, sweep
 
 # Makes a scratch node with its agent in a process of its own and one running tenant,
 # says so, and waits to be killed.
@@ -30,7 +30,7 @@ def _run(*argv: str) -> str:
 
 def _traces(name: str, tmp: Path) -> list[str]:
     """What of scratch node `name` (folder `tmp`) is still on the host."""
-    found = [f"process {p}" for p in _pids_naming(tmp)]
+    found = [f"process {p}" for p in pids_naming(tmp)]
     found += [f"netns {n}" for n in _run("ip", "netns").split() if n.startswith(name)]
     found += [f"link {line}" for line in _run("ip", "-o", "link").splitlines() if name in line]
     found += [f"nft {line}" for line in _run("nft", "list", "tables").splitlines() if name in line]
@@ -41,17 +41,6 @@ def _traces(name: str, tmp: Path) -> list[str]:
     if tmp.exists():
         found.append(f"folder {tmp}")
     return found
-
-
-def _pids_naming(tmp: Path) -> list[int]:
-    pids = []
-    for entry in Path("/proc").glob("[0-9]*"):
-        try:
-            if str(tmp).encode() in (entry / "cmdline").read_bytes():
-                pids.append(int(entry.name))
-        except OSError:
-            continue
-    return pids
 
 
 def test_a_killed_scratch_node_is_swept_and_a_live_one_kept(scratch: ScratchNode) -> None:
@@ -66,7 +55,7 @@ def test_a_killed_scratch_node_is_swept_and_a_live_one_kept(scratch: ScratchNode
         child.wait()
     tmp = Path(folder)
     # Its agent ran in a session of its own and outlived it, with the tenant.
-    assert _pids_naming(tmp), "the orphaned agent should still run"
+    assert pids_naming(tmp), "the orphaned agent should still run"
     assert any(n.startswith(name) for n in _run("ip", "netns").split()), tid
 
     assert sweep() == [name]

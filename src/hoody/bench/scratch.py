@@ -14,6 +14,7 @@ import os
 import random
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -50,6 +51,7 @@ __all__ = [
     "ScratchNode",
     "agent_process",
     "free_port",
+    "pids_naming",
     "scratch_config",
     "scratch_id_area",
     "scratch_node",
@@ -291,21 +293,28 @@ def sweep(root: Path = _SCRATCH_ROOT) -> list[str]:
 def _kill_processes_under(tmp: Path) -> None:
     """SIGKILL every process whose command line names `tmp` (an orphaned agent,
     lxcfs, `runc exec`), and wait until they are gone."""
-    needle = str(tmp).encode()
     pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            if needle in (entry / "cmdline").read_bytes():
-                os.kill(int(entry.name), 9)
-                pids.append(int(entry.name))
-        except OSError:
-            continue  # gone meanwhile
+    for pid in pids_naming(tmp):
+        with contextlib.suppress(ProcessLookupError):  # gone meanwhile
+            os.kill(pid, signal.SIGKILL)
+            pids.append(pid)
     deadline = time.monotonic() + 5
     while pids and time.monotonic() < deadline:
         pids = [p for p in pids if _alive(p)]
         time.sleep(0.02)
+
+
+def pids_naming(path: Path) -> list[int]:
+    """Every process but this one whose command line names `path`."""
+    needle = str(path).encode()
+    pids = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            if needle in (entry / "cmdline").read_bytes() and int(entry.name) != os.getpid():
+                pids.append(int(entry.name))
+        except OSError:
+            continue  # gone meanwhile
+    return pids
 
 
 def _alive(pid: int) -> bool:
