@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from hoody.bench.scratch import ScratchNode, pids_naming, sweep
+from tests.integration.traces import node_traces
 
 # Makes a scratch node with its agent in a process of its own and one running tenant,
 # says so, and waits to be killed.
@@ -28,21 +29,6 @@ def _run(*argv: str) -> str:
     return subprocess.run(argv, capture_output=True, text=True, check=True).stdout
 
 
-def _traces(name: str, tmp: Path) -> list[str]:
-    """What of scratch node `name` (folder `tmp`) is still on the host."""
-    found = [f"process {p}" for p in pids_naming(tmp)]
-    found += [f"netns {n}" for n in _run("ip", "netns").split() if n.startswith(name)]
-    found += [f"link {line}" for line in _run("ip", "-o", "link").splitlines() if name in line]
-    found += [f"nft {line}" for line in _run("nft", "list", "tables").splitlines() if name in line]
-    found += [f"loop {line}" for line in _run("losetup", "-a").splitlines() if str(tmp) in line]
-    mounts = Path("/proc/self/mountinfo").read_text().splitlines()
-    found += [f"mount {line}" for line in mounts if str(tmp) in line]
-    found += [f"cgroup {p}" for p in Path("/sys/fs/cgroup").glob(f"*/hoody-{name}")]
-    if tmp.exists():
-        found.append(f"folder {tmp}")
-    return found
-
-
 def test_a_killed_scratch_node_is_swept_and_a_live_one_kept(scratch: ScratchNode) -> None:
     child = subprocess.Popen(
         [sys.executable, "-c", _CHILD], stdout=subprocess.PIPE, text=True, start_new_session=True
@@ -59,7 +45,7 @@ def test_a_killed_scratch_node_is_swept_and_a_live_one_kept(scratch: ScratchNode
     assert any(n.startswith(name) for n in _run("ip", "netns").split()), tid
 
     assert sweep() == [name]
-    assert _traces(name, tmp) == []
+    assert node_traces(name, tmp) == []
     live = scratch.node.config
     assert live.state_dir.is_dir() and scratch.client.node()
     assert sweep() == []

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
+import shutil
+from pathlib import Path
 
 from hoody.agent.config import NodeConfig
 from hoody.agent.engine import Node
@@ -15,10 +18,12 @@ from hoody.agent.runtime.lxcfs import Lxcfs
 from hoody.agent.runtime.oci import OciRuntime
 from hoody.agent.state import NodeStore
 from hoody.agent.storage.btrfs import BtrfsStorage
-from hoody.agent.storage.pool import ensure_pool
+from hoody.agent.storage.pool import destroy_pool, ensure_pool
 from hoody.private import private_dir, walk_through_dir
 
-__all__ = ["build_node", "init_node", "make_private"]
+__all__ = ["build_node", "destroy_node", "init_node", "make_private", "remove_cgroup_parent"]
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
 def init_node(config: NodeConfig) -> None:
@@ -72,3 +77,43 @@ def build_node(config: NodeConfig) -> Node:
         ),
         pressure=MemoryPressure(config.pressure_pct, config.pressure_seconds),
     )
+
+
+def destroy_node(config: NodeConfig) -> int:
+    """Remove the node from this host: every tenant and template, its network, firewall
+    and lxcfs, its pool (a loop-file pool's image and loop device; a pool on a device of
+    its own is emptied, not wiped), its cgroups and the files it keeps. The node's agent
+    must be stopped first. Returns how many tenants were removed.
+
+    What is not the node's stays: other files in its state directory (`hoody up` keeps
+    its control plane there) and the host-wide settings `tune_host` made."""
+    node = build_node(config)
+    try:
+        tenants = len(node.store.tenants())
+        node.teardown_all()
+    finally:
+        node.store.close()
+    destroy_pool(config.pool, config.pool_image)
+    remove_cgroup_parent(config.cgroup_parent)
+    shutil.rmtree(config.node_run_dir, ignore_errors=True)
+    shutil.rmtree(config.log_dir, ignore_errors=True)
+    for name in ("node.json", config.token_path.name, config.db_path.name):
+        for suffix in ("", "-wal", "-shm"):
+            (config.state_dir / f"{name}{suffix}").unlink(missing_ok=True)
+    for directory in (config.run_dir, config.state_dir):
+        with contextlib.suppress(OSError):
+            directory.rmdir()  # only when nothing else is in it
+    return tenants
+
+
+def remove_cgroup_parent(parent: str, root: Path = CGROUP_ROOT) -> None:
+    """Remove the tenants' parent cgroup `parent` from every controller, with whatever
+    empty tenant cgroups are left under it (a busy one stays: the kernel refuses)."""
+    for controller in root.iterdir():
+        path = controller / parent
+        if path.is_dir():
+            for child in sorted(path.glob("*/"), reverse=True):
+                with contextlib.suppress(OSError):
+                    child.rmdir()
+            with contextlib.suppress(OSError):
+                path.rmdir()

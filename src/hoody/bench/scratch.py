@@ -41,7 +41,7 @@ from hoody.agent.ids import (
     OWNER_BLOCK,
     IdArea,
 )
-from hoody.agent.linux import build_node, init_node
+from hoody.agent.linux import build_node, destroy_node, init_node, remove_cgroup_parent
 from hoody.agent.storage.pool import destroy_pool
 from hoody.agent.templates import DEMO_ARGS, DEMO_NAME, demo_source
 from hoody.errors import HoodyError
@@ -194,17 +194,6 @@ def scratch_id_area(slots: int = SCRATCH_SLOTS) -> Iterator[IdArea]:
     raise RuntimeError(f"all {count} scratch id areas of this host are in use")
 
 
-def _remove_cgroup_parent(parent: str) -> None:
-    for controller in CGROUP_ROOT.iterdir():
-        path = controller / parent
-        if path.is_dir():
-            for child in sorted(path.glob("*/"), reverse=True):
-                with contextlib.suppress(OSError):
-                    child.rmdir()
-            with contextlib.suppress(OSError):
-                path.rmdir()
-
-
 @contextlib.contextmanager
 def scratch_config(
     prefix: str = "hs",
@@ -253,12 +242,11 @@ def _remove(config: NodeConfig, tmp: Path) -> None:
     """Everything a scratch node made: tenants, templates, network, firewall, pool,
     cgroups and its folder."""
     try:
-        node = build_node(config)
-        node.teardown_all()
-        node.store.close()
+        if (config.state_dir / "node.json").exists():  # not yet removed by the test
+            destroy_node(config)
     finally:
         destroy_pool(config.pool, config.pool_image)
-        _remove_cgroup_parent(config.cgroup_parent)
+        remove_cgroup_parent(config.cgroup_parent)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

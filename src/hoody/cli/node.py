@@ -9,9 +9,11 @@ with the top-level commands: `hoody copy`, `hoody ls`, `hoody rm`, ….
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import socket
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -42,7 +44,7 @@ from hoody.cli.common import (
     status,
     tenant_spec,
 )
-from hoody.errors import InvalidInput
+from hoody.errors import Conflict, InvalidInput
 from hoody.keepalive import SERVER_KEEP_ALIVE
 
 __all__ = ["advertised_url", "agent", "app"]
@@ -260,6 +262,54 @@ def serve(
     finally:
         if stop is not None:
             stop.set()
+
+
+def node_summary(config: NodeConfig) -> str:
+    """What destroying the node removes, for a confirmation message."""
+    from hoody.agent.state import NodeStore
+
+    store = NodeStore(config.db_path)
+    try:
+        tenants, templates = len(store.tenants()), len(store.templates())
+    finally:
+        store.close()
+    return (
+        f"node {config.name}: its {tenants} tenant(s) with their files, its {templates} "
+        f"template(s), network, firewall, cgroups and pool {config.pool}"
+    )
+
+
+def destroy_node_here(state_dir: Path, yes: bool) -> int:
+    """Remove the node in `state_dir` and everything on it (`linux.destroy_node`) once
+    the caller said --yes and its agent is stopped; how many tenants went."""
+    from hoody.agent.linux import destroy_node
+
+    config = NodeConfig.load(state_dir)
+    if not yes:
+        raise InvalidInput(
+            f"this removes {node_summary(config)} from this host, and nothing of it can "
+            "be brought back; run again with --yes to go ahead"
+        )
+    host, _, port = config.listen.rpartition(":")
+    with contextlib.suppress(OSError), socket.create_connection((host, int(port)), timeout=1):
+        raise Conflict(
+            f"the node's agent still answers at {config.listen}; stop it first "
+            "(`hoody down` for `hoody up`, or stop `hoody node serve`), then run this again"
+        )
+    return destroy_node(config)
+
+
+@app.command()
+def destroy(
+    state_dir: StateDir = DEFAULT_STATE_DIR,
+    yes: Annotated[bool, typer.Option("--yes", help="Really remove it.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Remove this node from the host: every tenant and its files, the templates, the
+    node's network, firewall rules, cgroups and pool (a loop-file pool's image too).
+    Stop its agent first. A node of a fleet should be drained first."""
+    removed = destroy_node_here(state_dir, yes)
+    emit({"destroyed": str(state_dir), "tenants_removed": removed}, as_json)
 
 
 @app.command("set")

@@ -21,6 +21,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -578,14 +579,61 @@ def up(
 
 def down_command(
     state_dir: StateDirOpt = DEFAULT_STATE_DIR,
+    purge: Annotated[
+        bool,
+        typer.Option(
+            "--purge",
+            help="Then remove the node and everything on it, and the control plane's "
+            "state (with --yes).",
+        ),
+    ] = False,
+    yes: Annotated[bool, typer.Option("--yes", help="Really remove them (--purge).")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Stop a `hoody up --detach`; tenants keep running and are kept by the next `up`."""
+    """Stop a `hoody up --detach`; tenants keep running and are kept by the next `up`.
+    With --purge --yes, also remove what `hoody up` made on this host: the node with
+    its tenants, templates, network, firewall, cgroups and pool, and the control
+    plane's database and tokens."""
+    if purge and not yes:
+        from hoody.cli.node import node_summary
+
+        what = [node_summary(NodeConfig.load(state_dir))] if _has_node(state_dir) else []
+        what.append(f"the control plane's database and tokens in {state_dir / 'control'}")
+        raise InvalidInput(
+            f"--purge removes {' and '.join(what)}, and nothing of it can be brought back; "
+            "run again with --yes to go ahead"
+        )
     stopped = down(state_dir)
+    out: dict[str, Any] = {"stopped": stopped}
+    if purge:
+        out["tenants_removed"] = purge_up(state_dir)
     if as_json:
-        print(json.dumps({"stopped": stopped}))
+        print(json.dumps(out))
     else:
         console.print("hoody is down" if stopped else "no `hoody up` was running")
+        if purge:
+            console.print(f"removed the node ({out['tenants_removed']} tenant(s)) and {state_dir}")
+
+
+def _has_node(state_dir: Path) -> bool:
+    return (state_dir / "node.json").exists()
+
+
+def purge_up(state_dir: Path) -> int:
+    """Remove what `hoody up` made in `state_dir` once it is down: the node and everything
+    on it, then the control plane's state and `up`'s own files; how many tenants went."""
+    from hoody.cli.node import destroy_node_here
+
+    removed = 0
+    if _has_node(state_dir):
+        removed = destroy_node_here(state_dir, yes=True)
+    shutil.rmtree(state_dir / "control", ignore_errors=True)
+    for name in ("up.pid", "up.log"):
+        (state_dir / name).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        state_dir.rmdir()  # only when nothing else is in it
+    services.remove_if_empty()
+    return removed
 
 
 def register(app: typer.Typer) -> None:

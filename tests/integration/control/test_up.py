@@ -1,6 +1,6 @@
 """`hoody up` and `make demo` end to end, on a scratch node of their own: the control
 plane and the agent in one background process, the node joined, the demo template
-built, three tenants made through the API, and `hoody down`."""
+built, three tenants made through the API, `hoody down`, and `hoody down --purge`."""
 
 from __future__ import annotations
 
@@ -12,14 +12,17 @@ from pathlib import Path
 import httpx
 import pytest
 from rich.console import Console
+from typer.testing import CliRunner
 
 from hoody.agent.templates import DEMO_NAME
 from hoody.bench.provision import wait_http_ok
 from hoody.bench.scratch import free_port, scratch_config
 from hoody.cli.demo import run_demo
+from hoody.cli.main import app
 from hoody.cli.up import down, ensure_up
 from hoody.control.client import Client
 from hoody.errors import HostError
+from tests.integration.traces import node_traces
 
 
 def test_up_then_the_demo_makes_three_tenants_through_the_api(
@@ -70,3 +73,14 @@ def test_up_then_the_demo_makes_three_tenants_through_the_api(
             client.whoami()  # the API went with `hoody down`
         # The tenants did not: they are the node's, kept by the next `hoody up`.
         wait_http_ok(f"http://{tenants[0]['address']}/")
+        # `hoody down --purge --yes` removes what `hoody up` made: the node with its
+        # tenants, and the control plane's state. Nothing of the node is left on the host
+        # (its tenants' addresses are not probed: without the node's route, traffic to
+        # them would leave this machine).
+        argv = ["down", "--purge", "--yes", "--json", "--state-dir", str(config.state_dir)]
+        purged = CliRunner().invoke(app, argv)
+        assert purged.exit_code == 0, purged.output
+        assert json.loads(purged.output) == {"stopped": False, "tenants_removed": 3}
+        assert not config.state_dir.exists()
+        folder = config.state_dir.parent  # the scratch folder: scratch_config removes it
+        assert [t for t in node_traces(config.name, folder) if t != f"folder {folder}"] == []
