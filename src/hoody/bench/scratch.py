@@ -213,21 +213,26 @@ def scratch_config(
         tmp.chmod(0o711)  # tenant roots (each its own host uid) walk down to their rootfs
         owner = os.open(tmp / _OWNER_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
         fcntl.flock(owner, fcntl.LOCK_EX)  # not inherited: the fd is close-on-exec
-        config = NodeConfig(
-            name=name,
-            state_dir=tmp / "state",
-            run_dir=tmp / "run",
-            pool=tmp / "pool",
-            pool_image=tmp / "pool.img",
-            pool_size=pool_size,
-            subnet=subnet,
-            storage_mode=storage_mode,
-            listen=f"127.0.0.1:{free_port()}",
-            id_base=area.base,
-            id_slots=area.slots,
-            ports_per_bridge=ports_per_bridge,
-            **(settings or {}),
-        )
+        try:
+            config = NodeConfig(
+                name=name,
+                state_dir=tmp / "state",
+                run_dir=tmp / "run",
+                pool=tmp / "pool",
+                pool_image=tmp / "pool.img",
+                pool_size=pool_size,
+                subnet=subnet,
+                storage_mode=storage_mode,
+                listen=f"127.0.0.1:{free_port()}",
+                id_base=area.base,
+                id_slots=area.slots,
+                ports_per_bridge=ports_per_bridge,
+                **(settings or {}),
+            )
+        except BaseException:  # e.g. a setting NodeConfig refuses: nothing made yet
+            os.close(owner)
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         try:
             init_node(config)
             yield config
@@ -250,6 +255,11 @@ def _remove(config: NodeConfig, tmp: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+# How long a scratch folder may be locked by no one before it has its config: its
+# owner takes the lock right after making the folder.
+UNBORN_GRACE = 60.0
+
+
 def sweep(root: Path = _SCRATCH_ROOT) -> list[str]:
     """Remove the scratch nodes whose process is gone (a test or benchmark killed
     before its cleanup ran); returns their names. Their own processes still running
@@ -268,7 +278,15 @@ def sweep(root: Path = _SCRATCH_ROOT) -> list[str]:
                 continue  # its process lives
             state = tmp / "state"
             if not (state / "node.json").exists():
-                continue  # being made: its owner has not locked it yet
+                # Being made (its owner locks the folder right after making it), or
+                # killed while its pool was made: `init_node` saves the config last.
+                # A lock left free for a while is no one's.
+                if time.time() - (tmp / _OWNER_LOCK).stat().st_mtime > UNBORN_GRACE:
+                    _kill_processes_under(tmp)
+                    destroy_pool(tmp / "pool", tmp / "pool.img")
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    swept.append(tmp.name.split("-")[1])
+                continue
             config = NodeConfig.load(state)
             _kill_processes_under(tmp)
             _remove(config, tmp)
