@@ -307,7 +307,8 @@ def destroy(
 ) -> None:
     """Remove this node from the host: every tenant and its files, the templates, the
     node's network, firewall rules, cgroups and pool (a loop-file pool's image too).
-    Stop its agent first. A node of a fleet should be drained first."""
+    Stop its agent first; a node of a fleet, drain it before (`hoody nodes drain NAME`)
+    so its tenants move to other nodes instead of going with it."""
     removed = destroy_node_here(state_dir, yes)
     emit({"destroyed": str(state_dir), "tenants_removed": removed}, as_json)
 
