@@ -1,5 +1,5 @@
-"""The real firewall driver: one nftables table per node network, one atomic `nft -f -`
-per change.
+"""The real firewall driver: one nftables table per node network, one atomic batch per
+change (through libnftables in this process, see nftlib.py).
 
     table inet <name>
       map egress  { ipv4_addr : verdict }   tenant address -> goto e-<tid>
@@ -38,11 +38,12 @@ from __future__ import annotations
 
 import json
 import threading
+from typing import Any
 
 from hoody.agent.network import NetworkConfig
+from hoody.agent.network.nftlib import Nftables
 from hoody.agent.spec import EgressRule, FirewallPolicy, IngressRule
-from hoody.errors import CommandFailed, HostError
-from hoody.proc import run
+from hoody.errors import HostError
 
 __all__ = ["NftFirewall", "render_base", "render_tenant"]
 
@@ -171,21 +172,29 @@ flush chain {t} postrouting
 
 
 class NftFirewall:
-    """Firewall driver on nftables (needs root and the `nft` program)."""
+    """Firewall driver on nftables (needs root and libnftables)."""
 
     def __init__(self, config: NetworkConfig) -> None:
         self.config = config
         self._lock = threading.Lock()
         self._owners: dict[str, str] | None = None
+        self._nftables = Nftables()
 
     def _nft(self, script: str) -> None:
-        try:
-            run(["nft", "-f", "-"], input=script)
-        except CommandFailed as exc:
+        ok, _, errors = self._nftables.run(script)
+        if not ok:
             raise HostError(
-                f"nftables refused the change to table {self.config.table}: "
-                f"{exc.stderr.strip()[:400]}"
-            ) from exc
+                f"nftables refused the change to table {self.config.table}: {errors.strip()[:400]}"
+            )
+
+    def _list(self, what: str) -> list[dict[str, Any]]:
+        """The objects of `list <what>` (nft's JSON), [] when there are none to list
+        (e.g. the table does not exist yet)."""
+        ok, output, _ = self._nftables.run(f"list {what}", json_output=True)
+        if not ok or not output.strip():
+            return []
+        items = json.loads(output).get("nftables", [])
+        return [item for item in items if isinstance(item, dict)]
 
     def ensure_base(self) -> None:
         with self._lock:
@@ -240,7 +249,7 @@ class NftFirewall:
 
     def _known_owners(self) -> dict[str, str]:
         """The map's address -> tid, read once and then kept in step with each change:
-        this driver is the table's only writer, and a read costs one more `nft` run."""
+        this driver is the table's only writer, and a read costs a listing of the map."""
         if self._owners is None:
             self._owners = self._map_owners()
         return self._owners
@@ -257,11 +266,8 @@ class NftFirewall:
         return "".join(f"delete element {t} {name} {{ {ip} }}\n" for name in ("egress", "ingress"))
 
     def _tenant_chains(self) -> set[str]:
-        result = run(["nft", "-j", "list", "chains", "inet"], check=False)
-        if result.returncode != 0:
-            return set()
         found = set()
-        for item in json.loads(result.stdout).get("nftables", []):
+        for item in self._list("chains inet"):
             chain = item.get("chain")
             if isinstance(chain, dict) and chain.get("table") == self.config.table:
                 name = str(chain.get("name", ""))
@@ -274,11 +280,8 @@ class NftFirewall:
 
         Lists the map alone: listing the whole table grows with every tenant's rules.
         """
-        result = run(["nft", "-j", "list", "map", "inet", self.config.table, "egress"], check=False)
-        if result.returncode != 0:
-            return {}
         found: dict[str, str] = {}
-        for item in json.loads(result.stdout).get("nftables", []):
+        for item in self._list(f"map inet {self.config.table} egress"):
             entry = item.get("map")
             if not isinstance(entry, dict):
                 continue
