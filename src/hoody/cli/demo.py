@@ -133,3 +133,4 @@ def run_demo(
         f"        .venv/bin/hoody scripts logs {info.project}/signup   (every invocation)"
     )
     console.print("Stop:   .venv/bin/hoody down   (tenants keep running; `hoody up -d` resumes)")
+    console.print("Remove: .venv/bin/hoody down --purge --yes   (everything the demo made)")

@@ -630,8 +630,11 @@ def purge_up(state_dir: Path) -> int:
     shutil.rmtree(state_dir / "control", ignore_errors=True)
     for name in ("up.pid", "up.log"):
         (state_dir / name).unlink(missing_ok=True)
-    with contextlib.suppress(OSError):
-        state_dir.rmdir()  # only when nothing else is in it
+    from hoody.exec.gateway import RUN_ROOT
+
+    for folder in (state_dir, RUN_ROOT):  # Exec's, shared by every gateway on the host
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # only when nothing else is in it
     services.remove_if_empty()
     return removed
 

@@ -1,6 +1,7 @@
 """`hoody node destroy` and `hoody down --purge` remove nothing unless told --yes, and
-nothing while the node's agent still answers: each refusal says what and how to go on.
-(What they remove is tested on a real node: tests/integration/control/test_up.py.)"""
+nothing while the node's agent still answers: each refusal says what and how to go on;
+the purge removes `hoody up`'s own files and keeps others'. (What they remove of a real
+node is tested in tests/integration/control/test_up.py.)"""
 
 from __future__ import annotations
 
@@ -69,3 +70,33 @@ def test_down_purge_without_yes_names_the_node_and_the_control_plane(tmp_path: P
     assert "node hoody" in error.message and str(tmp_path / "control") in error.message
     assert "--yes" in error.message
     assert (tmp_path / "control").is_dir() and (tmp_path / "node.json").exists()
+
+
+def test_purge_without_a_node_removes_ups_files_and_an_empty_exec_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hoody.cli.up import purge_up
+    from hoody.exec import gateway
+
+    state, exec_root = tmp_path / "state", tmp_path / "exec"
+    (state / "control").mkdir(parents=True)
+    (state / "control" / "admin.token").write_text("x")
+    (state / "up.log").write_text("")
+    exec_root.mkdir()
+    monkeypatch.setattr(gateway, "RUN_ROOT", exec_root)
+    assert purge_up(state) == 0
+    assert not state.exists() and not exec_root.exists()
+
+
+def test_purge_keeps_what_is_not_ups(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from hoody.cli.up import purge_up
+    from hoody.exec import gateway
+
+    state, exec_root = tmp_path / "state", tmp_path / "exec"
+    state.mkdir()
+    (state / "notes.txt").write_text("mine")
+    (exec_root / "1234-abcdef").mkdir(parents=True)  # another gateway's sandboxes
+    monkeypatch.setattr(gateway, "RUN_ROOT", exec_root)
+    purge_up(state)
+    assert (state / "notes.txt").read_text() == "mine"
+    assert (exec_root / "1234-abcdef").is_dir()
