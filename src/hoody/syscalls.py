@@ -43,6 +43,9 @@ __all__ = [
     "unshare",
 ]
 
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
 MS_REMOUNT = 32
 MS_NOATIME = 1024
 MS_BIND = 4096

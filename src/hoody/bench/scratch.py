@@ -41,7 +41,13 @@ from hoody.agent.ids import (
     OWNER_BLOCK,
     IdArea,
 )
-from hoody.agent.linux import build_node, destroy_node, init_node, remove_cgroup_parent
+from hoody.agent.linux import (
+    build_node,
+    destroy_node,
+    init_node,
+    release_run_dir,
+    remove_cgroup_parent,
+)
 from hoody.agent.storage.pool import destroy_pool
 from hoody.agent.templates import DEMO_ARGS, DEMO_NAME, demo_source
 from hoody.errors import HoodyError
@@ -252,6 +258,7 @@ def _remove(config: NodeConfig, tmp: Path) -> None:
     finally:
         destroy_pool(config.pool, config.pool_image)
         remove_cgroup_parent(config.cgroup_parent)
+        release_run_dir(config.node_run_dir)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
