@@ -51,6 +51,13 @@ class NetworkContract:
         network.detach("t1")
         assert network.list_attached() == []
 
+    def test_wait_ready_returns_for_new_and_unknown_tenants(self, network: Network) -> None:
+        network.attach("t1", self.ip(network, 10))
+        network.wait_ready("t1")
+        network.wait_ready("t1")  # ready already
+        network.wait_ready("t9")  # never attached: nothing to wait for
+        assert network.list_attached() == ["t1"]
+
     def test_reattach_with_a_new_address(self, network: Network) -> None:
         network.attach("t1", self.ip(network, 10))
         network.attach("t1", self.ip(network, 11))

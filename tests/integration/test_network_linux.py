@@ -103,6 +103,18 @@ def test_tenant_end_is_eth0_with_a_default_route(network: LinuxNetwork) -> None:
         assert flags[flag] == value, f"{flag} {flags[flag]}"
 
 
+def test_both_ends_of_a_new_link_are_in_service_once_ready(network: LinuxNetwork) -> None:
+    # The kernel puts a new link in service on a worker of its own, after the call
+    # that made it returned; a packet sent before then is lost without an error.
+    network.attach("t2", str(network.config.network.network_address + 22))
+    network.wait_ready("t2")
+    ns, host = network.config.netns_name("t2"), network.host_link("t2")
+    assert "state UP" in run(["ip", "-n", ns, "-o", "link", "show", "eth0"]).stdout
+    assert "state UP" in run(["ip", "-o", "link", "show", "dev", host]).stdout
+    # `bridge link` names the port's forwarding state last: "state forwarding".
+    assert "state forwarding" in run(["bridge", "link", "show", "dev", host]).stdout
+
+
 def test_neither_end_of_a_tenants_link_has_an_ipv6_address(network: LinuxNetwork) -> None:
     # The firewall drops IPv6 at the bridge; no end should even have an address: the
     # tenant's eth0 has IPv6 off, and the host end gets no link-local address or route

@@ -417,6 +417,10 @@ class Node:
                 applied = firewall.exception()  # waits; the undo needs it finished
             if applied is not None:
                 raise applied
+        if start:
+            # Its link may still be on its way into service (usually done by now):
+            # the first request to the tenant must not be dropped.
+            self.network.wait_ready(tid)
         status = "running" if start else "stopped"
         self.store.update_tenant(tid, status=status, pid=pid)
         return replace(rec, status=status, pid=pid)

@@ -136,6 +136,10 @@ class Network(Protocol):
         Idempotent for the same (tid, ip). Leaves nothing behind on failure.
         """
 
+    def wait_ready(self, tid: str, timeout: float = 1.0) -> None:
+        """Return once the links `attach` made carry traffic (at most `timeout` s);
+        at once for a tenant not attached by this process since it last waited."""
+
     def detach(self, tid: str) -> None:
         """Remove the tenant's veth and netns; harmless when absent."""
 

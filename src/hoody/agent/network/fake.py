@@ -36,6 +36,9 @@ class FakeNetwork:
         self.attached[tid] = ip
         return self.config.netns_path(tid)
 
+    def wait_ready(self, tid: str, timeout: float = 1.0) -> None:
+        pass  # a fake link carries at once
+
     def detach(self, tid: str) -> None:
         self.attached.pop(tid, None)
 
