@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from hoody.bench.scratch import ScratchNode, pids_naming, sweep
-from tests.integration.traces import node_traces
+from tests.integration.traces import node_traces, out
 
 # Makes a scratch node with its agent in a process of its own and one running tenant,
 # says so, and waits to be killed.
@@ -23,10 +23,6 @@ with scratch_node("sw", process=True) as s:
     print(s.node.config.name, s.node.config.pool_image.parent, rec["id"], flush=True)
     time.sleep(600)
 """
-
-
-def _run(*argv: str) -> str:
-    return subprocess.run(argv, capture_output=True, text=True, check=True).stdout
 
 
 def test_a_killed_scratch_node_is_swept_and_a_live_one_kept(scratch: ScratchNode) -> None:
@@ -42,7 +38,7 @@ def test_a_killed_scratch_node_is_swept_and_a_live_one_kept(scratch: ScratchNode
     tmp = Path(folder)
     # Its agent ran in a session of its own and outlived it, with the tenant.
     assert pids_naming(tmp), "the orphaned agent should still run"
-    assert any(n.startswith(name) for n in _run("ip", "netns").split()), tid
+    assert any(n.startswith(name) for n in out("ip", "netns").split()), tid
 
     assert sweep() == [name]
     assert node_traces(name, tmp) == []

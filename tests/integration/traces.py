@@ -9,7 +9,8 @@ from pathlib import Path
 from hoody.bench.scratch import pids_naming
 
 
-def _run(*argv: str) -> str:
+def out(*argv: str) -> str:
+    """What `argv` prints (it must succeed)."""
     return subprocess.run(argv, capture_output=True, text=True, check=True).stdout
 
 
@@ -17,10 +18,10 @@ def node_traces(name: str, folder: Path) -> list[str]:
     """What of node `name`, whose files all lie under `folder`, is still on the host:
     processes, netns, links, nft tables, loop devices, mounts, cgroups, the folder."""
     found = [f"process {p}" for p in pids_naming(folder)]
-    found += [f"netns {n}" for n in _run("ip", "netns").split() if n.startswith(name)]
-    found += [f"link {line}" for line in _run("ip", "-o", "link").splitlines() if name in line]
-    found += [f"nft {line}" for line in _run("nft", "list", "tables").splitlines() if name in line]
-    found += [f"loop {line}" for line in _run("losetup", "-a").splitlines() if str(folder) in line]
+    found += [f"netns {n}" for n in out("ip", "netns").split() if n.startswith(name)]
+    found += [f"link {line}" for line in out("ip", "-o", "link").splitlines() if name in line]
+    found += [f"nft {line}" for line in out("nft", "list", "tables").splitlines() if name in line]
+    found += [f"loop {line}" for line in out("losetup", "-a").splitlines() if str(folder) in line]
     mounts = Path("/proc/self/mountinfo").read_text().splitlines()
     found += [f"mount {line}" for line in mounts if str(folder) in line]
     found += [f"cgroup {p}" for p in Path("/sys/fs/cgroup").glob(f"*/hoody-{name}")]
