@@ -14,6 +14,7 @@ from hoody.agent.linux import mount_run_dir, release_run_dir
 from hoody.bench.provision import wait_http_ok
 from hoody.bench.scratch import ScratchNode
 from hoody.mountinfo import mounts
+from hoody.syscalls import mount, umount
 
 
 def _mounts_at(path: Path) -> list[str]:
@@ -38,11 +39,28 @@ def test_the_run_dir_is_mounted_once_and_released_whole(folder: Path) -> None:
 
 
 def test_a_run_dir_in_use_on_disk_is_left_where_it_is(folder: Path) -> None:
-    # An older agent's, whose tenants may be running: hiding it would orphan them.
+    # An older agent's, whose tenants run from it (their rootfs mounts lie under it):
+    # hiding it would orphan them.
     run = folder / "run" / "node"
-    (run / "runc").mkdir(parents=True)
+    rootfs = run / "tenants" / "t1" / "rootfs"
+    rootfs.mkdir(parents=True)
+    mount("tmpfs", rootfs, "tmpfs", 0, None)
+    try:
+        mount_run_dir(run)
+        assert _mounts_at(run) == [] and _mounts_at(rootfs) == ["tmpfs"]
+    finally:
+        umount(rootfs)
+
+
+def test_stale_state_on_disk_is_cleared_before_the_mount(folder: Path) -> None:
+    # What a reboot leaves on a host whose /run is a disk: nothing runs from it.
+    run = folder / "run" / "node"
+    (run / "runc" / "t1").mkdir(parents=True)
+    (run / "runc" / "t1" / "state.json").write_text("{}")
     mount_run_dir(run)
-    assert _mounts_at(run) == [] and (run / "runc").is_dir()
+    assert _mounts_at(run) == ["tmpfs"]
+    release_run_dir(run)
+    assert not run.exists(), "nothing stale was left under the mount"
 
 
 def test_a_node_keeps_its_runtime_state_in_memory(scratch: ScratchNode) -> None:

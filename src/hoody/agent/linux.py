@@ -74,15 +74,23 @@ def mount_run_dir(path: Path) -> None:
 
     Every start creates and removes files there: on a journaled disk that costs each
     copy about 5 ms of CPU, and it is state that must not outlive a reboot anyway.
-    Harmless when mounted already; a directory that has files but no mount of its own
-    (an older agent's, whose tenants may run) is left as it is.
+    Harmless when mounted already. On disk, what is there is stale (a reboot, an older
+    agent's stopped node) and is cleared first, unless something is mounted under it:
+    then an older agent's tenants run from it, and it stays as it is.
     """
     walk_through_dir(path)
-    if _mounted_at(path):
+    target = path.resolve()
+    points = [m.target for m in mounts()]
+    if target in points:
         return
-    if any(path.iterdir()):
-        log.warning("run directory %s is on disk and in use; it stays there", path)
+    if any(p.is_relative_to(target) for p in points):
+        log.warning("run directory %s is on disk and in use by running tenants; it stays", path)
         return
+    for entry in path.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
     mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=0711")
 
 
