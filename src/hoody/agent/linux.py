@@ -113,6 +113,11 @@ def build_node(config: NodeConfig) -> Node:
     make_private(config)
     mount_run_dir(config.node_run_dir)
     tune_host()
+    return _node(config)
+
+
+def _node(config: NodeConfig) -> Node:
+    """A Node on the real drivers, without preparing the host for it."""
     run = config.node_run_dir
     return Node(
         config=config,
@@ -139,7 +144,8 @@ def destroy_node(config: NodeConfig) -> int:
 
     What is not the node's stays: other files in its state directory (`hoody up` keeps
     its control plane there) and the host-wide settings `tune_host` made."""
-    node = build_node(config)
+    ensure_pool(config.pool, config.pool_image, config.pool_size)  # its tenants' files
+    node = _node(config)
     try:
         tenants = len(node.store.tenants())
         node.teardown_all()
