@@ -233,19 +233,24 @@ class LinuxNetwork:
         """
         if tid not in self._settling:
             return  # checked already, or made by an earlier agent long ago
-        host, path = self.host_link(tid), self._netns_path(tid)
+        host = self.host_link(tid)
         deadline = time.monotonic() + timeout
 
-        def eth0_up() -> bool:
+        def wait() -> bool:
+            # One thread in the tenant's netns and one netlink socket for every look;
+            # the host end is read from the host's sysfs, which any thread sees.
             with IPRoute() as ipr:
-                eth0 = _get_link(ipr, "eth0")
-                return eth0 is not None and eth0.get_attr("IFLA_OPERSTATE") == "UP"
+                while True:
+                    eth0 = _get_link(ipr, "eth0")
+                    up = eth0 is not None and eth0.get_attr("IFLA_OPERSTATE") == "UP"
+                    if up and _operstate(host) == "up":
+                        return True
+                    if time.monotonic() > deadline:
+                        return False
+                    time.sleep(0.001)
 
-        while not (_operstate(host) == "up" and in_netns(path, eth0_up)):
-            if time.monotonic() > deadline:
-                log.warning("the link of tenant %s is not up after %.1f s", tid, timeout)
-                break
-            time.sleep(0.001)
+        if not in_netns(self._netns_path(tid), wait):
+            log.warning("the link of tenant %s is not up after %.1f s", tid, timeout)
         self._settling.discard(tid)
 
     def detach(self, tid: str) -> None:
